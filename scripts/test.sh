@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: install (idempotent), then ruff, mypy on src/, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/mypy
+.venv/bin/pytest "$@"

@@ -1,0 +1,1 @@
+"""One module per data source; each returns a :class:`slem.data.Dataset`."""

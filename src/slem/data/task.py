@@ -1,0 +1,445 @@
+"""A :class:`Task`: the learning problem a methodology is trained on or applied to.
+
+:func:`make_task` builds one from a :class:`Dataset` in a fixed order, each stage with its own
+seeded generator (changing the noise rate leaves the splits exactly as they were):
+
+1. **test**: the source's official test split, else a stratified ``test_fraction``; always clean.
+2. **meta**: ``meta_per_class`` clean samples per class (``meta_size`` for regression), drawn
+   from the training pool before any corruption; these samples never enter the training split.
+3. **imbalance**: long-tail subsampling of the rest of the pool.
+4. **val**: a stratified ``val_fraction`` of the (imbalanced) pool. It is corrupted exactly like
+   the training split, so selecting epochs or models on it uses no clean labels.
+5. **noise**: label or target noise on train and val, each seeded separately.
+6. **normalize**: inputs standardized with statistics of the training split only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from slem.data.config import DataConfig, NoiseSpec, parse_data_config
+from slem.data.corruption import (
+    LabelNoise,
+    TargetNoise,
+    instance_noise,
+    long_tail,
+    pairflip_noise,
+    regression_noise,
+    symmetric_noise,
+)
+from slem.data.dataset import Dataset, TaskType
+from slem.data.splits import stage_rng, take_counts, take_fraction
+from slem.errors import SlemError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs with observed targets ``y`` and, for analysis only, the clean ``y_true``.
+
+    ``index`` gives each row's position in its source (the training pool, or the official test
+    split for ``Task.test`` when the source has one).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    y_true: np.ndarray
+    noisy_mask: np.ndarray
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def noise_rate(self) -> float:
+        return float(self.noisy_mask.mean()) if len(self) else 0.0
+
+    def tensors(self, device: Any = None) -> tuple[Any, Any]:
+        """``(X, y)`` as torch tensors (float32 inputs; int64 labels or float32 targets)."""
+        import torch
+
+        X = torch.as_tensor(self.X, dtype=torch.float32, device=device)
+        dtype = torch.int64 if self.y.dtype.kind in "iu" else torch.float32
+        return X, torch.as_tensor(self.y, dtype=dtype, device=device)
+
+    @staticmethod
+    def clean(X: np.ndarray, y: np.ndarray, index: np.ndarray) -> Split:
+        return Split(X, y, y.copy(), np.zeros(len(y), dtype=bool), index)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Input standardization fitted on a training split: median imputation, then
+    ``(x - mean) / std`` per feature (tables) or per channel (images and signals)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    fill: np.ndarray | None = None
+
+    @staticmethod
+    def fit(X: np.ndarray) -> Normalizer:
+        axes = (0,) if X.ndim == 2 else (0, *range(2, X.ndim))
+        fill = None
+        if X.ndim == 2 and np.isnan(X).any():
+            fill = np.nanmedian(X, axis=0)
+            fill = np.where(np.isnan(fill), 0.0, fill).astype(np.float32)
+            X = np.where(np.isnan(X), fill, X)
+        mean = X.mean(axis=axes, keepdims=True, dtype=np.float64)[0]
+        std = X.std(axis=axes, keepdims=True, dtype=np.float64)[0]
+        std = np.where(std < 1e-8, 1.0, std)
+        return Normalizer(mean.astype(np.float32), std.astype(np.float32), fill)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        if self.fill is not None:
+            X = np.where(np.isnan(X), self.fill, X)
+        return ((X - self.mean) / self.std).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TaskFeatures:
+    """What a methodology may observe of a task without touching clean labels.
+
+    ``class_counts`` are counts of the *observed* training labels. ``class_groups[c]`` is the
+    size group of class c (0 = most frequent), from an exact 1-D k-means on log counts, as
+    CMW-Net conditions its weighting on.
+    """
+
+    n_train: int
+    n_meta: int
+    n_val: int
+    n_test: int
+    n_features: int
+    n_classes: int
+    input_shape: tuple[int, ...]
+    class_counts: tuple[int, ...]
+    class_groups: tuple[int, ...]
+    n_groups: int
+
+    @property
+    def imbalance_ratio(self) -> float:
+        counts = [c for c in self.class_counts if c > 0]
+        return max(counts) / min(counts) if counts else 1.0
+
+
+@dataclass(frozen=True)
+class Task:
+    """Train / optional meta / val / test splits of one dataset, plus what was done to them."""
+
+    name: str
+    task_type: TaskType
+    class_names: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+    meta: Split | None
+    features: TaskFeatures
+    noise: NoiseSpec | None
+    imbalance: float | None
+    transition: np.ndarray | None  # the label-noise transition the training labels came from
+    normalizer: Normalizer | None
+    seed: int
+    source: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task_type == "classification"
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description: sizes, class counts, realized corruption."""
+        f = self.features
+        out: dict[str, Any] = {
+            "dataset": self.name,
+            "task_type": self.task_type,
+            "source": self.source,
+            "seed": self.seed,
+            "n_train": f.n_train,
+            "n_meta": f.n_meta,
+            "n_val": f.n_val,
+            "n_test": f.n_test,
+            "n_features": f.n_features,
+            "input_shape": list(f.input_shape),
+            "noise": str(self.noise) if self.noise else None,
+            "noise_rate_realized": self.train.noise_rate,
+            "noise_rate_realized_val": self.val.noise_rate,
+            "imbalance": self.imbalance,
+            "notes": list(self.notes),
+        }
+        if self.is_classification:
+            out.update(
+                n_classes=f.n_classes,
+                class_names=list(self.class_names),
+                class_counts=_counts(self.train.y_true, f.n_classes),
+                class_counts_observed=list(f.class_counts),
+                class_groups=list(f.class_groups),
+                imbalance_ratio_realized=_ratio(_counts(self.train.y_true, f.n_classes)),
+            )
+        return out
+
+
+def _counts(labels: np.ndarray, n_classes: int) -> list[int]:
+    return [int(c) for c in np.bincount(labels, minlength=n_classes)]
+
+
+def _ratio(counts: list[int]) -> float:
+    nonzero = [c for c in counts if c > 0]
+    return max(nonzero) / min(nonzero) if nonzero else 1.0
+
+
+def build_task(config: DataConfig) -> Task:
+    """Load ``config.name`` and make the task it describes."""
+    from slem.data.registry import LoadOptions, load_dataset
+
+    dataset = load_dataset(
+        config.name,
+        LoadOptions(
+            seed=config.seed,
+            size=config.size,
+            data_seed=config.data_seed,
+            data_dir=config.data_dir,
+            target=config.target,
+            task_type=config.task_type,
+            impute=config.impute,
+        ),
+    )
+    return make_task(dataset, config)
+
+
+def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: Any) -> Task:
+    """Split and corrupt ``dataset`` as ``config`` (or keyword overrides) says; see module doc."""
+    base = config.model_dump() if config is not None else {"name": dataset.name}
+    cfg = parse_data_config({**base, **overrides})
+    dataset = dataset.drop_rare_classes(cfg.min_class_size)
+    _check_config_fits(dataset, cfg)
+    n_classes = dataset.n_classes
+    strata = dataset.y if dataset.is_classification else None
+
+    # 1. test split
+    if dataset.X_test is not None and dataset.y_test is not None:
+        pool = np.arange(len(dataset.y))
+        test = Split.clean(dataset.X_test, dataset.y_test, np.arange(len(dataset.y_test)))
+    else:
+        test_idx, pool = take_fraction(
+            len(dataset.y),
+            cfg.test_fraction,
+            stage_rng(cfg.seed, "test"),
+            strata,
+            n_classes,
+            min_left=2,
+        )
+        test = Split.clean(dataset.X[test_idx], dataset.y[test_idx], test_idx)
+
+    # 2. clean meta set
+    meta_idx = np.empty(0, dtype=np.int64)
+    if cfg.meta_per_class is not None or cfg.meta_size is not None:
+        meta_idx, pool = _draw_meta(dataset, pool, cfg)
+
+    # 3. imbalance
+    if cfg.imbalance is not None and cfg.imbalance > 1:
+        kept = long_tail(
+            dataset.y[pool],
+            cfg.imbalance,
+            n_classes,
+            stage_rng(cfg.seed, "imbalance"),
+            cfg.imbalance_profile,
+        )
+        pool = pool[kept.indices]
+
+    # 4. validation split
+    pool_strata = dataset.y[pool] if strata is not None else None
+    val_pos, train_pos = take_fraction(
+        len(pool), cfg.val_fraction, stage_rng(cfg.seed, "val"), pool_strata, n_classes, min_left=1
+    )
+    train_idx, val_idx = pool[train_pos], pool[val_pos]
+
+    # 5. noise
+    train, transition = _corrupt(dataset, train_idx, cfg.noise, stage_rng(cfg.seed, "noise-train"))
+    val, _ = _corrupt(dataset, val_idx, cfg.noise, stage_rng(cfg.seed, "noise-val"))
+    meta = (
+        Split.clean(dataset.X[meta_idx], dataset.y[meta_idx], meta_idx) if len(meta_idx) else None
+    )
+
+    # 6. normalization (training statistics only)
+    normalizer = None
+    if cfg.normalize or np.isnan(train.X).any():
+        normalizer = Normalizer.fit(train.X)
+        train, val, test = (_apply(s, normalizer) for s in (train, val, test))
+        meta = _apply(meta, normalizer) if meta is not None else None
+
+    features = _task_features(dataset, train, val, test, meta, cfg.n_groups)
+    return Task(
+        name=dataset.name,
+        task_type=dataset.task_type,
+        class_names=dataset.class_names,
+        train=train,
+        val=val,
+        test=test,
+        meta=meta,
+        features=features,
+        noise=cfg.noise,
+        imbalance=cfg.imbalance,
+        transition=transition,
+        normalizer=normalizer,
+        seed=cfg.seed,
+        source=dataset.source,
+        notes=dataset.notes,
+    )
+
+
+def _check_config_fits(dataset: Dataset, cfg: DataConfig) -> None:
+    if dataset.is_classification:
+        if cfg.noise is not None and not cfg.noise.is_label_noise:
+            raise SlemError(
+                f"noise '{cfg.noise.kind}' is for regression targets; '{dataset.name}' is "
+                "classification: use symmetric, pairflip or instance"
+            )
+        if cfg.meta_size is not None:
+            raise SlemError(
+                f"meta_size is for regression; '{dataset.name}' is classification: use "
+                "meta_per_class"
+            )
+        counts = np.bincount(dataset.y, minlength=dataset.n_classes)
+        if counts.min() < 2:
+            rare = dataset.class_names[int(np.argmin(counts))]
+            raise SlemError(
+                f"{dataset.name}: class '{rare}' has {counts.min()} sample(s), too few to split; "
+                "drop rare classes with min_class_size (--min-class-size), e.g. 5"
+            )
+        return
+    if cfg.noise is not None and cfg.noise.is_label_noise:
+        raise SlemError(
+            f"noise '{cfg.noise.kind}' is for class labels; '{dataset.name}' is regression: use "
+            "gaussian, laplace, student_t, outlier or mixture"
+        )
+    for name in ("meta_per_class", "imbalance"):
+        if getattr(cfg, name) is not None:
+            raise SlemError(f"{name} needs class labels; '{dataset.name}' is regression")
+
+
+def _draw_meta(
+    dataset: Dataset, pool: np.ndarray, cfg: DataConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = stage_rng(cfg.seed, "meta")
+    if not dataset.is_classification:
+        size = int(cfg.meta_size or 0)
+        if size >= len(pool):
+            raise SlemError(f"meta_size {size} leaves no training data (pool has {len(pool)})")
+        perm = rng.permutation(pool)
+        return np.sort(perm[:size]), np.sort(perm[size:])
+    k = int(cfg.meta_per_class or 0)
+    counts = np.bincount(dataset.y[pool], minlength=dataset.n_classes)
+    smallest = int(np.argmin(counts))
+    if k >= counts[smallest]:
+        raise SlemError(
+            f"meta_per_class {k} is more than class '{dataset.class_names[smallest]}' can give "
+            f"({counts[smallest]} samples in the training pool); use at most "
+            f"{max(counts[smallest] - 1, 0)}"
+        )
+    taken, rest = take_counts(dataset.y[pool], np.full(dataset.n_classes, k), rng)
+    return pool[taken], pool[rest]
+
+
+def _corrupt(
+    dataset: Dataset, idx: np.ndarray, spec: NoiseSpec | None, rng: np.random.Generator
+) -> tuple[Split, np.ndarray | None]:
+    X, y = dataset.X[idx], dataset.y[idx]
+    if spec is None or spec.rate == 0:
+        transition = np.eye(dataset.n_classes) if dataset.is_classification else None
+        return Split.clean(X, y, idx), transition
+    result: LabelNoise | TargetNoise
+    if spec.kind == "symmetric":
+        result = symmetric_noise(y, spec.rate, dataset.n_classes, rng)
+    elif spec.kind == "pairflip":
+        result = pairflip_noise(y, spec.rate, dataset.n_classes, rng, spec.mapping)
+    elif spec.kind == "instance":
+        result = instance_noise(y, X, spec.rate, dataset.n_classes, rng, spec.rate_std)
+    else:
+        result = regression_noise(
+            y, spec.rate, rng, spec.kind, spec.weights, spec.scale, spec.outlier_scale
+        )
+    if isinstance(result, LabelNoise):
+        return Split(X, result.labels, y, result.noisy_mask, idx), result.transition
+    return Split(X, result.targets, y, result.noisy_mask, idx), None
+
+
+def _apply(split: Split, normalizer: Normalizer) -> Split:
+    return Split(normalizer(split.X), split.y, split.y_true, split.noisy_mask, split.index)
+
+
+def _task_features(
+    dataset: Dataset, train: Split, val: Split, test: Split, meta: Split | None, n_groups: int
+) -> TaskFeatures:
+    counts = (
+        np.bincount(train.y, minlength=dataset.n_classes)
+        if dataset.is_classification
+        else np.zeros(0, dtype=np.int64)
+    )
+    groups = group_by_size(counts, n_groups) if len(counts) else np.zeros(0, dtype=np.int64)
+    return TaskFeatures(
+        n_train=len(train),
+        n_meta=len(meta) if meta is not None else 0,
+        n_val=len(val),
+        n_test=len(test),
+        n_features=dataset.n_features,
+        n_classes=dataset.n_classes,
+        input_shape=dataset.input_shape,
+        class_counts=tuple(int(c) for c in counts),
+        class_groups=tuple(int(g) for g in groups),
+        n_groups=int(groups.max()) + 1 if len(groups) else 0,
+    )
+
+
+def group_by_size(counts: np.ndarray, n_groups: int, min_ratio: float = 1.5) -> np.ndarray:
+    """Group classes by size: optimal 1-D k-means on ``log(1 + count)``, group 0 = largest.
+
+    Exact (dynamic programming over sorted values), so equal sizes always share a group.
+    Neighbouring groups whose typical sizes differ by less than ``min_ratio`` are merged, so a
+    balanced task whose observed counts differ only through label noise has a single group.
+    """
+    values = np.log1p(np.asarray(counts, dtype=np.float64))
+    order = np.argsort(-values, kind="stable")
+    v = values[order]
+    distinct = len(np.unique(v))
+    k = max(1, min(n_groups, distinct))
+    n = len(v)
+    prefix = np.concatenate([[0.0], np.cumsum(v)])
+    prefix_sq = np.concatenate([[0.0], np.cumsum(v * v)])
+
+    def cost(i: int, j: int) -> float:  # within-group sum of squares of v[i:j]
+        s, s2, m = prefix[j] - prefix[i], prefix_sq[j] - prefix_sq[i], j - i
+        return float(s2 - s * s / m)
+
+    best = np.full((k + 1, n + 1), np.inf)
+    cut = np.zeros((k + 1, n + 1), dtype=np.int64)
+    best[0, 0] = 0.0
+    for g in range(1, k + 1):
+        for j in range(g, n + 1):
+            for i in range(g - 1, j):
+                c = best[g - 1, i] + cost(i, j)
+                if c < best[g, j] - 1e-12:
+                    best[g, j], cut[g, j] = c, i
+    labels_sorted = np.zeros(n, dtype=np.int64)
+    j = n
+    for g in range(k, 0, -1):
+        i = int(cut[g, j])
+        labels_sorted[i:j] = g - 1
+        j = i
+    # equal values must share a group: give ties the group of their first occurrence
+    for t in range(1, n):
+        if v[t] == v[t - 1]:
+            labels_sorted[t] = labels_sorted[t - 1]
+    centers = [float(v[labels_sorted == g].mean()) for g in range(int(labels_sorted.max()) + 1)]
+    merged = np.zeros(len(centers), dtype=np.int64)
+    for g in range(1, len(centers)):  # centers decrease with g; merge near-equal neighbours
+        same = centers[g - 1] - centers[g] < np.log(min_ratio)
+        merged[g] = merged[g - 1] + (0 if same else 1)
+    labels_sorted = merged[labels_sorted]
+    groups = np.empty(n, dtype=np.int64)
+    groups[order] = labels_sorted
+    return groups

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny IDX files in Fashion-MNIST layout, and a CLI runner."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from slem.data.sources import fashion_mnist
+
+REAL_FASHION_MNIST = fashion_mnist.find_dir() is not None
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}
+    header = bytes([0, 0, codes[array.dtype], array.ndim])
+    header += b"".join(struct.pack(">I", s) for s in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(array.dtype.newbyteorder(">")).tobytes())
+
+
+@pytest.fixture()
+def tiny_fashion_dir(tmp_path: Path) -> Path:
+    """A directory with 200 train / 50 test random 28x28 images in the official file layout."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 200), ("t10k", 50)):
+        write_idx(
+            tmp_path / f"{split}-images-idx3-ubyte.gz",
+            rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+        )
+        write_idx(
+            tmp_path / f"{split}-labels-idx1-ubyte.gz",
+            np.tile(np.arange(10, dtype=np.uint8), n // 10),
+        )
+    return tmp_path
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def require_real_fashion_mnist() -> None:
+    """Skip locally when the Debian package is absent, but fail in CI, where
+    scripts/install.sh must have installed it."""
+    if not REAL_FASHION_MNIST:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "Fashion-MNIST files missing in CI: scripts/install.sh did not install them"
+            )
+        pytest.skip("dataset-fashion-mnist not installed")
