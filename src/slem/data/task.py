@@ -6,10 +6,11 @@ seeded generator (changing the noise rate leaves the splits exactly as they were
 1. **test**: the source's official test split, else a stratified ``test_fraction``; always clean.
 2. **meta**: ``meta_per_class`` clean samples per class (``meta_size`` for regression), drawn
    from the training pool before any corruption; these samples never enter the training split.
-3. **imbalance**: long-tail subsampling of the rest of the pool.
-4. **val**: a stratified ``val_fraction`` of the (imbalanced) pool. It is corrupted exactly like
-   the training split, so selecting epochs or models on it uses no clean labels.
-5. **noise**: label or target noise on train and val, each seeded separately.
+3. **val**: a stratified ``val_fraction`` of the rest of the pool.
+4. **imbalance**: the same long-tail profile applied to train and to val separately, so the
+   training split follows the requested head/tail ratio exactly (up to flooring).
+5. **noise**: label or target noise on train and val, each seeded separately. Val is thus
+   corrupted exactly like train, so selecting epochs or models on it uses no clean labels.
 6. **normalize**: inputs standardized with statistics of the training split only.
 """
 
@@ -240,23 +241,30 @@ def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: A
     if cfg.meta_per_class is not None or cfg.meta_size is not None:
         meta_idx, pool = _draw_meta(dataset, pool, cfg)
 
-    # 3. imbalance
-    if cfg.imbalance is not None and cfg.imbalance > 1:
-        kept = long_tail(
-            dataset.y[pool],
-            cfg.imbalance,
-            n_classes,
-            stage_rng(cfg.seed, "imbalance"),
-            cfg.imbalance_profile,
-        )
-        pool = pool[kept.indices]
-
-    # 4. validation split
+    # 3. validation split
     pool_strata = dataset.y[pool] if strata is not None else None
     val_pos, train_pos = take_fraction(
         len(pool), cfg.val_fraction, stage_rng(cfg.seed, "val"), pool_strata, n_classes, min_left=1
     )
     train_idx, val_idx = pool[train_pos], pool[val_pos]
+
+    # 4. imbalance: the same profile on train and on val
+    if cfg.imbalance is not None and cfg.imbalance > 1:
+        factor, profile = cfg.imbalance, cfg.imbalance_profile
+        train_idx = train_idx[
+            long_tail(
+                dataset.y[train_idx],
+                factor,
+                n_classes,
+                stage_rng(cfg.seed, "imbalance-train"),
+                profile,
+            ).indices
+        ]
+        val_idx = val_idx[
+            long_tail(
+                dataset.y[val_idx], factor, n_classes, stage_rng(cfg.seed, "imbalance-val"), profile
+            ).indices
+        ]
 
     # 5. noise
     train, transition = _corrupt(dataset, train_idx, cfg.noise, stage_rng(cfg.seed, "noise-train"))
