@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,17 @@ def tiny_fashion_dir(tmp_path: Path) -> Path:
             np.tile(np.arange(10, dtype=np.uint8), n // 10),
         )
     return tmp_path
+
+
+@pytest.fixture()
+def float64() -> Iterator[None]:
+    """Run a test with float64 as torch's default dtype, restoring it afterwards."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture()

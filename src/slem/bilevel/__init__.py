@@ -1,0 +1,63 @@
+"""The bilevel engine: hypergradients of ``L_outer(theta*(phi), phi)`` on torch.func.
+
+It knows nothing of sample weights or learning rates: a caller describes the inner
+parameters, the hyperparameters, the two losses and a differentiable inner optimizer
+(:class:`BilevelProblem`), and :func:`hypergrad` returns the gradient for the
+hyperparameters by any method, so callers switch methods by name::
+
+    from slem.bilevel import BilevelProblem, SGD, functional, hypergrad
+
+    net = functional(model)                     # a stock nn.Module, unchanged
+    def inner_loss(params, hyper, batch):
+        x, y = batch
+        per_sample = F.cross_entropy(net(params, x), y, reduction="none")
+        return (hyper["w"].sigmoid() * per_sample).mean()
+    def outer_loss(params, hyper, batch):
+        x, y = batch
+        return F.cross_entropy(net(params, x), y)
+
+    problem = BilevelProblem.from_module(model, {"w": w}, inner_loss, outer_loss, SGD(lr=0.1))
+    result = hypergrad(problem, "lookahead", inner_batch=train_batch, outer_batch=meta_batch)
+    result.grads["w"]
+"""
+
+from slem.bilevel.fast import WeightedProblem, weighted_lookahead
+from slem.bilevel.methods import (
+    METHODS,
+    finite_difference,
+    first_order,
+    forward,
+    hypergrad,
+    implicit,
+    lookahead,
+    unrolled,
+)
+from slem.bilevel.optim import SGD, Adam, InnerOptimizer
+from slem.bilevel.problem import (
+    BilevelProblem,
+    FunctionalModel,
+    Hypergrad,
+    Params,
+    functional,
+)
+
+__all__ = [
+    "METHODS",
+    "SGD",
+    "Adam",
+    "BilevelProblem",
+    "FunctionalModel",
+    "Hypergrad",
+    "InnerOptimizer",
+    "Params",
+    "WeightedProblem",
+    "finite_difference",
+    "first_order",
+    "forward",
+    "functional",
+    "hypergrad",
+    "implicit",
+    "lookahead",
+    "unrolled",
+    "weighted_lookahead",
+]

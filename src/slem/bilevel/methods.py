@@ -1,0 +1,322 @@
+"""Every hypergradient method behind one call: ``hypergrad(problem, method=..., ...)``.
+
+Notation: ``theta`` inner parameters, ``phi`` hyperparameters, ``K`` inner steps, ``P`` the
+number of inner parameters, ``H`` the number of hyperparameters, and "a step" the cost of one
+inner forward + backward.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import grad, grad_and_value
+
+from slem.bilevel import implicit as implicit_solvers
+from slem.bilevel.problem import Batch, BilevelProblem, Hypergrad, Params
+from slem.bilevel.unroll import (
+    NOT_GIVEN,
+    basis,
+    detach_tree,
+    flat_dim,
+    initial_state,
+    inner_grads,
+    make_objective,
+    pullback,
+    push_forward,
+    schedule,
+    warm_start,
+)
+from slem.errors import SlemError
+
+Method = Callable[..., Hypergrad]
+
+
+def _hyper(problem: BilevelProblem) -> Params:
+    return detach_tree(problem.hyper)
+
+
+def _reverse(
+    problem: BilevelProblem,
+    method: str,
+    batches: Sequence[Batch],
+    outer_batch: Batch,
+    stop_gradient: bool = False,
+    truncate: int | None = None,
+) -> Hypergrad:
+    hyper = _hyper(problem)
+    start = None
+    tracked = batches
+    if truncate is not None:
+        if not 1 <= truncate <= len(batches):
+            raise SlemError(f"truncate must be in 1..{len(batches)} (the steps), got {truncate}")
+        start = warm_start(problem, hyper, batches[: len(batches) - truncate])
+        tracked = batches[len(batches) - truncate :]
+    objective = make_objective(problem, tracked, outer_batch, stop_gradient, start)
+    grads, (loss, params) = grad_and_value(objective, has_aux=True)(hyper)
+    return Hypergrad(
+        grads=detach_tree(grads),
+        outer_loss=float(loss),
+        method=method,
+        diagnostics={"steps": len(batches), "tracked_steps": len(tracked)},
+        params=detach_tree(params),
+    )
+
+
+def lookahead(
+    problem: BilevelProblem,
+    outer_batch: Batch,
+    inner_batch: Batch = NOT_GIVEN,
+    inner_batches: Sequence[Batch] | None = None,
+    fast: bool = True,
+    jvp_mode: str = "forward",
+    keep_graph: bool = False,
+    epsilon: float = 0.01,
+) -> Hypergrad:
+    """One virtual step, then the outer loss (MW-Net, Shu et al. 2019; second-order DARTS,
+    Liu et al. 2019). Exact gradient of ``L_out(theta - lr * grad L_in(theta, phi))``.
+
+    Cost: about 3-4 steps of time (a double backward) and the memory of one step's graph
+    twice. When ``problem`` is a :class:`~slem.bilevel.WeightedProblem` (``phi`` enters only
+    as per-sample weights), the structured fast path gives the same gradient with one JVP
+    instead of the double backward (``fast=False`` forces the generic path; ``jvp_mode``,
+    ``keep_graph`` and ``epsilon`` are the fast path's options).
+    Use it for online meta-learning that interleaves meta steps with training.
+    """
+    from slem.bilevel.fast import WeightedProblem, weighted_lookahead
+
+    batches = schedule(inner_batch, inner_batches, 1)
+    if fast and isinstance(problem, WeightedProblem):
+        return weighted_lookahead(problem, batches[0], outer_batch, jvp_mode, keep_graph, epsilon)
+    result = _reverse(problem, "lookahead", batches, outer_batch)
+    result.diagnostics["path"] = "generic"
+    return result
+
+
+def unrolled(
+    problem: BilevelProblem,
+    outer_batch: Batch,
+    inner_batch: Batch = NOT_GIVEN,
+    inner_batches: Sequence[Batch] | None = None,
+    steps: int | None = None,
+    truncate: int | None = None,
+) -> Hypergrad:
+    """Reverse mode through ``K`` inner steps: iterative differentiation (ITD; Maclaurin et
+    al. 2015, Franceschi et al. 2017), optionally truncated to the last ``truncate`` steps
+    (Shaban et al. 2019).
+
+    Cost: about 3-4 K steps of time and memory growing linearly with K (or with
+    ``truncate``). Exact for the K-step objective; use it when K is moderate and ``phi`` is
+    large (reverse mode's cost does not grow with H). Truncation trades bias for memory.
+    """
+    batches = schedule(inner_batch, inner_batches, steps)
+    return _reverse(problem, "unrolled", batches, outer_batch, truncate=truncate)
+
+
+def first_order(
+    problem: BilevelProblem,
+    outer_batch: Batch,
+    inner_batch: Batch = NOT_GIVEN,
+    inner_batches: Sequence[Batch] | None = None,
+    steps: int | None = None,
+) -> Hypergrad:
+    """Unrolled, but the inner gradients are treated as constants: every second-order term
+    is dropped (FOMAML, Finn et al. 2017; first-order DARTS, Liu et al. 2019).
+
+    Cost: about K steps of time, memory of the unrolled parameters only. Exact where ``phi``
+    reaches ``theta`` without passing through a gradient (learning rates, momentum, weight
+    decay for one step; MAML's initialization up to the Hessian terms); zero for
+    hyperparameters that act only through the inner gradient, such as sample weights. The
+    cheapest option and the one that scales out (no double backward, so DDP-safe).
+    """
+    batches = schedule(inner_batch, inner_batches, steps)
+    return _reverse(problem, "first_order", batches, outer_batch, stop_gradient=True)
+
+
+def forward(
+    problem: BilevelProblem,
+    outer_batch: Batch,
+    inner_batch: Batch = NOT_GIVEN,
+    inner_batches: Sequence[Batch] | None = None,
+    steps: int | None = None,
+    max_directions: int = 1024,
+) -> Hypergrad:
+    """Forward mode through ``K`` inner steps, one JVP per hyperparameter (forward
+    hypergradient, Franceschi et al. 2017).
+
+    Cost: about 3 H K steps of time but memory independent of K (no tape). Exact for the
+    K-step objective; use it for few hyperparameters (learning rates, a few regularizers) and
+    long horizons where reverse mode would not fit in memory.
+    """
+    batches = schedule(inner_batch, inner_batches, steps)
+    hyper = _hyper(problem)
+    n = flat_dim(hyper)
+    if n > max_directions:
+        raise SlemError(
+            f"forward mode needs one pass per hyperparameter and there are {n}; use "
+            f"unrolled (reverse mode) or raise max_directions above {max_directions}"
+        )
+    objective = make_objective(problem, batches, outer_batch)
+
+    def loss_only(h: Params) -> Tensor:
+        return objective(h)[0]
+
+    first = next(iter(hyper.values()))
+    flat = torch.empty(n, dtype=first.dtype, device=first.device)
+    loss = torch.tensor(math.nan)
+    for j in range(n):
+        loss, flat[j] = push_forward(loss_only, (hyper,), (basis(hyper, j),))
+    grads: Params = {}
+    offset = 0
+    for name, t in hyper.items():
+        grads[name] = flat[offset : offset + t.numel()].view_as(t)
+        offset += int(t.numel())
+    return Hypergrad(
+        grads=grads,
+        outer_loss=float(loss),
+        method="forward",
+        diagnostics={"steps": len(batches), "directions": n},
+    )
+
+
+def implicit(
+    problem: BilevelProblem,
+    outer_batch: Batch,
+    inner_batch: Batch = NOT_GIVEN,
+    inner_batches: Sequence[Batch] | None = None,
+    solver: str = "cg",
+    iterations: int | None = None,
+    tol: float = 1e-10,
+    damping: float = 0.0,
+    alpha: float | None = None,
+    inner_steps: int = 0,
+) -> Hypergrad:
+    """Implicit function theorem at the inner optimum (Pedregosa 2016; Lorraine et al. 2020):
+    ``d L/d phi = dL/dphi - (d^2 L_in/dphi dtheta) H^{-1} dL/dtheta`` with ``H`` the Hessian of
+    the inner objective (including the optimizer's weight decay), solved by conjugate gradient
+    (``solver="cg"``) or a Neumann series (``solver="neumann"``, step ``alpha``) using
+    Hessian-vector products from torch.func (forward-over-reverse).
+
+    Assumes ``problem.params`` is (close to) the inner optimum; ``inner_steps`` runs that many
+    plain steps first. Cost: one Hessian-vector product (about 2 steps) per iteration, memory
+    of one step, independent of how long the inner problem was trained. Use it when the
+    inner problem is trained to convergence (HPO of regularizers, iMAML-style problems).
+    """
+    if problem.initial_params is not None:
+        raise SlemError("implicit needs fixed inner parameters; initial_params is not supported")
+    batches = schedule(inner_batch, inner_batches, None)
+    hyper = _hyper(problem)
+    params, _ = warm_start(problem, hyper, [batches[k % len(batches)] for k in range(inner_steps)])
+    batch = batches[-1] if inner_steps else batches[0]
+    l2 = problem.optimizer.l2
+
+    def stationarity(theta: Params, h: Params) -> Params:
+        g = grad(problem.inner_loss)(theta, h, batch)
+        decay = l2(h)
+        if isinstance(decay, Tensor) or decay != 0.0:
+            return {k: g[k] + decay * theta[k] for k in g}
+        return g
+
+    (v, direct), loss = grad_and_value(problem.outer_loss, argnums=(0, 1))(
+        params, hyper, outer_batch
+    )
+
+    def hvp(u: Params) -> Params:
+        out: Params = push_forward(lambda t: stationarity(t, hyper), (params,), (u,))[1]
+        return {k: out[k] + damping * u[k] for k in out} if damping else out
+
+    q, info = implicit_solvers.solve(hvp, v, solver, iterations, tol, alpha)
+    (mixed,) = pullback(lambda h: stationarity(params, h), hyper)(q)
+    grads = {k: (direct[k] - mixed[k]).detach() for k in hyper}
+    return Hypergrad(
+        grads=grads,
+        outer_loss=float(loss),
+        method="implicit",
+        diagnostics={"solver": solver, **info},
+        params=detach_tree(params),
+    )
+
+
+def finite_difference(
+    problem: BilevelProblem,
+    outer_batch: Batch,
+    inner_batch: Batch = NOT_GIVEN,
+    inner_batches: Sequence[Batch] | None = None,
+    epsilon: float = 0.01,
+) -> Hypergrad:
+    """The DARTS approximation of ``lookahead`` (Liu et al. 2019): the second-order term
+    ``(d^2 L_in / dphi dtheta) w`` becomes a central difference of ``grad_phi L_in`` at
+    ``theta +- eps w``, ``eps = epsilon / |w|``, where ``w`` pulls the outer gradient back
+    through the optimizer update (``w = -lr v`` for plain SGD; exact for Adam too).
+
+    Cost: about 3 steps of time, no double backward and no graph of a graph (the memory of one
+    step), O(eps^2) error. Use it where double backward is unavailable (DDP) or too costly.
+    """
+    if problem.initial_params is not None:
+        raise SlemError("finite_difference does not support initial_params; use first_order")
+    batch = schedule(inner_batch, inner_batches, 1)[0]
+    hyper = _hyper(problem)
+    params = detach_tree(problem.params)
+    state = initial_state(problem, params)
+    g = inner_grads(problem, params, hyper, batch, stop_gradient=True)
+    new_params, _ = problem.optimizer.update(params, g, state, hyper)
+    new_params = detach_tree(new_params)
+    (v, direct), loss = grad_and_value(problem.outer_loss, argnums=(0, 1))(
+        new_params, hyper, outer_batch
+    )
+    w, opt_direct = pullback(
+        lambda g_, h_: problem.optimizer.update(params, g_, state, h_)[0], g, hyper
+    )(v)
+    norm = torch.sqrt(sum((t * t).sum() for t in w.values()))
+    eps = epsilon / max(float(norm), 1e-12)
+    grad_phi = grad(problem.inner_loss, argnums=1)
+    plus = grad_phi({k: params[k] + eps * w[k] for k in params}, hyper, batch)
+    minus = grad_phi({k: params[k] - eps * w[k] for k in params}, hyper, batch)
+    grads = {
+        k: (direct[k] + opt_direct[k] + (plus[k] - minus[k]) / (2 * eps)).detach() for k in hyper
+    }
+    return Hypergrad(
+        grads=grads,
+        outer_loss=float(loss),
+        method="finite_difference",
+        diagnostics={"epsilon": eps},
+        params=new_params,
+    )
+
+
+METHODS: dict[str, Method] = {
+    "lookahead": lookahead,
+    "unrolled": unrolled,
+    "forward": forward,
+    "implicit": implicit,
+    "finite_difference": finite_difference,
+    "first_order": first_order,
+}
+
+
+def hypergrad(
+    problem: BilevelProblem, method: str = "lookahead", *, outer_batch: Batch, **options: Any
+) -> Hypergrad:
+    """The gradient of the outer loss for ``problem.hyper``, by ``method``.
+
+    Methods: ``lookahead``, ``unrolled``, ``forward``, ``implicit``, ``finite_difference``,
+    ``first_order``; each documents its paper, cost and use. Pass the inner data as
+    ``inner_batch=`` (reused every step) or ``inner_batches=`` (one per step), and the
+    method's options by keyword. Nothing in ``problem`` is modified.
+    """
+    fn = METHODS.get(method)
+    if fn is None:
+        raise SlemError(f"unknown hypergradient method '{method}'; use one of {', '.join(METHODS)}")
+    start = time.perf_counter()
+    try:
+        result = fn(problem, outer_batch=outer_batch, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise SlemError(f"method '{method}': {exc}".replace(f"{fn.__name__}() ", "")) from None
+        raise
+    result.diagnostics["seconds"] = time.perf_counter() - start
+    return result

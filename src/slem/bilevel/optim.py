@@ -1,0 +1,155 @@
+"""Differentiable, functional inner optimizers: ``update(params, grads, state, hyper)``.
+
+They follow ``torch.optim.SGD`` and ``torch.optim.Adam`` step for step (tested against them),
+but are pure functions of tensors, so gradients flow through an update to the
+hyperparameters. Any setting (``lr``, ``momentum``, ``weight_decay``) may be a float or a
+function of the hyperparameters, e.g. ``lr=lambda h: h["log_lr"].exp()`` for hypergradient
+learning-rate tuning.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slem.bilevel.problem import Params
+from slem.errors import SlemError
+
+Setting = float | Callable[[Params], Tensor]
+State = dict[str, Any]
+
+
+def resolve(setting: Setting, hyper: Params) -> float | Tensor:
+    return setting(hyper) if callable(setting) else setting
+
+
+class InnerOptimizer(ABC):
+    """A differentiable optimizer step; ``state`` is a plain dict so it can be carried over."""
+
+    @abstractmethod
+    def init(self, params: Params) -> State:
+        """Fresh state for ``params`` (zero step count, no moments)."""
+
+    @abstractmethod
+    def update(
+        self, params: Params, grads: Params, state: State, hyper: Params
+    ) -> tuple[Params, State]:
+        """One step: new parameters and new state; nothing is modified in place."""
+
+    def l2(self, hyper: Params) -> float | Tensor:
+        """The weight-decay coefficient, which shifts the inner fixed point (used by implicit)."""
+        return 0.0
+
+    def state_from_torch(self, optimizer: torch.optim.Optimizer, params: Params) -> State:
+        """Carry a ``torch.optim`` optimizer's state (momentum, moments) into virtual steps."""
+        raise SlemError(f"{type(self).__name__} cannot import torch optimizer state")
+
+
+@dataclass
+class SGD(InnerOptimizer):
+    """SGD with momentum, dampening, Nesterov and (coupled) weight decay, as torch.optim.SGD."""
+
+    lr: Setting
+    momentum: Setting = 0.0
+    weight_decay: Setting = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+
+    def init(self, params: Params) -> State:
+        return {"step": 0, "momentum": {}}
+
+    def l2(self, hyper: Params) -> float | Tensor:
+        return resolve(self.weight_decay, hyper)
+
+    def update(
+        self, params: Params, grads: Params, state: State, hyper: Params
+    ) -> tuple[Params, State]:
+        lr, mu, wd = (resolve(s, hyper) for s in (self.lr, self.momentum, self.weight_decay))
+        use_momentum = callable(self.momentum) or self.momentum != 0.0
+        new_params: Params = {}
+        buffers: Params = {}
+        for name, p in params.items():
+            g = grads[name]
+            if callable(self.weight_decay) or self.weight_decay != 0.0:
+                g = g + wd * p
+            if use_momentum:
+                prev = state["momentum"].get(name)
+                buf = g if prev is None else mu * prev + (1.0 - self.dampening) * g
+                buffers[name] = buf
+                g = g + mu * buf if self.nesterov else buf
+            new_params[name] = p - lr * g
+        return new_params, {"step": state["step"] + 1, "momentum": buffers}
+
+    def state_from_torch(self, optimizer: torch.optim.Optimizer, params: Params) -> State:
+        ids = {id(p): name for name, p in params.items()}
+        buffers = {
+            ids[id(p)]: s["momentum_buffer"].detach()
+            for p, s in optimizer.state.items()
+            if id(p) in ids and s.get("momentum_buffer") is not None
+        }
+        return {"step": 0, "momentum": buffers}
+
+
+@dataclass
+class Adam(InnerOptimizer):
+    """Adam / AdamW as torch.optim.Adam(W), made safe to differentiate.
+
+    ``sqrt(v)`` has an infinite derivative at ``v = 0`` (any parameter whose gradient is exactly
+    zero, e.g. behind a dead ReLU), which turns a hypergradient into NaN. The denominator is
+    therefore ``sqrt(v_hat + eps_root) + eps``; with the default ``eps_root = 1e-16`` the step
+    differs from torch's by less than 1e-8 relative where ``v_hat >> 1e-16``.
+    """
+
+    lr: Setting
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    eps_root: float = 1e-16
+    weight_decay: Setting = 0.0
+    decoupled: bool = False  # AdamW
+
+    def init(self, params: Params) -> State:
+        return {"step": 0, "m": {}, "v": {}}
+
+    def l2(self, hyper: Params) -> float | Tensor:
+        return resolve(self.weight_decay, hyper)
+
+    def update(
+        self, params: Params, grads: Params, state: State, hyper: Params
+    ) -> tuple[Params, State]:
+        lr, wd = resolve(self.lr, hyper), resolve(self.weight_decay, hyper)
+        b1, b2 = self.betas
+        step = state["step"] + 1
+        c1, c2 = 1.0 - b1**step, 1.0 - b2**step
+        has_wd = callable(self.weight_decay) or self.weight_decay != 0.0
+        new_params: Params = {}
+        ms: Params = {}
+        vs: Params = {}
+        for name, p in params.items():
+            g = grads[name]
+            if has_wd and not self.decoupled:
+                g = g + wd * p
+            m0, v0 = state["m"].get(name), state["v"].get(name)
+            m = (1.0 - b1) * g if m0 is None else b1 * m0 + (1.0 - b1) * g
+            v = (1.0 - b2) * g * g if v0 is None else b2 * v0 + (1.0 - b2) * g * g
+            ms[name], vs[name] = m, v
+            denom = torch.sqrt(v / c2 + self.eps_root) + self.eps
+            update = (m / c1) / denom
+            if has_wd and self.decoupled:
+                update = update + wd * p
+            new_params[name] = p - lr * update
+        return new_params, {"step": step, "m": ms, "v": vs}
+
+    def state_from_torch(self, optimizer: torch.optim.Optimizer, params: Params) -> State:
+        ids = {id(p): name for name, p in params.items()}
+        m, v, step = {}, {}, 0
+        for p, s in optimizer.state.items():
+            if id(p) in ids and "exp_avg" in s:
+                m[ids[id(p)]] = s["exp_avg"].detach()
+                v[ids[id(p)]] = s["exp_avg_sq"].detach()
+                step = int(s["step"])
+        return {"step": step, "m": m, "v": v}
