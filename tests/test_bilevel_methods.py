@@ -369,3 +369,17 @@ def test_errors_are_clear() -> None:
             setup.outer_loss,
             SGD(lr=0.1),
         )
+
+
+def test_forward_mode_vectorized_and_fallback_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    setup = Setup(make_model(), SGD(lr=0.3, momentum=0.5))
+    fast = hypergrad(setup.problem(H0), "forward", inner_batch=TRAIN, outer_batch=META, steps=3)
+    assert fast.diagnostics["vectorized"]
+
+    def no_vmap(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr("slem.bilevel.methods.vmap", no_vmap)
+    slow = hypergrad(setup.problem(H0), "forward", inner_batch=TRAIN, outer_batch=META, steps=3)
+    assert not slow.diagnostics["vectorized"]
+    close(slow.grads["h"], fast.grads["h"], 1e-12)

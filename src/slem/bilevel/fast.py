@@ -14,15 +14,16 @@ double backward and no graph of the update is needed. The result equals generic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
-from torch.func import grad_and_value
 
 from slem.bilevel.problem import Batch, BilevelProblem, Hypergrad, Params
-from slem.bilevel.unroll import detach_tree, initial_state, pullback, push_forward
+from slem.bilevel.unroll import detach_tree, initial_state
 from slem.errors import SlemError
 
 PerSampleLoss = Callable[[Params, Batch], Tensor]
@@ -91,8 +92,10 @@ def weighted_lookahead(
     }
     params = detach_tree(problem.params)
     state = initial_state(problem, params)
+    frozen_hyper = detach_tree(hyper)
 
     with torch.enable_grad():
+        # 1. per-sample losses and weights; g = grad of mean(w * l), one backward
         losses = problem.per_sample_loss(live, batch)
         if losses.dim() != 1:
             raise SlemError(
@@ -104,63 +107,100 @@ def weighted_lookahead(
                 f"weights returned shape {tuple(weights.shape)}; expected {tuple(losses.shape)}"
             )
         n = losses.numel()
-        names = list(live)
-        raw = torch.autograd.grad(
-            losses,
-            [live[k] for k in names],
-            grad_outputs=weights.detach() / n,
-            retain_graph=keep_graph,
-            allow_unused=True,
-        )
-    g = {
-        k: (t if t is not None else torch.zeros_like(params[k]))
-        for k, t in zip(names, raw, strict=True)
-    }
+        (g,) = _grads(losses, [live], weights.detach() / n, keep_graph)
 
-    frozen_hyper = detach_tree(hyper)
-    new_params, _ = problem.optimizer.update(params, g, state, frozen_hyper)
-    new_params = detach_tree(new_params)
-    (v, direct), outer = grad_and_value(problem.outer_loss, argnums=(0, 1))(
-        new_params, frozen_hyper, outer_batch
-    )
-    u, opt_direct = pullback(
-        lambda g_, h_: problem.optimizer.update(params, g_, state, h_)[0], g, frozen_hyper
-    )(v)
+        # 2. the virtual step, with g and phi as leaves so the update can be pulled back
+        g_leaf = {k: t.detach().requires_grad_(True) for k, t in g.items()}
+        h_leaf = {k: t.detach().requires_grad_(True) for k, t in frozen_hyper.items()}
+        stepped, new_state = problem.optimizer.update(params, g_leaf, state, h_leaf)
+        new_params = {k: t.detach().requires_grad_(True) for k, t in stepped.items()}
 
-    def loss_vector(p: Params) -> Tensor:
-        return problem.per_sample_loss(p, batch)
+        # 3. v = outer gradient at the looked-ahead parameters (+ the direct phi term)
+        outer = problem.outer_loss(new_params, h_leaf, outer_batch)
+        v, direct = _grads(outer, [new_params, h_leaf], None, False)
 
-    if jvp_mode == "forward":
-        _, c = push_forward(loss_vector, (params,), (u,))
-    else:
-        norm = float(torch.sqrt(sum((t * t).sum() for t in u.values())))
-        eps = epsilon / max(norm, 1e-12)
-        with torch.no_grad():
-            up = loss_vector({k: params[k] + eps * u[k] for k in params})
-            down = loss_vector({k: params[k] - eps * u[k] for k in params})
-        c = (up - down) / (2 * eps)
+        # 4. u = (dU/dg)^T v and the optimizer's own phi-dependence (e.g. a learned lr)
+        u, opt_direct = _grads(stepped, [g_leaf, h_leaf], v, False)
 
+    # 5. c_i = grad l_i . u for every sample: one forward-mode pass (or a central difference)
+    c = _directional(problem.per_sample_loss, params, u, batch, jvp_mode, epsilon)
+
+    # 6. the weights' pull-back
     with torch.enable_grad():
-        h_names = list(hyper)
-        w_grads = torch.autograd.grad(
-            weights, [hyper[k] for k in h_names], grad_outputs=c.detach() / n, allow_unused=True
-        )
-    grads = {
-        k: (direct[k] + opt_direct[k] + (wg if wg is not None else 0.0)).detach()
-        for k, wg in zip(h_names, w_grads, strict=True)
-    }
+        (w_grads,) = _grads(weights, [hyper], c.detach() / n, False)
+    grads = {k: (w_grads[k] + direct[k] + opt_direct[k]).detach() for k in hyper}
     diagnostics: dict[str, Any] = {
         "path": "fast",
         "jvp_mode": jvp_mode,
         "weights": weights.detach(),
+        "inner_grads": {k: t.detach() for k, t in g.items()},
+        "optimizer_state": detach_tree(new_state),
     }
     if keep_graph:
         diagnostics["losses"] = losses
         diagnostics["graph_params"] = live
     return Hypergrad(
         grads=grads,
-        outer_loss=float(outer),
+        outer_loss=float(outer.detach()),
         method="lookahead",
         diagnostics=diagnostics,
-        params=new_params,
+        params=detach_tree(new_params),
     )
+
+
+def _grads(
+    output: Tensor | Params,
+    wrt: list[Params],
+    cotangent: Tensor | Params | None,
+    keep_graph: bool,
+) -> list[Params]:
+    """Reverse-mode gradients of ``output`` for each dict in ``wrt`` (kept apart: a model and
+    a weighting net may share parameter names); zeros where a tensor is unused."""
+    if isinstance(output, dict):
+        assert isinstance(cotangent, dict)
+        outs = list(output.values())
+        cots: list[Tensor] | None = [cotangent[k] for k in output]
+    else:
+        outs = [output]
+        cots = [cotangent] if isinstance(cotangent, Tensor) else None
+    flat = [t for d in wrt for t in d.values()]
+    raw = iter(
+        torch.autograd.grad(
+            outs, flat, grad_outputs=cots, retain_graph=keep_graph, allow_unused=True
+        )
+    )
+    out: list[Params] = []
+    for d in wrt:
+        grads: Params = {}
+        for k, t in d.items():
+            g = next(raw)
+            grads[k] = g if g is not None else torch.zeros_like(t)
+        out.append(grads)
+    return out
+
+
+def _directional(
+    per_sample_loss: PerSampleLoss,
+    params: Params,
+    u: Params,
+    batch: Batch,
+    jvp_mode: str,
+    epsilon: float,
+) -> Tensor:
+    """``c = J u`` with ``J`` the Jacobian of the per-sample loss vector at ``params``.
+
+    Forward mode uses torch's core dual tensors (faster than ``torch.func.jvp`` here, and
+    ``FunctionalModel`` works with them: its buffer copies absorb BatchNorm's updates).
+    """
+    if jvp_mode == "forward":
+        with fwAD.dual_level(), torch.no_grad():
+            duals = {k: fwAD.make_dual(params[k], u[k]) for k in params}  # type: ignore[no-untyped-call]
+            out = per_sample_loss(duals, batch)
+            primal, tangent = fwAD.unpack_dual(out)  # type: ignore[no-untyped-call]
+        return tangent if tangent is not None else torch.zeros_like(primal)
+    norm = math.sqrt(sum(float((t * t).sum()) for t in u.values()))
+    eps = epsilon / max(norm, 1e-12)
+    with torch.no_grad():
+        up = per_sample_loss({k: params[k] + eps * u[k] for k in params}, batch)
+        down = per_sample_loss({k: params[k] - eps * u[k] for k in params}, batch)
+    return (up - down) / (2 * eps)
