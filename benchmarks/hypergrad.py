@@ -362,34 +362,24 @@ class StepBench:
         F.cross_entropy(self.model(self.x), self.y).backward()
         self.opt.step()
 
-    def fast(self, jvp_mode: str = "forward") -> Any:
+    def _hypergrad(self, method: str, **options: Any) -> Any:
         self._refresh()
         return hypergrad(
             self.problem,
-            "lookahead",
+            method,
             inner_batch=(self.x, self.y),
             outer_batch=(self.xm, self.ym),
-            jvp_mode=jvp_mode,
+            **options,
         )
+
+    def fast(self, jvp_mode: str = "forward") -> Any:
+        return self._hypergrad("lookahead", jvp_mode=jvp_mode)
 
     def generic_func(self) -> Any:
-        self._refresh()
-        return hypergrad(
-            self.problem,
-            "lookahead",
-            inner_batch=(self.x, self.y),
-            outer_batch=(self.xm, self.ym),
-            fast=False,
-        )
+        return self._hypergrad("lookahead", fast=False)
 
     def first_order(self) -> Any:
-        self._refresh()
-        return hypergrad(
-            self.problem,
-            "first_order",
-            inner_batch=(self.x, self.y),
-            outer_batch=(self.xm, self.ym),
-        )
+        return self._hypergrad("first_order")
 
     def official(self) -> None:
         """MW-Net's published recipe: every step it builds a fresh meta model, loads the
@@ -420,14 +410,7 @@ class StepBench:
 
     def iteration_fast(self) -> None:
         """A whole MW-Net iteration on the fast path: the real step reuses the first forward."""
-        self._refresh()
-        result = hypergrad(
-            self.problem,
-            "lookahead",
-            inner_batch=(self.x, self.y),
-            outer_batch=(self.xm, self.ym),
-            keep_graph=True,
-        )
+        result = self._hypergrad("lookahead", keep_graph=True)
         self.vopt.zero_grad()
         result.accumulate_into(self.vnet)
         self.vopt.step()
@@ -441,10 +424,7 @@ class StepBench:
     def iteration_lagged(self) -> None:
         """The virtual step *is* the real step: one forward and one backward serve both, and
         the weighting net's update applies from the next step on (one step of lag)."""
-        self._refresh()
-        result = hypergrad(
-            self.problem, "lookahead", inner_batch=(self.x, self.y), outer_batch=(self.xm, self.ym)
-        )
+        result = self._hypergrad("lookahead")
         self.vopt.zero_grad()
         result.accumulate_into(self.vnet)
         self.vopt.step()
