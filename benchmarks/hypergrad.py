@@ -414,7 +414,7 @@ class StepBench:
         self.vopt.zero_grad()
         result.accumulate_into(self.vnet)
         self.vopt.step()
-        losses = result.diagnostics["losses"]
+        losses = result.diagnostics["losses"].weighted
         with torch.no_grad():
             w = self.vnet(losses.detach()[:, None]).squeeze(1)
         self.opt.zero_grad()

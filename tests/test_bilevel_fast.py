@@ -132,7 +132,7 @@ def test_keep_graph_lets_the_real_step_reuse_the_forward() -> None:
     model, wnet = cnn(), weight_net()
     problem = weighted_problem(model, wnet, SGD(lr=0.1))
     result = hypergrad(problem, "lookahead", inner_batch=TRAIN, outer_batch=META, keep_graph=True)
-    losses = result.diagnostics["losses"]
+    losses = result.diagnostics["losses"].weighted
     new_w = torch.rand(len(losses))
     reused = torch.autograd.grad((new_w * losses).mean(), list(model.parameters()))
     fresh_losses = F.cross_entropy(
@@ -177,3 +177,35 @@ def test_no_memory_growth_over_1000_calls(fast: bool) -> None:
     (rss_100, tensors_100), (rss_1000, tensors_1000) = samples[100], samples[1000]
     assert tensors_1000 <= tensors_100, (tensors_100, tensors_1000)
     assert rss_1000 - rss_100 < 20.0, (rss_100, rss_1000)
+
+
+def test_fast_path_with_unweighted_term_and_features() -> None:
+    """CMW-Net-SL's loss w * (l_y - l_z) + l_z with the net fed l_y: fast equals generic."""
+    from slem.bilevel import PerSample
+
+    model, wnet = cnn(), weight_net()
+    net, vnet = functional(model), functional(wnet)
+    pseudo = torch.softmax(
+        torch.randn(32, 5, generator=torch.Generator().manual_seed(3), dtype=F64), dim=1
+    )
+
+    def per_sample(params: Params, b: tuple[Tensor, Tensor]) -> PerSample:
+        logits = net(params, b[0])
+        given = F.cross_entropy(logits, b[1], reduction="none")
+        soft = -(pseudo * F.log_softmax(logits, dim=1)).sum(1)
+        return PerSample(weighted=given - soft, unweighted=soft, features=given)
+
+    def weights(hyper: Params, losses: Tensor, b: object) -> Tensor:
+        return vnet(hyper, losses[:, None]).squeeze(1)
+
+    problem = WeightedProblem(
+        dict(model.named_parameters()),
+        dict(wnet.named_parameters()),
+        per_sample,
+        weights,
+        lambda p, h, b: F.cross_entropy(net(p, b[0]), b[1]),
+        SGD(lr=0.1, momentum=0.9),
+    )
+    fast = hypergrad(problem, "lookahead", inner_batch=TRAIN, outer_batch=META)
+    generic = hypergrad(problem, "lookahead", inner_batch=TRAIN, outer_batch=META, fast=False)
+    assert rel(fast.grads, generic.grads) < 1e-6

@@ -21,7 +21,7 @@ hyperparameters by any method, so callers switch methods by name::
     result.grads["w"]
 """
 
-from slem.bilevel.fast import WeightedProblem, weighted_lookahead
+from slem.bilevel.fast import PerSample, WeightedProblem, weighted_lookahead
 from slem.bilevel.methods import (
     METHODS,
     finite_difference,
@@ -39,6 +39,7 @@ from slem.bilevel.problem import (
     Hypergrad,
     Params,
     functional,
+    live_forward,
 )
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "Hypergrad",
     "InnerOptimizer",
     "Params",
+    "PerSample",
     "WeightedProblem",
     "finite_difference",
     "first_order",
@@ -57,6 +59,7 @@ __all__ = [
     "functional",
     "hypergrad",
     "implicit",
+    "live_forward",
     "lookahead",
     "unrolled",
     "weighted_lookahead",

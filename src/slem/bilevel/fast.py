@@ -16,24 +16,56 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, NamedTuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from slem.bilevel.problem import Batch, BilevelProblem, Hypergrad, Params
+from slem.bilevel.problem import live_forward as live_forward_context
 from slem.bilevel.unroll import detach_tree, initial_state
 from slem.errors import SlemError
 
-PerSampleLoss = Callable[[Params, Batch], Tensor]
+
+class PerSample(NamedTuple):
+    """Per-sample terms of a weighted inner loss ``mean(w * weighted + unweighted)``.
+
+    ``features`` is what the weighting function sees (default: ``weighted``, detached); e.g.
+    CMW-Net-SL weights ``l(y) - l(pseudo)`` but feeds its net the loss ``l(y)``.
+    """
+
+    weighted: Tensor
+    unweighted: Tensor | None = None
+    features: Tensor | None = None
+
+
+PerSampleLoss = Callable[[Params, Batch], "Tensor | PerSample"]
 WeightFn = Callable[[Params, Tensor, Batch], Tensor]
+
+
+def as_per_sample(out: Tensor | PerSample) -> PerSample:
+    return out if isinstance(out, PerSample) else PerSample(out)
+
+
+def inner_value(terms: PerSample, weights: Tensor) -> Tensor:
+    """``mean(w * weighted + unweighted)``: the inner loss given the weights."""
+    total = weights * terms.weighted
+    if terms.unweighted is not None:
+        total = total + terms.unweighted
+    return total.mean()
+
+
+def weight_input(terms: PerSample) -> Tensor:
+    return (terms.features if terms.features is not None else terms.weighted).detach()
 
 
 class WeightedProblem(BilevelProblem):
     """A bilevel problem whose hyperparameters act only through per-sample weights.
 
-    ``per_sample_loss(params, batch)`` returns the vector ``l`` of per-sample losses;
+    ``per_sample_loss(params, batch)`` returns the vector ``l`` of per-sample losses (or a
+    :class:`PerSample` with an unweighted term and the weighting net's input);
     ``weights(hyper, losses, batch)`` returns ``w`` (same shape), where ``losses`` is ``l``
     detached (MW-Net feeds the weighting net the loss *value*). The inner loss is
     ``mean(w * l)``, so every generic method applies too; ``lookahead`` takes the fast path.
@@ -61,8 +93,8 @@ class WeightedProblem(BilevelProblem):
         )
 
     def _inner_loss(self, params: Params, hyper: Params, batch: Batch) -> Tensor:
-        losses = self.per_sample_loss(params, batch)
-        return (self.weights(hyper, losses.detach(), batch) * losses).mean()
+        terms = as_per_sample(self.per_sample_loss(params, batch))
+        return inner_value(terms, self.weights(hyper, weight_input(terms), batch))
 
 
 def weighted_lookahead(
@@ -72,6 +104,7 @@ def weighted_lookahead(
     jvp_mode: str = "forward",
     keep_graph: bool = False,
     epsilon: float = 0.01,
+    live_forward: bool | None = None,
 ) -> Hypergrad:
     """One-step hypergradient via the structure above.
 
@@ -80,8 +113,11 @@ def weighted_lookahead(
     cheapest on hardware where forward-mode kernels are slow; the step has norm ``epsilon``
     in parameter space, as in DARTS). With ``keep_graph`` the
     per-sample losses are returned with their graph (``diagnostics["losses"]``, and the
-    parameters they were computed from in ``diagnostics["graph_params"]``), so the caller's
-    real training step can reuse that forward pass.
+    parameters they were computed from in ``diagnostics["graph_params"]``; a
+    :class:`PerSample`), so the caller's
+    real training step can reuse that forward pass. ``live_forward`` (default: ``keep_graph``)
+    makes that first forward the real one: a :class:`~slem.bilevel.FunctionalModel` given the
+    module's own parameters then runs the module, so BatchNorm statistics move once per step.
     """
     if jvp_mode not in ("forward", "difference"):
         raise SlemError(f"jvp_mode must be 'forward' or 'difference', got '{jvp_mode}'")
@@ -94,20 +130,27 @@ def weighted_lookahead(
     state = initial_state(problem, params)
     frozen_hyper = detach_tree(hyper)
 
+    live_ctx = (
+        live_forward_context()
+        if (keep_graph if live_forward is None else live_forward)
+        else nullcontext()
+    )
     with torch.enable_grad():
         # 1. per-sample losses and weights; g = grad of mean(w * l), one backward
-        losses = problem.per_sample_loss(live, batch)
+        with live_ctx:
+            terms = as_per_sample(problem.per_sample_loss(live, batch))
+        losses = terms.weighted
         if losses.dim() != 1:
             raise SlemError(
                 f"per_sample_loss must return one loss per sample (1-D), got {tuple(losses.shape)}"
             )
-        weights = problem.weights(hyper, losses.detach(), batch)
+        weights = problem.weights(hyper, weight_input(terms), batch)
         if weights.shape != losses.shape:
             raise SlemError(
                 f"weights returned shape {tuple(weights.shape)}; expected {tuple(losses.shape)}"
             )
         n = losses.numel()
-        (g,) = _grads(losses, [live], weights.detach() / n, keep_graph)
+        (g,) = _grads(inner_value(terms, weights.detach()), [live], None, keep_graph)
 
         # 2. the virtual step, with g and phi as leaves so the update can be pulled back
         g_leaf = {k: t.detach().requires_grad_(True) for k, t in g.items()}
@@ -137,7 +180,7 @@ def weighted_lookahead(
         "optimizer_state": detach_tree(new_state),
     }
     if keep_graph:
-        diagnostics["losses"] = losses
+        diagnostics["losses"] = terms
         diagnostics["graph_params"] = live
     return Hypergrad(
         grads=grads,
@@ -192,15 +235,19 @@ def _directional(
     Forward mode uses torch's core dual tensors (faster than ``torch.func.jvp`` here, and
     ``FunctionalModel`` works with them: its buffer copies absorb BatchNorm's updates).
     """
+
+    def weighted(p: Params) -> Tensor:
+        return as_per_sample(per_sample_loss(p, batch)).weighted
+
     if jvp_mode == "forward":
         with fwAD.dual_level(), torch.no_grad():
-            duals = {k: fwAD.make_dual(params[k], u[k]) for k in params}  # type: ignore[no-untyped-call]
-            out = per_sample_loss(duals, batch)
-            primal, tangent = fwAD.unpack_dual(out)  # type: ignore[no-untyped-call]
+            duals = {k: fwAD.make_dual(params[k], u[k]) for k in params}
+            out = weighted(duals)
+            primal, tangent = fwAD.unpack_dual(out)
         return tangent if tangent is not None else torch.zeros_like(primal)
     norm = math.sqrt(sum(float((t * t).sum()) for t in u.values()))
     eps = epsilon / max(norm, 1e-12)
     with torch.no_grad():
-        up = per_sample_loss({k: params[k] + eps * u[k] for k in params}, batch)
-        down = per_sample_loss({k: params[k] - eps * u[k] for k in params}, batch)
+        up = weighted({k: params[k] + eps * u[k] for k in params})
+        down = weighted({k: params[k] - eps * u[k] for k in params})
     return (up - down) / (2 * eps)

@@ -82,9 +82,9 @@ def solve(
     alpha: float | None,
 ) -> tuple[Params, dict[str, Any]]:
     if solver == "cg":
-        return conjugate_gradient(hvp, v, iterations or 100, tol)
+        return conjugate_gradient(hvp, v, 100 if iterations is None else iterations, tol)
     if solver == "neumann":
         if alpha is None:
             raise SlemError("solver='neumann' needs alpha (the series step, e.g. the inner lr)")
-        return neumann(hvp, v, iterations or 100, alpha)
+        return neumann(hvp, v, 100 if iterations is None else iterations, alpha)
     raise SlemError(f"unknown implicit solver '{solver}'; use cg or neumann")

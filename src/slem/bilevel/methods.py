@@ -7,6 +7,7 @@ inner forward + backward.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,9 +51,14 @@ def _reverse(
     hyper = _hyper(problem)
     start = None
     tracked = batches
-    if truncate is not None:
+    if truncate is not None and truncate != len(batches):
         if not 1 <= truncate <= len(batches):
             raise SlemError(f"truncate must be in 1..{len(batches)} (the steps), got {truncate}")
+        if problem.initial_params is not None:
+            raise SlemError(
+                "truncate below the number of steps would drop the gradient of the learned "
+                "initialization (initial_params); use the full horizon or first_order"
+            )
         start = warm_start(problem, hyper, batches[: len(batches) - truncate])
         tracked = batches[len(batches) - truncate :]
     objective = make_objective(problem, tracked, outer_batch, stop_gradient, start)
@@ -75,6 +81,7 @@ def lookahead(
     jvp_mode: str = "forward",
     keep_graph: bool = False,
     epsilon: float = 0.01,
+    live_forward: bool | None = None,
 ) -> Hypergrad:
     """One virtual step, then the outer loss (MW-Net, Shu et al. 2019; second-order DARTS,
     Liu et al. 2019). Exact gradient of ``L_out(theta - lr * grad L_in(theta, phi))``.
@@ -83,14 +90,18 @@ def lookahead(
     twice. When ``problem`` is a :class:`~slem.bilevel.WeightedProblem` (``phi`` enters only
     as per-sample weights), the structured fast path gives the same gradient with one JVP
     instead of the double backward (``fast=False`` forces the generic path; ``jvp_mode``,
-    ``keep_graph`` and ``epsilon`` are the fast path's options).
+    ``keep_graph``, ``epsilon`` and ``live_forward`` are the fast path's options).
     Use it for online meta-learning that interleaves meta steps with training.
     """
     from slem.bilevel.fast import WeightedProblem, weighted_lookahead
 
+    if inner_batches is not None and len(inner_batches) != 1:
+        raise SlemError("lookahead takes one step on one batch; use unrolled for several")
     batches = schedule(inner_batch, inner_batches, 1)
     if fast and isinstance(problem, WeightedProblem):
-        return weighted_lookahead(problem, batches[0], outer_batch, jvp_mode, keep_graph, epsilon)
+        return weighted_lookahead(
+            problem, batches[0], outer_batch, jvp_mode, keep_graph, epsilon, live_forward
+        )
     result = _reverse(problem, "lookahead", batches, outer_batch)
     result.diagnostics["path"] = "generic"
     return result
@@ -207,25 +218,32 @@ def implicit(
     (``solver="cg"``) or a Neumann series (``solver="neumann"``, step ``alpha``) using
     Hessian-vector products from torch.func (forward-over-reverse).
 
-    Assumes ``problem.params`` is (close to) the inner optimum; ``inner_steps`` runs that many
-    plain steps first. Cost: one Hessian-vector product (about 2 steps) per iteration, memory
-    of one step, independent of how long the inner problem was trained. Use it when the
-    inner problem is trained to convergence (HPO of regularizers, iMAML-style problems).
+    Assumes ``problem.params`` is (close to) the optimum of the inner objective averaged over
+    the given inner batches; ``inner_steps`` runs that many plain steps first. Cost: one
+    Hessian-vector product (about 2 steps) per iteration, memory of one step, independent of
+    how long the inner problem was trained. Use it when the inner problem is trained to
+    convergence (HPO of regularizers, iMAML-style problems).
     """
     if problem.initial_params is not None:
         raise SlemError("implicit needs fixed inner parameters; initial_params is not supported")
     batches = schedule(inner_batch, inner_batches, None)
     hyper = _hyper(problem)
     params, _ = warm_start(problem, hyper, [batches[k % len(batches)] for k in range(inner_steps)])
-    batch = batches[-1] if inner_steps else batches[0]
     l2 = problem.optimizer.l2
+    l2(hyper)  # an optimizer without a stationary loss (AdamW) refuses here
 
     def stationarity(theta: Params, h: Params) -> Params:
-        g = grad(problem.inner_loss)(theta, h, batch)
+        """Gradient of the inner objective, averaged over all the given inner batches."""
+        total: Params | None = None
+        for batch in batches:
+            g = grad(problem.inner_loss)(theta, h, batch)
+            total = g if total is None else {k: total[k] + g[k] for k in g}
+        assert total is not None
         decay = l2(h)
+        scale = 1.0 / len(batches)
         if isinstance(decay, Tensor) or decay != 0.0:
-            return {k: g[k] + decay * theta[k] for k in g}
-        return g
+            return {k: scale * total[k] + decay * theta[k] for k in total}
+        return {k: scale * total[k] for k in total} if len(batches) > 1 else total
 
     (v, direct), loss = grad_and_value(problem.outer_loss, argnums=(0, 1))(
         params, hyper, outer_batch
@@ -317,12 +335,14 @@ def hypergrad(
     fn = METHODS.get(method)
     if fn is None:
         raise SlemError(f"unknown hypergradient method '{method}'; use one of {', '.join(METHODS)}")
-    start = time.perf_counter()
     try:
-        result = fn(problem, outer_batch=outer_batch, **options)
+        inspect.signature(fn).bind(problem, outer_batch=outer_batch, **options)
     except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):
-            raise SlemError(f"method '{method}': {exc}".replace(f"{fn.__name__}() ", "")) from None
-        raise
+        allowed = [
+            n for n in inspect.signature(fn).parameters if n not in ("problem", "outer_batch")
+        ]
+        raise SlemError(f"method '{method}': {exc}; its options are {', '.join(allowed)}") from None
+    start = time.perf_counter()
+    result = fn(problem, outer_batch=outer_batch, **options)
     result.diagnostics["seconds"] = time.perf_counter() - start
     return result

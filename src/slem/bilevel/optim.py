@@ -113,24 +113,30 @@ class Adam(InnerOptimizer):
     decoupled: bool = False  # AdamW
 
     def init(self, params: Params) -> State:
-        return {"step": 0, "m": {}, "v": {}}
+        return {"step": {}, "m": {}, "v": {}}  # step counts per parameter, as torch keeps them
 
     def l2(self, hyper: Params) -> float | Tensor:
-        return resolve(self.weight_decay, hyper)
+        if self.decoupled and (callable(self.weight_decay) or self.weight_decay != 0.0):
+            raise SlemError(
+                "AdamW's decoupled weight decay has no stationary loss for the implicit "
+                "hypergradient; use Adam(weight_decay=...) (an L2 penalty), SGD, or unrolled"
+            )
+        return 0.0 if self.decoupled else resolve(self.weight_decay, hyper)
 
     def update(
         self, params: Params, grads: Params, state: State, hyper: Params
     ) -> tuple[Params, State]:
         lr, wd = resolve(self.lr, hyper), resolve(self.weight_decay, hyper)
         b1, b2 = self.betas
-        step = state["step"] + 1
-        c1, c2 = 1.0 - b1**step, 1.0 - b2**step
+        steps: dict[str, int] = {}
         has_wd = callable(self.weight_decay) or self.weight_decay != 0.0
         new_params: Params = {}
         ms: Params = {}
         vs: Params = {}
         for name, p in params.items():
             g = grads[name]
+            step = steps[name] = _step_of(state, name) + 1
+            c1, c2 = 1.0 - b1**step, 1.0 - b2**step
             if has_wd and not self.decoupled:
                 g = g + wd * p
             m0, v0 = state["m"].get(name), state["v"].get(name)
@@ -142,14 +148,19 @@ class Adam(InnerOptimizer):
             if has_wd and self.decoupled:
                 update = update + wd * p
             new_params[name] = p - lr * update
-        return new_params, {"step": step, "m": ms, "v": vs}
+        return new_params, {"step": steps, "m": ms, "v": vs}
 
     def state_from_torch(self, optimizer: torch.optim.Optimizer, params: Params) -> State:
         ids = {id(p): name for name, p in params.items()}
-        m, v, step = {}, {}, 0
+        m, v, steps = {}, {}, {}
         for p, s in optimizer.state.items():
             if id(p) in ids and "exp_avg" in s:
-                m[ids[id(p)]] = s["exp_avg"].detach()
-                v[ids[id(p)]] = s["exp_avg_sq"].detach()
-                step = int(s["step"])
-        return {"step": step, "m": m, "v": v}
+                name = ids[id(p)]
+                m[name], v[name] = s["exp_avg"].detach(), s["exp_avg_sq"].detach()
+                steps[name] = int(s["step"])
+        return {"step": steps, "m": m, "v": v}
+
+
+def _step_of(state: State, name: str) -> int:
+    step = state["step"]
+    return int(step.get(name, 0)) if isinstance(step, dict) else int(step)

@@ -17,7 +17,9 @@ forward. In eval mode the running statistics are read, never written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,17 +34,39 @@ Batch = Any
 LossFn = Callable[[Params, Params, Batch], Tensor]
 
 
+_LIVE_FORWARD: ContextVar[bool] = ContextVar("slem_live_forward", default=False)
+
+
+@contextmanager
+def live_forward() -> Iterator[None]:
+    """Within this context, a :class:`FunctionalModel` called with the module's *own*
+    parameters runs the module itself, so BatchNorm's running statistics move. The fast path
+    uses it for the one forward pass that is also the real training step's forward."""
+    token = _LIVE_FORWARD.set(True)
+    try:
+        yield
+    finally:
+        _LIVE_FORWARD.reset(token)
+
+
 class FunctionalModel:
     """``f(params, *inputs)`` evaluates ``module(*inputs)`` with ``params`` swapped in.
 
     Buffers are copied on every call (see the module docstring): calls have no side effects,
-    and they compose with ``torch.func`` transforms (grad, jvp, vjp).
+    and they compose with ``torch.func`` transforms (grad, jvp, vjp). The one exception is
+    :func:`live_forward`.
     """
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
 
+    def _is_own(self, params: Mapping[str, Tensor]) -> bool:
+        own = dict(self.module.named_parameters())
+        return all(own.get(name) is t for name, t in params.items())
+
     def __call__(self, params: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> Any:
+        if _LIVE_FORWARD.get() and self._is_own(params):
+            return self.module(*args, **kwargs)
         buffers = {name: b.clone() for name, b in self.module.named_buffers()}
         return functional_call(self.module, (dict(params), buffers), args, kwargs)
 
@@ -59,8 +83,8 @@ def functional(module: nn.Module) -> FunctionalModel:
 def as_params(value: Mapping[str, Tensor] | nn.Module | Tensor, what: str) -> Params:
     """Normalize tensors, a dict of tensors, or a module's parameters into a ``Params`` dict."""
     params: Params
-    if isinstance(value, nn.Module):
-        params = dict[str, Tensor](value.named_parameters())
+    if isinstance(value, nn.Module):  # frozen parameters are neither inner params nor hyper
+        params = {name: p for name, p in value.named_parameters() if p.requires_grad}
     elif isinstance(value, Tensor):
         params = {what: value}
     elif isinstance(value, Mapping):
@@ -118,9 +142,10 @@ class BilevelProblem:
         optimizer: Any,
         **kwargs: Any,
     ) -> BilevelProblem:
-        """Use a stock module's (live) parameters as the inner parameters."""
+        """Use a stock module's (live) trainable parameters as the inner parameters; frozen
+        ones (``requires_grad=False``) stay fixed, as they do in real training."""
         return cls(
-            params=dict(model.named_parameters()),
+            params=as_params(model, "params"),
             hyper=as_params(hyper, "hyper"),
             inner_loss=inner_loss,
             outer_loss=outer_loss,
@@ -150,8 +175,13 @@ class Hypergrad:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     params: Params | None = None
 
-    def accumulate_into(self, hyper: Mapping[str, Tensor] | nn.Module) -> None:
-        """Add the gradients into ``.grad`` so a ``torch.optim`` optimizer can step ``hyper``."""
+    def accumulate_into(self, hyper: Mapping[str, Tensor] | nn.Module | Tensor) -> None:
+        """Add the gradients into ``.grad`` so a ``torch.optim`` optimizer can step ``hyper``
+        (a module, a dict of tensors, or the single tensor the problem was given)."""
+        if isinstance(hyper, Tensor):
+            if len(self.grads) != 1:
+                raise SlemError("accumulate_into(tensor) needs exactly one hyperparameter")
+            hyper = {next(iter(self.grads)): hyper}
         targets = dict(hyper.named_parameters()) if isinstance(hyper, nn.Module) else hyper
         for name, g in self.grads.items():
             t = targets[name]

@@ -1,0 +1,1 @@
+"""Reports of runs: plots (PNG) and tables."""

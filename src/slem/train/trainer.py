@@ -1,0 +1,749 @@
+"""The training loops: :class:`Trainer` and :class:`MetaTrainer`.
+
+``Trainer`` trains a model on a :class:`~slem.data.Task` with ERM, a robust-loss baseline
+(GCE, SCE, bootstrapping, class-balanced), fine-tuning on the meta set, or a *frozen*
+weighting methodology (meta-test: no meta set, about the cost of plain training).
+``MetaTrainer`` meta-learns the weighting methodology (MW-Net, CMW-Net, CMW-Net-SL) with the
+bilevel engine: ERM warm-up epochs, then a meta step every ``meta.interval`` steps whose
+objective is a clean meta set, DAC-MR consistency on unlabeled samples, both, or samples the
+model selects as clean (lowest loss per class).
+
+Both are deterministic given the seed and resume exactly from a checkpoint: each epoch's
+sample order comes from ``(seed, epoch)`` and every random state is saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slem.bilevel import SGD, PerSample, WeightedProblem, functional, hypergrad
+from slem.bilevel.fast import inner_value, weight_input
+from slem.data.augment import augment
+from slem.data.task import Split, Task
+from slem.errors import SlemError
+from slem.methodology import Methodology, build_weighting
+from slem.methodology.weighting import CMWNet, MWNet
+from slem.train import losses as L
+from slem.train.callbacks import Callback
+from slem.train.config import TrainConfig
+from slem.train.models import build_model
+
+EVAL_BATCH = 1024
+
+
+class TrainingStopped(Exception):
+    """Training stopped early in a consistent state (interrupt or kill); resume to go on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NonFiniteLoss(SlemError):
+    """A loss or hypergradient became NaN or infinite; the last finite state is kept."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    train_weights: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SlemError("device cuda requested but torch sees no CUDA device; use device cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """ERM, robust-loss baselines, fine-tuning, or a frozen methodology on one task."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        task: Task,
+        model: nn.Module | None = None,
+        methodology: Methodology | None = None,
+        callbacks: Sequence[Callback] = (),
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not task.is_classification:
+            raise SlemError(f"'{task.name}' is a regression task; these trainers need class labels")
+        self.config = config
+        self.task = task
+        self.device = torch.device(device) if device is not None else resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.model = model or build_model(
+            task.features.input_shape,
+            task.n_classes,
+            config.model.arch,
+            config.model.width,
+            config.model.depth,
+            config.model.dropout,
+        )
+        self.model.to(self.device)
+        self.methodology = methodology.to(self.device) if methodology is not None else None
+        self.callbacks = list(callbacks)
+        self.train_x, self.train_y = self._tensors(task.train)
+        self.val_x, self.val_y = self._tensors(task.val)
+        self.test_x, self.test_y = self._tensors(task.test)
+        self.meta_x: Tensor | None = None
+        self.meta_y: Tensor | None = None
+        if task.meta is not None:
+            self.meta_x, self.meta_y = self._tensors(task.meta)
+        self.class_groups = torch.tensor(
+            task.features.class_groups or [0] * task.n_classes, dtype=torch.long, device=self.device
+        )
+        counts = torch.tensor(task.features.class_counts, dtype=torch.float64)
+        self.cb_weights = L.class_balanced_weights(counts, config.loss.cb_beta).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.optim.lr,
+            momentum=config.optim.momentum,
+            nesterov=config.optim.nesterov,
+            weight_decay=config.optim.weight_decay,
+        )
+        self.teacher = self._make_teacher()
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": -1, "state": None}
+        self.timings: dict[str, list[float]] = {"plain": [], "meta": []}
+        self.elapsed = 0.0
+        self._stop: str | None = None
+        self._epoch_stats: dict[str, list[float]] = {}
+        self._check_model_output()
+
+    # ------------------------------------------------------------------ setup
+
+    def _tensors(self, split: Split) -> tuple[Tensor, Tensor]:
+        return (
+            torch.as_tensor(split.X, dtype=torch.float32, device=self.device),
+            torch.as_tensor(split.y, dtype=torch.long, device=self.device),
+        )
+
+    def _make_teacher(self) -> nn.Module | None:
+        if not self._label_correction:
+            return None
+        teacher = copy.deepcopy(self.model)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    @property
+    def _label_correction(self) -> bool:
+        m = self.methodology
+        return bool(getattr(m, "label_correction", False)) or self.config.method == "cmwnet_sl"
+
+    def _check_model_output(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(self.train_x[:2])
+        if not isinstance(out, Tensor) or out.shape != (
+            min(2, len(self.train_x)),
+            self.task.n_classes,
+        ):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise SlemError(
+                f"model output has shape {shape}; expected (batch, {self.task.n_classes}) "
+                f"logits for the {self.task.n_classes} classes of '{self.task.name}'"
+            )
+
+    # ------------------------------------------------------------------ schedule
+
+    @property
+    def batch_size(self) -> int:
+        return min(self.config.optim.batch_size, len(self.train_y))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train_y) // self.batch_size)
+
+    @property
+    def finetune_epochs(self) -> int:
+        return self.config.loss.finetune_epochs if self.config.method == "finetune" else 0
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.optim.epochs + self.finetune_epochs
+
+    @property
+    def total_steps(self) -> int:
+        ft = self.finetune_epochs * self._finetune_steps
+        return self.config.optim.epochs * self.steps_per_epoch + ft
+
+    @property
+    def _finetune_steps(self) -> int:
+        n = len(self.meta_y) if self.meta_y is not None else 1
+        return max(1, n // min(32, n))
+
+    def lr_at(self, step: int) -> float:
+        o = self.config.optim
+        if self.epoch >= o.epochs:  # fine-tuning phase
+            return o.lr * self.config.loss.finetune_lr_factor
+        total = o.epochs * self.steps_per_epoch
+        t = min(step / max(total, 1), 1.0)
+        if o.schedule == "cosine":
+            return o.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+        if o.schedule == "step":
+            return o.lr * o.gamma ** sum(t >= m for m in o.milestones)
+        return o.lr
+
+    # ------------------------------------------------------------------ loop
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step (signal handlers call this)."""
+        self._stop = reason
+
+    def fit(self) -> TrainResult:
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        started = time.perf_counter() - self.elapsed
+        try:
+            while self.epoch < self.total_epochs:
+                self.on_epoch_start()
+                x, y, steps, bs = self._epoch_data()
+                perm = torch.randperm(
+                    len(y),
+                    generator=torch.Generator().manual_seed(
+                        self.config.seed * 100_003 + self.epoch
+                    ),
+                ).to(self.device)
+                while self.step_in_epoch < steps:
+                    idx = perm[self.step_in_epoch * bs : (self.step_in_epoch + 1) * bs]
+                    for g in self.optimizer.param_groups:
+                        g["lr"] = self.lr_at(self.global_step)
+                    stats = self.train_step(x[idx], y[idx], idx)
+                    self.step_in_epoch += 1
+                    self.global_step += 1
+                    self.elapsed = time.perf_counter() - started
+                    for name, value in stats.items():
+                        self._epoch_stats.setdefault(name, []).append(value)
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, stats)
+                    if self._stop is not None:
+                        raise TrainingStopped(self._stop)
+                metrics = self.end_epoch()
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, metrics)
+        except KeyboardInterrupt:
+            self._stopped("interrupted")
+            raise TrainingStopped("interrupted") from None
+        except TrainingStopped as exc:
+            self._stopped(exc.reason)
+            raise
+        except NonFiniteLoss:
+            self._stopped("non-finite loss")
+            raise
+        result = self.finish()
+        for cb in self.callbacks:
+            cb.on_fit_end(self, result)
+        return result
+
+    def _stopped(self, reason: str) -> None:
+        for cb in self.callbacks:
+            cb.on_stop(self, reason)
+
+    def _epoch_data(self) -> tuple[Tensor, Tensor, int, int]:
+        if self.epoch >= self.config.optim.epochs:  # fine-tuning on the clean meta set
+            assert self.meta_x is not None and self.meta_y is not None
+            bs = min(32, len(self.meta_y))
+            return self.meta_x, self.meta_y, self._finetune_steps, bs
+        return self.train_x, self.train_y, self.steps_per_epoch, self.batch_size
+
+    def on_epoch_start(self) -> None:
+        """Per-epoch preparation (MetaTrainer refreshes its self-selected meta set here)."""
+
+    def end_epoch(self) -> dict[str, Any]:
+        val_loss, val_acc = self.evaluate(self.val_x, self.val_y)
+        row: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "lr": self.lr_at(self.global_step - 1),
+            "seconds": round(self.elapsed, 2),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+        }
+        for name, values in self._epoch_stats.items():
+            row[f"train_{name}"] = float(np.mean(values)) if values else None
+        if self.methodology is not None:
+            weights = self.train_weights()
+            row["weight_auc"] = self.weight_auc(weights)
+            noisy = self.task.train.noisy_mask
+            row["weight_mean_clean"] = float(weights[~noisy].mean()) if (~noisy).any() else None
+            row["weight_mean_noisy"] = float(weights[noisy].mean()) if noisy.any() else None
+        self.history.append(row)
+        if val_acc > self.best["val_accuracy"]:
+            self.best = {
+                "val_accuracy": val_acc,
+                "epoch": self.epoch + 1,
+                "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            }
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._epoch_stats = {}
+        return row
+
+    # ------------------------------------------------------------------ steps
+
+    def per_sample_losses(self, logits: Tensor, y: Tensor) -> Tensor:
+        c, m = self.config.loss, self.config.method
+        if self.epoch >= self.config.optim.epochs or m in ("erm", "finetune"):
+            return L.cross_entropy(logits, y)
+        if m == "gce":
+            return L.gce(logits, y, c.gce_q)
+        if m == "sce":
+            return L.sce(logits, y, c.sce_alpha, c.sce_beta)
+        if m == "bootstrap":
+            return L.bootstrap(logits, y, c.bootstrap_beta, c.bootstrap_mode)
+        if m == "class_balanced":
+            return L.class_balanced(logits, y, self.cb_weights)
+        return L.cross_entropy(logits, y)
+
+    def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
+        start = time.perf_counter()
+        self.model.train()
+        logits = self.model(x)
+        if self.methodology is not None and self.epoch < self.config.optim.epochs:
+            terms = self.weighted_terms(logits, y, self.pseudo_labels(x))
+            with torch.no_grad():
+                w = self.weights_for(self.methodology, weight_input(terms), y)
+            loss = inner_value(terms, w)
+        else:
+            loss = self.per_sample_losses(logits, y).mean()
+        self._check_finite(loss, "training loss")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.update_teacher()
+        self.timings["plain"].append(time.perf_counter() - start)
+        return {"loss": float(loss)}
+
+    def _check_finite(self, value: Tensor, what: str) -> None:
+        if not bool(torch.isfinite(value).all()):
+            raise NonFiniteLoss(
+                f"the {what} became {float(value.reshape(-1)[0])} at epoch {self.epoch + 1}, "
+                f"step {self.step_in_epoch + 1}; the last finite state is in the checkpoint: "
+                "lower optim.lr (or meta.lr) and resume, or restart"
+            )
+
+    # ------------------------------------------------------------------ weighting
+
+    def pseudo_labels(self, x: Tensor) -> Tensor | None:
+        """CMW-Net-SL: sharpened predictions of the EMA teacher (None without correction)."""
+        if self.teacher is None:
+            return None
+        self.teacher.eval()
+        with torch.no_grad():
+            return F.softmax(self.teacher(x) / self.config.meta.sl_temperature, dim=1)
+
+    def weighted_terms(self, logits: Tensor, y: Tensor, pseudo: Tensor | None) -> PerSample:
+        given = L.cross_entropy(logits, y)
+        if pseudo is None:
+            return PerSample(weighted=given)
+        soft = L.soft_cross_entropy(logits, pseudo)
+        return PerSample(weighted=given - soft, unweighted=soft, features=given)
+
+    def weights_for(self, methodology: nn.Module, losses: Tensor, y: Tensor) -> Tensor:
+        w: Tensor = methodology(losses, self.class_groups[y])
+        if self.config.meta.normalize_weights:
+            w = w * (len(w) / w.sum().clamp_min(1e-8))
+        return w
+
+    def update_teacher(self) -> None:
+        if self.teacher is None:
+            return
+        decay = self.config.meta.ema_decay
+        with torch.no_grad():
+            for t, s in zip(self.teacher.parameters(), self.model.parameters(), strict=True):
+                t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+            for tb, sb in zip(self.teacher.buffers(), self.model.buffers(), strict=True):
+                tb.copy_(sb)
+
+    def train_weights(self) -> np.ndarray:
+        """The methodology's (unnormalized) weight of every training sample, in eval mode."""
+        assert self.methodology is not None
+        losses = self.per_sample_eval_losses(self.train_x, self.train_y)
+        with torch.no_grad():
+            w = self.methodology(losses, self.class_groups[self.train_y])
+        return w.cpu().numpy()
+
+    def weight_auc(self, weights: np.ndarray) -> float | None:
+        """AUC of the weights for telling truly clean (positive) from truly noisy samples."""
+        noisy = self.task.train.noisy_mask
+        if noisy.all() or not noisy.any():
+            return None
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(~noisy, weights))
+
+    # ------------------------------------------------------------------ evaluation
+
+    def per_sample_eval_losses(self, x: Tensor, y: Tensor) -> Tensor:
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(y), EVAL_BATCH):
+                out.append(
+                    L.cross_entropy(self.model(x[i : i + EVAL_BATCH]), y[i : i + EVAL_BATCH])
+                )
+        return torch.cat(out)
+
+    def evaluate(self, x: Tensor, y: Tensor, model: nn.Module | None = None) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy) in eval mode."""
+        model = model or self.model
+        model.eval()
+        total_loss, correct = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(y), EVAL_BATCH):
+                logits = model(x[i : i + EVAL_BATCH])
+                total_loss += float(F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum"))
+                correct += int((logits.argmax(1) == y[i : i + EVAL_BATCH]).sum())
+        return total_loss / max(len(y), 1), correct / max(len(y), 1)
+
+    def finish(self) -> TrainResult:
+        _, test_acc = self.evaluate(self.test_x, self.test_y)
+        final = self.history[-1] if self.history else {}
+        best_test = None
+        if self.best["state"] is not None:
+            best_model = copy.deepcopy(self.model)
+            best_model.load_state_dict(self.best["state"])
+            best_test = self.evaluate(self.test_x, self.test_y, best_model)[1]
+        weights = self.train_weights() if self.methodology is not None else None
+        plain = self.timings["plain"]
+        meta = self.timings["meta"]
+        summary = {
+            "method": self.config.method,
+            "dataset": self.task.name,
+            "noise": str(self.task.noise) if self.task.noise else None,
+            "imbalance": self.task.imbalance,
+            "seed": self.config.seed,
+            "epochs": self.epoch,
+            "steps": self.global_step,
+            "seconds": round(self.elapsed, 2),
+            "val_accuracy": final.get("val_accuracy"),
+            "test_accuracy": test_acc,
+            "best_val_accuracy": self.best["val_accuracy"],
+            "best_epoch": self.best["epoch"],
+            "test_accuracy_at_best_val": best_test,
+            "weight_auc": self.weight_auc(weights) if weights is not None else None,
+            "noise_rate_realized": self.task.train.noise_rate,
+            "n_train": len(self.task.train),
+            "n_meta": len(self.task.meta) if self.task.meta is not None else 0,
+            "meta_step_time_ratio": (
+                float(np.median(meta) / np.median(plain)) if meta and plain else None
+            ),
+        }
+        return TrainResult(self.history, summary, weights)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where training stands."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "methodology": self.methodology.state_dict() if self.methodology is not None else None,
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "best": self.best,
+            "timings": self.timings,
+            "elapsed": self.elapsed,
+            "epoch_stats": self._epoch_stats,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.methodology is not None and state["methodology"] is not None:
+            self.methodology.load_state_dict(state["methodology"])
+        if self.teacher is not None and state["teacher"] is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        for name in (
+            "epoch",
+            "step_in_epoch",
+            "global_step",
+            "history",
+            "best",
+            "timings",
+            "elapsed",
+        ):
+            setattr(self, name, state[name])
+        self._epoch_stats = state["epoch_stats"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Atomic write: a kill during the write leaves the previous checkpoint intact."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        if not Path(path).is_file():
+            raise SlemError(f"no checkpoint at '{path}'; nothing to resume")
+        self.load_state(torch.load(path, map_location=self.device, weights_only=False))
+
+
+class MetaTrainer(Trainer):
+    """Meta-learns a sample-weighting methodology while training the model.
+
+    Each meta step builds a :class:`~slem.bilevel.WeightedProblem` over the current batch
+    and asks the engine for the hypergradient of the meta objective with respect to the
+    weighting net (``meta.hypergrad``; ``lookahead`` takes the structured fast path), takes
+    an Adam step on the net, then the real training step with the updated weights (or, in
+    the ``lagged`` order, reuses the virtual step as the real one).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        task: Task,
+        model: nn.Module | None = None,
+        methodology: Methodology | None = None,
+        callbacks: Sequence[Callback] = (),
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not config.is_meta:
+            raise SlemError(
+                f"MetaTrainer needs method mwnet, cmwnet or cmwnet_sl, not '{config.method}'"
+            )
+        meta = config.meta
+        methodology = methodology or build_weighting(config.method, meta.n_groups, meta.hidden)
+        super().__init__(config, task, model, methodology, callbacks, device)
+        assert self.methodology is not None
+        if "clean" in meta.objective:
+            n_meta = len(task.meta) if task.meta is not None else 0
+            if n_meta < task.n_classes:
+                raise SlemError(
+                    f"the meta set has {n_meta} samples, fewer than the {task.n_classes} "
+                    "classes; raise data.meta_per_class or use meta.objective dac or selected"
+                )
+        self.meta_optimizer = torch.optim.Adam(
+            self.methodology.parameters(), lr=meta.lr, weight_decay=meta.weight_decay
+        )
+        self.selected: Tensor | None = None
+        self._f_model = functional(self.model)
+        self._f_meth = functional(self.methodology)
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        return {
+            **super().state(),
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+            "selected": self.selected,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.selected = state["selected"]
+
+    # ------------------------------------------------------------------ epochs
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.epoch < self.config.meta.warmup_epochs
+
+    def on_epoch_start(self) -> None:
+        if self.config.meta.objective == "selected" and not self.in_warmup:
+            self.selected = self.select_clean()
+
+    def select_clean(self) -> Tensor:
+        """Per class, the ``select_per_class`` training samples with the lowest loss."""
+        losses = self.per_sample_eval_losses(self.train_x, self.train_y)
+        k = self.config.meta.select_per_class
+        chosen = []
+        for c in range(self.task.n_classes):
+            idx = torch.nonzero(self.train_y == c).squeeze(1)
+            if len(idx):
+                chosen.append(idx[torch.argsort(losses[idx])[:k]])
+        return torch.cat(chosen)
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
+        if self.in_warmup:
+            return self._warmup_step(x, y)
+        if self.global_step % self.config.meta.interval == 0:
+            return self._meta_step(x, y)
+        return super().train_step(x, y, idx)
+
+    def _warmup_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        start = time.perf_counter()
+        self.model.train()
+        loss = L.cross_entropy(self.model(x), y).mean()
+        self._check_finite(loss, "training loss")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.update_teacher()
+        self.timings["plain"].append(time.perf_counter() - start)
+        return {"loss": float(loss)}
+
+    def _per_sample(self, params: dict[str, Tensor], batch: tuple[Any, ...]) -> PerSample:
+        x, y, pseudo = batch
+        # functional: no side effects, except the fast path's live forward (the real step's
+        # forward, options live_forward/keep_graph) which moves BatchNorm statistics once
+        return self.weighted_terms(self._f_model(params, x), y, pseudo)
+
+    def _weights(self, hyper: dict[str, Tensor], losses: Tensor, batch: tuple[Any, ...]) -> Tensor:
+        w: Tensor = self._f_meth(hyper, losses, self.class_groups[batch[1]])
+        if self.config.meta.normalize_weights:
+            w = w * (len(w) / w.sum().clamp_min(1e-8))
+        return w
+
+    def _outer_batch(self) -> dict[str, Tensor]:
+        meta = self.config.meta
+        out: dict[str, Tensor] = {}
+        if "clean" in meta.objective or meta.objective == "selected":
+            if meta.objective == "selected":
+                assert self.selected is not None
+                pool_x, pool_y = self.train_x[self.selected], self.train_y[self.selected]
+            else:
+                assert self.meta_x is not None and self.meta_y is not None
+                pool_x, pool_y = self.meta_x, self.meta_y
+            take = torch.randperm(len(pool_y), generator=self.generator)[: meta.batch_size]
+            take = take.to(self.device)
+            out["x"], out["y"] = pool_x[take], pool_y[take]
+        if "dac" in meta.objective:
+            pick = torch.randint(
+                0, len(self.train_y), (meta.batch_size,), generator=self.generator
+            ).to(self.device)
+            unlabeled = self.train_x[pick]
+            out["weak"] = augment(unlabeled, "weak", self.generator)
+            out["strong"] = augment(unlabeled, "strong", self.generator)
+        return out
+
+    def _outer_loss(
+        self, params: dict[str, Tensor], hyper: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> Tensor:
+        meta = self.config.meta
+        total = torch.zeros((), device=self.device)
+        if "y" in batch:
+            ce = F.cross_entropy(self._f_model(params, batch["x"]), batch["y"])
+            total = total + (meta.clean_weight if meta.objective == "clean+dac" else 1.0) * ce
+        if "weak" in batch:  # DAC-MR: predictions on strong views should match weak views
+            with torch.no_grad():
+                target = F.softmax(
+                    self._f_model(params, batch["weak"]).detach() / meta.dac_temperature, dim=1
+                )
+            logits = self._f_model(params, batch["strong"])
+            total = total + meta.dac_weight * L.soft_cross_entropy(logits, target).mean()
+        return total
+
+    def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        start = time.perf_counter()
+        meta = self.config.meta
+        assert self.methodology is not None
+        self.model.train()
+        pseudo = self.pseudo_labels(x)
+        lr = self.optimizer.param_groups[0]["lr"]
+        o = self.config.optim
+        inner_opt = SGD(
+            lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+        )
+        params: dict[str, Tensor] = dict(self.model.named_parameters())
+        problem = WeightedProblem(
+            params,
+            dict(self.methodology.named_parameters()),
+            self._per_sample,
+            self._weights,
+            self._outer_loss,
+            inner_opt,
+            optimizer_state=inner_opt.state_from_torch(self.optimizer, params),
+        )
+        fast = meta.hypergrad == "lookahead"
+        reuse = fast and meta.order == "mwnet"
+        options: dict[str, Any] = (
+            {"jvp_mode": meta.jvp_mode, "keep_graph": reuse, "live_forward": True} if fast else {}
+        )
+        if meta.hypergrad == "implicit":
+            options = {"solver": "neumann", "alpha": lr, "iterations": 5}
+        result = hypergrad(
+            problem,
+            meta.hypergrad,
+            inner_batch=(x, y, pseudo),
+            outer_batch=self._outer_batch(),
+            **options,
+        )
+        for g in result.grads.values():
+            self._check_finite(g, "hypergradient")
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        result.accumulate_into(self.methodology)
+        self.meta_optimizer.step()
+
+        if fast and meta.order == "lagged":  # the virtual step is the real step
+            inner = result.diagnostics["inner_grads"]
+            for name, p in self.model.named_parameters():
+                p.grad = inner[name]
+            terms_loss = float("nan")
+            self.optimizer.step()
+        else:
+            if reuse:  # the real step reuses the meta step's forward pass
+                terms: PerSample = result.diagnostics["losses"]
+            else:
+                terms = self.weighted_terms(self.model(x), y, pseudo)
+            with torch.no_grad():
+                w = self.weights_for(self.methodology, weight_input(terms), y)
+            loss = inner_value(terms, w)
+            self._check_finite(loss, "training loss")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            terms_loss = float(loss)
+        self.update_teacher()
+        self.timings["meta"].append(time.perf_counter() - start)
+        return {
+            "loss": terms_loss if not math.isnan(terms_loss) else result.outer_loss,
+            "meta_loss": result.outer_loss,
+        }
+
+
+def make_trainer(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None = None,
+    methodology: Methodology | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Trainer:
+    """The right trainer for ``config.method``."""
+    if config.is_meta:
+        return MetaTrainer(config, task, model, methodology, callbacks)
+    if config.method == "apply" and methodology is None:
+        raise SlemError(
+            "method apply needs the frozen methodology (load it with "
+            "slem.methodology.load_methodology)"
+        )
+    if methodology is not None and not isinstance(methodology, MWNet | CMWNet):
+        raise SlemError(f"cannot apply a '{methodology.kind}' methodology as sample weights")
+    return Trainer(
+        config, task, model, methodology if config.method == "apply" else None, callbacks
+    )
