@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from slem import __version__
-from slem.cli import data_cmd
+from slem.cli import data_cmd, train_cmd
 
 app = typer.Typer(
     name="slem",
@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cmd.app, name="data")
+train_cmd.register(app)
 
 
 def _version(value: bool) -> None:
@@ -37,3 +38,7 @@ def _root(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

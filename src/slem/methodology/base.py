@@ -57,7 +57,7 @@ class Methodology(nn.Module):
             "config": self.config(),
             "input_features": list(self.input_features),
             "slem_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             **info,
         }

@@ -60,8 +60,8 @@ def git_revision() -> str:
 def provenance() -> dict[str, Any]:
     return {
         "slem": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
         "python": platform.python_version(),
         "git_revision": git_revision(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

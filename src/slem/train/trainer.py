@@ -219,7 +219,8 @@ class Trainer:
         started = time.perf_counter() - self.elapsed
         try:
             while self.epoch < self.total_epochs:
-                self.on_epoch_start()
+                if self.step_in_epoch == 0:  # not again when resuming mid-epoch
+                    self.on_epoch_start()
                 x, y, steps, bs = self._epoch_data()
                 perm = torch.randperm(
                     len(y),
@@ -335,7 +336,7 @@ class Trainer:
         self.optimizer.step()
         self.update_teacher()
         self.timings["plain"].append(time.perf_counter() - start)
-        return {"loss": float(loss)}
+        return {"loss": float(loss.detach())}
 
     def _check_finite(self, value: Tensor, what: str) -> None:
         if not bool(torch.isfinite(value).all()):
@@ -606,7 +607,7 @@ class MetaTrainer(Trainer):
         self.optimizer.step()
         self.update_teacher()
         self.timings["plain"].append(time.perf_counter() - start)
-        return {"loss": float(loss)}
+        return {"loss": float(loss.detach())}
 
     def _per_sample(self, params: dict[str, Tensor], batch: tuple[Any, ...]) -> PerSample:
         x, y, pseudo = batch
@@ -718,7 +719,7 @@ class MetaTrainer(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            terms_loss = float(loss)
+            terms_loss = float(loss.detach())
         self.update_teacher()
         self.timings["meta"].append(time.perf_counter() - start)
         return {

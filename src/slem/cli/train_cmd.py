@@ -1,0 +1,207 @@
+"""``slem train``, ``slem apply`` and ``slem demo``: training runs from the command line."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from slem.cli.console import console, err_console, user_errors
+from slem.errors import SlemError
+from slem.train.config import TrainConfig, apply_overrides, load_yaml, parse_train_config
+from slem.train.run import default_run_dir, read_run_config, train_run
+from slem.train.trainer import Trainer, TrainingStopped, TrainResult
+
+EXIT_CODES = {"interrupted": 130, "terminated": 143}
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a config field: key=value (repeatable), e.g. optim.lr=0.1"
+    ),
+]
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="Run directory (default: runs/<time>-<method>-...).")
+]
+ResumeOption = Annotated[
+    Path | None, typer.Option("--resume", help="Continue the run in this directory.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+
+
+@contextmanager
+def stop_on_signals(trainers: list[Trainer]) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the trainer to stop after the current step (it then checkpoints);
+    a second Ctrl-C interrupts at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        reason = "interrupted" if signum == signal.SIGINT else "terminated"
+        if not trainers or trainers[-1]._stop is not None:
+            raise KeyboardInterrupt
+        trainers[-1].request_stop(reason)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_and_report(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> TrainResult:
+    trainers: list[Trainer] = []
+    try:
+        with stop_on_signals(trainers):
+            result, _ = train_run(
+                config, run_dir, resume=resume, progress=not quiet, on_trainer=trainers.append
+            )
+    except TrainingStopped as exc:
+        err_console.print(
+            f"{exc.reason}: checkpoint saved in {run_dir}; continue with "
+            f"'slem {'apply' if config.method == 'apply' else 'train'} --resume {run_dir}'",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=EXIT_CODES.get(exc.reason, 1)) from None
+    s = result.summary
+    console.print(
+        f"[bold]{config.method}[/] on {s['dataset']} ({s['noise'] or 'clean'}): "
+        f"test accuracy {s['test_accuracy']:.4f} (final epoch), "
+        f"{s['test_accuracy_at_best_val']:.4f} (epoch {s['best_epoch']}, best on val)",
+        highlight=False,
+    )
+    console.print(f"run directory: {run_dir}", highlight=False)
+    return result
+
+
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (see examples/).")] = None,
+    out: OutOption = None,
+    set_: SetOption = None,
+    resume: ResumeOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train (or meta-train) as CONFIG says and write a run directory."""
+    if resume is not None:
+        cfg = read_run_config(resume)
+        run_and_report(cfg, resume, True, quiet)
+        return
+    if config is None:
+        raise SlemError("give a CONFIG.yaml (see examples/) or --resume RUN_DIR")
+    cfg = parse_train_config(apply_overrides(load_yaml(config), set_ or []))
+    run_and_report(cfg, out or default_run_dir(cfg), False, quiet)
+
+
+def apply(
+    artifact: Annotated[
+        Path | None, typer.Argument(help="A methodology artifact directory.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset of the new task.")] = None,
+    noise: Annotated[str | None, typer.Option(help="KIND:RATE noise of the new task.")] = None,
+    imbalance: Annotated[
+        float | None, typer.Option(help="Long-tail factor of the new task.")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs (default: as meta-trained).")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Training-pool size.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target column (tables and files).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Fashion-MNIST directory.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the new task and training.")] = 0,
+    out: OutOption = None,
+    set_: SetOption = None,
+    resume: ResumeOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train on a new task with a saved, frozen methodology: no meta set, no tuning."""
+    if resume is not None:
+        run_and_report(read_run_config(resume), resume, True, quiet)
+        return
+    if artifact is None or data is None:
+        raise SlemError("give the ARTIFACT directory and --data NAME (or --resume RUN_DIR)")
+    cfg = apply_config(
+        artifact, data, noise, imbalance, epochs, size, target, data_dir, seed, set_ or []
+    )
+    run_and_report(cfg, out or default_run_dir(cfg), False, quiet)
+
+
+def apply_config(
+    artifact: Path,
+    data: str,
+    noise: str | None,
+    imbalance: float | None,
+    epochs: int | None,
+    size: int | None,
+    target: str | None,
+    data_dir: str | None,
+    seed: int,
+    overrides: list[str],
+) -> TrainConfig:
+    """The meta-training run's model and optimizer settings on the new task; the model
+    architecture is re-chosen for the new inputs."""
+    from slem.methodology import read_artifact_info
+
+    info = read_artifact_info(artifact)
+    base: dict[str, Any] = dict(info.get("training_config") or {})
+    values: dict[str, Any] = {
+        "method": "apply",
+        "methodology": str(artifact),
+        "data": {
+            "name": data,
+            "noise": noise,
+            "imbalance": imbalance,
+            "size": size,
+            "target": target,
+            "data_dir": data_dir,
+            "seed": seed,
+        },
+        "model": {**base.get("model", {}), "arch": "auto"},
+        "optim": {**base.get("optim", {}), **({"epochs": epochs} if epochs else {})},
+        "meta": {**base.get("meta", {}), "objective": "selected"},
+        "loss": base.get("loss", {}),
+        "seed": seed,
+    }
+    return parse_train_config(apply_overrides(values, overrides))
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/demo"),
+    epochs: Annotated[int, typer.Option(help="Training epochs of each run.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """MW-Net against ERM on MNIST-1D with 40% symmetric label noise (a few minutes on CPU)."""
+    results: dict[str, TrainResult] = {}
+    for method in ("erm", "mwnet"):
+        cfg = parse_train_config(
+            {
+                "method": method,
+                "data": {
+                    "name": "mnist1d",
+                    "noise": "symmetric:0.4",
+                    "meta_per_class": 10,
+                    "seed": seed,
+                },
+                "optim": {"epochs": epochs},
+                "seed": seed,
+            }
+        )
+        run_dir = out / f"{method}-s{seed}"
+        if (run_dir / "checkpoint.pt").exists():
+            raise SlemError(f"'{run_dir}' already holds a run; pass another --out")
+        results[method] = run_and_report(cfg, run_dir, False, quiet)
+    erm, mw = results["erm"].summary, results["mwnet"].summary
+    console.print("\n[bold]MNIST-1D, 40% symmetric noise, 10 clean samples per class[/]")
+    for name, s in (("ERM", erm), ("MW-Net", mw)):
+        auc = f", weight AUC clean vs noisy {s['weight_auc']:.3f}" if s["weight_auc"] else ""
+        console.print(f"  {name:7s} test accuracy {s['test_accuracy']:.4f}{auc}", highlight=False)
+    console.print(f"plots: {out / f'mwnet-s{seed}' / 'plots'}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (train, apply, demo):
+        app.command(fn.__name__)(user_errors(fn))
