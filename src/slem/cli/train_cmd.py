@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -169,12 +170,16 @@ def apply_config(
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/demo"),
+    out: Annotated[
+        Path | None, typer.Option(help="Where the two runs go (default runs/demo-<time>).")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs of each run.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     quiet: QuietOption = False,
 ) -> None:
     """MW-Net against ERM on MNIST-1D with 40% symmetric label noise (a few minutes on CPU)."""
+    if out is None:
+        out = Path("runs") / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
     results: dict[str, TrainResult] = {}
     for method in ("erm", "mwnet"):
         cfg = parse_train_config(

@@ -1,0 +1,342 @@
+"""Noisy-label and imbalance benchmark of the sample-weighting methodologies.
+
+    python benchmarks/noisy_labels.py [--quick] [--json PATH] [--cache DIR]
+        [--datasets mnist1d,fashion-mnist] [--corruptions sym40,pair40,...] [--methods ...]
+        [--seeds 3] [--epochs 30] [--no-transfer]
+
+Grid: datasets x corruptions x methods x seeds. Every run trains with the same harness
+(``slem.train``); the reported test accuracy is the final epoch's (no selection on test), and
+``test_accuracy_at_best_val`` is the epoch chosen on the noisy validation split. Weighting
+methods also report the AUC of their weights for telling truly clean from truly noisy
+samples, and the median meta-step time relative to an ERM (warm-up) step in the same run.
+
+Transfer: a CMW-Net meta-learned on MNIST-1D with 40% symmetric noise is applied, frozen and
+without a meta set, to MNIST-1D with 40% pair-flip noise and to Fashion-MNIST with 40%
+symmetric noise, against ERM and GCE there.
+
+Every finished run is appended to ``CACHE/runs.jsonl`` and skipped when the script runs again,
+so a long benchmark can be stopped and continued. ``--quick``: MNIST-1D, symmetric 40%, ERM
+and MW-Net, one seed (under 5 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from slem.data import build_task
+from slem.data.sources.fashion_mnist import find_dir
+from slem.methodology import load_methodology
+from slem.train import make_trainer, parse_train_config
+
+CORRUPTIONS: dict[str, dict[str, Any]] = {
+    "sym20": {"noise": "symmetric:0.2"},
+    "sym40": {"noise": "symmetric:0.4"},
+    "sym60": {"noise": "symmetric:0.6"},
+    "pair40": {"noise": "pairflip:0.4"},
+    "inst40": {"noise": "instance:0.4"},
+    "lt10": {"imbalance": 10},
+    "lt100": {"imbalance": 100},
+}
+#: method name in the tables -> (slem method, meta objective or None)
+METHODS: dict[str, tuple[str, str | None]] = {
+    "ERM": ("erm", None),
+    "GCE": ("gce", None),
+    "SCE": ("sce", None),
+    "class-balanced": ("class_balanced", None),
+    "MW-Net": ("mwnet", "clean"),
+    "CMW-Net": ("cmwnet", "clean"),
+    "CMW-Net-SL": ("cmwnet_sl", "clean"),
+    "MW-Net + DAC-MR (no meta set)": ("mwnet", "dac"),
+}
+DATASETS: dict[str, dict[str, Any]] = {
+    "mnist1d": {"data": {"name": "mnist1d"}, "model": {"arch": "cnn1d", "width": 32}},
+    "fashion-mnist": {
+        "data": {"name": "fashion-mnist", "size": 20000},
+        "model": {"arch": "cnn2d", "width": 32},
+    },
+}
+
+
+def run_config(dataset: str, corruption: str, method: str, seed: int, epochs: int) -> Any:
+    slem_method, objective = METHODS[method]
+    spec = DATASETS[dataset]
+    data = {**spec["data"], **CORRUPTIONS[corruption], "seed": seed}
+    if objective != "dac":
+        data["meta_per_class"] = 10  # every method may use the same clean data (ERM ignores it)
+    values: dict[str, Any] = {
+        "method": slem_method,
+        "data": data,
+        "model": spec["model"],
+        "optim": {"epochs": epochs, "batch_size": 128, "lr": 0.05},
+        "seed": seed,
+    }
+    if objective is not None:
+        values["meta"] = {"objective": objective}
+    return parse_train_config(values)
+
+
+def load_cache(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["key"]: r for r in rows}
+
+
+def execute(
+    key: str,
+    config: Any,
+    cache: dict[str, dict[str, Any]],
+    cache_file: Path,
+    extra: dict[str, Any],
+    save_methodology: Path | None = None,
+    methodology: Any = None,
+) -> dict[str, Any]:
+    if key in cache:
+        return cache[key]
+    start = time.perf_counter()
+    task = build_task(config.data)
+    trainer = make_trainer(config, task, methodology=methodology)
+    result = trainer.fit()
+    if save_methodology is not None and trainer.methodology is not None:
+        trainer.methodology.save(
+            save_methodology,
+            training_config=config.model_dump(mode="json"),
+            meta_trained_on={"dataset": task.name, "noise": str(task.noise)},
+        )
+    s = result.summary
+    row = {
+        "key": key,
+        **extra,
+        "test_accuracy": s["test_accuracy"],
+        "test_accuracy_at_best_val": s["test_accuracy_at_best_val"],
+        "val_accuracy": s["val_accuracy"],
+        "weight_auc": s["weight_auc"],
+        "meta_step_time_ratio": s["meta_step_time_ratio"],
+        "epochs": s["epochs"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    cache[key] = row
+    with cache_file.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def grid(
+    args: argparse.Namespace, cache: dict[str, dict[str, Any]], cache_file: Path
+) -> list[dict[str, Any]]:
+    rows = []
+    for dataset in args.datasets:
+        if dataset == "fashion-mnist" and find_dir() is None:
+            print("skipping fashion-mnist: files not installed")
+            continue
+        for corruption in args.corruptions:
+            for method in args.methods:
+                for seed in range(args.seeds):
+                    key = f"{dataset}|{corruption}|{method}|{seed}|{args.epochs}"
+                    cfg = run_config(dataset, corruption, method, seed, args.epochs)
+                    rows.append(
+                        execute(
+                            key,
+                            cfg,
+                            cache,
+                            cache_file,
+                            {
+                                "dataset": dataset,
+                                "noise": corruption,
+                                "method": method,
+                                "seed": seed,
+                            },
+                        )
+                    )
+    return rows
+
+
+def transfer(
+    args: argparse.Namespace, cache: dict[str, dict[str, Any]], cache_file: Path, artifacts: Path
+) -> list[dict[str, Any]]:
+    rows = []
+    for seed in range(args.seeds):
+        source = artifacts / f"cmwnet-mnist1d-sym40-s{seed}"
+        if not (source / "methodology.json").is_file():
+            cfg = run_config("mnist1d", "sym40", "CMW-Net", seed, args.epochs)
+            cache.pop(f"source|{seed}|{args.epochs}", None)
+            execute(
+                f"source|{seed}|{args.epochs}",
+                cfg,
+                cache,
+                cache_file,
+                {
+                    "dataset": "mnist1d",
+                    "noise": "sym40",
+                    "method": "CMW-Net (source)",
+                    "seed": seed,
+                },
+                save_methodology=source,
+            )
+        frozen, _ = load_methodology(source)
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        targets = [("mnist1d", "pair40")]
+        if find_dir() is not None:
+            targets.append(("fashion-mnist", "sym40"))
+        for dataset, corruption in targets:
+            for method in ("ERM", "GCE", "CMW-Net transferred"):
+                key = f"transfer|{dataset}|{corruption}|{method}|{seed}|{args.epochs}"
+                if method == "CMW-Net transferred":
+                    base = run_config(dataset, corruption, "ERM", seed, args.epochs)
+                    values = base.model_dump(mode="json")
+                    values.update(method="apply", methodology=str(source))
+                    values["data"]["meta_per_class"] = None
+                    cfg = parse_train_config(values)
+                    extra_m = frozen
+                else:
+                    cfg = run_config(dataset, corruption, method, seed, args.epochs)
+                    extra_m = None
+                rows.append(
+                    execute(
+                        key,
+                        cfg,
+                        cache,
+                        cache_file,
+                        {
+                            "transfer_from": "mnist1d sym40",
+                            "dataset": dataset,
+                            "noise": corruption,
+                            "method": method,
+                            "seed": seed,
+                        },
+                        methodology=extra_m,
+                    )
+                )
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["noise"], r["method"]), []).append(r)
+    out = []
+    for (dataset, noise, method), rs in groups.items():
+
+        def stat(key: str, rs: list[dict[str, Any]] = rs) -> tuple[float | None, float | None]:
+            values = [r[key] for r in rs if r.get(key) is not None]
+            if not values:
+                return None, None
+            return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+        acc, acc_sd = stat("test_accuracy")
+        best, best_sd = stat("test_accuracy_at_best_val")
+        auc, _ = stat("weight_auc")
+        ratio, _ = stat("meta_step_time_ratio")
+        out.append(
+            {
+                "dataset": dataset,
+                "noise": noise,
+                "method": method,
+                "seeds": len(rs),
+                "test_accuracy": acc,
+                "test_accuracy_std": acc_sd,
+                "test_accuracy_at_best_val": best,
+                "test_accuracy_at_best_val_std": best_sd,
+                "weight_auc": auc,
+                "meta_step_time_ratio": ratio,
+            }
+        )
+    return out
+
+
+def markdown(summary: list[dict[str, Any]]) -> str:
+    lines = [
+        "| dataset | corruption | method | seeds | final test acc (%) | "
+        "test acc at best val (%) | weight AUC | meta step / ERM step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pct(m: float | None, s: float | None) -> str:
+        return "–" if m is None else f"{100 * m:.2f} ± {100 * (s or 0):.2f}"
+
+    for r in summary:
+        auc = "–" if r["weight_auc"] is None else f"{r['weight_auc']:.3f}"
+        ratio = "–" if r["meta_step_time_ratio"] is None else f"{r['meta_step_time_ratio']:.1f}x"
+        lines.append(
+            f"| {r['dataset']} | {r['noise']} | {r['method']} | {r['seeds']} | "
+            f"{pct(r['test_accuracy'], r['test_accuracy_std'])} | "
+            f"{pct(r['test_accuracy_at_best_val'], r['test_accuracy_at_best_val_std'])} | "
+            f"{auc} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", help="write results and summary to this JSON file")
+    parser.add_argument("--cache", default=None, help="directory for runs.jsonl (resumable)")
+    parser.add_argument("--datasets", default="mnist1d,fashion-mnist")
+    parser.add_argument("--corruptions", default=",".join(CORRUPTIONS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--no-transfer", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.corruptions, args.methods = "mnist1d", "sym40", "ERM,MW-Net"
+        args.seeds, args.no_transfer = 1, True
+    args.datasets = args.datasets.split(",")
+    args.corruptions = args.corruptions.split(",")
+    args.methods = args.methods.split(",")
+    for m in args.methods:
+        if m not in METHODS:
+            parser.error(f"unknown method '{m}'; choose from {', '.join(METHODS)}")
+    cache_dir = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="slem-bench-"))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_file = cache_dir / "runs.jsonl"
+    cache = load_cache(cache_file)
+    start = time.perf_counter()
+    rows = grid(args, cache, cache_file)
+    transfer_rows = (
+        [] if args.no_transfer else transfer(args, cache, cache_file, cache_dir / "artifacts")
+    )
+    summary = summarize(rows)
+    print(markdown(summary))
+    if transfer_rows:
+        print("\ntransfer (CMW-Net meta-learned on MNIST-1D sym40, applied frozen):")
+        print(markdown(summarize(transfer_rows)))
+    print(f"total {time.perf_counter() - start:.0f} s; cache {cache_file}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "results": [
+                        {
+                            k: r[k]
+                            for k in (
+                                "dataset",
+                                "noise",
+                                "method",
+                                "seed",
+                                "test_accuracy",
+                                "test_accuracy_at_best_val",
+                                "weight_auc",
+                                "meta_step_time_ratio",
+                            )
+                        }
+                        for r in rows + transfer_rows
+                    ],
+                    "summary": summary,
+                    "transfer": summarize(transfer_rows),
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
