@@ -45,7 +45,8 @@ class CheckpointCallback(Callback):
         trainer.save_checkpoint(self.path)
 
     def on_stop(self, trainer: Trainer, reason: str) -> None:
-        trainer.save_checkpoint(self.path)
+        if reason != "non-finite loss":  # keep the last checkpoint from before the blow-up
+            trainer.save_checkpoint(self.path)
 
 
 class JsonlLogger(Callback):

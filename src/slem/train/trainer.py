@@ -330,20 +330,37 @@ class Trainer:
             loss = inner_value(terms, w)
         else:
             loss = self.per_sample_losses(logits, y).mean()
+        return self._optimize(loss, start)
+
+    def _optimize(self, loss: Tensor, start: float) -> dict[str, float]:
+        """The real step on ``loss`` (after a finiteness check), timed as a plain step."""
         self._check_finite(loss, "training loss")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self._check_parameters()
         self.update_teacher()
         self.timings["plain"].append(time.perf_counter() - start)
         return {"loss": float(loss.detach())}
+
+    def _check_parameters(self) -> None:
+        """A finite loss can still step the parameters to infinity: catch it right here, before
+        any checkpoint can record that state."""
+        state = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        finite = torch.stack([t.isfinite().all() for t in state])
+        if not bool(finite.all()):
+            raise NonFiniteLoss(
+                f"the model's parameters or statistics became non-finite at epoch {self.epoch + 1}, step "
+                f"{self.step_in_epoch + 1}; the last checkpoint before it is kept: lower "
+                "optim.lr (or meta.lr) and resume, or restart"
+            )
 
     def _check_finite(self, value: Tensor, what: str) -> None:
         if not bool(torch.isfinite(value).all()):
             raise NonFiniteLoss(
                 f"the {what} became {float(value.reshape(-1)[0])} at epoch {self.epoch + 1}, "
-                f"step {self.step_in_epoch + 1}; the last finite state is in the checkpoint: "
-                "lower optim.lr (or meta.lr) and resume, or restart"
+                f"step {self.step_in_epoch + 1}; the last checkpoint before it is kept: lower "
+                "optim.lr (or meta.lr) and resume, or restart"
             )
 
     # ------------------------------------------------------------------ weighting
@@ -600,14 +617,7 @@ class MetaTrainer(Trainer):
     def _warmup_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         start = time.perf_counter()
         self.model.train()
-        loss = L.cross_entropy(self.model(x), y).mean()
-        self._check_finite(loss, "training loss")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.update_teacher()
-        self.timings["plain"].append(time.perf_counter() - start)
-        return {"loss": float(loss.detach())}
+        return self._optimize(L.cross_entropy(self.model(x), y).mean(), start)
 
     def _per_sample(self, params: dict[str, Tensor], batch: tuple[Any, ...]) -> PerSample:
         x, y, pseudo = batch
@@ -720,6 +730,7 @@ class MetaTrainer(Trainer):
             loss.backward()
             self.optimizer.step()
             terms_loss = float(loss.detach())
+        self._check_parameters()
         self.update_teacher()
         self.timings["meta"].append(time.perf_counter() - start)
         return {
