@@ -350,8 +350,9 @@ class Trainer:
         finite = torch.stack([t.isfinite().all() for t in state])
         if not bool(finite.all()):
             raise NonFiniteLoss(
-                f"the model's parameters or statistics became non-finite at epoch {self.epoch + 1}, step "
-                f"{self.step_in_epoch + 1}; the last checkpoint before it is kept: lower "
+                f"the model's parameters or statistics became non-finite at epoch "
+                f"{self.epoch + 1}, step {self.step_in_epoch + 1}; the last checkpoint before "
+                "it is kept: lower "
                 "optim.lr (or meta.lr) and resume, or restart"
             )
 
