@@ -32,7 +32,10 @@ def config(method: str, epochs: int = 2, **sections: Any) -> Any:
         "model": {"width": 16},
     }
     for key, value in sections.items():
-        values.setdefault(key, {}).update(value)
+        if isinstance(value, dict):
+            values.setdefault(key, {}).update(value)
+        else:
+            values[key] = value
     return parse_train_config(values)
 
 
@@ -158,3 +161,18 @@ def test_stock_module_and_regression_guard(task: Task) -> None:
     reg = make_task(load_dataset("diabetes"))
     with pytest.raises(SlemError, match="regression task"):
         make_trainer(config("erm"), reg)
+
+
+def test_apply_frozen_cmwnet_sl_with_label_correction(task: Task, tmp_path: Path) -> None:
+    from slem.methodology import CMWNetSL, load_methodology
+
+    CMWNetSL(n_groups=3, hidden=8).save(tmp_path / "art")
+    frozen, _ = load_methodology(tmp_path / "art")
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    cfg = config("apply", methodology=str(tmp_path / "art"))
+    trainer = make_trainer(cfg, task, methodology=frozen)
+    assert trainer.teacher is not None  # label correction needs the EMA teacher
+    result = trainer.fit()
+    assert result.summary["weight_auc"] is not None
+    for k, v in frozen.state_dict().items():
+        assert torch.equal(v, before[k])  # applied frozen: the methodology never changes
