@@ -176,3 +176,11 @@ def test_apply_frozen_cmwnet_sl_with_label_correction(task: Task, tmp_path: Path
     assert result.summary["weight_auc"] is not None
     for k, v in frozen.state_dict().items():
         assert torch.equal(v, before[k])  # applied frozen: the methodology never changes
+
+
+def test_runs_do_not_depend_on_what_ran_before_in_the_process(task: Task) -> None:
+    first = make_trainer(config("mwnet", epochs=2), task).fit()
+    torch.rand(1000)  # consume the global RNG as another run would
+    make_trainer(config("gce", epochs=1), task).fit()
+    second = make_trainer(config("mwnet", epochs=2), task).fit()
+    assert [r["val_loss"] for r in first.history] == [r["val_loss"] for r in second.history]

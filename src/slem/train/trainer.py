@@ -554,7 +554,10 @@ class MetaTrainer(Trainer):
                 f"MetaTrainer needs method mwnet, cmwnet or cmwnet_sl, not '{config.method}'"
             )
         meta = config.meta
-        methodology = methodology or build_weighting(config.method, meta.n_groups, meta.hidden)
+        if methodology is None:  # seeded here, so a run does not depend on what ran before
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + 1_000_003)
+                methodology = build_weighting(config.method, meta.n_groups, meta.hidden)
         super().__init__(config, task, model, methodology, callbacks, device)
         assert self.methodology is not None
         if "clean" in meta.objective:
