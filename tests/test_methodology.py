@@ -14,7 +14,7 @@ from slem.methodology import CMWNet, CMWNetSL, MWNet, load_methodology
 
 def test_mwnet_shape_and_range() -> None:
     torch.manual_seed(0)
-    w = MWNet()(torch.rand(50) * 5)
+    w = MWNet()(torch.rand(50) * 5).detach()
     assert w.shape == (50,) and float(w.min()) > 0 and float(w.max()) < 1
 
 
