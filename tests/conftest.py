@@ -5,8 +5,9 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,6 +56,18 @@ def float64() -> Iterator[None]:
 @pytest.fixture()
 def runner() -> CliRunner:
     return CliRunner()
+
+
+def central_difference(f: Callable[[Any], float], h: Any, step: float = 1e-6) -> Any:
+    """Central finite-difference gradient of a scalar function of the tensor ``h``."""
+    import torch
+
+    out = torch.zeros_like(h)
+    for j in range(h.numel()):
+        e = torch.zeros_like(h)
+        e.view(-1)[j] = step
+        out.view(-1)[j] = (f(h + e) - f(h - e)) / (2 * step)
+    return out
 
 
 def require_real_fashion_mnist() -> None:

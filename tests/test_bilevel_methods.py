@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from slem.bilevel import SGD, Adam, BilevelProblem, Params, functional, hypergrad
 from slem.errors import SlemError
+from tests.conftest import central_difference
 
 pytestmark = pytest.mark.usefixtures("float64")
 F64 = torch.float64
@@ -83,12 +84,7 @@ class Setup:
 
 
 def finite_difference_grad(f: Callable[[Tensor], float], h: Tensor, step: float = 1e-5) -> Tensor:
-    out = torch.zeros_like(h)
-    for j in range(h.numel()):
-        e = torch.zeros_like(h)
-        e.view(-1)[j] = step
-        out.view(-1)[j] = (f(h + e) - f(h - e)) / (2 * step)
-    return out
+    return central_difference(f, h, step)
 
 
 def k_step_objective(setup: Setup, k: int, frozen_prefix: int = 0, h0: Tensor | None = None):

@@ -17,18 +17,13 @@ from slem.bilevel import (
     hypergrad,
 )
 from slem.errors import SlemError
+from tests.conftest import central_difference
 
 pytestmark = pytest.mark.usefixtures("float64")
 F64 = torch.float64
 
 
-def fd(f, h: Tensor, step: float = 1e-6) -> Tensor:  # type: ignore[no-untyped-def]
-    out = torch.zeros_like(h)
-    for j in range(h.numel()):
-        e = torch.zeros_like(h)
-        e.view(-1)[j] = step
-        out.view(-1)[j] = (f(h + e) - f(h - e)) / (2 * step)
-    return out
+fd = central_difference
 
 
 def quadratic_maml() -> tuple[BilevelProblem, Tensor, object]:
