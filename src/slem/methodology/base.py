@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +30,7 @@ META_FILE = "methodology.json"
 REGISTRY: dict[str, type[Methodology]] = {}
 
 
-class Methodology(nn.Module):
+class Methodology(nn.Module, metaclass=ABCMeta):
     """Base of every learned methodology; subclasses set ``kind`` and ``input_features``."""
 
     kind: ClassVar[str] = ""
@@ -40,9 +41,9 @@ class Methodology(nn.Module):
         if cls.kind:
             REGISTRY[cls.kind] = cls
 
+    @abstractmethod
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this methodology (JSON-serializable)."""
-        raise NotImplementedError(f"{type(self).__name__} must define config()")
 
     def save(self, directory: str | Path, **info: Any) -> Path:
         """Write the artifact; ``info`` (e.g. ``meta_trained_on=...``) is stored in the JSON."""
