@@ -184,3 +184,30 @@ def test_runs_do_not_depend_on_what_ran_before_in_the_process(task: Task) -> Non
     make_trainer(config("gce", epochs=1), task).fit()
     second = make_trainer(config("mwnet", epochs=2), task).fit()
     assert [r["val_loss"] for r in first.history] == [r["val_loss"] for r in second.history]
+
+
+def test_label_correction_mixes_with_weights_in_unit_interval(task: Task) -> None:
+    trainer = make_trainer(config("cmwnet_sl", epochs=1), task)
+    losses = torch.rand(64) * 5
+    w = trainer.weights_for(trainer.methodology, losses, trainer.train_y[:64])  # type: ignore[arg-type]
+    assert float(w.min()) >= 0.0 and float(w.max()) <= 1.0
+
+
+class HardInterrupt(Callback):
+    def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
+        if trainer.global_step == 15:
+            raise KeyboardInterrupt
+
+
+def test_hard_interrupt_keeps_the_last_consistent_checkpoint(task: Task, tmp_path: Path) -> None:
+    from slem.train import CheckpointCallback
+
+    ckpt = tmp_path / "checkpoint.pt"
+    trainer = make_trainer(
+        config("erm", epochs=3),
+        task,
+        callbacks=[CheckpointCallback(ckpt, every=10), HardInterrupt()],
+    )
+    with pytest.raises(TrainingStopped, match="aborted"):
+        trainer.fit()
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 10

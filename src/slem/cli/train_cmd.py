@@ -17,7 +17,7 @@ from slem.train.config import TrainConfig, apply_overrides, load_yaml, parse_tra
 from slem.train.run import default_run_dir, read_run_config, train_run
 from slem.train.trainer import Trainer, TrainingStopped, TrainResult
 
-EXIT_CODES = {"interrupted": 130, "terminated": 143}
+EXIT_CODES = {"interrupted": 130, "aborted": 130, "terminated": 143}
 
 SetOption = Annotated[
     list[str] | None,
@@ -61,8 +61,9 @@ def run_and_report(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool
                 config, run_dir, resume=resume, progress=not quiet, on_trainer=trainers.append
             )
     except TrainingStopped as exc:
+        saved = "the last checkpoint is kept" if exc.reason == "aborted" else "checkpoint saved"
         err_console.print(
-            f"{exc.reason}: checkpoint saved in {run_dir}; continue with "
+            f"{exc.reason}: {saved} in {run_dir}; continue with "
             f"'slem {'apply' if config.method == 'apply' else 'train'} --resume {run_dir}'",
             highlight=False,
             soft_wrap=True,

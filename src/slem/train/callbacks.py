@@ -45,7 +45,9 @@ class CheckpointCallback(Callback):
         trainer.save_checkpoint(self.path)
 
     def on_stop(self, trainer: Trainer, reason: str) -> None:
-        if reason != "non-finite loss":  # keep the last checkpoint from before the blow-up
+        # after a blow-up or a hard interrupt (possibly mid-step) the last checkpoint is the
+        # last consistent state; a requested stop happens between steps and is saved
+        if reason not in ("non-finite loss", "aborted"):
             trainer.save_checkpoint(self.path)
 
 

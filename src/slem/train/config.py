@@ -73,7 +73,11 @@ class MetaConfig(_Strict):
     hidden: int = Field(100, ge=1)
     n_groups: int = Field(3, ge=1, description="class size groups (CMW-Net)")
     batch_size: int = Field(100, ge=1, description="meta (outer) batch size")
-    normalize_weights: bool = Field(True, description="weights sum to the batch size")
+    normalize_weights: bool = Field(
+        True,
+        description="weights sum to the batch size (not under CMW-Net-SL's label "
+        "correction, where a weight mixes two labels and stays in (0, 1))",
+    )
     order: Literal["mwnet", "lagged"] = Field(
         "mwnet",
         description="mwnet: real step after the meta update; lagged: reuse the "

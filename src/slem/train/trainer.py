@@ -245,9 +245,9 @@ class Trainer:
                 metrics = self.end_epoch()
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, metrics)
-        except KeyboardInterrupt:
-            self._stopped("interrupted")
-            raise TrainingStopped("interrupted") from None
+        except KeyboardInterrupt:  # a hard interrupt may land mid-step: keep the last checkpoint
+            self._stopped("aborted")
+            raise TrainingStopped("aborted") from None
         except TrainingStopped as exc:
             self._stopped(exc.reason)
             raise
@@ -382,9 +382,13 @@ class Trainer:
         return PerSample(weighted=given - soft, unweighted=soft, features=given)
 
     def weights_for(self, methodology: nn.Module, losses: Tensor, y: Tensor) -> Tensor:
-        w: Tensor = methodology(losses, self.class_groups[y])
-        if self.config.meta.normalize_weights:
-            w = w * (len(w) / w.sum().clamp_min(1e-8))
+        return self.normalized(methodology(losses, self.class_groups[y]))
+
+    def normalized(self, w: Tensor) -> Tensor:
+        """MW-Net's normalization to mean 1, except under label correction, where ``w`` mixes
+        the given and the pseudo-label and must stay in (0, 1)."""
+        if self.config.meta.normalize_weights and not self._label_correction:
+            return w * (len(w) / w.sum().clamp_min(1e-8))
         return w
 
     def update_teacher(self) -> None:
@@ -492,6 +496,7 @@ class Trainer:
             "epoch_stats": self._epoch_stats,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "config": self.config.model_dump(mode="json"),
         }
 
@@ -513,8 +518,11 @@ class Trainer:
         ):
             setattr(self, name, state[name])
         self._epoch_stats = state["epoch_stats"]
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        # RNG states are CPU byte tensors, whatever map_location moved them to
+        self.generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Atomic write: a kill during the write leaves the previous checkpoint intact."""
@@ -630,10 +638,7 @@ class MetaTrainer(Trainer):
         return self.weighted_terms(self._f_model(params, x), y, pseudo)
 
     def _weights(self, hyper: dict[str, Tensor], losses: Tensor, batch: tuple[Any, ...]) -> Tensor:
-        w: Tensor = self._f_meth(hyper, losses, self.class_groups[batch[1]])
-        if self.config.meta.normalize_weights:
-            w = w * (len(w) / w.sum().clamp_min(1e-8))
-        return w
+        return self.normalized(self._f_meth(hyper, losses, self.class_groups[batch[1]]))
 
     def _outer_batch(self) -> dict[str, Tensor]:
         meta = self.config.meta
