@@ -49,3 +49,45 @@ def test_noisy_label_grid_configs_are_valid() -> None:
     assert summary["test_accuracy"] == pytest.approx(0.85)
     assert summary["test_accuracy_std"] == pytest.approx(0.0707, abs=1e-3)
     assert "85.00 ± 7.07" in bench.markdown([summary])
+
+
+def test_schedule_and_optimizer_benchmark_configs_are_valid() -> None:
+    from slem.train import parse_train_config
+
+    schedules = pytest.importorskip("schedules")
+    for target in schedules.TARGETS:
+        for optimizer, schedule, grid in schedules.HAND.values():
+            values = schedules.target_config(
+                target, 2, optimizer=optimizer, schedule=schedule, lr=grid[0]
+            )
+            assert parse_train_config(values).optim.schedule == schedule
+    assert schedules.source_config(3).method == "lr_schedule"
+    lopt = pytest.importorskip("learned_optimizers")
+    for target in lopt.TARGETS:
+        for optimizer, grid in lopt.BASELINES.values():
+            values = lopt.target_values(target, 1, optimizer=optimizer, lr=grid[-1])
+            assert parse_train_config(values).optim.optimizer == optimizer
+
+
+def test_tuning_protocol_selects_on_validation_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = pytest.importorskip("common")
+    cache = common.Cache(tmp_path)
+    # a fake "training": validation prefers lr 0.1, test would prefer 0.3
+    fake = {0.01: (0.5, 0.5), 0.1: (0.9, 0.7), 0.3: (0.8, 0.95)}
+
+    def fake_train(values: dict[str, float]) -> dict[str, float]:
+        return {
+            "val_accuracy": fake[values["lr"]][0] - 0.01 * values["seed"],
+            "test_accuracy": fake[values["lr"]][1],
+        }
+
+    monkeypatch.setattr(common, "train", fake_train)
+    rows = common.tuned_runs(
+        cache, "t", "target", "m", list(fake), lambda lr, seed: {"lr": lr, "seed": seed}, 3
+    )
+    assert [r["chosen_lr"] for r in rows] == [0.1] * 3 and rows[0]["tuning_runs"] == 3
+    assert len(cache.file.read_text().splitlines()) == 5  # 3 grid points + 2 more seeds
+    (summary,) = common.summarize(rows)
+    assert summary["test_accuracy"] == pytest.approx(0.7)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from slem import __version__
-from slem.cli import data_cmd, train_cmd
+from slem.cli import bbo_cmd, data_cmd, train_cmd
 
 app = typer.Typer(
     name="slem",
@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(bbo_cmd.app, name="bbo")
 train_cmd.register(app)
 
 

@@ -7,7 +7,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -15,7 +15,7 @@ from slem.cli.console import console, err_console, user_errors
 from slem.errors import SlemError
 from slem.train.config import TrainConfig, apply_overrides, load_yaml, parse_train_config
 from slem.train.run import default_run_dir, read_run_config, train_run
-from slem.train.trainer import Trainer, TrainingStopped, TrainResult
+from slem.train.trainer import Stoppable, TrainingStopped, TrainResult
 
 EXIT_CODES = {"interrupted": 130, "aborted": 130, "terminated": 143}
 
@@ -35,7 +35,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 
 
 @contextmanager
-def stop_on_signals(trainers: list[Trainer]) -> Iterator[None]:
+def stop_on_signals(trainers: list[Stoppable]) -> Iterator[None]:
     """SIGINT/SIGTERM ask the trainer to stop after the current step (it then checkpoints);
     a second Ctrl-C interrupts at once."""
 
@@ -53,22 +53,26 @@ def stop_on_signals(trainers: list[Trainer]) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def report_stopped(exc: TrainingStopped, run_dir: Path, command: str) -> NoReturn:
+    """Say where the checkpoint is and how to continue; exit 130 (Ctrl-C) or 143 (kill)."""
+    saved = "the last checkpoint is kept" if exc.reason == "aborted" else "checkpoint saved"
+    err_console.print(
+        f"{exc.reason}: {saved} in {run_dir}; continue with '{command} --resume {run_dir}'",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(code=EXIT_CODES.get(exc.reason, 1)) from None
+
+
 def run_and_report(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> TrainResult:
-    trainers: list[Trainer] = []
+    trainers: list[Stoppable] = []
     try:
         with stop_on_signals(trainers):
             result, _ = train_run(
                 config, run_dir, resume=resume, progress=not quiet, on_trainer=trainers.append
             )
     except TrainingStopped as exc:
-        saved = "the last checkpoint is kept" if exc.reason == "aborted" else "checkpoint saved"
-        err_console.print(
-            f"{exc.reason}: {saved} in {run_dir}; continue with "
-            f"'slem {'apply' if config.method == 'apply' else 'train'} --resume {run_dir}'",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=EXIT_CODES.get(exc.reason, 1)) from None
+        report_stopped(exc, run_dir, f"slem {'apply' if config.method == 'apply' else 'train'}")
     s = result.summary
     console.print(
         f"[bold]{config.method}[/] on {s['dataset']} ({s['noise'] or 'clean'}): "
@@ -165,6 +169,7 @@ def apply_config(
         "optim": {**base.get("optim", {}), **({"epochs": epochs} if epochs else {})},
         "meta": {**base.get("meta", {}), "objective": "selected"},
         "loss": base.get("loss", {}),
+        "schedule": base.get("schedule", {}),
         "seed": seed,
     }
     return parse_train_config(apply_overrides(values, overrides))

@@ -61,9 +61,13 @@ class CMWNet(Methodology):
         self.trunk = nn.Sequential(nn.Linear(1, hidden), nn.ReLU())
         self.head_weight = nn.Parameter(torch.empty(n_groups, hidden))
         self.head_bias = nn.Parameter(torch.zeros(n_groups))
-        bound = 1.0 / math.sqrt(hidden)  # as nn.Linear(hidden, 1) initializes
-        nn.init.uniform_(self.head_weight, -bound, bound)
-        nn.init.uniform_(self.head_bias, -bound, bound)
+        # Every head starts as the same curve (as nn.Linear(hidden, 1) initializes one), so
+        # CMW-Net begins as MW-Net and groups part only where the meta gradient says so; a
+        # rare group's head, which few meta gradients reach, is not left at a random curve.
+        bound = 1.0 / math.sqrt(hidden)
+        with torch.no_grad():
+            self.head_weight.copy_(torch.empty(hidden).uniform_(-bound, bound).expand(n_groups, -1))
+            self.head_bias.fill_(float(torch.empty(()).uniform_(-bound, bound)))
 
     def config(self) -> dict[str, Any]:
         return {"n_groups": self.groups, "hidden": self.hidden}

@@ -4,7 +4,7 @@ against truly noisy samples, and learning curves."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -17,11 +17,22 @@ if TYPE_CHECKING:
     from slem.train.trainer import Trainer, TrainResult
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write as PNG and close ``fig``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def write_run_plots(run_dir: Path, trainer: Trainer, result: TrainResult) -> list[Path]:
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     paths = [learning_curves(result.history, out / "learning_curves.png")]
-    if trainer.methodology is not None and result.train_weights is not None:
+    trace = getattr(trainer, "lr_trace", None)
+    if trace:
+        paths.append(lr_schedule(trainer, trace, out / "lr_schedule.png"))
+    if trainer.weighting is not None and result.train_weights is not None:
         paths.append(weight_vs_loss(trainer, out / "weight_vs_loss.png"))
         paths.append(
             weight_histograms(
@@ -54,15 +65,47 @@ def learning_curves(history: list[dict[str, object]], path: Path) -> Path:
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylim(0, 1)
     ax_acc.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def meta_training_curve(history: list[dict[str, object]], path: Path) -> Path:
+    """Meta loss per meta-iteration (and its running mean) while meta-training."""
+    values = np.array([float(r["meta_loss"]) for r in history])  # type: ignore[arg-type]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(1, len(values) + 1), values, alpha=0.35, lw=0.8, label="meta loss")
+    if len(values) >= 10:
+        k = max(len(values) // 20, 5)
+        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+        ax.plot(np.arange(k, len(values) + 1), smooth, label=f"running mean ({k})")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("optimizee loss / log C")
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def lr_schedule(trainer: Trainer, trace: list[float], path: Path) -> Path:
+    """The learned learning rate at every step, against the hand-designed cosine schedule
+    from ``optim.lr``, with the steps where a new schedule snapshot took over."""
+    steps = np.arange(1, len(trace) + 1)
+    total = trainer.config.optim.epochs * trainer.steps_per_epoch
+    lr0 = trainer.config.optim.lr
+    cosine = lr0 * 0.5 * (1 + np.cos(np.pi * np.minimum(np.arange(total) / max(total, 1), 1.0)))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, trace, label="learned (MLR-SNet)", lw=1)
+    ax.plot(np.arange(1, total + 1), cosine, "--", label=f"hand-designed: cosine from {lr0:g}")
+    for step, stage in getattr(trainer, "stage_trace", [])[1:]:
+        ax.axvline(step, color="grey", lw=0.8, ls=":")
+        ax.text(step, max(trace), f" stage {stage}", fontsize=8, va="top")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("learning rate")
+    ax.legend()
+    return save_figure(fig, path)
 
 
 def weight_vs_loss(trainer: Trainer, path: Path) -> Path:
     """The learned weighting function: weight against loss, one curve per class group."""
-    assert trainer.methodology is not None
+    net = trainer.weighting
+    assert net is not None
     observed = trainer.per_sample_eval_losses(trainer.train_x, trainer.train_y)
     top = float(torch.quantile(observed, 0.99)) if len(observed) else 5.0
     grid = torch.linspace(0, max(top, 1.0), 200, device=trainer.device)
@@ -71,17 +114,14 @@ def weight_vs_loss(trainer: Trainer, path: Path) -> Path:
     with torch.no_grad():
         for g in range(n_groups):
             groups = torch.full((len(grid),), g, dtype=torch.long, device=trainer.device)
-            w = trainer.methodology(grid, groups).cpu().numpy()
+            w = net(grid, groups).cpu().numpy()
             ax.plot(grid.cpu().numpy(), w, label=f"class group {g}" if n_groups > 1 else "all")
     ax.set_xlabel("training loss of a sample")
     ax.set_ylabel("learned weight")
     ax.set_ylim(0, 1)
     ax.legend()
-    ax.set_title(f"{trainer.methodology.kind}: weight as a function of loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.set_title(f"{net.kind}: weight as a function of loss")
+    return save_figure(fig, path)
 
 
 def weight_histograms(weights: np.ndarray, noisy: np.ndarray, path: Path) -> Path:
@@ -93,7 +133,4 @@ def weight_histograms(weights: np.ndarray, noisy: np.ndarray, path: Path) -> Pat
     ax.set_xlabel("learned weight")
     ax.set_ylabel("training samples")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

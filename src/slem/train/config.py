@@ -26,12 +26,18 @@ Method = Literal[
     "mwnet",
     "cmwnet",
     "cmwnet_sl",
+    "lr_schedule",
+    "learned_optimizer",
     "apply",
 ]
-META_METHODS = ("mwnet", "cmwnet", "cmwnet_sl")
+WEIGHTING_METHODS = ("mwnet", "cmwnet", "cmwnet_sl")
+META_METHODS = (*WEIGHTING_METHODS, "lr_schedule", "learned_optimizer")
 HypergradMethod = Literal[
     "lookahead", "finite_difference", "first_order", "unrolled", "forward", "implicit"
 ]
+
+
+Activation = Literal["relu", "tanh", "sigmoid", "gelu"]
 
 
 class _Strict(BaseModel):
@@ -45,16 +51,24 @@ class ModelConfig(_Strict):
     width: int = Field(32, ge=1, description="hidden units / base channels")
     depth: int = Field(2, ge=1, description="hidden layers of the MLP")
     dropout: float = Field(0.0, ge=0, lt=1)
+    activation: Activation = Field("relu", description="MLP")
 
 
 class OptimConfig(_Strict):
+    optimizer: Literal["sgd", "adam", "rmsprop"] = Field(
+        "sgd", description="meta-learning methods need sgd (their virtual step is SGD's)"
+    )
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    lr: float = Field(0.05, gt=0, description="the (peak) learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum; rmsprop momentum")
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "constant", "onecycle"] = Field(
+        "cosine",
+        description="onecycle: linear warm-up from lr/25 over 30% of the steps, then cosine "
+        "down to lr/1e4",
+    )
     milestones: list[float] = Field(
         default_factory=lambda: [0.5, 0.75], description="step schedule, fractions of epochs"
     )
@@ -90,6 +104,113 @@ class MetaConfig(_Strict):
     select_per_class: int = Field(10, ge=1, description="'selected': clean samples per class")
     ema_decay: float = Field(0.99, ge=0, lt=1, description="CMW-Net-SL teacher EMA")
     sl_temperature: float = Field(0.5, gt=0, description="CMW-Net-SL pseudo-label sharpening")
+    sl_prior_correction: bool = Field(
+        True,
+        description="CMW-Net-SL: subtract the log of the observed class prior from the "
+        "teacher's logits, so a teacher trained on imbalanced data does not relabel rare "
+        "classes as frequent ones (a no-op on balanced data)",
+    )
+
+
+class ScheduleConfig(_Strict):
+    """MLR-SNet (method lr_schedule): the schedule net and its meta-training."""
+
+    hidden: int = Field(50, ge=1, description="LSTM hidden units")
+    stages: int = Field(3, ge=1, description="snapshots kept over meta-training")
+    switch_at: list[float] | None = Field(
+        None, description="fractions of a run where each snapshot takes over (default 0, 1/3, 2/3)"
+    )
+    interval: int = Field(1, ge=1, description="a meta step every k training steps")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the schedule net")
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(100, ge=1, description="meta-set batch of each meta step")
+    max_lr: float = Field(10.0, gt=0, description="a learned rate above this stops the run")
+    swap_snapshots: bool = Field(
+        True, description="apply: swap the snapshots in over the run (else the final one only)"
+    )
+
+
+class LearnedOptimizerConfig(_Strict):
+    """The coordinatewise LSTM optimizer (method learned_optimizer) and its meta-training on a
+    population of MLP optimizees (every width x activation on every dataset)."""
+
+    hidden: int = Field(20, ge=1, description="LSTM hidden units")
+    layers: int = Field(2, ge=1, description="stacked LSTM cells")
+    output_scale: float = Field(0.1, gt=0, description="the LSTM output times this is the step")
+    p: float = Field(10.0, gt=0, description="gradient preprocessing constant")
+    datasets: list[str] = Field(
+        default_factory=lambda: ["mnist1d", "digits"],
+        description="classification datasets of the optimizee population",
+    )
+    dataset_size: int | None = Field(4000, ge=10, description="samples drawn per dataset")
+    widths: list[int] = Field(default_factory=lambda: [16, 32], description="MLP widths")
+    activations: list[Activation] = Field(
+        default_factory=lambda: list[Activation](["relu", "tanh", "sigmoid"])
+    )
+    depths: list[int] = Field(
+        default_factory=lambda: [1, 2], description="hidden layers of the optimizee MLPs"
+    )
+    batch_size: int = Field(128, ge=1)
+    horizon: int = Field(400, ge=1, description="optimizee steps before a fresh one is drawn")
+    unroll: int = Field(20, ge=1, description="truncation: steps per meta-gradient")
+    iterations: int = Field(1500, ge=1, description="meta-gradient steps")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate of the LSTM")
+    clip: float = Field(1.0, gt=0, description="meta-gradient norm clip")
+    loss_weights: Literal["uniform", "increasing"] = Field(
+        "increasing",
+        description="weights of the per-step losses summed over the unroll (increasing: "
+        "t / unroll, which favours where the optimizee ends up over how fast it gets there)",
+    )
+    checkpoint_every: int = Field(25, ge=1, description="meta-iterations between checkpoints")
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> LearnedOptimizerConfig:
+        for name in ("datasets", "widths", "activations", "depths"):
+            if not getattr(self, name):
+                raise ValueError(f"learned_optimizer.{name} needs at least one entry")
+        if self.unroll > self.horizon:
+            raise ValueError(
+                f"learned_optimizer.unroll ({self.unroll}) must not exceed horizon ({self.horizon})"
+            )
+        return self
+
+
+class BBOConfig(_Strict):
+    """Meta-training a learned black-box optimizer (``slem bbo train``)."""
+
+    dim: int = Field(2, ge=1, le=32, description="dimension of the search space [0, 1]^dim")
+    hidden: int = Field(64, ge=1, description="LSTM hidden units")
+    layers: int = Field(2, ge=1)
+    steps: int = Field(30, ge=2, description="queries per search (the meta-training horizon)")
+    loss: Literal["sum", "oi", "ei"] = Field(
+        "oi", description="sum of values, observed improvement, or expected improvement (GP)"
+    )
+    families: list[Literal["gp", "quadratic", "standard"]] = Field(
+        default_factory=lambda: list[Literal["gp", "quadratic", "standard"]](
+            ["gp", "quadratic", "standard"]
+        ),
+        description="training function families",
+    )
+    batch_size: int = Field(64, ge=1, description="functions per meta step")
+    iterations: int = Field(1500, ge=1)
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate of the RNN")
+    clip: float = Field(1.0, gt=0)
+    ei_lengthscale: float = Field(0.2, gt=0, description="RBF lengthscale of the EI loss's GP")
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> BBOConfig:
+        if not self.families:
+            raise ValueError("families needs at least one of gp, quadratic, standard")
+        return self
+
+
+def parse_bbo_config(values: dict[str, Any]) -> BBOConfig:
+    try:
+        return BBOConfig.model_validate(values)
+    except ValidationError as exc:
+        raise SlemError(validation_message(exc)) from None
 
 
 class LossConfig(_Strict):
@@ -110,15 +231,23 @@ class TrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     meta: MetaConfig = MetaConfig()
     loss: LossConfig = LossConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    learned_optimizer: LearnedOptimizerConfig = LearnedOptimizerConfig()
     methodology: str | None = Field(None, description="apply: the artifact directory")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(200, ge=1, description="steps between mid-epoch checkpoints")
+    select_on: Literal["auto", "accuracy", "balanced_accuracy"] = Field(
+        "auto",
+        description="validation metric that picks the best epoch; auto: balanced accuracy "
+        "(mean per-class recall) when the training classes are imbalanced (largest / smallest "
+        ">= 3), else accuracy",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         needs_meta = self.method == "finetune" or (
-            self.method in META_METHODS and "clean" in self.meta.objective
+            self.method in WEIGHTING_METHODS and "clean" in self.meta.objective
         )
         if needs_meta and self.data.meta_per_class is None and self.data.meta_size is None:
             what = (
@@ -129,6 +258,18 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"{what} needs a clean meta set: set data.meta_per_class (e.g. 10), or use "
                 "meta.objective dac or selected"
+            )
+        if self.method == "lr_schedule" and (
+            self.data.meta_per_class is None and self.data.meta_size is None
+        ):
+            raise ValueError(
+                "method lr_schedule meta-learns on a held-out meta set: set data.meta_per_class "
+                "(e.g. 50)"
+            )
+        if self.method in ("lr_schedule", *WEIGHTING_METHODS) and self.optim.optimizer != "sgd":
+            raise ValueError(
+                f"method {self.method} meta-learns through SGD steps: set optim.optimizer sgd "
+                f"(not {self.optim.optimizer})"
             )
         if self.method == "apply" and not self.methodology:
             raise ValueError("method apply needs methodology: the path of a saved artifact")

@@ -11,13 +11,27 @@ from torch import nn
 from slem.errors import SlemError
 
 Arch = Literal["auto", "mlp", "cnn1d", "cnn2d"]
+Activation = Literal["relu", "tanh", "sigmoid", "gelu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
 
 
-def mlp(n_in: int, n_out: int, width: int = 64, depth: int = 2, dropout: float = 0.0) -> nn.Module:
+def mlp(
+    n_in: int,
+    n_out: int,
+    width: int = 64,
+    depth: int = 2,
+    dropout: float = 0.0,
+    activation: Activation = "relu",
+) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     d = n_in
     for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.ReLU()]
+        layers += [nn.Linear(d, width), ACTIVATIONS[activation]()]
         if dropout:
             layers.append(nn.Dropout(dropout))
         d = width
@@ -68,15 +82,17 @@ def build_model(
     width: int = 32,
     depth: int = 2,
     dropout: float = 0.0,
+    activation: Activation = "relu",
 ) -> nn.Module:
-    """The reference model for inputs of ``input_shape`` (one sample, without the batch)."""
+    """The reference model for inputs of ``input_shape`` (one sample, without the batch);
+    ``activation`` applies to the MLP."""
     if arch == "auto":
         arch = {1: "mlp", 2: "cnn1d", 3: "cnn2d"}.get(len(input_shape), "mlp")  # type: ignore[assignment]
     if arch == "mlp":
         n_in = 1
         for s in input_shape:
             n_in *= s
-        return mlp(n_in, n_classes, width, depth, dropout)
+        return mlp(n_in, n_classes, width, depth, dropout, activation)
     if arch == "cnn1d":
         if len(input_shape) != 2:
             raise SlemError(f"model.arch cnn1d needs (channels, length) inputs, got {input_shape}")

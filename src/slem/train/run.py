@@ -27,10 +27,11 @@ from slem.errors import SlemError
 from slem.methodology import Methodology, load_methodology
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.config import TrainConfig, parse_train_config
-from slem.train.trainer import Trainer, TrainResult, make_trainer
+from slem.train.trainer import Stoppable, Trainer, TrainResult, make_trainer, resolve_device
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
+META_CHECKPOINT_FILE = "meta_checkpoint.pt"
 
 
 def git_revision() -> str:
@@ -92,10 +93,7 @@ def load_frozen_methodology(config: TrainConfig) -> Methodology | None:
     if config.method != "apply":
         return None
     assert config.methodology is not None
-    methodology, _ = load_methodology(config.methodology)
-    for p in methodology.parameters():
-        p.requires_grad_(False)
-    return methodology
+    return _frozen(load_methodology(config.methodology)[0])
 
 
 def train_run(
@@ -104,7 +102,7 @@ def train_run(
     resume: bool = False,
     progress: bool = True,
     extra_callbacks: Sequence[Callback] = (),
-    on_trainer: Callable[[Trainer], None] | None = None,
+    on_trainer: Callable[[Stoppable], None] | None = None,
 ) -> tuple[TrainResult, Path]:
     """Train ``config`` into ``run_dir`` (continuing from its checkpoint with ``resume``)."""
     run_dir = Path(run_dir)
@@ -124,9 +122,10 @@ def train_run(
     ]
     if progress:
         callbacks.append(ProgressBar(f"{config.method} {task.name}"))
-    trainer = make_trainer(
-        config, task, methodology=load_frozen_methodology(config), callbacks=callbacks
-    )
+    methodology = load_frozen_methodology(config)
+    if config.method == "learned_optimizer":
+        methodology = meta_train_optimizer(config, run_dir, resume, progress, on_trainer)
+    trainer = make_trainer(config, task, methodology=methodology, callbacks=callbacks)
     if resume:
         trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
     if on_trainer is not None:
@@ -144,7 +143,9 @@ def write_outputs(
         str(run_dir / "model.safetensors"),
     )
     summary = dict(result.summary)
-    if trainer.methodology is not None:
+    if config.method == "learned_optimizer":  # its artifact was written after meta-training
+        summary["methodology"] = str(run_dir / "methodology")
+    elif trainer.methodology is not None:
         artifact_dir = run_dir / "methodology"
         trained_on = {
             "dataset": task.name,
@@ -171,6 +172,55 @@ def write_outputs(
 
     summary["plots"] = [str(p) for p in write_run_plots(run_dir, trainer, result)]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def meta_train_optimizer(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    on_trainer: Callable[[Stoppable], None] | None,
+) -> Methodology:
+    """Phase one of method learned_optimizer: meta-train the LSTM optimizer on its population
+    (checkpointed in ``meta_checkpoint.pt``, resumable), save the artifact, return it frozen."""
+    from slem.train.learned_optimizer import OptimizerMetaTrainer
+
+    artifact = run_dir / "methodology"
+    if resume and (artifact / "methodology.json").is_file():
+        return _frozen(load_methodology(artifact)[0])
+    cfg = config.learned_optimizer
+    meta = OptimizerMetaTrainer(cfg, config.seed, resolve_device(config.device))
+    checkpoint = run_dir / META_CHECKPOINT_FILE
+    if resume and checkpoint.is_file():
+        meta.load_checkpoint(checkpoint)
+    if on_trainer is not None:
+        on_trainer(meta)
+    meta.fit(checkpoint, progress="meta-training the optimizer" if progress else None)
+    net = meta.net
+    with (run_dir / "meta_metrics.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(row) + "\n" for row in meta.history)
+    net.save(
+        artifact,
+        training_config=config.model_dump(mode="json"),
+        meta_trained_on={
+            "population": [o.name for o in meta.population],
+            "iterations": meta.iteration,
+            "unroll": cfg.unroll,
+            "horizon": cfg.horizon,
+            "seed": config.seed,
+        },
+    )
+    from slem.report.plots import meta_training_curve
+
+    (run_dir / "plots").mkdir(exist_ok=True)
+    meta_training_curve(meta.history, run_dir / "plots" / "meta_training.png")
+    return _frozen(net)
+
+
+def _frozen(methodology: Methodology) -> Methodology:
+    for p in methodology.parameters():
+        p.requires_grad_(False)
+    return methodology
 
 
 def _source_info(config: TrainConfig) -> Any:

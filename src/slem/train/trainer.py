@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,11 +33,11 @@ from slem.bilevel.fast import inner_value, weight_input
 from slem.data.augment import augment
 from slem.data.task import Split, Task
 from slem.errors import SlemError
-from slem.methodology import Methodology, build_weighting
+from slem.methodology import LearnedOptimizer, LSTMOptimizerNet, Methodology, build_weighting
 from slem.methodology.weighting import CMWNet, MWNet
 from slem.train import losses as L
 from slem.train.callbacks import Callback
-from slem.train.config import TrainConfig
+from slem.train.config import WEIGHTING_METHODS, TrainConfig
 from slem.train.models import build_model
 
 EVAL_BATCH = 1024
@@ -71,6 +71,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class Stoppable(Protocol):
+    """Anything a Ctrl-C handler can ask to stop after its current step."""
+
+    _stop: str | None
+
+    def request_stop(self, reason: str) -> None: ...
+
+
+def make_optimizer(
+    params: Any, config: TrainConfig, methodology: Methodology | None = None
+) -> torch.optim.Optimizer:
+    """The real optimizer: a learned one when ``methodology`` is a learned optimizer, else
+    ``config.optim``'s (its rate is set every step from the schedule)."""
+    if isinstance(methodology, LSTMOptimizerNet):
+        return LearnedOptimizer(params, methodology)
+    o = config.optim
+    if o.optimizer == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+    return torch.optim.SGD(
+        params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    )
+
+
 class Trainer:
     """ERM, robust-loss baselines, fine-tuning, or a frozen methodology on one task."""
 
@@ -96,6 +123,7 @@ class Trainer:
             config.model.width,
             config.model.depth,
             config.model.dropout,
+            config.model.activation,
         )
         self.model.to(self.device)
         self.methodology = methodology.to(self.device) if methodology is not None else None
@@ -112,20 +140,16 @@ class Trainer:
         )
         counts = torch.tensor(task.features.class_counts, dtype=torch.float64)
         self.cb_weights = L.class_balanced_weights(counts, config.loss.cb_beta).to(self.device)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=config.optim.lr,
-            momentum=config.optim.momentum,
-            nesterov=config.optim.nesterov,
-            weight_decay=config.optim.weight_decay,
-        )
+        prior = counts.clamp_min(1.0) / counts.clamp_min(1.0).sum()
+        self.log_prior = prior.log().to(self.device, torch.float32)
+        self.optimizer = make_optimizer(self.model.parameters(), config, self.methodology)
         self.teacher = self._make_teacher()
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": -1, "state": None}
+        self.best: dict[str, Any] = {"val_score": -1.0, "epoch": -1, "state": None}
         self.timings: dict[str, list[float]] = {"plain": [], "meta": []}
         self.elapsed = 0.0
         self._stop: str | None = None
@@ -147,6 +171,12 @@ class Trainer:
         for p in teacher.parameters():
             p.requires_grad_(False)
         return teacher
+
+    @property
+    def weighting(self) -> MWNet | CMWNet | None:
+        """The methodology when it is a sample-weighting net (else None)."""
+        m = self.methodology
+        return m if isinstance(m, MWNet | CMWNet) else None
 
     @property
     def _label_correction(self) -> bool:
@@ -205,6 +235,10 @@ class Trainer:
             return o.lr * 0.5 * (1.0 + math.cos(math.pi * t))
         if o.schedule == "step":
             return o.lr * o.gamma ** sum(t >= m for m in o.milestones)
+        if o.schedule == "onecycle":
+            if t < 0.3:
+                return o.lr * (1 / 25 + (1 - 1 / 25) * t / 0.3)
+            return o.lr * (1e-4 + (1 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * (t - 0.3) / 0.7)))
         return o.lr
 
     # ------------------------------------------------------------------ loop
@@ -274,7 +308,7 @@ class Trainer:
         """Per-epoch preparation (MetaTrainer refreshes its self-selected meta set here)."""
 
     def end_epoch(self) -> dict[str, Any]:
-        val_loss, val_acc = self.evaluate(self.val_x, self.val_y)
+        val_loss, val_acc, val_bacc = self.evaluate(self.val_x, self.val_y)
         row: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "step": self.global_step,
@@ -282,19 +316,21 @@ class Trainer:
             "seconds": round(self.elapsed, 2),
             "val_loss": val_loss,
             "val_accuracy": val_acc,
+            "val_balanced_accuracy": val_bacc,
         }
         for name, values in self._epoch_stats.items():
             row[f"train_{name}"] = float(np.mean(values)) if values else None
-        if self.methodology is not None:
+        if self.weighting is not None:
             weights = self.train_weights()
             row["weight_auc"] = self.weight_auc(weights)
             noisy = self.task.train.noisy_mask
             row["weight_mean_clean"] = float(weights[~noisy].mean()) if (~noisy).any() else None
             row["weight_mean_noisy"] = float(weights[noisy].mean()) if noisy.any() else None
         self.history.append(row)
-        if val_acc > self.best["val_accuracy"]:
+        score = val_bacc if self.select_on == "balanced_accuracy" else val_acc
+        if score > self.best["val_score"]:
             self.best = {
-                "val_accuracy": val_acc,
+                "val_score": score,
                 "epoch": self.epoch + 1,
                 "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             }
@@ -323,10 +359,10 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         logits = self.model(x)
-        if self.methodology is not None and self.epoch < self.config.optim.epochs:
+        if self.weighting is not None and self.epoch < self.config.optim.epochs:
             terms = self.weighted_terms(logits, y, self.pseudo_labels(x))
             with torch.no_grad():
-                w = self.weights_for(self.methodology, weight_input(terms), y)
+                w = self.weights_for(self.weighting, weight_input(terms), y)
             loss = inner_value(terms, w)
         else:
             loss = self.per_sample_losses(logits, y).mean()
@@ -367,12 +403,16 @@ class Trainer:
     # ------------------------------------------------------------------ weighting
 
     def pseudo_labels(self, x: Tensor) -> Tensor | None:
-        """CMW-Net-SL: sharpened predictions of the EMA teacher (None without correction)."""
+        """CMW-Net-SL: sharpened, prior-adjusted predictions of the EMA teacher (None without
+        correction)."""
         if self.teacher is None:
             return None
         self.teacher.eval()
         with torch.no_grad():
-            return F.softmax(self.teacher(x) / self.config.meta.sl_temperature, dim=1)
+            logits = self.teacher(x)
+            if self.config.meta.sl_prior_correction:
+                logits = logits - self.log_prior
+            return F.softmax(logits / self.config.meta.sl_temperature, dim=1)
 
     def weighted_terms(self, logits: Tensor, y: Tensor, pseudo: Tensor | None) -> PerSample:
         given = L.cross_entropy(logits, y)
@@ -403,10 +443,10 @@ class Trainer:
 
     def train_weights(self) -> np.ndarray:
         """The methodology's (unnormalized) weight of every training sample, in eval mode."""
-        assert self.methodology is not None
+        assert self.weighting is not None
         losses = self.per_sample_eval_losses(self.train_x, self.train_y)
         with torch.no_grad():
-            w = self.methodology(losses, self.class_groups[self.train_y])
+            w = self.weighting(losses, self.class_groups[self.train_y])
         return w.cpu().numpy()
 
     def weight_auc(self, weights: np.ndarray) -> float | None:
@@ -430,27 +470,44 @@ class Trainer:
                 )
         return torch.cat(out)
 
-    def evaluate(self, x: Tensor, y: Tensor, model: nn.Module | None = None) -> tuple[float, float]:
-        """(mean cross-entropy, accuracy) in eval mode."""
+    @property
+    def select_on(self) -> str:
+        """The validation metric that picks the best epoch (see ``TrainConfig.select_on``)."""
+        if self.config.select_on != "auto":
+            return self.config.select_on
+        counts = [c for c in self.task.features.class_counts if c > 0]
+        return "balanced_accuracy" if counts and max(counts) >= 3 * min(counts) else "accuracy"
+
+    def evaluate(
+        self, x: Tensor, y: Tensor, model: nn.Module | None = None
+    ) -> tuple[float, float, float]:
+        """(mean cross-entropy, accuracy, balanced accuracy) in eval mode; balanced accuracy is
+        the mean recall over the classes present in ``y``."""
         model = model or self.model
         model.eval()
-        total_loss, correct = 0.0, 0
+        total_loss = 0.0
+        hits = torch.zeros(self.task.n_classes, device=y.device)
         with torch.no_grad():
             for i in range(0, len(y), EVAL_BATCH):
                 logits = model(x[i : i + EVAL_BATCH])
-                total_loss += float(F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum"))
-                correct += int((logits.argmax(1) == y[i : i + EVAL_BATCH]).sum())
-        return total_loss / max(len(y), 1), correct / max(len(y), 1)
+                yb = y[i : i + EVAL_BATCH]
+                total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+                hits.index_add_(0, yb, (logits.argmax(1) == yb).float())
+        n = max(len(y), 1)
+        support = torch.bincount(y, minlength=self.task.n_classes).float()
+        present = support > 0
+        balanced = float((hits[present] / support[present]).mean()) if present.any() else 0.0
+        return total_loss / n, float(hits.sum()) / n, balanced
 
     def finish(self) -> TrainResult:
-        _, test_acc = self.evaluate(self.test_x, self.test_y)
+        _, test_acc, _ = self.evaluate(self.test_x, self.test_y)
         final = self.history[-1] if self.history else {}
         best_test = None
         if self.best["state"] is not None:
             best_model = copy.deepcopy(self.model)
             best_model.load_state_dict(self.best["state"])
             best_test = self.evaluate(self.test_x, self.test_y, best_model)[1]
-        weights = self.train_weights() if self.methodology is not None else None
+        weights = self.train_weights() if self.weighting is not None else None
         plain = self.timings["plain"]
         meta = self.timings["meta"]
         summary = {
@@ -464,7 +521,8 @@ class Trainer:
             "seconds": round(self.elapsed, 2),
             "val_accuracy": final.get("val_accuracy"),
             "test_accuracy": test_acc,
-            "best_val_accuracy": self.best["val_accuracy"],
+            "selected_on": f"val_{self.select_on}",
+            "best_val_score": self.best["val_score"],
             "best_epoch": self.best["epoch"],
             "test_accuracy_at_best_val": best_test,
             "weight_auc": self.weight_auc(weights) if weights is not None else None,
@@ -557,7 +615,7 @@ class MetaTrainer(Trainer):
         callbacks: Sequence[Callback] = (),
         device: torch.device | str | None = None,
     ) -> None:
-        if not config.is_meta:
+        if config.method not in WEIGHTING_METHODS:
             raise SlemError(
                 f"MetaTrainer needs method mwnet, cmwnet or cmwnet_sl, not '{config.method}'"
             )
@@ -755,16 +813,27 @@ def make_trainer(
     methodology: Methodology | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> Trainer:
-    """The right trainer for ``config.method``."""
-    if config.is_meta:
+    """The right trainer for ``config.method`` (and, for apply, the methodology's kind)."""
+    from slem.methodology import MLRSNet
+    from slem.train.schedule import ScheduleTrainer
+
+    if config.method == "lr_schedule" or (
+        config.method == "apply" and isinstance(methodology, MLRSNet)
+    ):
+        return ScheduleTrainer(config, task, model, methodology, callbacks)
+    if config.method in WEIGHTING_METHODS:
         return MetaTrainer(config, task, model, methodology, callbacks)
     if config.method == "apply" and methodology is None:
         raise SlemError(
             "method apply needs the frozen methodology (load it with "
             "slem.methodology.load_methodology)"
         )
-    if methodology is not None and not isinstance(methodology, MWNet | CMWNet):
-        raise SlemError(f"cannot apply a '{methodology.kind}' methodology as sample weights")
-    return Trainer(
-        config, task, model, methodology if config.method == "apply" else None, callbacks
-    )
+    if methodology is not None and not isinstance(methodology, MWNet | CMWNet | LSTMOptimizerNet):
+        raise SlemError(f"cannot apply a '{methodology.kind}' methodology in this trainer")
+    if config.method == "learned_optimizer" and not isinstance(methodology, LSTMOptimizerNet):
+        raise SlemError(
+            "method learned_optimizer trains with the optimizer it meta-learns first: run it "
+            "with slem train (or slem.train.train_run), or pass the trained LSTMOptimizerNet"
+        )
+    keep = methodology if config.method in ("apply", "learned_optimizer") else None
+    return Trainer(config, task, model, keep, callbacks)

@@ -1,0 +1,135 @@
+"""Helpers shared by the benchmark scripts: a resumable run cache, one training run, the
+"tune a learning rate on validation, then repeat over seeds" protocol, and tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from slem.data import build_task
+from slem.train import make_trainer, parse_train_config
+
+
+class Cache:
+    """Finished runs in a JSON-lines file, keyed, so a long benchmark can be continued."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.file = directory / "runs.jsonl"
+        lines = self.file.read_text().splitlines() if self.file.is_file() else []
+        self.rows = {r["key"]: r for r in map(json.loads, filter(str.strip, lines))}
+
+    def run(self, key: str, fn: Callable[[], dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        if key not in self.rows:
+            start = time.perf_counter()
+            row = {"key": key, **extra, **fn(), "seconds": round(time.perf_counter() - start, 1)}
+            self.rows[key] = row
+            with self.file.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(json.dumps({k: v for k, v in row.items() if k != "lr_trace"}), flush=True)
+        return self.rows[key]
+
+
+def train(values: dict[str, Any], methodology: Any = None) -> dict[str, Any]:
+    """One run of ``slem.train``; final-epoch test and validation accuracy (and the learned
+    rate, thinned, when the run has one)."""
+    cfg = parse_train_config(values)
+    trainer = make_trainer(cfg, build_task(cfg.data), methodology=methodology)
+    s = trainer.fit().summary
+    out = {k: s[k] for k in ("test_accuracy", "val_accuracy")}
+    trace = getattr(trainer, "lr_trace", None)
+    if trace:
+        out["lr_trace"] = trace[:: max(1, len(trace) // 200)]
+    return out
+
+
+def tuned_runs(
+    cache: Cache,
+    tag: str,
+    target: str,
+    method: str,
+    grid: list[float],
+    values_at: Callable[[float, int], dict[str, Any]],
+    seeds: int,
+) -> list[dict[str, Any]]:
+    """Grid over the learning rate on seed 0, choose by final validation accuracy, then run the
+    chosen rate on the other seeds. Every row records the tuning cost."""
+    extra = {"target": target, "method": method, "tuning_runs": len(grid)}
+    tuning = {
+        lr: cache.run(
+            f"{tag}|{method}|lr={lr}|0",
+            lambda lr=lr: train(values_at(lr, 0)),
+            seed=0,
+            lr=lr,
+            **extra,
+        )
+        for lr in grid
+    }
+    best = max(grid, key=lambda lr: tuning[lr]["val_accuracy"])
+    rows = []
+    for seed in range(seeds):
+        row = (
+            tuning[best]
+            if seed == 0
+            else cache.run(
+                f"{tag}|{method}|lr={best}|{seed}",
+                lambda s=seed: train(values_at(best, s)),
+                seed=seed,
+                lr=best,
+                **extra,
+            )
+        )
+        rows.append({**row, "seed": seed, "chosen_lr": best})
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], value: str = "test_accuracy") -> list[dict[str, Any]]:
+    """Mean and std of ``value`` per (target, method)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["method"]), []).append(r)
+    out = []
+    for (target, method), rs in groups.items():
+        vals = [r[value] for r in rs]
+        out.append(
+            {
+                "target": target,
+                "method": method,
+                "seeds": len(rs),
+                value: statistics.mean(vals),
+                f"{value}_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                "chosen_lr": rs[0].get("chosen_lr"),
+                "tuning_runs": rs[0]["tuning_runs"],
+            }
+        )
+    return out
+
+
+def accuracy_table(summary: list[dict[str, Any]]) -> str:
+    lines = [
+        "| target | method | seeds | final test acc (%) | chosen lr | tuning runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summary:
+        lr = "learned" if r["chosen_lr"] is None else f"{r['chosen_lr']:g}"
+        lines.append(
+            f"| {r['target']} | {r['method']} | {r['seeds']} | "
+            f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f} | {lr} | "
+            f"{r['tuning_runs']} |"
+        )
+    return "\n".join(lines)
+
+
+def base_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark has: --quick, --json, --cache, --seeds."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small version (minutes)")
+    parser.add_argument("--json", help="write results and summaries to this JSON file")
+    parser.add_argument("--cache", default=None, help="directory for runs.jsonl (resumable)")
+    parser.add_argument("--seeds", type=int, default=3)
+    return parser

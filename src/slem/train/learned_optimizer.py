@@ -1,0 +1,171 @@
+"""Meta-training a learned optimizer on a population of optimizee tasks.
+
+Andrychowicz et al. (2016): optimizees (here MLPs of several widths and activations on several
+datasets) are trained by the LSTM optimizer; the meta loss is the optimizee's training loss
+summed over a truncated horizon of ``unroll`` steps (optionally weighted towards later steps),
+back-propagated through the updates into the LSTM. Gradients fed to the LSTM are treated as
+inputs (their second derivatives are dropped, as in the paper). After ``horizon`` steps a
+fresh optimizee is drawn. Every optimizee's loss is divided by ``log C`` so tasks with more
+classes do not dominate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from slem.data import LoadOptions, load_dataset, make_task
+from slem.errors import SlemError
+from slem.methodology import LSTMOptimizerNet
+from slem.train.config import LearnedOptimizerConfig
+from slem.train.loop import MetaLoop
+from slem.train.models import build_model
+
+
+@dataclass
+class Optimizee:
+    """One task of the population: a model family on a dataset's training split."""
+
+    name: str
+    x: Tensor
+    y: Tensor
+    n_classes: int
+    make_model: Callable[[], nn.Module]
+
+
+def build_population(
+    cfg: LearnedOptimizerConfig, seed: int, device: torch.device
+) -> list[Optimizee]:
+    population = []
+    for name in cfg.datasets:
+        data = load_dataset(name, LoadOptions(seed=seed, size=cfg.dataset_size))
+        if data.task_type != "classification":
+            raise SlemError(
+                f"learned_optimizer.datasets: '{name}' is a regression set; use classification"
+            )
+        task = make_task(data, seed=seed)
+        x = torch.as_tensor(task.train.X, dtype=torch.float32, device=device)
+        y = torch.as_tensor(task.train.y, dtype=torch.long, device=device)
+        for depth in cfg.depths:
+            for width in cfg.widths:
+                for act in cfg.activations:
+
+                    def make(
+                        shape: tuple[int, ...] = task.features.input_shape,
+                        c: int = task.n_classes,
+                        w: int = width,
+                        d: int = depth,
+                        a: Any = act,
+                    ) -> nn.Module:
+                        return build_model(shape, c, "mlp", w, d, activation=a)
+
+                    label = f"{name}/mlp{width}x{depth}-{act}"
+                    population.append(Optimizee(label, x, y, task.n_classes, make))
+    return population
+
+
+class OptimizerMetaTrainer(MetaLoop):
+    """Truncated unrolled meta-training of an :class:`LSTMOptimizerNet`; checkpointable."""
+
+    net: LSTMOptimizerNet
+
+    def __init__(
+        self,
+        cfg: LearnedOptimizerConfig,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        population: list[Optimizee] | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
+        self.iterations, self.checkpoint_every = cfg.iterations, cfg.checkpoint_every
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1_000_003)
+            self.net = LSTMOptimizerNet(cfg.hidden, cfg.layers, cfg.output_scale, cfg.p)
+        self.net.to(self.device)
+        self.meta_optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.population = population or build_population(cfg, seed, self.device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.trajectory: dict[str, Any] | None = None
+        self._models: dict[int, nn.Module] = {}
+
+    def _new_trajectory(self) -> dict[str, Any]:
+        index = int(torch.randint(len(self.population), (1,), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=self.generator)))
+            model = self.population[index].make_model().to(self.device)
+        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        n = sum(p.numel() for p in params.values())
+        return {
+            "index": index,
+            "params": params,
+            "memory": self.net.initial_state(n, self.device),
+            "steps": 0,
+        }
+
+    def _weights(self) -> list[float]:
+        k = self.cfg.unroll
+        if self.cfg.loss_weights == "increasing":
+            return [(t + 1) / k for t in range(k)]
+        return [1.0] * k
+
+    def meta_step(self) -> float:
+        """One truncation: ``unroll`` optimizee steps, then one Adam step on the LSTM."""
+        if self.trajectory is None or self.trajectory["steps"] >= self.cfg.horizon:
+            self.trajectory = self._new_trajectory()
+        tr = self.trajectory
+        task = self.population[tr["index"]]
+        if tr["index"] not in self._models:  # the architecture only; parameters are tr's
+            with torch.random.fork_rng(devices=[]):
+                self._models[tr["index"]] = task.make_model().to(self.device)
+        model = self._models[tr["index"]]
+        params = {n: p.requires_grad_(True) for n, p in tr["params"].items()}
+        memory = tr["memory"]
+        names, shapes = list(params), [p.shape for p in params.values()]
+        sizes = [p.numel() for p in params.values()]
+        norm = math.log(max(task.n_classes, 2))
+        total = torch.zeros((), device=self.device)
+        weights = self._weights()
+        for w in weights:
+            idx = torch.randint(len(task.y), (self.cfg.batch_size,), generator=self.generator)
+            idx = idx.to(self.device)
+            loss = F.cross_entropy(functional_call(model, params, (task.x[idx],)), task.y[idx])
+            total = total + w * loss / norm
+            grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            update, memory = self.net(flat, memory)
+            steps = update.split(sizes)
+            params = {
+                n: params[n] + s.view(shape)
+                for n, s, shape in zip(names, steps, shapes, strict=True)
+            }
+        meta_loss = total / sum(weights)
+        if not bool(torch.isfinite(meta_loss)):
+            raise SlemError(
+                f"the learned optimizer's meta loss became {float(meta_loss)} at iteration "
+                f"{self.iteration + 1}; lower learned_optimizer.lr or output_scale"
+            )
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        meta_loss.backward()
+        nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip)
+        self.meta_optimizer.step()
+        tr["params"] = {n: p.detach() for n, p in params.items()}
+        tr["memory"] = [(h.detach(), c.detach()) for h, c in memory]
+        tr["steps"] += self.cfg.unroll
+        value = float(meta_loss.detach())
+        row = {"iteration": self.iteration + 1, "meta_loss": value, "task": task.name}
+        self.history.append(row)
+        return value
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"trajectory": self.trajectory}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.trajectory = state["trajectory"]
