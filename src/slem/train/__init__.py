@@ -1,5 +1,8 @@
 """Training: :class:`Trainer` (baselines, frozen methodologies), :class:`MetaTrainer`
-(meta-learning a methodology with the bilevel engine), callbacks and run directories."""
+(meta-learning a weighting methodology with the bilevel engine), ``ScheduleTrainer``
+(MLR-SNet), the meta-training loops of the learned optimizer and the learned black-box
+optimizer (:mod:`slem.train.learned_optimizer`, :mod:`slem.train.bbo`), callbacks and run
+directories."""
 
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.config import (

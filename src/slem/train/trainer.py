@@ -1,8 +1,9 @@
 """The training loops: :class:`Trainer` and :class:`MetaTrainer`.
 
 ``Trainer`` trains a model on a :class:`~slem.data.Task` with ERM, a robust-loss baseline
-(GCE, SCE, bootstrapping, class-balanced), fine-tuning on the meta set, or a *frozen*
-weighting methodology (meta-test: no meta set, about the cost of plain training).
+(GCE, SCE, bootstrapping, class-balanced), fine-tuning on the meta set, SGD / Adam / RMSprop,
+or a *frozen* weighting methodology or learned optimizer (meta-test: no meta set, about the
+cost of plain training). Learned schedules run in :mod:`slem.train.schedule`, a subclass.
 ``MetaTrainer`` meta-learns the weighting methodology (MW-Net, CMW-Net, CMW-Net-SL) with the
 bilevel engine: ERM warm-up epochs, then a meta step every ``meta.interval`` steps whose
 objective is a clean meta set, DAC-MR consistency on unlabeled samples, both, or samples the
