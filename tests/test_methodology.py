@@ -26,15 +26,10 @@ def test_cmwnet_heads_are_vectorized_and_per_group() -> None:
     h = net.trunk(losses[:, None])
     for i in range(30):  # the per-sample loop the vectorized form replaces
         g = int(groups[i])
-        head = net.shared.weight[0] + net.head_weight[g]
-        ref = torch.sigmoid(h[i] @ head + net.shared.bias[0] + net.head_bias[g])
+        ref = torch.sigmoid(h[i] @ net.head_weight[g] + net.head_bias[g])
         torch.testing.assert_close(w[i], ref)
     same_loss = torch.full((3,), 1.0)
-    # Heads start equal (CMW-Net begins as MW-Net) and part once they are trained apart.
-    assert len(set(net(same_loss, torch.arange(3)).tolist())) == 1
-    with torch.no_grad():
-        net.head_bias += torch.tensor([0.0, 0.5, 1.0])
-    assert len(set(net(same_loss, torch.arange(3)).tolist())) == 3
+    assert len(set(net(same_loss, torch.arange(3)).tolist())) == 3  # groups differ
 
 
 @pytest.mark.parametrize("cls", [MWNet, CMWNet, CMWNetSL])

@@ -7,6 +7,7 @@ on the weighted loss lowers a trusted objective, then applies it frozen to new t
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -45,10 +46,9 @@ class MWNet(Methodology):
 class CMWNet(Methodology):
     """CMW-Net (Shu et al., TPAMI 2023): what it learns is how much to trust a sample given
     its loss *and the size of its class*. Classes are grouped by size (the task feature);
-    a shared trunk reads the loss and one output head per size group (a shared head plus a
-    learned per-group offset) turns it into a weight, so rare-class and frequent-class samples
-    can follow different weighting curves. The heads are evaluated for all samples at once by
-    indexing, with no Python loop."""
+    a shared trunk reads the loss and one output head per size group turns it into a weight,
+    so rare-class and frequent-class samples can follow different weighting curves. The
+    heads are evaluated for all samples at once by indexing, with no Python loop."""
 
     kind: ClassVar[str] = "cmwnet"
     input_features: ClassVar[tuple[str, ...]] = ("loss", "class_group")
@@ -59,13 +59,11 @@ class CMWNet(Methodology):
         self.hidden = hidden
         self.groups = n_groups
         self.trunk = nn.Sequential(nn.Linear(1, hidden), nn.ReLU())
-        # One shared head plus a zero-initialised offset per group (partial pooling): CMW-Net
-        # begins as MW-Net, and a group's curve departs from the shared one only as far as its
-        # own meta gradients push it. A rare group, which few meta gradients reach, keeps the
-        # curve learned from all samples instead of an untrained head of its own.
-        self.shared = nn.Linear(hidden, 1)
-        self.head_weight = nn.Parameter(torch.zeros(n_groups, hidden))
+        self.head_weight = nn.Parameter(torch.empty(n_groups, hidden))
         self.head_bias = nn.Parameter(torch.zeros(n_groups))
+        bound = 1.0 / math.sqrt(hidden)  # as nn.Linear(hidden, 1) initializes
+        nn.init.uniform_(self.head_weight, -bound, bound)
+        nn.init.uniform_(self.head_bias, -bound, bound)
 
     def config(self) -> dict[str, Any]:
         return {"n_groups": self.groups, "hidden": self.hidden}
@@ -81,8 +79,7 @@ class CMWNet(Methodology):
         if groups is None:
             groups = torch.zeros(len(losses), dtype=torch.long, device=losses.device)
         g = groups.clamp(max=self.groups - 1)
-        weight = self.shared.weight[0] + self.head_weight[g]
-        return torch.sigmoid((h * weight).sum(1) + self.shared.bias + self.head_bias[g])
+        return torch.sigmoid((h * self.head_weight[g]).sum(1) + self.head_bias[g])
 
 
 class CMWNetSL(CMWNet):
