@@ -35,13 +35,20 @@ class Cache:
         return self.rows[key]
 
 
-def train(values: dict[str, Any], methodology: Any = None) -> dict[str, Any]:
-    """One run of ``slem.train``; final-epoch test and validation accuracy (and the learned
-    rate, thinned, when the run has one)."""
+def train(
+    values: dict[str, Any], methodology: Any = None, keys: tuple[str, ...] = (), save: Any = None
+) -> dict[str, Any]:
+    """One run of ``slem.train``; final-epoch test and validation accuracy, the summary's
+    ``keys`` (and the learned rate, thinned, when the run has one). ``save``: a directory for
+    the run's methodology artifact."""
     cfg = parse_train_config(values)
     trainer = make_trainer(cfg, build_task(cfg.data), methodology=methodology)
     s = trainer.fit().summary
-    out = {k: s[k] for k in ("test_accuracy", "val_accuracy")}
+    if save is not None and trainer.methodology is not None:
+        trainer.methodology.save(
+            save, meta_trained_on={"dataset": s["dataset"], "noise": s["noise"]}
+        )
+    out = {k: s.get(k) for k in ("test_accuracy", "val_accuracy", *keys)}
     trace = getattr(trainer, "lr_trace", None)
     if trace:
         out["lr_trace"] = trace[:: max(1, len(trace) // 200)]
@@ -56,35 +63,39 @@ def tuned_runs(
     grid: list[float],
     values_at: Callable[[float, int], dict[str, Any]],
     seeds: int,
+    param: str = "lr",
+    score: Callable[[dict[str, Any]], float] = lambda row: row["val_accuracy"],
+    keys: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Grid over the learning rate on seed 0, choose by final validation accuracy, then run the
-    chosen rate on the other seeds. Every row records the tuning cost."""
+    """Grid over one hyperparameter (``param``, the learning rate by default) on seed 0, choose
+    the highest ``score`` (final validation accuracy by default), then run the chosen value on
+    the other seeds. Every row records the tuning cost."""
     extra = {"target": target, "method": method, "tuning_runs": len(grid)}
     tuning = {
-        lr: cache.run(
-            f"{tag}|{method}|lr={lr}|0",
-            lambda lr=lr: train(values_at(lr, 0)),
+        v: cache.run(
+            f"{tag}|{method}|{param}={v}|0",
+            lambda v=v: train(values_at(v, 0), keys=keys),
             seed=0,
-            lr=lr,
+            **{param: v},
             **extra,
         )
-        for lr in grid
+        for v in grid
     }
-    best = max(grid, key=lambda lr: tuning[lr]["val_accuracy"])
+    best = max(grid, key=lambda v: score(tuning[v]))
     rows = []
     for seed in range(seeds):
         row = (
             tuning[best]
             if seed == 0
             else cache.run(
-                f"{tag}|{method}|lr={best}|{seed}",
-                lambda s=seed: train(values_at(best, s)),
+                f"{tag}|{method}|{param}={best}|{seed}",
+                lambda s=seed: train(values_at(best, s), keys=keys),
                 seed=seed,
-                lr=best,
+                **{param: best},
                 **extra,
             )
         )
-        rows.append({**row, "seed": seed, "chosen_lr": best})
+        rows.append({**row, "seed": seed, f"chosen_{param}": best})
     return rows
 
 

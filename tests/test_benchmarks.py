@@ -77,7 +77,7 @@ def test_tuning_protocol_selects_on_validation_only(
     # a fake "training": validation prefers lr 0.1, test would prefer 0.3
     fake = {0.01: (0.5, 0.5), 0.1: (0.9, 0.7), 0.3: (0.8, 0.95)}
 
-    def fake_train(values: dict[str, float]) -> dict[str, float]:
+    def fake_train(values: dict[str, float], **options: object) -> dict[str, float]:
         return {
             "val_accuracy": fake[values["lr"]][0] - 0.01 * values["seed"],
             "test_accuracy": fake[values["lr"]][1],
@@ -91,3 +91,28 @@ def test_tuning_protocol_selects_on_validation_only(
     assert len(cache.file.read_text().splitlines()) == 5  # 3 grid points + 2 more seeds
     (summary,) = common.summarize(rows)
     assert summary["test_accuracy"] == pytest.approx(0.7)
+
+
+def test_loss_setting_benchmark_configs_are_valid() -> None:
+    from slem.train import parse_train_config
+
+    bench = pytest.importorskip("loss_setting")
+    for table, target in bench.TABLES:
+        for method in ("mse", "huber", "hwnet"):
+            cfg = parse_train_config(bench.reg_values(table, target, method, 1, 2))
+            assert cfg.data.noise is not None and cfg.data.noise.kind == "mixture"
+    for noise in bench.CLASS_NOISES:
+        for method, extra, dac in bench.CLS_METHODS.values():
+            values = {**bench.cls_values("mnist1d", noise, method, 0, 2, dac), **extra}
+            cfg = parse_train_config(values)
+            assert (cfg.data.meta_per_class is None) == dac
+    rows = [
+        {"task": "t", "method": "hwnet", "seed": s, "test_mse": v, "test_accuracy": None}
+        for s, v in enumerate([1.0, 3.0])
+    ] + [
+        {"task": "c", "method": "GCE", "seed": 0, "test_accuracy": 0.9, "chosen_q": 0.7},
+    ]
+    summary = bench.summarize(rows)
+    assert summary[0]["mean"] == pytest.approx(2.0) and summary[0]["metric"] == "test_mse"
+    table = bench.markdown(summary)
+    assert "MSE 2 ± 1.4" in table and "acc 90.00 ± 0.00" in table and "q=0.7" in table

@@ -74,12 +74,23 @@ def run_and_report(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool
     except TrainingStopped as exc:
         report_stopped(exc, run_dir, f"slem {'apply' if config.method == 'apply' else 'train'}")
     s = result.summary
-    console.print(
-        f"[bold]{config.method}[/] on {s['dataset']} ({s['noise'] or 'clean'}): "
-        f"test accuracy {s['test_accuracy']:.4f} (final epoch), "
-        f"{s['test_accuracy_at_best_val']:.4f} (epoch {s['best_epoch']}, best on val)",
-        highlight=False,
-    )
+    if s.get("metric") == "test_mse":  # regression: errors against the clean test targets
+        at_best = s.get("test_mse_at_best_val")
+        best = ""
+        if at_best is not None:
+            best = f", {at_best:.4g} (epoch {s['best_epoch']}, best on val MAE)"
+        console.print(
+            f"[bold]{config.method}[/] on {s['dataset']} ({s['noise'] or 'clean'}): "
+            f"test MSE {s['test_mse']:.4g}, MAE {s['test_mae']:.4g} (final epoch){best}",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"[bold]{config.method}[/] on {s['dataset']} ({s['noise'] or 'clean'}): "
+            f"test accuracy {s['test_accuracy']:.4f} (final epoch), "
+            f"{s['test_accuracy_at_best_val']:.4f} (epoch {s['best_epoch']}, best on val)",
+            highlight=False,
+        )
     console.print(f"run directory: {run_dir}", highlight=False)
     return result
 

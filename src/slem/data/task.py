@@ -143,6 +143,8 @@ class Task:
     seed: int
     source: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: instance-dependent noise: row k is the distribution training label k was drawn from
+    transition_rows: np.ndarray | None = None
 
     @property
     def is_classification(self) -> bool:
@@ -267,8 +269,10 @@ def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: A
         ]
 
     # 5. noise
-    train, transition = _corrupt(dataset, train_idx, cfg.noise, stage_rng(cfg.seed, "noise-train"))
-    val, _ = _corrupt(dataset, val_idx, cfg.noise, stage_rng(cfg.seed, "noise-val"))
+    train, transition, rows = _corrupt(
+        dataset, train_idx, cfg.noise, stage_rng(cfg.seed, "noise-train")
+    )
+    val, _, _ = _corrupt(dataset, val_idx, cfg.noise, stage_rng(cfg.seed, "noise-val"))
     meta = (
         Split.clean(dataset.X[meta_idx], dataset.y[meta_idx], meta_idx) if len(meta_idx) else None
     )
@@ -293,6 +297,7 @@ def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: A
         noise=cfg.noise,
         imbalance=cfg.imbalance,
         transition=transition,
+        transition_rows=rows,
         normalizer=normalizer,
         seed=cfg.seed,
         source=dataset.source,
@@ -355,11 +360,12 @@ def _draw_meta(
 
 def _corrupt(
     dataset: Dataset, idx: np.ndarray, spec: NoiseSpec | None, rng: np.random.Generator
-) -> tuple[Split, np.ndarray | None]:
+) -> tuple[Split, np.ndarray | None, np.ndarray | None]:
+    """The corrupted split, the transition matrix and (instance noise) per-sample rows."""
     X, y = dataset.X[idx], dataset.y[idx]
     if spec is None or spec.rate == 0:
         transition = np.eye(dataset.n_classes) if dataset.is_classification else None
-        return Split.clean(X, y, idx), transition
+        return Split.clean(X, y, idx), transition, None
     result: LabelNoise | TargetNoise
     if spec.kind == "symmetric":
         result = symmetric_noise(y, spec.rate, dataset.n_classes, rng)
@@ -372,8 +378,9 @@ def _corrupt(
             y, spec.rate, rng, spec.kind, spec.weights, spec.scale, spec.outlier_scale
         )
     if isinstance(result, LabelNoise):
-        return Split(X, result.labels, y, result.noisy_mask, idx), result.transition
-    return Split(X, result.targets, y, result.noisy_mask, idx), None
+        split = Split(X, result.labels, y, result.noisy_mask, idx)
+        return split, result.transition, result.sample_rows
+    return Split(X, result.targets, y, result.noisy_mask, idx), None, None
 
 
 def _apply(split: Split, normalizer: Normalizer) -> Split:

@@ -1,24 +1,40 @@
 """The zoo of learning methodologies ``h``: plain ``nn.Module``s with one hook each, saved as
 self-describing artifacts (safetensors weights + JSON)."""
 
+from slem.methodology.adjust import (
+    LossAdjusterNet,
+    TransitionNet,
+    adjusted_loss,
+    forward_corrected,
+)
 from slem.methodology.base import REGISTRY, Methodology, load_methodology, read_artifact_info
 from slem.methodology.bbo import RNNBlackBoxOptimizer
+from slem.methodology.bundle import ROLES, MethodologyBundle, as_bundle
 from slem.methodology.optimizer import LearnedOptimizer, LSTMOptimizerNet, preprocess_gradient
+from slem.methodology.regression import HyperWeightNet
 from slem.methodology.schedule import MLRSNet, ScheduleNet, lr_scale
 from slem.methodology.weighting import CMWNet, CMWNetSL, MWNet, build_weighting
 
 __all__ = [
     "REGISTRY",
+    "ROLES",
     "CMWNet",
     "CMWNetSL",
+    "HyperWeightNet",
     "LSTMOptimizerNet",
     "LearnedOptimizer",
+    "LossAdjusterNet",
     "MLRSNet",
     "MWNet",
     "Methodology",
+    "MethodologyBundle",
     "RNNBlackBoxOptimizer",
     "ScheduleNet",
+    "TransitionNet",
+    "adjusted_loss",
+    "as_bundle",
     "build_weighting",
+    "forward_corrected",
     "load_methodology",
     "lr_scale",
     "preprocess_gradient",

@@ -29,6 +29,9 @@ def write_run_plots(run_dir: Path, trainer: Trainer, result: TrainResult) -> lis
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     paths = [learning_curves(result.history, out / "learning_curves.png")]
+    extra = getattr(trainer, "plots", None)  # trainer-specific figures
+    if callable(extra):
+        paths.extend(extra(out))
     trace = getattr(trainer, "lr_trace", None)
     if trace:
         paths.append(lr_schedule(trainer, trace, out / "lr_schedule.png"))
@@ -56,15 +59,32 @@ def learning_curves(history: list[dict[str, object]], path: Path) -> Path:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
-    ax_acc.plot(epochs, [r.get("val_accuracy") for r in history], label="val accuracy")
-    aucs = [r.get("weight_auc") for r in history]
-    if any(a is not None for a in aucs):
-        ax_acc.plot(
-            epochs, [np.nan if a is None else a for a in aucs], label="weight AUC (clean vs noisy)"
-        )
+
+    def series(key: str) -> list[float] | None:
+        values = [r.get(key) for r in history]
+        if not any(v is not None for v in values):
+            return None
+        return [np.nan if v is None else float(v) for v in values]  # type: ignore[arg-type]
+
+    accuracy, mae, aucs = series("val_accuracy"), series("val_mae"), series("weight_auc")
+    ax_auc = ax_acc
+    if accuracy is not None:
+        ax_acc.plot(epochs, accuracy, label="val accuracy")
+        ax_acc.set_ylim(0, 1)
+    elif mae is not None:  # regression: the validation MAE, the weight AUC on its own axis
+        ax_acc.plot(epochs, mae, label="val MAE (noisy targets)")
+        ax_acc.set_ylabel("MAE")
+        if aucs is not None:
+            ax_auc = ax_acc.twinx()
+            ax_auc.set_ylabel("AUC")
+    if aucs is not None:
+        ax_auc.plot(epochs, aucs, "C1", label="weight AUC (clean vs noisy)")
+        ax_auc.set_ylim(0, 1)
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylim(0, 1)
-    ax_acc.legend()
+    axes = [ax_acc] if ax_auc is ax_acc else [ax_acc, ax_auc]
+    handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
+    if handles:
+        ax_acc.legend(handles=handles)
     return save_figure(fig, path)
 
 

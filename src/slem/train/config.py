@@ -28,10 +28,24 @@ Method = Literal[
     "cmwnet_sl",
     "lr_schedule",
     "learned_optimizer",
+    "forward",
+    "loss_adjuster",
+    "transition",
+    "joint",
+    "mse",
+    "l1",
+    "huber",
+    "hwnet",
     "apply",
 ]
 WEIGHTING_METHODS = ("mwnet", "cmwnet", "cmwnet_sl")
-META_METHODS = (*WEIGHTING_METHODS, "lr_schedule", "learned_optimizer")
+#: methods whose methodologies one BundleTrainer meta-learns together (slem.train.bundle)
+BUNDLE_METHODS = ("loss_adjuster", "transition", "joint")
+#: regression: plain losses and the meta-learned hyper-weight net (slem.train.regression)
+REGRESSION_METHODS = ("mse", "l1", "huber", "hwnet")
+META_METHODS = (*WEIGHTING_METHODS, "lr_schedule", "learned_optimizer", *BUNDLE_METHODS, "hwnet")
+#: what may go into ``joint.components``
+Component = Literal["mwnet", "cmwnet", "loss_adjuster", "transition", "lr_schedule"]
 HypergradMethod = Literal[
     "lookahead", "finite_difference", "first_order", "unrolled", "forward", "implicit"
 ]
@@ -213,6 +227,71 @@ def parse_bbo_config(values: dict[str, Any]) -> BBOConfig:
         raise SlemError(validation_message(exc)) from None
 
 
+class AdjusterConfig(_Strict):
+    """The meta loss adjuster (method loss_adjuster, or a joint component): a net from a
+    sample's logit margin and loss to the hyperparameters of its robust loss."""
+
+    family: Literal["gce", "sce"] = Field(
+        "gce", description="gce: predicts q per sample; sce: predicts alpha and beta"
+    )
+    hidden: int = Field(64, ge=1)
+
+
+class TransitionConfig(_Strict):
+    """The meta-learned instance-dependent noise-transition network (method transition)."""
+
+    hidden: int = Field(64, ge=1)
+    init_diagonal: float = Field(
+        0.8, gt=0, lt=1, description="initial P(noisy label = clean label), the same per class"
+    )
+
+
+class HWNetConfig(_Strict):
+    """The regression hyper-weight net (method hwnet)."""
+
+    mode: Literal["mix", "weight"] = Field(
+        "mix", description="mix: a per-sample mixture of the losses; weight: a sample weight"
+    )
+    losses: list[Literal["l2", "l1", "huber", "cauchy", "logcosh"]] = Field(
+        default_factory=lambda: list[Literal["l2", "l1", "huber", "cauchy", "logcosh"]](
+            ["l2", "l1", "huber", "cauchy"]
+        ),
+        description="the loss family mixed in mode mix (residuals in robust target units)",
+    )
+    use_inputs: bool = Field(False, description="also feed the mean and std of the inputs")
+    signed: bool = Field(
+        False,
+        description="also feed the signed residual r besides |r| (off by default: with r, "
+        "mode weight learned to up-weight outliers on diabetes, weight AUC 0.26-0.33; with |r| "
+        "alone, AUC 1.0)",
+    )
+    hidden: int = Field(100, ge=1)
+    warmup_loss: Literal["l2", "l1"] = Field(
+        "l1",
+        description="the loss of the meta.warmup_epochs before meta-learning starts (l1 fits "
+        "the bulk of the targets, so large residuals then mean corrupted targets)",
+    )
+
+
+class JointConfig(_Strict):
+    """Method joint: the methodologies one run meta-learns together."""
+
+    components: list[Component] = Field(
+        default_factory=lambda: list[Component](["mwnet", "loss_adjuster", "lr_schedule"]),
+        description="any of mwnet or cmwnet (at most one), loss_adjuster, transition, lr_schedule",
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> JointConfig:
+        if not self.components:
+            raise ValueError("joint.components needs at least one methodology")
+        if len(set(self.components)) != len(self.components):
+            raise ValueError("joint.components lists a methodology twice")
+        if {"mwnet", "cmwnet"} <= set(self.components):
+            raise ValueError("joint.components: use mwnet or cmwnet, not both")
+        return self
+
+
 class LossConfig(_Strict):
     gce_q: float = Field(0.7, gt=0, le=1)
     sce_alpha: float = Field(0.1, ge=0)
@@ -222,6 +301,18 @@ class LossConfig(_Strict):
     cb_beta: float = Field(0.999, ge=0, lt=1, description="class-balanced loss")
     finetune_epochs: int = Field(5, ge=1, description="finetune: epochs on the meta set")
     finetune_lr_factor: float = Field(0.1, gt=0)
+    huber_delta: float = Field(1.0, gt=0, description="huber: in robust target units")
+    forward_transition: Literal["anchor", "true"] = Field(
+        "anchor",
+        description="forward: a matrix estimated from anchor points after the warm-up, or the "
+        "true one (an oracle; per sample under instance-dependent noise)",
+    )
+    forward_warmup_epochs: int = Field(
+        5, ge=1, description="forward (anchor): plain CE epochs before the estimate"
+    )
+    anchor_quantile: float = Field(
+        0.97, gt=0, le=1, description="forward (anchor): quantile of p(class) taken as anchor"
+    )
 
 
 class TrainConfig(_Strict):
@@ -233,6 +324,10 @@ class TrainConfig(_Strict):
     loss: LossConfig = LossConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     learned_optimizer: LearnedOptimizerConfig = LearnedOptimizerConfig()
+    adjuster: AdjusterConfig = AdjusterConfig()
+    transition: TransitionConfig = TransitionConfig()
+    hwnet: HWNetConfig = HWNetConfig()
+    joint: JointConfig = JointConfig()
     methodology: str | None = Field(None, description="apply: the artifact directory")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -247,8 +342,11 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         needs_meta = self.method == "finetune" or (
-            self.method in WEIGHTING_METHODS and "clean" in self.meta.objective
+            self.method in (*WEIGHTING_METHODS, *BUNDLE_METHODS, "hwnet")
+            and "clean" in self.meta.objective
         )
+        if self.method == "hwnet" and self.meta.objective == "selected":
+            raise ValueError("meta.objective selected is for class labels; hwnet uses clean or dac")
         if needs_meta and self.data.meta_per_class is None and self.data.meta_size is None:
             what = (
                 "method finetune"
@@ -258,6 +356,7 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"{what} needs a clean meta set: set data.meta_per_class (e.g. 10), or use "
                 "meta.objective dac or selected"
+                + (" (regression: data.meta_size)" if self.method == "hwnet" else "")
             )
         if self.method == "lr_schedule" and (
             self.data.meta_per_class is None and self.data.meta_size is None
@@ -266,7 +365,8 @@ class TrainConfig(_Strict):
                 "method lr_schedule meta-learns on a held-out meta set: set data.meta_per_class "
                 "(e.g. 50)"
             )
-        if self.method in ("lr_schedule", *WEIGHTING_METHODS) and self.optim.optimizer != "sgd":
+        meta_sgd = ("lr_schedule", *WEIGHTING_METHODS, *BUNDLE_METHODS, "hwnet")
+        if self.method in meta_sgd and self.optim.optimizer != "sgd":
             raise ValueError(
                 f"method {self.method} meta-learns through SGD steps: set optim.optimizer sgd "
                 f"(not {self.optim.optimizer})"

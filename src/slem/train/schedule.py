@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,10 +25,112 @@ from slem.bilevel import SGD, functional
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import Methodology, MLRSNet, lr_scale
+from slem.methodology.schedule import ScheduleState
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
-from slem.train.trainer import EVAL_BATCH, NonFiniteLoss, Trainer, TrainResult
+from slem.train.trainer import NonFiniteLoss, Trainer, TrainResult
+
+
+class LearnedRate:
+    """The learning rate an MLR-SNet gives a run, step by step: its scale (from the initial
+    loss), the stage driving each part of the run, the LSTM memory and the trace of rates.
+    :class:`ScheduleTrainer` and the joint :class:`~slem.train.bundle.BundleTrainer` share it.
+    """
+
+    def __init__(
+        self,
+        net: MLRSNet,
+        config: TrainConfig,
+        n_classes: int,
+        meta_training: bool,
+        device: torch.device,
+    ) -> None:
+        self.net = net
+        self.config = config
+        self.n_classes = n_classes
+        self.meta_training = meta_training
+        self.loss_norm = math.log(max(n_classes, 2))
+        self.lstm_state = net.initial_state(device)
+        self.scale: float | None = None
+        self.stage = -1 if meta_training else 0
+        self.current = 0.0
+        self.trace: list[float] = []
+        self.stage_trace: list[tuple[int, int]] = []  # (global step, stage) at each switch
+        n, epochs = len(net.stages), config.optim.epochs
+        self.snapshot_epochs = {max(1, round(epochs * i / max(n - 1, 1))): i for i in range(n - 1)}
+
+    def rescale(self, initial_loss: float) -> None:
+        self.scale = lr_scale(initial_loss, self.n_classes, self.config.optim.momentum)
+
+    def on_epoch_start(self, epoch: int, global_step: int) -> None:
+        """Swap in the snapshot for this part of the run (applying a frozen net)."""
+        if self.meta_training:
+            return
+        fraction = epoch / self.config.optim.epochs
+        stage = (
+            self.net.stage_at(fraction)
+            if self.config.schedule.swap_snapshots
+            else len(self.net.stages) - 1
+        )
+        if stage != self.stage:
+            # The scale stays the one from the initial loss. MLR-SNet's code recomputes it at
+            # each switch, but its log(L * C) term goes to 0 (and the rate with it) once the
+            # loss nears 1 / C, which easy tasks reach within the first third of a run.
+            self.stage = stage
+            self.stage_trace.append((global_step, stage))
+        elif not self.stage_trace:
+            self.stage_trace.append((global_step, stage))
+
+    def on_epoch_end(self, epochs_done: int) -> None:
+        """Snapshot the live net at the stage boundaries of meta-training."""
+        if self.meta_training and epochs_done in self.snapshot_epochs:
+            self.net.snapshot(self.snapshot_epochs[epochs_done])
+
+    def differentiable(
+        self,
+        loss: Tensor,
+        live: Callable[[Tensor, ScheduleState], tuple[Tensor, ScheduleState]] | None = None,
+    ) -> Tensor:
+        """The rate the live net would give this step, with its graph (for meta steps);
+        ``live`` may be a functional stand-in for the live net."""
+        assert self.scale is not None
+        net = live if live is not None else self.net.live
+        factor, _ = net(loss.detach() / self.loss_norm, self.lstm_state)
+        return self.scale * factor
+
+    def next(self, loss: Tensor, epoch: int, step_in_epoch: int) -> float:
+        """Advance the LSTM on this step's loss and return the rate to step with."""
+        assert self.scale is not None
+        with torch.no_grad():
+            factor, self.lstm_state = self.net(loss / self.loss_norm, self.lstm_state, self.stage)
+        lr = self.scale * float(factor)
+        limit = self.config.schedule.max_lr
+        if not math.isfinite(lr) or lr > limit:
+            raise NonFiniteLoss(
+                f"the learned learning rate became {lr:.4g} at epoch {epoch + 1}, step "
+                f"{step_in_epoch + 1} (limit schedule.max_lr = {limit:g}); the last "
+                "checkpoint before it is kept: check the artifact or lower schedule.lr and resume"
+            )
+        self.current = lr
+        self.trace.append(lr)
+        return lr
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "lr_state": self.lstm_state,
+            "scale": self.scale,
+            "stage": self.stage,
+            "current_lr": self.current,
+            "lr_trace": self.trace,
+            "stage_trace": self.stage_trace,
+        }
+
+    def load_state(self, s: dict[str, Any], device: torch.device) -> None:
+        h, c = (t.to(device) for t in s["lr_state"])
+        self.lstm_state = (h, c)
+        self.scale, self.stage, self.current = s["scale"], s["stage"], s["current_lr"]
+        self.trace, self.stage_trace = s["lr_trace"], s["stage_trace"]
 
 
 class ScheduleTrainer(Trainer):
@@ -72,61 +174,47 @@ class ScheduleTrainer(Trainer):
         else:
             self.meta_optimizer = None
         self._f_model = functional(self.model)
-        self.loss_norm = math.log(max(task.n_classes, 2))
-        self.lr_state = self.schedule.initial_state(self.device)
-        self.scale: float | None = None
-        self.stage = -1 if self.meta_training else 0
-        self.current_lr = 0.0
-        self.lr_trace: list[float] = []
-        self.stage_trace: list[tuple[int, int]] = []  # (global step, stage) at each switch
-        n = len(self.schedule.stages)
-        self.snapshot_epochs = {
-            max(1, round(o.epochs * i / max(n - 1, 1))): i for i in range(n - 1)
-        }
+        self.rate = LearnedRate(
+            self.schedule, config, task.n_classes, self.meta_training, self.device
+        )
 
     # ------------------------------------------------------------------ schedule
 
+    @property
+    def lr_trace(self) -> list[float]:
+        return self.rate.trace
+
+    @property
+    def stage_trace(self) -> list[tuple[int, int]]:
+        return self.rate.stage_trace
+
+    @property
+    def scale(self) -> float | None:
+        return self.rate.scale
+
+    @property
+    def loss_norm(self) -> float:
+        return self.rate.loss_norm
+
+    @property
+    def lr_state(self) -> tuple[Tensor, Tensor]:
+        return self.rate.lstm_state
+
     def lr_at(self, step: int) -> float:
-        return self.current_lr
+        return self.rate.current
 
     def training_loss(self) -> float:
         """Mean cross-entropy on (up to 4096 of) the training samples, in eval mode."""
-        self.model.eval()
-        x, y = self.train_x[:4096], self.train_y[:4096]
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, len(y), EVAL_BATCH):
-                logits = self.model(x[i : i + EVAL_BATCH])
-                total += float(F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum"))
-        return total / max(len(y), 1)
-
-    def _rescale(self) -> None:
-        self.scale = lr_scale(self.training_loss(), self.task.n_classes, self.config.optim.momentum)
+        return float(self.per_sample_eval_losses(self.train_x[:4096], self.train_y[:4096]).mean())
 
     def on_epoch_start(self) -> None:
-        if self.scale is None:
-            self._rescale()
-        if self.meta_training:
-            return
-        fraction = self.epoch / self.config.optim.epochs
-        stage = (
-            self.schedule.stage_at(fraction)
-            if self.config.schedule.swap_snapshots
-            else len(self.schedule.stages) - 1
-        )
-        if stage != self.stage:
-            # The scale stays the one from the initial loss. MLR-SNet's code recomputes it at
-            # each switch, but its log(L * C) term goes to 0 (and the rate with it) once the
-            # loss nears 1 / C, which easy tasks reach within the first third of a run.
-            self.stage = stage
-            self.stage_trace.append((self.global_step, stage))
-        elif not self.stage_trace:
-            self.stage_trace.append((self.global_step, stage))
+        if self.rate.scale is None:
+            self.rate.rescale(self.training_loss())
+        self.rate.on_epoch_start(self.epoch, self.global_step)
 
     def end_epoch(self) -> dict[str, Any]:
         row = super().end_epoch()
-        if self.meta_training and self.epoch in self.snapshot_epochs:
-            self.schedule.snapshot(self.snapshot_epochs[self.epoch])
+        self.rate.on_epoch_end(self.epoch)
         return row
 
     # ------------------------------------------------------------------ steps
@@ -143,7 +231,7 @@ class ScheduleTrainer(Trainer):
         if meta:
             named = dict(zip(params, grads, strict=True))
             stats["meta_loss"] = self._meta_step(loss.detach(), params, named)
-        lr = self._next_lr(loss.detach())
+        lr = self.rate.next(loss.detach(), self.epoch, self.step_in_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         for p, g in zip(params.values(), grads, strict=True):
@@ -154,30 +242,13 @@ class ScheduleTrainer(Trainer):
         stats["lr"] = lr
         return stats
 
-    def _next_lr(self, loss: Tensor) -> float:
-        assert self.scale is not None
-        with torch.no_grad():
-            factor, self.lr_state = self.schedule(loss / self.loss_norm, self.lr_state, self.stage)
-        lr = self.scale * float(factor)
-        limit = self.config.schedule.max_lr
-        if not math.isfinite(lr) or lr > limit:
-            raise NonFiniteLoss(
-                f"the learned learning rate became {lr:.4g} at epoch {self.epoch + 1}, step "
-                f"{self.step_in_epoch + 1} (limit schedule.max_lr = {limit:g}); the last "
-                "checkpoint before it is kept: check the artifact or lower schedule.lr and resume"
-            )
-        self.current_lr = lr
-        self.lr_trace.append(lr)
-        return lr
-
     def _meta_step(
         self, loss: Tensor, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]
     ) -> float:
         """One exact one-step hypergradient step on the live schedule net."""
-        assert self.meta_optimizer is not None and self.scale is not None
+        assert self.meta_optimizer is not None
         assert self.meta_x is not None and self.meta_y is not None
-        factor, _ = self.schedule(loss / self.loss_norm, self.lr_state, -1)
-        alpha = self.scale * factor
+        alpha = self.rate.differentiable(loss)
         o = self.config.optim
         step = SGD(
             lr=lambda _: alpha,
@@ -216,12 +287,7 @@ class ScheduleTrainer(Trainer):
         return {
             **super().state(),
             "schedule": {
-                "lr_state": self.lr_state,
-                "scale": self.scale,
-                "stage": self.stage,
-                "current_lr": self.current_lr,
-                "lr_trace": self.lr_trace,
-                "stage_trace": self.stage_trace,
+                **self.rate.state(),
                 "meta_optimizer": (
                     self.meta_optimizer.state_dict() if self.meta_optimizer is not None else None
                 ),
@@ -231,9 +297,6 @@ class ScheduleTrainer(Trainer):
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         s = state["schedule"]
-        h, c = (t.to(self.device) for t in s["lr_state"])
-        self.lr_state = (h, c)
-        self.scale, self.stage, self.current_lr = s["scale"], s["stage"], s["current_lr"]
-        self.lr_trace, self.stage_trace = s["lr_trace"], s["stage_trace"]
+        self.rate.load_state(s, self.device)
         if self.meta_optimizer is not None and s["meta_optimizer"] is not None:
             self.meta_optimizer.load_state_dict(s["meta_optimizer"])

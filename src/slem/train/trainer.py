@@ -38,10 +38,17 @@ from slem.methodology import LearnedOptimizer, LSTMOptimizerNet, Methodology, bu
 from slem.methodology.weighting import CMWNet, MWNet
 from slem.train import losses as L
 from slem.train.callbacks import Callback
-from slem.train.config import WEIGHTING_METHODS, TrainConfig
+from slem.train.config import (
+    BUNDLE_METHODS,
+    REGRESSION_METHODS,
+    WEIGHTING_METHODS,
+    TrainConfig,
+)
 from slem.train.models import build_model
 
 EVAL_BATCH = 1024
+#: artifact kinds that BundleTrainer applies
+BUNDLE_KINDS = ("bundle", "loss_adjuster", "transition")
 
 
 class TrainingStopped(Exception):
@@ -111,8 +118,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         device: torch.device | str | None = None,
     ) -> None:
-        if not task.is_classification:
-            raise SlemError(f"'{task.name}' is a regression task; these trainers need class labels")
+        self._check_task(config, task)
         self.config = config
         self.task = task
         self.device = torch.device(device) if device is not None else resolve_device(config.device)
@@ -136,13 +142,7 @@ class Trainer:
         self.meta_y: Tensor | None = None
         if task.meta is not None:
             self.meta_x, self.meta_y = self._tensors(task.meta)
-        self.class_groups = torch.tensor(
-            task.features.class_groups or [0] * task.n_classes, dtype=torch.long, device=self.device
-        )
-        counts = torch.tensor(task.features.class_counts, dtype=torch.float64)
-        self.cb_weights = L.class_balanced_weights(counts, config.loss.cb_beta).to(self.device)
-        prior = counts.clamp_min(1.0) / counts.clamp_min(1.0).sum()
-        self.log_prior = prior.log().to(self.device, torch.float32)
+        self._setup_targets()
         self.optimizer = make_optimizer(self.model.parameters(), config, self.methodology)
         self.teacher = self._make_teacher()
         self.generator = torch.Generator().manual_seed(config.seed + 1)
@@ -158,6 +158,24 @@ class Trainer:
         self._check_model_output()
 
     # ------------------------------------------------------------------ setup
+
+    def _check_task(self, config: TrainConfig, task: Task) -> None:
+        if not task.is_classification:
+            raise SlemError(
+                f"method {config.method} needs class labels, but '{task.name}' is a regression "
+                f"task; use method {', '.join(REGRESSION_METHODS)}"
+            )
+
+    def _setup_targets(self) -> None:
+        """What the losses need of the labels: class groups, class-balanced weights, prior."""
+        task, config = self.task, self.config
+        self.class_groups = torch.tensor(
+            task.features.class_groups or [0] * task.n_classes, dtype=torch.long, device=self.device
+        )
+        counts = torch.tensor(task.features.class_counts, dtype=torch.float64)
+        self.cb_weights = L.class_balanced_weights(counts, config.loss.cb_beta).to(self.device)
+        prior = counts.clamp_min(1.0) / counts.clamp_min(1.0).sum()
+        self.log_prior = prior.log().to(self.device, torch.float32)
 
     def _tensors(self, split: Split) -> tuple[Tensor, Tensor]:
         return (
@@ -370,15 +388,19 @@ class Trainer:
         return self._optimize(loss, start)
 
     def _optimize(self, loss: Tensor, start: float) -> dict[str, float]:
-        """The real step on ``loss`` (after a finiteness check), timed as a plain step."""
+        """The real step on ``loss``, timed as a plain step."""
+        self._apply_step(loss)
+        self.timings["plain"].append(time.perf_counter() - start)
+        return {"loss": float(loss.detach())}
+
+    def _apply_step(self, loss: Tensor) -> None:
+        """Backward and optimizer step on ``loss``, with finiteness checks before and after."""
         self._check_finite(loss, "training loss")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self._check_parameters()
         self.update_teacher()
-        self.timings["plain"].append(time.perf_counter() - start)
-        return {"loss": float(loss.detach())}
 
     def _check_parameters(self) -> None:
         """A finite loss can still step the parameters to infinity: catch it right here, before
@@ -616,53 +638,70 @@ class MetaTrainer(Trainer):
         callbacks: Sequence[Callback] = (),
         device: torch.device | str | None = None,
     ) -> None:
-        if config.method not in WEIGHTING_METHODS:
-            raise SlemError(
-                f"MetaTrainer needs method mwnet, cmwnet or cmwnet_sl, not '{config.method}'"
-            )
         meta = config.meta
         if methodology is None:  # seeded here, so a run does not depend on what ran before
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed + 1_000_003)
-                methodology = build_weighting(config.method, meta.n_groups, meta.hidden)
+                methodology = self.new_methodology(config, task)
         super().__init__(config, task, model, methodology, callbacks, device)
         assert self.methodology is not None
-        if "clean" in meta.objective:
+        if "clean" in meta.objective and self.meta_training:
             n_meta = len(task.meta) if task.meta is not None else 0
             if n_meta < task.n_classes:
                 raise SlemError(
                     f"the meta set has {n_meta} samples, fewer than the {task.n_classes} "
                     "classes; raise data.meta_per_class or use meta.objective dac or selected"
                 )
-        self.meta_optimizer = torch.optim.Adam(
-            self.methodology.parameters(), lr=meta.lr, weight_decay=meta.weight_decay
-        )
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+        if self.meta_training:
+            self.meta_optimizer = torch.optim.Adam(
+                self.meta_parameters(), lr=meta.lr, weight_decay=meta.weight_decay
+            )
         self.selected: Tensor | None = None
         self._f_model = functional(self.model)
         self._f_meth = functional(self.methodology)
 
     # ------------------------------------------------------------------ state
 
+    meta_training: bool = True
+
+    def new_methodology(self, config: TrainConfig, task: Task) -> Methodology:
+        """The untrained methodology this trainer meta-learns."""
+        if config.method not in WEIGHTING_METHODS:
+            raise SlemError(
+                f"MetaTrainer needs method mwnet, cmwnet or cmwnet_sl, not '{config.method}'"
+            )
+        meta = config.meta
+        return build_weighting(config.method, meta.n_groups, meta.hidden)
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """What the meta optimizer steps."""
+        assert self.methodology is not None
+        return list(self.methodology.parameters())
+
     def state(self) -> dict[str, Any]:
+        opt = self.meta_optimizer
         return {
             **super().state(),
-            "meta_optimizer": self.meta_optimizer.state_dict(),
+            "meta_optimizer": opt.state_dict() if opt is not None else None,
             "selected": self.selected,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        if self.meta_optimizer is not None:
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.selected = state["selected"]
 
     # ------------------------------------------------------------------ epochs
 
     @property
     def in_warmup(self) -> bool:
-        return self.epoch < self.config.meta.warmup_epochs
+        return self.meta_training and self.epoch < self.config.meta.warmup_epochs
 
     def on_epoch_start(self) -> None:
-        if self.config.meta.objective == "selected" and not self.in_warmup:
+        selecting = self.config.meta.objective == "selected" and self.meta_training
+        if selecting and not self.in_warmup:
             self.selected = self.select_clean()
 
     def select_clean(self) -> Tensor:
@@ -775,6 +814,7 @@ class MetaTrainer(Trainer):
         )
         for g in result.grads.values():
             self._check_finite(g, "hypergradient")
+        assert self.meta_optimizer is not None
         self.meta_optimizer.zero_grad(set_to_none=True)
         result.accumulate_into(self.methodology)
         self.meta_optimizer.step()
@@ -818,12 +858,35 @@ def make_trainer(
     from slem.methodology import MLRSNet
     from slem.train.schedule import ScheduleTrainer
 
+    regression_method = config.method in REGRESSION_METHODS or (
+        config.method == "apply" and methodology is not None and methodology.kind == "hwnet"
+    )
+    if regression_method:
+        if task.is_classification:
+            raise SlemError(
+                f"method {config.method} is for regression targets, but '{task.name}' has "
+                f"{task.n_classes} classes; use a classification method (erm, gce, mwnet, ...)"
+            )
+        from slem.train.regression import RegressionTrainer
+
+        return RegressionTrainer(config, task, model, methodology, callbacks)
+    if config.method in BUNDLE_METHODS or (
+        config.method == "apply" and methodology is not None and methodology.kind in BUNDLE_KINDS
+    ):
+        from slem.train.bundle import BundleTrainer
+
+        return BundleTrainer(config, task, model, methodology, callbacks)
+
     if config.method == "lr_schedule" or (
         config.method == "apply" and isinstance(methodology, MLRSNet)
     ):
         return ScheduleTrainer(config, task, model, methodology, callbacks)
     if config.method in WEIGHTING_METHODS:
         return MetaTrainer(config, task, model, methodology, callbacks)
+    if config.method == "forward":
+        from slem.train.forward import ForwardTrainer
+
+        return ForwardTrainer(config, task, model, None, callbacks)
     if config.method == "apply" and methodology is None:
         raise SlemError(
             "method apply needs the frozen methodology (load it with "

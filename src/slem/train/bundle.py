@@ -1,0 +1,438 @@
+"""Meta-learning several methodologies in one run: :class:`BundleTrainer`.
+
+The training loss of a batch is built from whichever parts the bundle has:
+
+    p      = softmax(f(x))                     the classifier
+    p~     = p T(x)                            transition net (forward correction)
+    l_i    = robust_loss(p~_i, y_i; a_i)       loss adjuster, a_i = A(margin_i, CE_i, group)
+             (else -log p~_{y_i})
+    L_in   = mean(w_i * l_i)                   weighting net, w_i = W(CE_i, group), mean 1
+    step   = lr(theta_s) * SGD direction       schedule net (MLR-SNet)
+
+One meta step differentiates the meta objective (clean meta set, DAC-MR, both, or self-selected
+samples; :class:`~slem.train.trainer.MetaTrainer`'s) at the looked-ahead parameters
+``w - lr(theta_s) d(theta_w, theta_a, theta_t)`` with respect to *all* parts at once, through
+the engine (``meta.hypergrad``): the parts are learned against the same objective and adapt to
+each other. Method ``loss_adjuster`` or ``transition`` is the one-part bundle; ``joint`` lists
+its parts in ``joint.components``. With method ``apply`` the (saved) bundle is frozen: no meta
+set, no meta steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slem.bilevel import SGD, BilevelProblem, functional, hypergrad
+from slem.data.task import Task
+from slem.errors import SlemError
+from slem.methodology import (
+    CMWNet,
+    LossAdjusterNet,
+    Methodology,
+    MethodologyBundle,
+    MLRSNet,
+    MWNet,
+    TransitionNet,
+    adjusted_loss,
+    as_bundle,
+    build_weighting,
+    forward_corrected,
+)
+from slem.train import losses as L
+from slem.train.callbacks import Callback
+from slem.train.config import BUNDLE_METHODS, TrainConfig
+from slem.train.schedule import LearnedRate
+from slem.train.trainer import EVAL_BATCH, MetaTrainer, TrainResult
+
+Part = Callable[..., Tensor]
+
+
+def logit_margin(logits: Tensor, y: Tensor) -> Tensor:
+    """``z_y - max_{j != y} z_j``: positive when the model agrees with the label."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return z_y - others.max(1).values
+
+
+def components_of(config: TrainConfig) -> list[str]:
+    if config.method == "joint":
+        return list(config.joint.components)
+    return [config.method]
+
+
+class BundleTrainer(MetaTrainer):
+    """Meta-learns (methods ``loss_adjuster``, ``transition``, ``joint``) or applies (method
+    ``apply``) a bundle of methodologies; see the module docstring."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        task: Task,
+        model: nn.Module | None = None,
+        methodology: Methodology | None = None,
+        callbacks: Sequence[Callback] = (),
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.meta_training = config.method in BUNDLE_METHODS
+        if methodology is None and not self.meta_training:
+            raise SlemError("method apply needs the frozen methodology artifact")
+        if methodology is not None:
+            methodology = as_bundle(methodology)
+            if "weighting" in methodology.parts and isinstance(
+                methodology.parts["weighting"], CMWNet
+            ):
+                _check_label_correction(methodology.parts["weighting"])
+        super().__init__(config, task, model, methodology, callbacks, device)
+        assert isinstance(self.methodology, MethodologyBundle)
+        self.bundle: MethodologyBundle = self.methodology
+        transition = self.bundle.part("transition")
+        if isinstance(transition, TransitionNet):
+            transition.check_task(int(np.prod(task.features.input_shape)), task.n_classes)
+        schedule = self.bundle.part("schedule")
+        self.rate: LearnedRate | None = None
+        if isinstance(schedule, MLRSNet):
+            self.rate = LearnedRate(
+                schedule, config, task.n_classes, self.meta_training, self.device
+            )
+        self._functional = {role: functional(m) for role, m in self.bundle.parts.items()}
+        self._rate_input: Tensor | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def new_methodology(self, config: TrainConfig, task: Task) -> Methodology:
+        meta = config.meta
+        parts: list[Methodology] = []
+        for name in components_of(config):
+            if name in ("mwnet", "cmwnet"):
+                parts.append(build_weighting(name, meta.n_groups, meta.hidden))
+            elif name == "loss_adjuster":
+                a = config.adjuster
+                parts.append(LossAdjusterNet(a.family, meta.n_groups, a.hidden))
+            elif name == "transition":
+                t = config.transition
+                n_inputs = int(np.prod(task.features.input_shape))
+                parts.append(TransitionNet(n_inputs, task.n_classes, t.hidden, t.init_diagonal))
+            elif name == "lr_schedule":
+                s = config.schedule
+                parts.append(MLRSNet(s.hidden, s.stages, s.switch_at))
+            else:
+                raise SlemError(f"'{name}' cannot be meta-learned in a bundle")
+        return MethodologyBundle.of(*parts)
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """Every part's parameters, except the schedule's frozen snapshots."""
+        return [p for _, p in self._hyper_items()]
+
+    def _hyper_items(self) -> list[tuple[str, nn.Parameter]]:
+        assert isinstance(self.methodology, MethodologyBundle)
+        schedule = self.methodology.part("schedule")
+        live = (
+            f"parts.schedule.stages.{len(schedule.stages) - 1}."
+            if isinstance(schedule, MLRSNet)
+            else ""
+        )
+        return [
+            (name, p)
+            for name, p in self.methodology.named_parameters()
+            if not name.startswith("parts.schedule.") or name.startswith(live)
+        ]
+
+    @property
+    def weighting(self) -> MWNet | CMWNet | None:
+        w = (
+            self.methodology.part("weighting")
+            if isinstance(self.methodology, MethodologyBundle)
+            else None
+        )
+        return w if isinstance(w, MWNet | CMWNet) else None
+
+    @property
+    def adjuster(self) -> LossAdjusterNet | None:
+        a = self.bundle.part("loss")
+        return a if isinstance(a, LossAdjusterNet) else None
+
+    @property
+    def transition_net(self) -> TransitionNet | None:
+        t = self.bundle.part("transition")
+        return t if isinstance(t, TransitionNet) else None
+
+    # ------------------------------------------------------------------ the loss
+
+    def bundle_loss(
+        self, logits: Tensor, x: Tensor, y: Tensor, parts: Mapping[str, Part]
+    ) -> Tensor:
+        """The training loss of a batch given callables for the bundle's parts."""
+        ce = L.cross_entropy(logits, y)
+        groups = self.class_groups[y]
+        probs = F.softmax(logits, dim=1)
+        corrected = "transition" in parts
+        if corrected:
+            probs = forward_corrected(probs, parts["transition"](x))
+        if "loss" in parts:
+            adjuster = self.adjuster
+            assert adjuster is not None
+            margin = logit_margin(logits.detach(), y)
+            hyper = parts["loss"](margin, ce.detach(), groups)
+            per = adjusted_loss(probs, y, adjuster.family, hyper)
+        elif corrected:
+            per = -probs.gather(1, y[:, None]).squeeze(1).clamp_min(1e-7).log()
+        else:
+            per = ce
+        if "weighting" in parts:
+            w = self.normalized(parts["weighting"](ce.detach(), groups))
+            return (w * per).mean()
+        return per.mean()
+
+    def _frozen_parts(self) -> dict[str, Part]:
+        """The parts as they are, their outputs constants of the real training step."""
+
+        def frozen(module: nn.Module) -> Part:
+            def call(*args: Any) -> Tensor:
+                with torch.no_grad():
+                    out: Tensor = module(*args)
+                return out
+
+            return call
+
+        return {role: frozen(m) for role, m in self.bundle.parts.items() if role != "schedule"}
+
+    def _functional_parts(self, hyper: Mapping[str, Tensor]) -> dict[str, Part]:
+        """The parts as functions of the hyperparameters (for the hypergradient)."""
+        out: dict[str, Part] = {}
+        for role, f in self._functional.items():
+            if role == "schedule":
+                continue
+            prefix = f"parts.{role}."
+            sub = {k[len(prefix) :]: v for k, v in hyper.items() if k.startswith(prefix)}
+            out[role] = lambda *args, f=f, sub=sub: f(sub, *args)
+        return out
+
+    # ------------------------------------------------------------------ steps
+
+    def lr_at(self, step: int) -> float:
+        return self.rate.current if self.rate is not None else super().lr_at(step)
+
+    def on_epoch_start(self) -> None:
+        super().on_epoch_start()
+        if self.rate is not None:
+            if self.rate.scale is None:
+                self.rate.rescale(
+                    float(
+                        self.per_sample_eval_losses(self.train_x[:4096], self.train_y[:4096]).mean()
+                    )
+                )
+            self.rate.on_epoch_start(self.epoch, self.global_step)
+
+    def end_epoch(self) -> dict[str, Any]:
+        row = super().end_epoch()
+        if self.rate is not None:
+            self.rate.on_epoch_end(self.epoch)
+        return row
+
+    def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
+        if self.meta_training:
+            if self.in_warmup:
+                return self._warmup_step(x, y)
+            if self.global_step % self.config.meta.interval == 0:
+                return self._meta_step(x, y)
+        start = time.perf_counter()
+        self.model.train()
+        logits = self.model(x)
+        self._rate_input = F.cross_entropy(logits.detach(), y)
+        return self._optimize(self.bundle_loss(logits, x, y, self._frozen_parts()), start)
+
+    def _apply_step(self, loss: Tensor) -> None:
+        """The learned schedule, if any, sets the rate from the batch's cross-entropy first."""
+        if self.rate is not None:
+            seen = self._rate_input if self._rate_input is not None else loss.detach()
+            lr = self.rate.next(seen, self.epoch, self.step_in_epoch)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+        self._rate_input = None
+        super()._apply_step(loss)
+
+    def _inner_loss(
+        self, params: dict[str, Tensor], hyper: dict[str, Tensor], batch: Any
+    ) -> Tensor:
+        x, y = batch
+        return self.bundle_loss(self._f_model(params, x), x, y, self._functional_parts(hyper))
+
+    def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        start = time.perf_counter()
+        meta, o = self.config.meta, self.config.optim
+        self.model.train()
+        params: dict[str, Tensor] = dict(self.model.named_parameters())
+        lr: float | Callable[[dict[str, Tensor]], Tensor] = self.optimizer.param_groups[0]["lr"]
+        if self.rate is not None:
+            rate, f_live = self.rate, functional(self.rate.net.live)
+            prefix = f"parts.schedule.stages.{len(self.rate.net.stages) - 1}."
+            with torch.no_grad():
+                batch_loss = F.cross_entropy(self._f_model(params, x), y)
+
+            def learned_lr(h: dict[str, Tensor]) -> Tensor:
+                sub = {k[len(prefix) :]: v for k, v in h.items() if k.startswith(prefix)}
+                return rate.differentiable(
+                    batch_loss, live=lambda loss, state: f_live(sub, loss, state)
+                )
+
+            lr = learned_lr
+
+        inner_opt = SGD(
+            lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+        )
+        problem = BilevelProblem(
+            params,
+            dict(self._hyper_items()),
+            self._inner_loss,
+            self._outer_loss,
+            inner_opt,
+            optimizer_state=inner_opt.state_from_torch(self.optimizer, params),
+        )
+        options: dict[str, Any] = {}
+        if meta.hypergrad == "implicit":
+            options = {
+                "solver": "neumann",
+                "alpha": self.optimizer.param_groups[0]["lr"],
+                "iterations": 5,
+            }
+        result = hypergrad(
+            problem, meta.hypergrad, inner_batch=(x, y), outer_batch=self._outer_batch(), **options
+        )
+        for g in result.grads.values():
+            self._check_finite(g, "hypergradient")
+        assert self.meta_optimizer is not None
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        named = dict(self._hyper_items())
+        for name, g in result.grads.items():
+            named[name].grad = g.to(named[name].dtype).clone()
+        self.meta_optimizer.step()
+        logits = self.model(x)
+        self._rate_input = F.cross_entropy(logits.detach(), y)
+        loss = self.bundle_loss(logits, x, y, self._frozen_parts())
+        self._apply_step(loss)
+        self.timings["meta"].append(time.perf_counter() - start)
+        return {"loss": float(loss.detach()), "meta_loss": result.outer_loss}
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def adjuster_values(self) -> np.ndarray:
+        """The adjuster's hyperparameters for every training sample ``(n, k)``, in eval mode."""
+        adjuster = self.adjuster
+        assert adjuster is not None
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(self.train_y), EVAL_BATCH):
+                x, y = self.train_x[i : i + EVAL_BATCH], self.train_y[i : i + EVAL_BATCH]
+                logits = self.model(x)
+                ce = L.cross_entropy(logits, y)
+                out.append(adjuster(logit_margin(logits, y), ce, self.class_groups[y]))
+        return torch.cat(out).cpu().numpy()
+
+    def mean_transition(self) -> np.ndarray:
+        """Row ``i``: the predicted ``T(x)[i]`` averaged over the training samples of clean
+        class ``i`` (comparable with the task's true matrix)."""
+        net = self.transition_net
+        assert net is not None
+        c = self.task.n_classes
+        total = torch.zeros(c, c, device=self.device)
+        y_true = torch.as_tensor(self.task.train.y_true, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            for i in range(0, len(y_true), EVAL_BATCH):
+                yb = y_true[i : i + EVAL_BATCH]
+                rows = net(self.train_x[i : i + EVAL_BATCH])[torch.arange(len(yb)), yb]
+                total.index_add_(0, yb, rows)
+        counts = torch.bincount(y_true, minlength=c).clamp_min(1)[:, None]
+        return (total / counts).cpu().numpy()
+
+    def row_error(self) -> float:
+        """Instance-dependent noise: the mean total-variation distance between the predicted
+        row ``T(x_k)[clean class of k]`` and the distribution sample k's label was drawn from."""
+        net = self.transition_net
+        assert net is not None and self.task.transition_rows is not None
+        rows = torch.as_tensor(self.task.transition_rows, dtype=torch.float32, device=self.device)
+        y_true = torch.as_tensor(self.task.train.y_true, dtype=torch.long, device=self.device)
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, len(y_true), EVAL_BATCH):
+                yb = y_true[i : i + EVAL_BATCH]
+                pred = net(self.train_x[i : i + EVAL_BATCH])[torch.arange(len(yb)), yb]
+                total += float((pred - rows[i : i + EVAL_BATCH]).abs().sum() / 2)
+        return total / max(len(y_true), 1)
+
+    def finish(self) -> TrainResult:
+        result = super().finish()
+        s = result.summary
+        s["components"] = list(self.bundle.parts)
+        noisy = self.task.train.noisy_mask
+        if self.adjuster is not None:
+            values = self.adjuster_values()
+            for j, name in enumerate(self.adjuster.names):
+                s[f"adjuster_{name}_clean"] = (
+                    float(values[~noisy, j].mean()) if (~noisy).any() else None
+                )
+                s[f"adjuster_{name}_noisy"] = (
+                    float(values[noisy, j].mean()) if noisy.any() else None
+                )
+        if self.transition_net is not None and self.task.transition_rows is not None:
+            s["transition_row_error"] = self.row_error()
+        if self.transition_net is not None and self.task.transition is not None:
+            predicted = self.mean_transition()
+            s["transition_error"] = float(
+                np.abs(predicted - self.task.transition).sum(1).mean() / 2
+            )
+            result.extra["transition"] = predicted.tolist()
+        if self.rate is not None:
+            trace = self.rate.trace
+            s.update(lr_first=trace[0] if trace else None, lr_last=trace[-1] if trace else None)
+        return result
+
+    @property
+    def lr_trace(self) -> list[float]:
+        return self.rate.trace if self.rate is not None else []
+
+    @property
+    def stage_trace(self) -> list[tuple[int, int]]:
+        return self.rate.stage_trace if self.rate is not None else []
+
+    def plots(self, out_dir: Path) -> list[Path]:
+        from slem.report.loss_plots import adjuster_curves, transition_heatmaps
+
+        paths = []
+        if self.adjuster is not None:
+            paths.append(adjuster_curves(self.adjuster, out_dir / "adjuster_vs_margin.png"))
+        if self.transition_net is not None and self.task.transition is not None:
+            paths.append(
+                transition_heatmaps(
+                    {"meta-learned (mean over samples)": self.mean_transition()},
+                    np.asarray(self.task.transition),
+                    out_dir / "transition.png",
+                )
+            )
+        return paths
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        out = super().state()
+        if self.rate is not None:
+            out["rate"] = self.rate.state()
+        return out
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if self.rate is not None:
+            self.rate.load_state(state["rate"], self.device)
+
+
+def _check_label_correction(weighting: nn.Module) -> None:
+    if getattr(weighting, "label_correction", False):
+        raise SlemError("CMW-Net-SL's label correction cannot join a bundle; use cmwnet")
