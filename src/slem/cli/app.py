@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from slem import __version__
-from slem.cli import bbo_cmd, data_cmd, train_cmd
+from slem.cli import bbo_cmd, data_cmd, hpo_cmd, train_cmd
 
 app = typer.Typer(
     name="slem",
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(bbo_cmd.app, name="bbo")
 train_cmd.register(app)
+hpo_cmd.register(app)
 
 
 def _version(value: bool) -> None:

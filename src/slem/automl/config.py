@@ -1,0 +1,107 @@
+"""The config of one HPO study (``slem hpo CONFIG.yaml``), as pydantic models.
+
+``study`` says how to search (sampler, pruner, trials, storage); ``objective`` says what a
+trial is: a CASH pipeline fitted on a table (``kind: cash``) or a ``slem train`` run whose
+config keys come from the search space (``kind: train``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from slem.data.config import DataConfig
+from slem.errors import SlemError, validation_message
+
+Sampler = Literal["random", "grid", "tpe", "gp", "cmaes", "bohb"]
+Pruner = Literal["none", "median", "sha", "hyperband"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudyConfig(_Strict):
+    name: str = Field("slem-hpo", description="the study's name in its storage")
+    sampler: Sampler = Field(
+        "tpe", description="bohb: TPE with the Hyperband pruner (Falkner et al. 2018)"
+    )
+    pruner: Pruner | None = Field(
+        None, description="multi-fidelity early stopping; default: hyperband for bohb, else none"
+    )
+    trials: int = Field(30, ge=1, description="total trials of the study (over all workers)")
+    timeout: float | None = Field(None, gt=0, description="seconds per worker")
+    seed: int = 0
+    grid_points: int = Field(5, ge=2, description="grid sampler: points per numeric param")
+    min_resource: int = Field(1, ge=1, description="pruners: the smallest budget (rung 0)")
+    reduction_factor: int = Field(3, ge=2, description="sha / hyperband: keep 1 / factor")
+    heartbeat: int = Field(
+        10, ge=1, description="seconds between a running trial's heartbeats (RDB storages)"
+    )
+    grace_period: int | None = Field(
+        None, ge=1, description="a trial silent this long is failed (default 3 x heartbeat)"
+    )
+
+    @property
+    def pruner_name(self) -> str:
+        if self.pruner is not None:
+            return self.pruner
+        return "hyperband" if self.sampler == "bohb" else "none"
+
+
+class CashObjective(_Strict):
+    kind: Literal["cash"]
+    data: DataConfig
+    families: list[str] | None = Field(None, description="model families (default: all)")
+    metric: Literal["balanced_accuracy", "accuracy"] = "balanced_accuracy"
+    fidelity: Literal["none", "data_fraction"] = Field(
+        "none", description="data_fraction: budgets are growing fractions of the training set"
+    )
+    min_fraction: float = Field(1 / 9, gt=0, le=1, description="the smallest data fraction")
+
+
+class TrainObjective(_Strict):
+    kind: Literal["train"]
+    base: str | dict[str, Any] = Field(
+        description="a slem train config: a YAML path, or the config itself"
+    )
+    space: dict[str, Any] = Field(
+        description="dotted config keys -> ranges (see slem.automl.space)"
+    )
+    metric: Literal["val_accuracy", "val_balanced_accuracy", "val_loss"] = Field(
+        "val_accuracy", description="reported every epoch to the pruner; epochs are the budget"
+    )
+
+
+class HPOConfig(_Strict):
+    study: StudyConfig = StudyConfig()
+    objective: CashObjective | TrainObjective = Field(discriminator="kind")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HPOConfig:
+        o = self.objective
+        if (
+            isinstance(o, CashObjective)
+            and self.study.pruner_name != "none"
+            and o.fidelity == "none"
+        ):
+            raise ValueError(
+                f"pruner {self.study.pruner_name} needs budgets: set objective.fidelity "
+                "data_fraction (or study.pruner none)"
+            )
+        return self
+
+    @property
+    def direction(self) -> str:
+        o = self.objective
+        return (
+            "minimize" if isinstance(o, TrainObjective) and o.metric == "val_loss" else "maximize"
+        )
+
+
+def parse_hpo_config(values: dict[str, Any]) -> HPOConfig:
+    try:
+        return HPOConfig.model_validate(values)
+    except ValidationError as exc:
+        raise SlemError(validation_message(exc)) from None

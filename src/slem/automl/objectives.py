@@ -1,0 +1,183 @@
+"""What one trial does: fit a CASH pipeline on a table, or run ``slem train`` with the trial's
+values set in the config. Both report intermediate scores to the pruner (data fractions or
+epochs) and record the trial's test score as a user attribute that is never used to choose.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from slem.automl.cash import build_pipeline, cash_space
+from slem.automl.config import CashObjective, TrainObjective
+from slem.automl.space import SearchSpace
+from slem.data.task import Task, build_task
+from slem.errors import SlemError
+from slem.train.callbacks import Callback
+
+
+def fidelity_steps(min_fraction: float, factor: int) -> list[float]:
+    """Data fractions ``min_fraction * factor**i`` up to 1 (1 included)."""
+    steps = []
+    f = min_fraction
+    while round(100 * f) < 100:  # 0.111 * 9 = 0.999 is the full set
+        steps.append(f)
+        f *= factor
+    return [*steps, 1.0]
+
+
+def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    fn = balanced_accuracy_score if metric == "balanced_accuracy" else accuracy_score
+    return float(fn(y_true, y_pred))
+
+
+def _subsample(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified subset of ``fraction`` of the rows, at least 2 per class present."""
+    if fraction >= 1.0:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = max(2, math.ceil(fraction * len(idx)))
+        keep.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+class CashTrial:
+    """A trial of CASH: the family and its hyperparameters from the space, the pipeline fitted
+    on (a fraction of) the training split, scored on the validation split."""
+
+    def __init__(self, config: CashObjective, factor: int = 3, seed: int = 0) -> None:
+        self.config = config
+        self.space: SearchSpace = cash_space(config.families) if config.families else cash_space()
+        self.task: Task = build_task(config.data)
+        if not self.task.is_classification:
+            raise SlemError(f"CASH needs class labels, but '{self.task.name}' is a regression task")
+        self.seed = seed
+        self.steps = (
+            fidelity_steps(config.min_fraction, factor)
+            if config.fidelity == "data_fraction"
+            else [1.0]
+        )
+
+    @property
+    def budgets(self) -> list[int]:
+        """Pruner steps: the data fractions in percent."""
+        return [max(1, round(100 * f)) for f in self.steps]
+
+    def fit(self, values: Mapping[str, Any], fraction: float = 1.0) -> Any:
+        t = self.task
+        rows = _subsample(t.train.y, fraction, self.seed)
+        pipe = build_pipeline(values, self.seed)
+        if values.get("family") == "knn":  # k cannot exceed the rows it is fitted on
+            pipe.set_params(model__n_neighbors=min(int(values["knn.n_neighbors"]), len(rows)))
+        with warnings.catch_warnings():  # convergence and small-sample notes of some trials
+            warnings.simplefilter("ignore")
+            pipe.fit(t.train.X.reshape(len(t.train), -1)[rows], t.train.y[rows])
+        return pipe
+
+    def evaluate(self, pipe: Any, split: str) -> float:
+        s = getattr(self.task, split)
+        return score(self.config.metric, s.y, pipe.predict(s.X.reshape(len(s), -1)))
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        values = self.space.suggest(trial)
+        value = float("nan")
+        for fraction, step in zip(self.steps, self.budgets, strict=True):
+            pipe = self.fit(values, fraction)
+            value = self.evaluate(pipe, "val")
+            if len(self.steps) > 1:
+                trial.report(value, step)
+                if fraction < 1.0 and trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at {step}% of the training data")
+        trial.set_user_attr(f"test_{self.config.metric}", self.evaluate(pipe, "test"))
+        return value
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    node = values
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise SlemError(f"search space key '{key}': '{part}' is not a config section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
+
+
+class TrainTrial:
+    """A trial of ``slem train``: the trial's values set at their dotted config keys, the
+    validation metric reported every epoch (epochs are the budget)."""
+
+    def __init__(self, config: TrainObjective, seed: int | None = None) -> None:
+        from slem.train.config import load_yaml, parse_train_config
+
+        self.config = config
+        self.base: dict[str, Any] = (
+            load_yaml(config.base) if isinstance(config.base, str) else dict(config.base)
+        )
+        self.space = SearchSpace.from_mapping(config.space)
+        self._tasks: dict[str, Task] = {}
+        for p in self.space.params:  # every key must exist: fail before the first trial
+            probe = copy.deepcopy(self.base)
+            set_dotted(probe, p.name, p.grid(2)[0])
+            try:
+                parse_train_config(probe)
+            except SlemError as exc:
+                raise SlemError(f"search space param '{p.name}': {exc}") from None
+        self.epochs = parse_train_config(self.base).optim.epochs
+
+    def values_for(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        values = copy.deepcopy(self.base)
+        for key, value in params.items():
+            set_dotted(values, key, value)
+        return values
+
+    def __call__(self, trial: Any) -> float:
+        from slem.train import make_trainer, parse_train_config
+
+        cfg = parse_train_config(self.values_for(self.space.suggest(trial)))
+        key = cfg.data.model_dump_json()
+        if key not in self._tasks:
+            self._tasks[key] = build_task(cfg.data)
+        trainer = make_trainer(
+            cfg, self._tasks[key], callbacks=[ReportToTrial(trial, self.config.metric)]
+        )
+        result = trainer.fit()
+        trial.set_user_attr("test_accuracy", result.summary.get("test_accuracy"))
+        return float(result.history[-1][self.config.metric])
+
+
+class ReportToTrial(Callback):
+    """A training callback: the validation metric to the trial after every epoch, and a
+    pruned trial stops the run."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+
+    def on_epoch_end(self, trainer: Any, metrics: dict[str, Any]) -> None:
+        import optuna
+
+        self.trial.report(float(metrics[self.metric]), int(metrics["epoch"]))
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {metrics['epoch']}")
+
+
+def make_objective(config: Any, factor: int = 3, seed: int = 0) -> CashTrial | TrainTrial:
+    if isinstance(config, CashObjective):
+        return CashTrial(config, factor, seed)
+    return TrainTrial(config)
