@@ -230,3 +230,89 @@ def test_cli_hpo_bad_inputs_are_one_line(runner: Any, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 2 and "cannot open the study storage" in result.stderr
+
+
+# ---------------------------------------------------------------------- meta-learning
+
+
+def synthetic_store() -> Any:
+    """Two kinds of task: for 'a' tasks (feature f ~ 0) family x wins, for 'b' tasks (f ~ 10)
+    family y wins; the store holds trials and cross-task scores."""
+    from slem.automl.meta import MetaStore
+
+    store = MetaStore()
+    candidates = [
+        {"family": "x", "lr": 0.01},
+        {"family": "y", "lr": 0.1},
+        {"family": "y", "lr": 1.0},
+    ]
+    for i in range(8):
+        kind = "a" if i % 2 == 0 else "b"
+        f = (0.0 if kind == "a" else 10.0) + 0.1 * i
+        good = "x" if kind == "a" else "y"
+        trials = [
+            {"params": {"family": fam, "lr": lr}, "value": (0.9 if fam == good else 0.6) - 0.01 * j}
+            for j, (fam, lr) in enumerate([("x", 0.01), ("y", 0.1), ("x", 0.03), ("y", 1.0)])
+        ]
+        store.add(f"{kind}{i}", {"f": f, "g": 1.0}, trials)
+        store.scores[f"{kind}{i}"] = [0.9 if c["family"] == good else 0.6 for c in candidates]
+    store.candidates = candidates
+    return store
+
+
+def test_meta_store_warm_start_zero_shot_and_portfolio(tmp_path: Path) -> None:
+    from slem.automl.meta import MetaStore, ZeroShot, portfolio, warm_start_configs
+
+    store = synthetic_store()
+    path = store.save(tmp_path / "md.json")
+    store = MetaStore.load(path)
+    assert len(store.tasks) == 8 and store.record("a0").best(1) == [{"family": "x", "lr": 0.01}]
+    near = store.nearest({"f": 0.05, "g": 1.0}, 2)
+    assert [n for n, _ in near] == ["a0", "a2"] and near[0][1] <= near[1][1]
+    assert warm_start_configs(store, {"f": 10.2}, k=2)[0]["family"] == "y"
+    assert store.nearest({"f": 0.0}, 1, exclude=["a0"])[0][0] == "a2"
+    model = ZeroShot().fit(store, exclude=["a0", "b1"])
+    assert model.propose({"f": 0.0, "g": 1.0})["family"] == "x"
+    assert model.propose({"f": 10.1, "g": 1.0})["family"] == "y"
+    chosen = portfolio(store, 2)
+    assert {c["family"] for c in chosen} == {"x", "y"}  # one per kind of task covers all
+    with pytest.raises(SlemError, match="no meta-dataset"):
+        MetaStore.load(tmp_path / "missing.json")
+
+
+def test_cli_meta_dataset_then_warm_started_cash(runner: Any, tmp_path: Path) -> None:
+    md = tmp_path / "md.json"
+    result = runner.invoke(
+        app, ["meta-dataset", "--trials", "3", "--tables", "2", "--out", str(md)]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "2 tasks" in result.stdout
+    out = tmp_path / "study"
+    result = runner.invoke(
+        app,
+        [
+            "hpo",
+            str(EXAMPLES / "hpo_cash_breast_cancer.yaml"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--trials",
+            "3",
+            "--set",
+            f"study.meta_dataset={md}",
+            "--set",
+            "study.warm_start=1",
+            "--set",
+            "study.zero_shot=1",
+            "--set",
+            "objective.data.name=iris",
+            "--set",
+            "objective.fidelity=none",
+            "--set",
+            "study.sampler=tpe",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    study = optuna.load_study(study_name="cash-breast-cancer", storage=f"sqlite:///{out}/study.db")
+    first = study.trials[0]
+    assert first.system_attrs.get("fixed_params"), "the first trial came from the meta-dataset"

@@ -106,6 +106,7 @@ def new_study(url: str, cfg: StudyConfig, planned: int) -> optuna.Study:
 
 
 def test_unreachable_database_is_one_line_error() -> None:
+    pytest.importorskip("psycopg2")
     start = time.monotonic()
     with pytest.raises(SlemError) as err:
         open_storage("postgresql://postgres@127.0.0.1:1/nope", StudyConfig())

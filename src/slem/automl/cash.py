@@ -132,6 +132,7 @@ def build_pipeline(config: Mapping[str, Any], seed: int = 0) -> Any:
             gamma=p("gamma") if kernel != "linear" else "scale",
             degree=p("degree") if kernel == "poly" else 3,
             class_weight=weight(),
+            max_iter=200_000,  # a bound on pathological (C, gamma) pairs; ~seconds
             random_state=seed,
         )
     elif family in ("random_forest", "extra_trees"):

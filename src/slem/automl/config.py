@@ -42,6 +42,21 @@ class StudyConfig(_Strict):
     grace_period: int | None = Field(
         None, ge=1, description="a trial silent this long is failed (default 3 x heartbeat)"
     )
+    warm_start: int = Field(
+        0,
+        ge=0,
+        description="CASH: enqueue the best configurations of this many nearest "
+        "earlier tasks (meta-feature space) first",
+    )
+    zero_shot: int = Field(
+        0,
+        ge=0,
+        description="CASH: enqueue this many configurations the zero-shot predictor "
+        "ranks best for the task first",
+    )
+    meta_dataset: str | None = Field(
+        None, description="the meta-dataset of earlier tasks (default: the shipped one)"
+    )
 
     @property
     def pruner_name(self) -> str:
@@ -93,7 +108,7 @@ class HPOConfig(_Strict):
         return self
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["minimize", "maximize"]:
         o = self.objective
         return (
             "minimize" if isinstance(o, TrainObjective) and o.metric == "val_loss" else "maximize"

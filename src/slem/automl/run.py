@@ -66,8 +66,37 @@ def run_worker(
     objective = make_objective(config.objective, study_cfg.reduction_factor, study_cfg.seed)
     storage = open_storage(url, study_cfg)
     study = create_study(config, storage, objective.space, budgets_of(objective))
+    if isinstance(objective, CashTrial) and not study.trials:
+        for values in meta_learned_starts(config, objective):
+            study.enqueue_trial(values, skip_if_exists=True)
     work(study, objective, trials or study_cfg.trials, study_cfg.timeout, callbacks)
     return study
+
+
+def meta_learned_starts(config: HPOConfig, objective: CashTrial) -> list[dict[str, Any]]:
+    """Zero-shot proposals, then the best configurations of the nearest earlier tasks."""
+    study_cfg = config.study
+    if not (study_cfg.warm_start or study_cfg.zero_shot):
+        return []
+    from slem.automl.build import SHIPPED
+    from slem.automl.meta import MetaStore, ZeroShot, warm_start_configs
+    from slem.data.meta_features import meta_features
+
+    store = MetaStore.load(study_cfg.meta_dataset or SHIPPED)
+    mf = meta_features(objective.task)
+    exclude = [objective.task.name]  # never start from the task's own earlier study
+    starts: list[dict[str, Any]] = []
+    if study_cfg.zero_shot:
+        model = ZeroShot(study_cfg.seed).fit(store, exclude)
+        starts += model.rank(mf)[: study_cfg.zero_shot]
+    if study_cfg.warm_start:
+        starts += warm_start_configs(store, mf, study_cfg.warm_start, exclude=exclude)
+    out: list[dict[str, Any]] = []
+    for c in starts:
+        c = objective.space.active_config(c)
+        if c not in out:
+            out.append(c)
+    return out
 
 
 def spawn_workers(

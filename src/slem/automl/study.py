@@ -8,6 +8,7 @@ that died as failed, and the study goes on.
 
 from __future__ import annotations
 
+import importlib
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from slem.automl.space import SearchSpace
 from slem.errors import SlemError
 
 STUDY_DB = "study.db"
+PSYCOPG = ("postgresql+psycopg://", "postgresql+psycopg2://")
 # the features used here (TPE's group, heartbeats) are marked experimental in Optuna
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message=".*independent sampl.*", module="optuna")
@@ -62,24 +64,38 @@ def open_storage(url: str, cfg: StudyConfig) -> optuna.storages.BaseStorage:
     (``journal:PATH``); an unreachable database is a one-line error."""
     if url.startswith("journal:"):
         path = url.removeprefix("journal:")
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
-    if url.startswith("postgresql"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            raise SlemError(
-                "a PostgreSQL storage needs the driver: pip install 'slem[postgres]'"
-            ) from None
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     try:
+        target = _with_driver(url)
+        if target.startswith(PSYCOPG) and "connect_timeout=" not in target:
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}  # seconds, not minutes
         return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"pool_pre_ping": True},
+            target,
+            engine_kwargs=engine_kwargs,
             heartbeat_interval=cfg.heartbeat,
             grace_period=cfg.grace_period or 3 * cfg.heartbeat,
         )
     except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use it"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SlemError(f"cannot open the study storage '{_redact(url)}': {first}") from None
+
+
+def _with_driver(url: str) -> str:
+    """A PostgreSQL URL names the driver that is installed: SQLAlchemy 2.1 reads
+    ``postgresql://`` as psycopg (3), 2.0 as psycopg2."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres") or not sep:
+        return url
+    for driver in ("psycopg", "psycopg2"):
+        try:
+            importlib.import_module(driver)
+        except ImportError:
+            continue
+        return f"postgresql+{driver}://{rest}"
+    raise SlemError("a PostgreSQL storage needs the driver: pip install 'slem[postgres]'")
 
 
 def _redact(url: str) -> str:

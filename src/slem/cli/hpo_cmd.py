@@ -154,5 +154,35 @@ def spawn_with_progress(
         console.print(f"worker exit codes: {codes}", highlight=False)
 
 
+def meta_dataset(
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write it (default: the shipped file).")
+    ] = None,
+    trials: Annotated[int, typer.Option(min=1, help="CASH trials per table.")] = 30,
+    per_task: Annotated[int, typer.Option(min=1, help="Candidates kept per table.")] = 2,
+    tables: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N meta-training tables.")
+    ] = None,
+    seed: int = 0,
+) -> None:
+    """Build the meta-dataset for warm start, zero-shot and portfolios: a CASH study on every
+    meta-training table (slem.automl.tables), then every task's best configurations scored
+    on every other task."""
+    from slem.automl.build import SHIPPED, build_meta_dataset
+    from slem.automl.tables import META_TRAIN_TABLES
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    specs = META_TRAIN_TABLES[:tables] if tables else META_TRAIN_TABLES
+    store = build_meta_dataset(
+        specs, trials, per_task, seed, log=lambda m: console.print(m, highlight=False)
+    )
+    path = store.save(out or SHIPPED)
+    console.print(
+        f"meta-dataset: {len(store.tasks)} tasks, {len(store.candidates)} candidates -> {path}",
+        highlight=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command("hpo")(user_errors(hpo))
+    app.command("meta-dataset")(user_errors(meta_dataset))
