@@ -31,7 +31,8 @@ class Cache:
             self.rows[key] = row
             with self.file.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            print(json.dumps({k: v for k, v in row.items() if k != "lr_trace"}), flush=True)
+            shown = {k: v for k, v in row.items() if not (isinstance(v, list) and len(v) > 5)}
+            print(json.dumps(shown), flush=True)
         return self.rows[key]
 
 

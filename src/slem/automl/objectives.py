@@ -19,6 +19,7 @@ from slem.automl.space import SearchSpace
 from slem.data.task import Task, build_task
 from slem.errors import SlemError
 from slem.train.callbacks import Callback
+from slem.train.config import set_dotted
 
 
 def fidelity_steps(min_fraction: float, factor: int) -> list[float]:
@@ -104,20 +105,6 @@ class CashTrial:
         return value
 
 
-def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
-    node = values
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = {}
-        elif not isinstance(child, dict):
-            raise SlemError(f"search space key '{key}': '{part}' is not a config section")
-        node[part] = dict(child)
-        node = node[part]
-    node[parts[-1]] = value
-
-
 class TrainTrial:
     """A trial of ``slem train``: the trial's values set at their dotted config keys, the
     validation metric reported every epoch (epochs are the budget)."""
@@ -133,7 +120,7 @@ class TrainTrial:
         self._tasks: dict[str, Task] = {}
         for p in self.space.params:  # every key must exist: fail before the first trial
             probe = copy.deepcopy(self.base)
-            set_dotted(probe, p.name, p.grid(2)[0])
+            set_dotted(probe, p.name, p.grid(2)[0], f"search space key '{p.name}'")
             try:
                 parse_train_config(probe)
             except SlemError as exc:
@@ -143,7 +130,7 @@ class TrainTrial:
     def values_for(self, params: Mapping[str, Any]) -> dict[str, Any]:
         values = copy.deepcopy(self.base)
         for key, value in params.items():
-            set_dotted(values, key, value)
+            set_dotted(values, key, value, f"search space key '{key}'")
         return values
 
     def __call__(self, trial: Any) -> float:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import SGD, BilevelProblem, functional, hypergrad
+from slem.bilevel import functional
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import (
@@ -267,7 +267,6 @@ class BundleTrainer(MetaTrainer):
 
     def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         start = time.perf_counter()
-        meta, o = self.config.meta, self.config.optim
         self.model.train()
         params: dict[str, Tensor] = dict(self.model.named_parameters())
         lr: float | Callable[[dict[str, Tensor]], Tensor] = self.optimizer.param_groups[0]["lr"]
@@ -285,29 +284,14 @@ class BundleTrainer(MetaTrainer):
 
             lr = learned_lr
 
-        inner_opt = SGD(
-            lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-        )
-        problem = BilevelProblem(
-            params,
+        result = self.meta_hypergrad(
             dict(self._hyper_items()),
             self._inner_loss,
             self._outer_loss,
-            inner_opt,
-            optimizer_state=inner_opt.state_from_torch(self.optimizer, params),
+            (x, y),
+            self._outer_batch(),
+            lr=lr,
         )
-        options: dict[str, Any] = {}
-        if meta.hypergrad == "implicit":
-            options = {
-                "solver": "neumann",
-                "alpha": self.optimizer.param_groups[0]["lr"],
-                "iterations": 5,
-            }
-        result = hypergrad(
-            problem, meta.hypergrad, inner_batch=(x, y), outer_batch=self._outer_batch(), **options
-        )
-        for g in result.grads.values():
-            self._check_finite(g, "hypergradient")
         assert self.meta_optimizer is not None
         self.meta_optimizer.zero_grad(set_to_none=True)
         named = dict(self._hyper_items())

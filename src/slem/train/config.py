@@ -411,15 +411,21 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                raise SlemError(f"--set {key}: '{part}' is not a section")
-            node[part] = dict(child)
-            node = node[part]
-        node[parts[-1]] = value
+        set_dotted(out, key, value, f"--set {key}")
     return out
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """Set ``values[a][b][c] = value`` for ``key`` ``a.b.c``, copying the sections on the way
+    (the caller's nested dicts are not modified); ``what`` names the key in errors."""
+    node = values
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise SlemError(f"{what}: '{part}' is not a config section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value

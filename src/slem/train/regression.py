@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from slem.bilevel import SGD, BilevelProblem, functional, hypergrad
+from slem.bilevel import functional
 from slem.data.augment import augment
 from slem.data.task import Split, Task
 from slem.errors import SlemError
@@ -318,37 +318,18 @@ class RegressionTrainer(Trainer):
 
     def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         start = time.perf_counter()
-        meta, o = self.config.meta, self.config.optim
         net, meta_opt = self.hwnet, self.meta_optimizer
         assert net is not None and meta_opt is not None
         self.model.train()
         z = self.standardize(y)
         stats = self._stats(x)
-        lr = self.optimizer.param_groups[0]["lr"]
-        inner_opt = SGD(
-            lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-        )
-        params: dict[str, Tensor] = dict(self.model.named_parameters())
-        problem = BilevelProblem(
-            params,
+        result = self.meta_hypergrad(
             dict(net.named_parameters()),
             self._inner_loss,
             self._outer_loss,
-            inner_opt,
-            optimizer_state=inner_opt.state_from_torch(self.optimizer, params),
+            (x, z, stats),
+            self._outer_batch(),
         )
-        options: dict[str, Any] = {}
-        if meta.hypergrad == "implicit":
-            options = {"solver": "neumann", "alpha": lr, "iterations": 5}
-        result = hypergrad(
-            problem,
-            meta.hypergrad,
-            inner_batch=(x, z, stats),
-            outer_batch=self._outer_batch(),
-            **options,
-        )
-        for g in result.grads.values():
-            self._check_finite(g, "hypergradient")
         meta_opt.zero_grad(set_to_none=True)
         result.accumulate_into(net)
         meta_opt.step()
@@ -401,37 +382,16 @@ class RegressionTrainer(Trainer):
             float((0.5 * r * r).mean()),
         )
 
-    def end_epoch(self) -> dict[str, Any]:
+    def validation_metrics(self) -> dict[str, float]:
         val_mse, val_mae, val_loss = self.evaluate(self.val_x, self.val_y)
-        row: dict[str, Any] = {
-            "epoch": self.epoch + 1,
-            "step": self.global_step,
-            "lr": self.lr_at(self.global_step - 1),
-            "seconds": round(self.elapsed, 2),
-            "val_loss": val_loss,
-            "val_mse": val_mse,
-            "val_mae": val_mae,
-        }
-        for name, values in self._epoch_stats.items():
-            row[f"train_{name}"] = float(np.mean(values)) if values else None
-        if self.weight_mode:
-            weights = self.train_weights()
-            row["weight_auc"] = self.weight_auc(weights)
-            noisy = self.task.train.noisy_mask
-            row["weight_mean_clean"] = float(weights[~noisy].mean()) if (~noisy).any() else None
-            row["weight_mean_noisy"] = float(weights[noisy].mean()) if noisy.any() else None
-        self.history.append(row)
-        best = self.best["val_score"]
-        if best is None or (math.isfinite(val_mae) and val_mae < best):
-            self.best = {
-                "val_score": val_mae,
-                "epoch": self.epoch + 1,
-                "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            }
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self._epoch_stats = {}
-        return row
+        return {"val_loss": val_loss, "val_mse": val_mse, "val_mae": val_mae}
+
+    def selection_score(self, row: dict[str, Any]) -> float:
+        """The lowest validation MAE is best (see the module docstring)."""
+        return -float(row["val_mae"])
+
+    def has_sample_weights(self) -> bool:
+        return self.weight_mode
 
     def finish(self) -> TrainResult:
         test_mse, test_mae, _ = self.evaluate(self.test_x, self.test_y_true)
@@ -461,7 +421,7 @@ class RegressionTrainer(Trainer):
             "val_mse": final.get("val_mse"),
             "val_mae": final.get("val_mae"),
             "selected_on": "val_mae",
-            "best_val_score": self.best["val_score"],
+            "best_val_mae": None if self.best["val_score"] is None else -self.best["val_score"],
             "best_epoch": self.best["epoch"],
             "weight_auc": self.weight_auc(weights) if weights is not None else None,
             "target_center": self.y_center,

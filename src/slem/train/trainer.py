@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import SGD, PerSample, WeightedProblem, functional, hypergrad
+from slem.bilevel import SGD, BilevelProblem, PerSample, WeightedProblem, functional, hypergrad
 from slem.bilevel.fast import inner_value, weight_input
 from slem.data.augment import augment
 from slem.data.task import Split, Task
@@ -326,28 +326,43 @@ class Trainer:
     def on_epoch_start(self) -> None:
         """Per-epoch preparation (MetaTrainer refreshes its self-selected meta set here)."""
 
-    def end_epoch(self) -> dict[str, Any]:
+    def validation_metrics(self) -> dict[str, float]:
+        """What each epoch logs about the validation split."""
         val_loss, val_acc, val_bacc = self.evaluate(self.val_x, self.val_y)
+        return {
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "val_balanced_accuracy": val_bacc,
+        }
+
+    def selection_score(self, row: dict[str, Any]) -> float:
+        """Higher is better: the validation metric that picks the best epoch."""
+        key = "val_balanced_accuracy" if self.select_on == "balanced_accuracy" else "val_accuracy"
+        return float(row[key])
+
+    def has_sample_weights(self) -> bool:
+        return self.weighting is not None
+
+    def end_epoch(self) -> dict[str, Any]:
         row: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "step": self.global_step,
             "lr": self.lr_at(self.global_step - 1),
             "seconds": round(self.elapsed, 2),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "val_balanced_accuracy": val_bacc,
+            **self.validation_metrics(),
         }
         for name, values in self._epoch_stats.items():
             row[f"train_{name}"] = float(np.mean(values)) if values else None
-        if self.weighting is not None:
+        if self.has_sample_weights():
             weights = self.train_weights()
             row["weight_auc"] = self.weight_auc(weights)
             noisy = self.task.train.noisy_mask
             row["weight_mean_clean"] = float(weights[~noisy].mean()) if (~noisy).any() else None
             row["weight_mean_noisy"] = float(weights[noisy].mean()) if noisy.any() else None
         self.history.append(row)
-        score = val_bacc if self.select_on == "balanced_accuracy" else val_acc
-        if score > self.best["val_score"]:
+        score = self.selection_score(row)
+        best = self.best["val_score"]
+        if math.isfinite(score) and (best is None or score > best):
             self.best = {
                 "val_score": score,
                 "epoch": self.epoch + 1,
@@ -401,6 +416,46 @@ class Trainer:
         self.optimizer.step()
         self._check_parameters()
         self.update_teacher()
+
+    def meta_hypergrad(
+        self,
+        hyper: dict[str, Tensor],
+        inner_loss: Any,
+        outer_loss: Any,
+        inner_batch: Any,
+        outer_batch: Any,
+        lr: float | Any = None,
+    ) -> Any:
+        """The hypergradient of ``outer_loss`` after one virtual step of the real optimizer
+        (its momentum and weight decay carried over) on ``inner_loss``, by ``meta.hypergrad``,
+        checked finite. ``lr``: the virtual step's rate, a float or a function of ``hyper``
+        (default: the optimizer's current rate)."""
+        meta, o = self.config.meta, self.config.optim
+        current = self.optimizer.param_groups[0]["lr"]
+        inner_opt = SGD(
+            lr=current if lr is None else lr,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+            nesterov=o.nesterov,
+        )
+        params: dict[str, Tensor] = dict(self.model.named_parameters())
+        problem = BilevelProblem(
+            params,
+            hyper,
+            inner_loss,
+            outer_loss,
+            inner_opt,
+            optimizer_state=inner_opt.state_from_torch(self.optimizer, params),
+        )
+        options: dict[str, Any] = {}
+        if meta.hypergrad == "implicit":
+            options = {"solver": "neumann", "alpha": current, "iterations": 5}
+        result = hypergrad(
+            problem, meta.hypergrad, inner_batch=inner_batch, outer_batch=outer_batch, **options
+        )
+        for g in result.grads.values():
+            self._check_finite(g, "hypergradient")
+        return result
 
     def _check_parameters(self) -> None:
         """A finite loss can still step the parameters to infinity: catch it right here, before
