@@ -39,7 +39,6 @@ import torch
 from torch import Tensor, nn
 
 from slem.bilevel import functional
-from slem.data.augment import augment
 from slem.data.task import Split, Task
 from slem.errors import SlemError
 from slem.methodology import HyperWeightNet, Methodology
@@ -289,12 +288,7 @@ class RegressionTrainer(Trainer):
             take = take.to(self.device)
             out["x"], out["z"] = self.meta_x[take], self.standardize(self.meta_y[take])
         if "dac" in meta.objective:
-            pick = torch.randint(
-                0, len(self.train_y), (meta.batch_size,), generator=self.generator
-            ).to(self.device)
-            unlabeled = self.train_x[pick]
-            out["weak"] = augment(unlabeled, "weak", self.generator)
-            out["strong"] = augment(unlabeled, "strong", self.generator)
+            out.update(self.dac_views(meta.batch_size))
         return out
 
     def _outer_loss(

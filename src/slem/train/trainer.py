@@ -457,6 +457,16 @@ class Trainer:
             self._check_finite(g, "hypergradient")
         return result
 
+    def dac_views(self, n: int) -> dict[str, Tensor]:
+        """DAC-MR's unlabeled batch: ``n`` training inputs (labels unused) under a weak and a
+        strong augmentation."""
+        pick = torch.randint(0, len(self.train_y), (n,), generator=self.generator).to(self.device)
+        unlabeled = self.train_x[pick]
+        return {
+            "weak": augment(unlabeled, "weak", self.generator),
+            "strong": augment(unlabeled, "strong", self.generator),
+        }
+
     def _check_parameters(self) -> None:
         """A finite loss can still step the parameters to infinity: catch it right here, before
         any checkpoint can record that state."""
@@ -807,12 +817,7 @@ class MetaTrainer(Trainer):
             take = take.to(self.device)
             out["x"], out["y"] = pool_x[take], pool_y[take]
         if "dac" in meta.objective:
-            pick = torch.randint(
-                0, len(self.train_y), (meta.batch_size,), generator=self.generator
-            ).to(self.device)
-            unlabeled = self.train_x[pick]
-            out["weak"] = augment(unlabeled, "weak", self.generator)
-            out["strong"] = augment(unlabeled, "strong", self.generator)
+            out.update(self.dac_views(meta.batch_size))
         return out
 
     def _outer_loss(
