@@ -120,7 +120,36 @@ def regression(cache: Cache, seeds: int, quick: bool) -> list[dict[str, Any]]:
                 keys=REG_KEYS,
             ):
                 rows.append({**r, "task": task})
+            for r in hwnet_tuned(cache, table, target, seeds, epochs):
+                rows.append({**r, "task": task})
     return rows
+
+
+HWNET_META_LRS = [0.01, 0.1, 0.3]
+
+
+def hwnet_tuned(
+    cache: Cache, table: str, target: str | None, seeds: int, epochs: int
+) -> list[dict[str, Any]]:
+    """HWNet with its meta learning rate chosen on validation MAE (as Huber's delta is)."""
+
+    def at(lr: float, seed: int) -> dict[str, Any]:
+        v = reg_values(table, target, "hwnet", seed, epochs)
+        v["meta"]["lr"] = lr
+        return v
+
+    return tuned_runs(
+        cache,
+        f"reg|{short(table)}|{epochs}",
+        short(table),
+        "hwnet (meta lr tuned)",
+        HWNET_META_LRS,
+        at,
+        seeds,
+        param="meta_lr",
+        score=lambda row: -row["val_mae"],
+        keys=REG_KEYS,
+    )
 
 
 def transfer(cache: Cache, seeds: int) -> list[dict[str, Any]]:
@@ -128,25 +157,24 @@ def transfer(cache: Cache, seeds: int) -> list[dict[str, Any]]:
     rows = []
     epochs = 60
     source, source_target = TABLES[0]
+    meta_lr = hwnet_tuned(cache, source, source_target, seeds, epochs)[0]["chosen_meta_lr"]
     for seed in range(seeds):
-        artifact = RESULTS / "loss_setting" / "artifacts" / f"hwnet_diabetes_s{seed}"
+        artifact = RESULTS / "loss_setting" / "artifacts" / f"hwnet_diabetes_lr{meta_lr}_s{seed}"
         if not (artifact / "methodology.json").is_file():
-            train(
-                reg_values(source, source_target, "hwnet", seed, epochs),
-                keys=REG_KEYS,
-                save=artifact,
-            )
+            values = reg_values(source, source_target, "hwnet", seed, epochs)
+            values["meta"]["lr"] = meta_lr
+            train(values, keys=REG_KEYS, save=artifact)
         for table, target in TABLES[1:]:
             task = short(table)
             values = reg_values(table, target, "apply", seed, epochs)
             values["data"].pop("meta_size")
             values["methodology"] = str(artifact)
-            key = f"transfer|{task}|{seed}|{epochs}"
+            key = f"transfer|{task}|lr={meta_lr}|{seed}|{epochs}"
             row = cache.run(
                 key,
                 lambda v=values, a=artifact: train(v, methodology=_frozen(a), keys=REG_KEYS),
                 task=task,
-                method="hwnet transferred from diabetes (no meta set)",
+                method="hwnet (tuned) transferred from diabetes, no meta set",
                 seed=seed,
             )
             rows.append({**row, "task": task, "seed": seed})
@@ -241,6 +269,7 @@ JOINT: dict[str, list[str]] = {
     "loss adjuster alone": ["loss_adjuster"],
     "MLR-SNet alone": ["lr_schedule"],
     "MW-Net + loss adjuster + MLR-SNet (joint)": ["mwnet", "loss_adjuster", "lr_schedule"],
+    "MW-Net + loss adjuster (joint)": ["mwnet", "loss_adjuster"],
 }
 
 

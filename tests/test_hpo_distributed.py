@@ -187,3 +187,46 @@ def test_raising_trial_is_recorded_and_study_goes_on(tmp_path: Path) -> None:
     assert "ValueError: boom" in by_x[2].user_attrs["error"]
     assert "ValueError: boom" in by_x[2].user_attrs["traceback"]
     assert all(by_x[x].state == COMPLETE for x in (0, 1, 3))
+
+
+def test_cli_workers_share_one_postgres_study(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """``slem hpo --storage postgresql://... --workers 3``: three processes, one study."""
+    import json
+    import subprocess
+    import sys
+
+    config = tmp_path / "cash.yaml"
+    config.write_text(
+        "study: {name: cli-pg, sampler: tpe, trials: 9}\n"
+        "objective: {kind: cash, data: {name: breast_cancer}, families: [logreg, knn]}\n"
+    )
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slem.cli.app",
+            "hpo",
+            str(config),
+            "--storage",
+            postgres_url,
+            "--workers",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "worker exit codes" not in done.stdout  # every worker exited 0
+    best = json.loads((out / "best.json").read_text())
+    assert 9 <= best["trials"] <= 11 and best["failed"] == 0  # at most workers - 1 extra
+    assert not (out / "study.db").exists()  # the study lives in PostgreSQL
+    study = optuna.load_study(
+        study_name="cli-pg", storage=open_storage(postgres_url, StudyConfig())
+    )
+    assert len(study.trials) == best["trials"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,9 +141,10 @@ class MetaStore:
         names = self.feature_names()
         X = self.matrix(names, pool)
         q = np.array([meta_features.get(n, math.nan) for n in names], dtype=np.float64)
-        with np.errstate(all="ignore"):
-            X = np.sign(X) * np.log1p(np.abs(X))  # counts span orders of magnitude
-            q = np.sign(q) * np.log1p(np.abs(q))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # features undefined on all tasks
+            X = _signed_log(X)
+            q = _signed_log(q)
             med = np.nanmedian(X, axis=0)
             std = np.nanstd(X, axis=0)
         med = np.where(np.isfinite(med), med, 0.0)

@@ -64,13 +64,37 @@ def run_worker(
     trials until the study's total is reached."""
     study_cfg = config.study
     objective = make_objective(config.objective, study_cfg.reduction_factor, study_cfg.seed)
-    storage = open_storage(url, study_cfg)
-    study = create_study(config, storage, objective.space, budgets_of(objective))
+    study = joined(config, url, objective)
     if isinstance(objective, CashTrial) and not study.trials:
         for values in meta_learned_starts(config, objective):
             study.enqueue_trial(values, skip_if_exists=True)
     work(study, objective, trials or study_cfg.trials, study_cfg.timeout, callbacks)
     return study
+
+
+def joined(config: HPOConfig, url: str, objective: Any, attempts: int = 5) -> optuna.Study:
+    """Create or join the study. Workers that start together on a fresh database race to
+    create its tables and the study; the losers retry and join."""
+    for attempt in range(attempts):
+        try:
+            storage = open_storage(url, config.study)
+            return create_study(config, storage, objective.space, budgets_of(objective))
+        except (SlemError, optuna.exceptions.DuplicatedStudyError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
+
+
+def prepare_shared(config: HPOConfig, url: str) -> None:
+    """Create the database tables and the study before worker processes start."""
+    storage = open_storage(url, config.study)
+    optuna.create_study(
+        study_name=config.study.name,
+        storage=storage,
+        direction=config.direction,
+        load_if_exists=True,
+    )
 
 
 def meta_learned_starts(config: HPOConfig, objective: CashTrial) -> list[dict[str, Any]]:

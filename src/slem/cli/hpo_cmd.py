@@ -20,6 +20,7 @@ from slem.automl.run import (
     CONFIG_FILE,
     load_study,
     prepare,
+    prepare_shared,
     read_hpo_config,
     run_worker,
     spawn_workers,
@@ -100,9 +101,11 @@ def hpo(
     url = prepare(cfg, run_dir, storage, resume or worker)
     total = trials or cfg.study.trials
     if worker:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         run_worker(cfg, url, trials=total)
         return
     if workers > 1:
+        prepare_shared(cfg, url)
         spawn_with_progress(run_dir / CONFIG_FILE, run_dir, url, workers, total, cfg, quiet)
         study = load_study(cfg, url)
     else:
