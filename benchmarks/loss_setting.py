@@ -48,9 +48,10 @@ CLS_KEYS = (
     "adjuster_q_noisy",
 )
 CLASS_NOISES = {"sym40": "symmetric:0.4", "inst40": "instance:0.4"}
+#: dataset -> (data, model, epochs); Fashion-MNIST as in noisy_labels.py (sized for a CPU)
 CLASS_DATA = {
-    "mnist1d": ({"name": "mnist1d"}, {"arch": "cnn1d", "width": 32}),
-    "fashion-mnist": ({"name": "fashion-mnist", "size": 20000}, {"arch": "cnn2d", "width": 32}),
+    "mnist1d": ({"name": "mnist1d"}, {"arch": "cnn1d", "width": 32}, 30),
+    "fashion-mnist": ({"name": "fashion-mnist", "size": 10000}, {"arch": "cnn2d", "width": 16}, 20),
 }
 
 
@@ -81,14 +82,17 @@ def regression(cache: Cache, seeds: int, quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     epochs = 20 if quick else 60
     tables = TABLES[:1] if quick else TABLES
-    methods = ["mse", "hwnet"] if quick else ["mse", "l1", "hwnet", "hwnet-weight"]
+    methods = (
+        ["mse", "hwnet"] if quick else ["mse", "l1", "hwnet", "hwnet-weight", "hwnet-weight-l1"]
+    )
     for table, target in tables:
         task = short(table)
         for method in methods:
             for seed in range(1 if quick else seeds):
                 values = reg_values(table, target, method.split("-")[0], seed, epochs)
-                if method == "hwnet-weight":
-                    values["hwnet"] = {"mode": "weight"}
+                if method.startswith("hwnet-weight"):  # the weight times l2, or times l1
+                    weighted = "l1" if method.endswith("-l1") else "l2"
+                    values["hwnet"] = {"mode": "weight", "weighted_loss": weighted}
                 key = f"reg|{task}|{method}|{seed}|{epochs}"
                 row = cache.run(
                     key,
@@ -194,7 +198,7 @@ def _frozen(path: Path) -> Any:
 def cls_values(
     dataset: str, noise: str, method: str, seed: int, epochs: int, dac: bool = False
 ) -> dict[str, Any]:
-    data_spec, model = CLASS_DATA[dataset]
+    data_spec, model, _ = CLASS_DATA[dataset]
     data = {**data_spec, "noise": CLASS_NOISES[noise], "seed": seed}
     if not dac:
         data["meta_per_class"] = 10  # every method may use the same clean data
@@ -225,10 +229,10 @@ def classification(
     cache: Cache, seeds: int, quick: bool, datasets: list[str]
 ) -> list[dict[str, Any]]:
     rows = []
-    epochs = 10 if quick else 30
     noises = ["sym40"] if quick else list(CLASS_NOISES)
     methods = ["ERM", "loss adjuster (GCE q per sample)"] if quick else list(CLS_METHODS)
     for dataset in datasets:
+        epochs = 10 if quick else CLASS_DATA[dataset][2]
         for seed in range(1 if quick else seeds):  # a whole table per seed, then the next seed
             for noise in noises:
                 for name in methods:
@@ -246,8 +250,10 @@ def classification(
             continue
         for noise in noises:
 
-            def gce_at(q: float, seed: int, d: str = dataset, n: str = noise) -> dict[str, Any]:
-                return {**cls_values(d, n, "gce", seed, epochs), "loss": {"gce_q": q}}
+            def gce_at(
+                q: float, seed: int, d: str = dataset, n: str = noise, e: int = epochs
+            ) -> dict[str, Any]:
+                return {**cls_values(d, n, "gce", seed, e), "loss": {"gce_q": q}}
 
             for r in tuned_runs(
                 cache,

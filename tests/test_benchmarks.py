@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -131,3 +132,15 @@ def test_hpo_benchmark_quick_parts(tmp_path: Path) -> None:
     warm = summary[("hpobench-loto", "TPE + portfolio warm start", 1)]["mean"]
     assert warm < cold  # the portfolio from the other tasks beats a random first trial
     assert "| hpobench-regret | BOHB | 20 |" in bench.markdown(bench.summarize(rows))
+
+
+def test_cnn_speed_baseline_is_the_same_function_class() -> None:
+    """The speed benchmark's baseline has exactly the parameters of the CNN it is timed
+    against, so the ratio compares layouts, not model sizes."""
+    bench = pytest.importorskip("cnn_speed")
+    from slem.train.models import cnn2d
+
+    ours, base = cnn2d(1, 10, 8), bench.nchw_baseline(8)
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in base.parameters()]
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    assert bench.step_ms(ours, x, y, steps=1) > 0

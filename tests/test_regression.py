@@ -359,3 +359,20 @@ def test_huber_example_parses() -> None:
     for name in ("huber_diabetes.yaml", "hwnet_diabetes.yaml"):
         cfg = parse_train_config(load_yaml(EXAMPLES / name))
         assert cfg.data.name == "diabetes" and str(cfg.data.noise) == "mixture:0.3"
+
+
+def test_weight_mode_multiplies_the_chosen_loss(tmp_path: Path) -> None:
+    """Mode weight: the normalized weight times ``weighted_loss`` (l1 by default in configs,
+    since under l2 a large residual's weight doubles as a step size); saved and reloaded."""
+    torch.manual_seed(0)
+    r = torch.linspace(-5, 5, 50)
+    net = HyperWeightNet("weight", hidden=8, weighted_loss="l1")
+    w = net.curve(r)
+    torch.testing.assert_close(net.per_sample_loss(r), w * (len(w) / w.sum()) * r.abs())
+    net.save(tmp_path / "h")
+    again, info = load_methodology(tmp_path / "h")
+    assert isinstance(again, HyperWeightNet) and again.weighted_loss == "l1"
+    assert info["config"]["weighted_loss"] == "l1"
+    with pytest.raises(SlemError, match="weighted_loss 'l3'"):
+        HyperWeightNet("weight", weighted_loss="l3")
+    assert config("hwnet", hwnet={"mode": "weight"}).hwnet.weighted_loss == "l1"

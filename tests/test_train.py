@@ -211,3 +211,65 @@ def test_hard_interrupt_keeps_the_last_consistent_checkpoint(task: Task, tmp_pat
     with pytest.raises(TrainingStopped, match="aborted"):
         trainer.fit()
     assert torch.load(ckpt, weights_only=False)["global_step"] == 10
+
+
+def test_cnn2d_channels_last_computes_what_nchw_computes() -> None:
+    """The image CNN runs channels-last for speed; outputs and gradients must be those of the
+    same layers in the default NCHW layout."""
+    import copy
+
+    from slem.train.models import ChannelsLast, cnn2d
+
+    torch.manual_seed(0)
+    fast = cnn2d(1, 10, width=8)
+    assert isinstance(fast[0], ChannelsLast)
+    assert fast[1].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(fast)[1:].to(memory_format=torch.contiguous_format)
+    x = torch.randn(6, 1, 12, 12)
+    y = torch.randint(0, 10, (6,))
+    for net in (fast, plain):
+        nn.functional.cross_entropy(net(x), y).backward()
+    torch.testing.assert_close(fast(x), plain(x))
+    for a, b in zip(fast[1:].parameters(), plain.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_mwnet_meta_trains_the_image_cnn() -> None:
+    """The bilevel step (functional calls, virtual SGD step) works through the channels-last
+    CNN on (1, 8, 8) images."""
+    data = load_dataset("digits-images", LoadOptions())
+    images = make_task(data, noise="symmetric:0.4", meta_per_class=5, seed=0)
+    cfg = parse_train_config(
+        {
+            "method": "mwnet",
+            "data": {"name": "digits-images", "noise": "symmetric:0.4", "meta_per_class": 5},
+            "optim": {"epochs": 2, "batch_size": 64},
+            "model": {"arch": "cnn2d", "width": 8},
+        }
+    )
+    s = make_trainer(cfg, images).fit().summary
+    assert np.isfinite(s["weight_auc"]) and 0.0 <= s["test_accuracy"] <= 1.0
+    assert s["meta_step_time_ratio"] is not None
+
+
+def test_weight_normalization_modes(task: Task) -> None:
+    """batch: mean 1 over the batch; class: mean 1 within every given label, so no class loses
+    its share of the step; none: as predicted. Old boolean configs keep their meaning."""
+    assert config("mwnet", meta={"normalize_weights": True}).meta.normalize_weights == "batch"
+    assert config("mwnet", meta={"normalize_weights": False}).meta.normalize_weights == "none"
+    with pytest.raises(SlemError, match="normalize_weights"):
+        config("mwnet", meta={"normalize_weights": "label"})
+    w = torch.tensor([0.1, 0.3, 0.9, 0.05, 0.05, 0.6])
+    y = torch.tensor([0, 0, 1, 2, 2, 2])
+    for mode in ("batch", "class", "none"):
+        trainer = make_trainer(config("mwnet", meta={"normalize_weights": mode}), task)
+        out = trainer.normalized(w, y)
+        if mode == "batch":
+            torch.testing.assert_close(out.mean(), torch.tensor(1.0))
+        elif mode == "class":
+            for c in range(3):
+                torch.testing.assert_close(out[y == c].mean(), torch.tensor(1.0))
+            torch.testing.assert_close(out[:2] / out[0], w[:2] / w[0])  # ratios kept in a class
+        else:
+            torch.testing.assert_close(out, w)

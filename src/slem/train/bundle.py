@@ -187,7 +187,7 @@ class BundleTrainer(MetaTrainer):
         else:
             per = ce
         if "weighting" in parts:
-            w = self.normalized(parts["weighting"](ce.detach(), groups))
+            w = self.normalized(parts["weighting"](ce.detach(), groups), y)
             return (w * per).mean()
         return per.mean()
 

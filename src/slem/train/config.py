@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slem.data.config import DataConfig
 from slem.errors import SlemError, validation_message
@@ -101,11 +108,21 @@ class MetaConfig(_Strict):
     hidden: int = Field(100, ge=1)
     n_groups: int = Field(3, ge=1, description="class size groups (CMW-Net)")
     batch_size: int = Field(100, ge=1, description="meta (outer) batch size")
-    normalize_weights: bool = Field(
-        True,
-        description="weights sum to the batch size (not under CMW-Net-SL's label "
-        "correction, where a weight mixes two labels and stays in (0, 1))",
+    normalize_weights: Literal["batch", "class", "none"] = Field(
+        "batch",
+        description="batch: weights sum to the batch size (MW-Net); class: to each given "
+        "label's count in the batch, so a class the model lost keeps its share of the step "
+        "(for heavy noise; never under imbalance, where it undoes the re-weighting); none "
+        "(true/false mean batch/none; label correction's weights are never normalized)",
     )
+
+    @field_validator("normalize_weights", mode="before")
+    @classmethod
+    def _normalize_flag(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "batch" if value else "none"
+        return value
+
     order: Literal["mwnet", "lagged"] = Field(
         "mwnet",
         description="mwnet: real step after the meta update; lagged: reuse the "
@@ -261,11 +278,16 @@ class HWNetConfig(_Strict):
     use_inputs: bool = Field(False, description="also feed the mean and std of the inputs")
     signed: bool = Field(
         False,
-        description="also feed the signed residual r besides |r| (off by default: with r, "
-        "mode weight learned to up-weight outliers on diabetes, weight AUC 0.26-0.33; with |r| "
-        "alone, AUC 1.0)",
+        description="also feed the signed residual r besides |r| (off by default: the sign "
+        "lets a one-step lookahead steer the model through chosen large residuals)",
     )
     hidden: int = Field(100, ge=1)
+    weighted_loss: Literal["l2", "l1", "huber", "cauchy", "logcosh"] = Field(
+        "l1",
+        description="mode weight: the loss the weight multiplies (l1: bounded gradients; "
+        "with l2, up-weighting large residuals is a bigger step, which a one-step lookahead "
+        "always wants, so the net learned to trust outliers: weight AUC 0.29-0.65)",
+    )
     warmup_loss: Literal["l2", "l1"] = Field(
         "l1",
         description="the loss of the meta.warmup_epochs before meta-learning starts (l1 fits "

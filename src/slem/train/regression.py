@@ -117,7 +117,12 @@ class RegressionTrainer(Trainer):
                     h = config.hwnet
                     signed = h.signed
                     methodology = HyperWeightNet(
-                        h.mode, list(h.losses), h.use_inputs, h.hidden, signed=signed
+                        h.mode,
+                        list(h.losses),
+                        h.use_inputs,
+                        h.hidden,
+                        signed=signed,
+                        weighted_loss=h.weighted_loss,
                     )
         elif methodology is not None:
             raise SlemError(f"method {method} takes no methodology (use hwnet or apply)")

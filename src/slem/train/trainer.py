@@ -510,14 +510,22 @@ class Trainer:
         return PerSample(weighted=given - soft, unweighted=soft, features=given)
 
     def weights_for(self, methodology: nn.Module, losses: Tensor, y: Tensor) -> Tensor:
-        return self.normalized(methodology(losses, self.class_groups[y]))
+        return self.normalized(methodology(losses, self.class_groups[y]), y)
 
-    def normalized(self, w: Tensor) -> Tensor:
-        """MW-Net's normalization to mean 1, except under label correction, where ``w`` mixes
-        the given and the pseudo-label and must stay in (0, 1)."""
-        if self.config.meta.normalize_weights and not self._label_correction:
+    def normalized(self, w: Tensor, y: Tensor) -> Tensor:
+        """MW-Net's normalization to mean 1 (``batch``), or to mean 1 within each given label
+        (``class``: a loss-only weight cannot single out the clean samples of a class the
+        model has lost, all of whose losses are high; this keeps that class in the step).
+        Never under label correction, where ``w`` mixes two labels and stays in (0, 1)."""
+        mode = self.config.meta.normalize_weights
+        if mode == "none" or self._label_correction:
+            return w
+        if mode == "batch":
             return w * (len(w) / w.sum().clamp_min(1e-8))
-        return w
+        k = self.task.n_classes
+        totals = torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, y, w)
+        counts = torch.bincount(y, minlength=k).to(w.dtype)
+        return w * (counts / totals.clamp_min(1e-8))[y]
 
     def update_teacher(self) -> None:
         if self.teacher is None:
@@ -801,7 +809,7 @@ class MetaTrainer(Trainer):
         return self.weighted_terms(self._f_model(params, x), y, pseudo)
 
     def _weights(self, hyper: dict[str, Tensor], losses: Tensor, batch: tuple[Any, ...]) -> Tensor:
-        return self.normalized(self._f_meth(hyper, losses, self.class_groups[batch[1]]))
+        return self.normalized(self._f_meth(hyper, losses, self.class_groups[batch[1]]), batch[1])
 
     def _outer_batch(self) -> dict[str, Tensor]:
         meta = self.config.meta
