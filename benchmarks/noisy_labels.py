@@ -2,7 +2,7 @@
 
     python benchmarks/noisy_labels.py [--quick] [--json PATH] [--cache DIR]
         [--datasets mnist1d,fashion-mnist] [--corruptions sym40,pair40,...] [--methods ...]
-        [--seeds 3] [--epochs N] [--no-transfer]
+        [--seeds 3] [--epochs N] [--no-transfer | --transfer-only] [--report]
 
 Grid: datasets x corruptions x methods x seeds. Every run trains with the same harness
 (``slem.train``); the reported test accuracy is the final epoch's (no selection on test), and
@@ -62,6 +62,8 @@ META_EXTRA: dict[str, dict[str, Any]] = {
 #: rows that are only run under label noise (per-class normalization undoes the re-weighting
 #: an imbalanced task needs)
 NOISE_ONLY = {"MW-Net (class-normalized)"}
+#: ``--report``: tables from the cache only, nothing is trained
+REPORT_ONLY = False
 #: Fashion-MNIST is sized for a 2-core CPU (the full grid is ~500 training runs): 10,000
 #: training images, a width-16 CNN, 20 epochs (an ERM run is ~40 s on one core).
 DATASETS: dict[str, dict[str, Any]] = {
@@ -112,9 +114,12 @@ def execute(
     extra: dict[str, Any],
     save_methodology: Path | None = None,
     methodology: Any = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """The cached row of ``key``, or the row of a fresh run (None under ``--report``)."""
     if key in cache:
         return cache[key]
+    if REPORT_ONLY:
+        return None
     start = time.perf_counter()
     task = build_task(config.data)
     trainer = make_trainer(config, task, methodology=methodology)
@@ -160,20 +165,20 @@ def grid(
                         continue
                     key = f"{dataset}|{corruption}|{method}|{seed}|{epochs}"
                     cfg = run_config(dataset, corruption, method, seed, epochs)
-                    rows.append(
-                        execute(
-                            key,
-                            cfg,
-                            cache,
-                            cache_file,
-                            {
-                                "dataset": dataset,
-                                "noise": corruption,
-                                "method": method,
-                                "seed": seed,
-                            },
-                        )
+                    row = execute(
+                        key,
+                        cfg,
+                        cache,
+                        cache_file,
+                        {
+                            "dataset": dataset,
+                            "noise": corruption,
+                            "method": method,
+                            "seed": seed,
+                        },
                     )
+                    if row is not None:
+                        rows.append(row)
     return rows
 
 
@@ -184,6 +189,8 @@ def transfer(
     for seed in range(args.seeds):
         source = artifacts / f"cmwnet-mnist1d-sym40-s{seed}"
         if not (source / "methodology.json").is_file():
+            if REPORT_ONLY:
+                continue
             source_epochs = epochs_for("mnist1d", args)
             cfg = run_config("mnist1d", "sym40", "CMW-Net", seed, source_epochs)
             cache.pop(f"source|{seed}|{source_epochs}", None)
@@ -220,22 +227,22 @@ def transfer(
                 else:
                     cfg = run_config(dataset, corruption, method, seed, epochs)
                     extra_m = None
-                rows.append(
-                    execute(
-                        key,
-                        cfg,
-                        cache,
-                        cache_file,
-                        {
-                            "transfer_from": "mnist1d sym40",
-                            "dataset": dataset,
-                            "noise": corruption,
-                            "method": method,
-                            "seed": seed,
-                        },
-                        methodology=extra_m,
-                    )
+                row = execute(
+                    key,
+                    cfg,
+                    cache,
+                    cache_file,
+                    {
+                        "transfer_from": "mnist1d sym40",
+                        "dataset": dataset,
+                        "noise": corruption,
+                        "method": method,
+                        "seed": seed,
+                    },
+                    methodology=extra_m,
                 )
+                if row is not None:
+                    rows.append(row)
     return rows
 
 
@@ -308,7 +315,13 @@ def main() -> None:
         "--epochs", type=int, default=None, help="default: 30 for MNIST-1D, 20 for Fashion-MNIST"
     )
     parser.add_argument("--no-transfer", action="store_true")
+    parser.add_argument("--transfer-only", action="store_true", help="skip the grid")
+    parser.add_argument(
+        "--report", action="store_true", help="tables of the cached runs only; train nothing"
+    )
     args = parser.parse_args()
+    global REPORT_ONLY
+    REPORT_ONLY = args.report
     if args.quick:
         args.datasets, args.corruptions, args.methods = "mnist1d", "sym40", "ERM,MW-Net"
         args.seeds, args.no_transfer = 1, True
@@ -323,7 +336,7 @@ def main() -> None:
     cache_file = cache_dir / "runs.jsonl"
     cache = load_cache(cache_file)
     start = time.perf_counter()
-    rows = grid(args, cache, cache_file)
+    rows = [] if args.transfer_only else grid(args, cache, cache_file)
     transfer_rows = (
         [] if args.no_transfer else transfer(args, cache, cache_file, cache_dir / "artifacts")
     )
