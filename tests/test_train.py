@@ -273,3 +273,24 @@ def test_weight_normalization_modes(task: Task) -> None:
             torch.testing.assert_close(out[:2] / out[0], w[:2] / w[0])  # ratios kept in a class
         else:
             torch.testing.assert_close(out, w)
+
+
+def test_dac_prior_term_penalizes_a_collapsed_model(task: Task) -> None:
+    """DAC-MR alone is minimized by a constant model; ``meta.dac_prior_weight`` adds
+    KL(label prior || mean prediction), zero for predictions with the prior's frequencies
+    and large when one class takes everything."""
+    trainer = make_trainer(
+        config("mwnet", meta={"objective": "dac", "dac_prior_weight": 1.0}), task
+    )
+    assert isinstance(trainer, MetaTrainer)
+    prior = trainer.log_prior.exp()
+    matching = trainer.log_prior.expand(50, -1)  # every row predicts the prior
+    torch.testing.assert_close(trainer.prior_gap(matching), torch.tensor(0.0), atol=1e-6, rtol=0)
+    collapsed = torch.full((50, task.n_classes), -20.0)
+    collapsed[:, 0] = 20.0
+    assert float(trainer.prior_gap(collapsed)) > 5.0
+    # the gap's gradient pushes the collapsed batch toward the other classes
+    logits = collapsed.clone().requires_grad_(True)
+    trainer.prior_gap(logits).backward()
+    assert logits.grad is not None and float(logits.grad[:, 0].sum()) > 0
+    assert float(prior.sum()) == pytest.approx(1.0)

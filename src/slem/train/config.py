@@ -130,6 +130,13 @@ class MetaConfig(_Strict):
     )
     jvp_mode: Literal["forward", "difference"] = "forward"
     dac_weight: float = Field(1.0, ge=0, description="weight of DAC-MR in the meta objective")
+    dac_prior_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of KL(observed label prior || mean prediction on the DAC batch) "
+        "in the meta objective: a constant model is perfectly consistent, and this keeps "
+        "DAC-MR from rewarding one",
+    )
     clean_weight: float = Field(1.0, ge=0, description="weight of the clean meta loss")
     dac_temperature: float = Field(0.5, gt=0, description="sharpening of the weak-view target")
     select_per_class: int = Field(10, ge=1, description="'selected': clean samples per class")

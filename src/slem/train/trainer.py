@@ -843,7 +843,16 @@ class MetaTrainer(Trainer):
                 )
             logits = self._f_model(params, batch["strong"])
             total = total + meta.dac_weight * L.soft_cross_entropy(logits, target).mean()
+            if meta.dac_prior_weight > 0:
+                total = total + meta.dac_prior_weight * self.prior_gap(logits)
         return total
+
+    def prior_gap(self, logits: Tensor) -> Tensor:
+        """``KL(prior || mean softmax)``: zero when the batch's average prediction has the
+        observed label frequencies, large when the model predicts few classes."""
+        prior = self.log_prior.exp()
+        mean_log = torch.logsumexp(F.log_softmax(logits, dim=1), dim=0) - math.log(len(logits))
+        return (prior * (self.log_prior - mean_log)).sum()
 
     def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         start = time.perf_counter()
