@@ -54,14 +54,16 @@ METHODS: dict[str, tuple[str, str | None]] = {
     "CMW-Net-SL": ("cmwnet_sl", "clean"),
     "MW-Net + DAC-MR (no meta set)": ("mwnet", "dac"),
     "MW-Net (class-normalized)": ("mwnet", "clean"),
+    "MW-Net + DAC-MR (class-normalized)": ("mwnet", "dac"),
 }
 #: extra ``meta`` settings of a method row
 META_EXTRA: dict[str, dict[str, Any]] = {
     "MW-Net (class-normalized)": {"normalize_weights": "class"},
+    "MW-Net + DAC-MR (class-normalized)": {"normalize_weights": "class"},
 }
 #: rows that are only run under label noise (per-class normalization undoes the re-weighting
 #: an imbalanced task needs)
-NOISE_ONLY = {"MW-Net (class-normalized)"}
+NOISE_ONLY = {"MW-Net (class-normalized)", "MW-Net + DAC-MR (class-normalized)"}
 #: ``--report``: tables from the cache only, nothing is trained
 REPORT_ONLY = False
 #: Fashion-MNIST is sized for a 2-core CPU (the full grid is ~500 training runs): 10,000
