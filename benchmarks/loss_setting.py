@@ -208,9 +208,12 @@ def cls_values(
         "model": model,
         "optim": {"epochs": epochs, "batch_size": 128, "lr": 0.05},
         "seed": seed,
+        # the cached joint rows weight samples as MW-Net does (mean 1 per batch); pinned so a
+        # change of the library default cannot change what a cached row means
+        "meta": {"normalize_weights": "batch"},
     }
     if dac:
-        values["meta"] = {"objective": "dac"}
+        values["meta"]["objective"] = "dac"
     return values
 
 

@@ -64,6 +64,15 @@ META_EXTRA: dict[str, dict[str, Any]] = {
 #: rows that are only run under label noise (per-class normalization undoes the re-weighting
 #: an imbalanced task needs)
 NOISE_ONLY = {"MW-Net (class-normalized)", "MW-Net + DAC-MR (class-normalized)"}
+#: transfer rows: the source rule (a ``SOURCE_VARIANTS`` key, "" for plain CMW-Net) and how
+#: its weights are normalized on the target (per batch, as it was meta-trained, or per label)
+TRANSFERRED = {
+    "CMW-Net transferred": ("", "batch"),
+    "CMW-Net transferred (class-normalized)": ("", "class"),
+    "monotone CMW-Net transferred": ("monotone", "batch"),
+}
+#: source rules other than the plain CMW-Net: their extra ``meta`` settings
+SOURCE_VARIANTS: dict[str, dict[str, Any]] = {"monotone": {"monotone": True}}
 #: ``--report``: tables from the cache only, nothing is trained
 REPORT_ONLY = False
 #: Fashion-MNIST is sized for a 2-core CPU (the full grid is ~500 training runs): 10,000
@@ -97,7 +106,10 @@ def run_config(dataset: str, corruption: str, method: str, seed: int, epochs: in
         "seed": seed,
     }
     if objective is not None:
-        values["meta"] = {"objective": objective, **META_EXTRA.get(method, {})}
+        # rows name their normalization so that a change of the library default cannot
+        # silently change what a cached row means (the paper normalizes per batch)
+        meta = {"objective": objective, "normalize_weights": "batch"}
+        values["meta"] = {**meta, **META_EXTRA.get(method, {})}
     return parse_train_config(values)
 
 
@@ -184,51 +196,65 @@ def grid(
     return rows
 
 
+def source_rule(
+    args: argparse.Namespace,
+    cache: dict[str, dict[str, Any]],
+    cache_file: Path,
+    artifacts: Path,
+    variant: str,
+    seed: int,
+) -> Path | None:
+    """The CMW-Net ``variant`` meta-learned on MNIST-1D sym40 (seed ``seed``), trained first
+    when its artifact is missing (None under ``--report``)."""
+    suffix = f"-{variant}" if variant else ""
+    source = artifacts / f"cmwnet{suffix}-mnist1d-sym40-s{seed}"
+    if (source / "methodology.json").is_file():
+        return source
+    if REPORT_ONLY:
+        return None
+    epochs = epochs_for("mnist1d", args)
+    cfg = run_config("mnist1d", "sym40", "CMW-Net", seed, epochs)
+    if variant:
+        values = cfg.model_dump(mode="json")
+        values["meta"].update(SOURCE_VARIANTS[variant])
+        cfg = parse_train_config(values)
+    key = f"source{suffix}|{seed}|{epochs}"
+    cache.pop(key, None)
+    method = f"CMW-Net{f' ({variant})' if variant else ''} (source)"
+    extra = {"dataset": "mnist1d", "noise": "sym40", "method": method, "seed": seed}
+    execute(key, cfg, cache, cache_file, extra, save_methodology=source)
+    return source
+
+
 def transfer(
     args: argparse.Namespace, cache: dict[str, dict[str, Any]], cache_file: Path, artifacts: Path
 ) -> list[dict[str, Any]]:
     rows = []
     for seed in range(args.seeds):
-        source = artifacts / f"cmwnet-mnist1d-sym40-s{seed}"
-        if not (source / "methodology.json").is_file():
-            if REPORT_ONLY:
-                continue
-            source_epochs = epochs_for("mnist1d", args)
-            cfg = run_config("mnist1d", "sym40", "CMW-Net", seed, source_epochs)
-            cache.pop(f"source|{seed}|{source_epochs}", None)
-            execute(
-                f"source|{seed}|{source_epochs}",
-                cfg,
-                cache,
-                cache_file,
-                {
-                    "dataset": "mnist1d",
-                    "noise": "sym40",
-                    "method": "CMW-Net (source)",
-                    "seed": seed,
-                },
-                save_methodology=source,
-            )
-        frozen, _ = load_methodology(source)
-        for p in frozen.parameters():
-            p.requires_grad_(False)
         targets = [("mnist1d", "pair40")]
         if find_dir() is not None:
             targets.append(("fashion-mnist", "sym40"))
         for dataset, corruption in targets:
             epochs = epochs_for(dataset, args)
-            for method in ("ERM", "GCE", "CMW-Net transferred"):
+            for method in ("ERM", "GCE", *TRANSFERRED):
                 key = f"transfer|{dataset}|{corruption}|{method}|{seed}|{epochs}"
-                if method == "CMW-Net transferred":
+                extra_m = None
+                if method in TRANSFERRED:
+                    variant, normalization = TRANSFERRED[method]
+                    source = source_rule(args, cache, cache_file, artifacts, variant, seed)
+                    if source is None:
+                        continue
+                    extra_m, _ = load_methodology(source)
+                    for p in extra_m.parameters():
+                        p.requires_grad_(False)
                     base = run_config(dataset, corruption, "ERM", seed, epochs)
                     values = base.model_dump(mode="json")
                     values.update(method="apply", methodology=str(source))
                     values["data"]["meta_per_class"] = None
+                    values["meta"] = {"normalize_weights": normalization}
                     cfg = parse_train_config(values)
-                    extra_m = frozen
                 else:
                     cfg = run_config(dataset, corruption, method, seed, epochs)
-                    extra_m = None
                 row = execute(
                     key,
                     cfg,

@@ -32,6 +32,37 @@ def test_cmwnet_heads_are_vectorized_and_per_group() -> None:
     assert len(set(net(same_loss, torch.arange(3)).tolist())) == 3  # groups differ
 
 
+@pytest.mark.parametrize("cls", [MWNet, CMWNet])
+def test_monotone_weights_never_increase_with_the_loss(cls: type, tmp_path: Path) -> None:
+    """Whatever the parameters (here random, as after meta-training), a monotone
+    net's weight is non-increasing in the loss, for every group; the flag survives an
+    artifact round trip, and an artifact saved without it loads as unconstrained."""
+    net = cls(monotone=True) if cls is MWNet else cls(n_groups=3, hidden=16, monotone=True)
+    free = cls() if cls is MWNet else cls(n_groups=3, hidden=16)
+    losses = torch.linspace(0, 8, 400)
+    free_rises = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.normal_(0, 0.5)
+        free.load_state_dict(net.state_dict())
+        for g in range(net.n_groups):
+            w = net(losses, torch.full((400,), g)).detach()
+            assert float((w[1:] - w[:-1]).max()) <= 1e-6
+            w_free = free(losses, torch.full((400,), g)).detach()
+            free_rises.append(float((w_free[1:] - w_free[:-1]).max()) > 1e-3)
+    assert any(free_rises)  # the same parameters without the constraint do rise
+    loaded, _ = load_methodology(net.save(tmp_path / "m"))
+    assert loaded.monotone
+    torch.testing.assert_close(loaded(losses), net(losses))
+    meta_path = free.save(tmp_path / "old") / "methodology.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["monotone"]  # as written before the option existed
+    meta_path.write_text(json.dumps(meta))
+    assert not load_methodology(tmp_path / "old")[0].monotone
+
+
 @pytest.mark.parametrize("cls", [MWNet, CMWNet, CMWNetSL])
 def test_artifact_round_trip(cls: type, tmp_path: Path) -> None:
     torch.manual_seed(0)

@@ -193,6 +193,32 @@ def test_label_correction_mixes_with_weights_in_unit_interval(task: Task) -> Non
     assert float(w.detach().min()) >= 0.0 and float(w.detach().max()) <= 1.0
 
 
+def test_teacher_starts_as_the_model_and_reports_its_pseudo_labels(task: Task) -> None:
+    """The EMA decay ramps up from 0, so the teacher is the model after the first step (not a
+    blend with the random initialization); every epoch row says how the teacher's
+    pseudo-labels relate to the true labels."""
+    trainer = make_trainer(config("cmwnet_sl", epochs=1), task)
+    x, y = trainer.train_x[:64], trainer.train_y[:64]
+    trainer.train_step(x, y, torch.arange(64))
+    assert trainer.teacher is not None
+    for t, s in zip(trainer.teacher.parameters(), trainer.model.parameters(), strict=True):
+        torch.testing.assert_close(t, s.detach())
+    trainer.global_step = 10_000  # late in training: the configured decay
+    before = [p.clone() for p in trainer.teacher.parameters()]
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    trainer.update_teacher()
+    decay = trainer.config.meta.ema_decay
+    for t, b in zip(trainer.teacher.parameters(), before, strict=True):
+        torch.testing.assert_close(t, b + (1 - decay))
+    metrics = trainer.pseudo_label_metrics()
+    assert set(metrics) == {"pseudo_correct_noisy", "pseudo_keeps_noise", "pseudo_wrong_clean"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values() if v is not None)
+    row = trainer.end_epoch()
+    assert "pseudo_correct_noisy" in row
+
+
 class HardInterrupt(Callback):
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
         if trainer.global_step == 15:
@@ -273,6 +299,21 @@ def test_weight_normalization_modes(task: Task) -> None:
             torch.testing.assert_close(out[:2] / out[0], w[:2] / w[0])  # ratios kept in a class
         else:
             torch.testing.assert_close(out, w)
+
+
+def test_auto_normalization_is_per_label_only_on_balanced_labels(task: Task) -> None:
+    """The default ``auto`` keeps every label's share of the step under label noise (balanced
+    observed labels) and leaves the re-weighting of an imbalanced task alone (per batch)."""
+    assert config("mwnet").meta.normalize_weights == "auto"
+    balanced = make_trainer(config("mwnet"), task)
+    assert balanced.normalization == "class"
+    data = load_dataset("mnist1d", LoadOptions(size=2500))
+    long_tail = make_task(data, imbalance=10, meta_per_class=10, seed=0)
+    assert make_trainer(config("mwnet"), long_tail).normalization == "batch"
+    pinned = make_trainer(config("mwnet", meta={"normalize_weights": "batch"}), task)
+    assert pinned.normalization == "batch"
+    w, y = torch.tensor([0.2, 0.2, 0.9, 0.1]), torch.tensor([0, 0, 1, 1])
+    torch.testing.assert_close(balanced.normalized(w, y)[:2], torch.ones(2))
 
 
 def test_dac_prior_term_penalizes_a_collapsed_model(task: Task) -> None:

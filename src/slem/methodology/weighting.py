@@ -8,10 +8,11 @@ on the weighted loss lowers a trusted objective, then applies it frozen to new t
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from slem.methodology.base import Methodology
 
@@ -20,19 +21,23 @@ class MWNet(Methodology):
     """MW-Net (Shu et al., NeurIPS 2019): what it learns is how much to trust a sample given
     only its loss. A 1-hidden-layer MLP (1-100-1, ReLU, sigmoid) maps the loss to a weight;
     meta-trained on noisy labels it typically learns to down-weight large losses (likely
-    mislabelled), on imbalanced data to up-weight them (likely rare classes)."""
+    mislabelled), on imbalanced data to up-weight them (likely rare classes). ``monotone``
+    constrains the curve to be non-increasing in the loss (absolute values of the layer
+    weights), so a rule meant for label noise can never prefer the samples a fresh model has
+    not fitted yet."""
 
     kind: ClassVar[str] = "mwnet"
     input_features: ClassVar[tuple[str, ...]] = ("loss",)
     label_correction: ClassVar[bool] = False
 
-    def __init__(self, hidden: int = 100) -> None:
+    def __init__(self, hidden: int = 100, monotone: bool = False) -> None:
         super().__init__()
         self.hidden = hidden
+        self.monotone = monotone
         self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def config(self) -> dict[str, Any]:
-        return {"hidden": self.hidden}
+        return {"hidden": self.hidden, "monotone": self.monotone}
 
     @property
     def n_groups(self) -> int:
@@ -40,7 +45,17 @@ class MWNet(Methodology):
 
     def forward(self, losses: Tensor, groups: Tensor | None = None) -> Tensor:
         """Weights in (0, 1), one per loss; ``groups`` is ignored (MW-Net is class-blind)."""
-        return torch.sigmoid(self.net(losses[:, None])).squeeze(1)
+        if not self.monotone:
+            return torch.sigmoid(self.net(losses[:, None])).squeeze(1)
+        first, last = cast(nn.Linear, self.net[0]), cast(nn.Linear, self.net[2])
+        h = decreasing_trunk(losses, first.weight, first.bias)
+        return torch.sigmoid(F.linear(h, last.weight.abs(), last.bias)).squeeze(1)
+
+
+def decreasing_trunk(losses: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``relu(bias - |weight| * loss)``: every hidden unit is non-increasing in the loss, so
+    non-negative output weights make the whole weighting net non-increasing in it."""
+    return F.relu(F.linear(losses[:, None], -weight.abs(), bias))
 
 
 class CMWNet(Methodology):
@@ -54,10 +69,11 @@ class CMWNet(Methodology):
     input_features: ClassVar[tuple[str, ...]] = ("loss", "class_group")
     label_correction: ClassVar[bool] = False
 
-    def __init__(self, n_groups: int = 3, hidden: int = 100) -> None:
+    def __init__(self, n_groups: int = 3, hidden: int = 100, monotone: bool = False) -> None:
         super().__init__()
         self.hidden = hidden
         self.groups = n_groups
+        self.monotone = monotone
         self.trunk = nn.Sequential(nn.Linear(1, hidden), nn.ReLU())
         self.head_weight = nn.Parameter(torch.empty(n_groups, hidden))
         self.head_bias = nn.Parameter(torch.zeros(n_groups))
@@ -66,7 +82,7 @@ class CMWNet(Methodology):
         nn.init.uniform_(self.head_bias, -bound, bound)
 
     def config(self) -> dict[str, Any]:
-        return {"n_groups": self.groups, "hidden": self.hidden}
+        return {"n_groups": self.groups, "hidden": self.hidden, "monotone": self.monotone}
 
     @property
     def n_groups(self) -> int:
@@ -75,11 +91,16 @@ class CMWNet(Methodology):
     def forward(self, losses: Tensor, groups: Tensor | None = None) -> Tensor:
         """Weights in (0, 1); ``groups[i]`` is the size group of sample i's class (0 =
         largest classes). Groups beyond the trained heads use the last head."""
-        h = self.trunk(losses[:, None])
         if groups is None:
             groups = torch.zeros(len(losses), dtype=torch.long, device=losses.device)
         g = groups.clamp(max=self.groups - 1)
-        return torch.sigmoid((h * self.head_weight[g]).sum(1) + self.head_bias[g])
+        if self.monotone:
+            linear = cast(nn.Linear, self.trunk[0])
+            h = decreasing_trunk(losses, linear.weight, linear.bias)
+            head = self.head_weight.abs()
+        else:
+            h, head = self.trunk(losses[:, None]), self.head_weight
+        return torch.sigmoid((h * head[g]).sum(1) + self.head_bias[g])
 
 
 class CMWNetSL(CMWNet):
@@ -96,7 +117,9 @@ class CMWNetSL(CMWNet):
 WEIGHTING_KINDS = {"mwnet": MWNet, "cmwnet": CMWNet, "cmwnet_sl": CMWNetSL}
 
 
-def build_weighting(kind: str, n_groups: int, hidden: int) -> MWNet | CMWNet:
+def build_weighting(
+    kind: str, n_groups: int, hidden: int, monotone: bool = False
+) -> MWNet | CMWNet:
     if kind == "mwnet":
-        return MWNet(hidden=hidden)
-    return WEIGHTING_KINDS[kind](n_groups=n_groups, hidden=hidden)
+        return MWNet(hidden=hidden, monotone=monotone)
+    return WEIGHTING_KINDS[kind](n_groups=n_groups, hidden=hidden, monotone=monotone)

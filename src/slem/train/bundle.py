@@ -112,7 +112,7 @@ class BundleTrainer(MetaTrainer):
         parts: list[Methodology] = []
         for name in components_of(config):
             if name in ("mwnet", "cmwnet"):
-                parts.append(build_weighting(name, meta.n_groups, meta.hidden))
+                parts.append(build_weighting(name, meta.n_groups, meta.hidden, meta.monotone))
             elif name == "loss_adjuster":
                 a = config.adjuster
                 parts.append(LossAdjusterNet(a.family, meta.n_groups, a.hidden))

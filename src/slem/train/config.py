@@ -107,13 +107,21 @@ class MetaConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     hidden: int = Field(100, ge=1)
     n_groups: int = Field(3, ge=1, description="class size groups (CMW-Net)")
+    monotone: bool = Field(
+        False,
+        description="weights non-increasing in the loss (MW-Net, CMW-Net): for label noise, "
+        "and a safeguard when the rule is applied to new tasks; not for imbalance, where "
+        "rare classes need large losses up-weighted",
+    )
     batch_size: int = Field(100, ge=1, description="meta (outer) batch size")
-    normalize_weights: Literal["batch", "class", "none"] = Field(
-        "batch",
+    normalize_weights: Literal["auto", "batch", "class", "none"] = Field(
+        "auto",
         description="batch: weights sum to the batch size (MW-Net); class: to each given "
         "label's count in the batch, so a class the model lost keeps its share of the step "
-        "(for heavy noise; never under imbalance, where it undoes the re-weighting); none "
-        "(true/false mean batch/none; label correction's weights are never normalized)",
+        "(for label noise; never under imbalance, where it undoes the re-weighting); auto: "
+        "class when the observed label counts are balanced (largest < 3x smallest), else "
+        "batch; none (true/false mean batch/none; label correction's weights are never "
+        "normalized)",
     )
 
     @field_validator("normalize_weights", mode="before")

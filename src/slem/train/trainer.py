@@ -359,6 +359,8 @@ class Trainer:
             noisy = self.task.train.noisy_mask
             row["weight_mean_clean"] = float(weights[~noisy].mean()) if (~noisy).any() else None
             row["weight_mean_noisy"] = float(weights[noisy].mean()) if noisy.any() else None
+        if self.teacher is not None:
+            row.update(self.pseudo_label_metrics())
         self.history.append(row)
         score = self.selection_score(row)
         best = self.best["val_score"]
@@ -517,7 +519,7 @@ class Trainer:
         (``class``: a loss-only weight cannot single out the clean samples of a class the
         model has lost, all of whose losses are high; this keeps that class in the step).
         Never under label correction, where ``w`` mixes two labels and stays in (0, 1)."""
-        mode = self.config.meta.normalize_weights
+        mode = self.normalization
         if mode == "none" or self._label_correction:
             return w
         if mode == "batch":
@@ -528,9 +530,14 @@ class Trainer:
         return w * (counts / totals.clamp_min(1e-8))[y]
 
     def update_teacher(self) -> None:
+        """EMA of the model's weights, with the decay ramped up as ``t / (t + 1)`` over the
+        first steps (as in mean teacher): a plain EMA from step 0 averages the random
+        initialization into the teacher for hundreds of steps, while its BatchNorm statistics
+        are the current model's, and its pseudo-labels are then worse than the noisy labels."""
         if self.teacher is None:
             return
-        decay = self.config.meta.ema_decay
+        step = self.global_step
+        decay = min(self.config.meta.ema_decay, step / (step + 1))
         with torch.no_grad():
             for t, s in zip(self.teacher.parameters(), self.model.parameters(), strict=True):
                 t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
@@ -544,6 +551,32 @@ class Trainer:
         with torch.no_grad():
             w = self.weighting(losses, self.class_groups[self.train_y])
         return w.cpu().numpy()
+
+    def pseudo_label_metrics(self) -> dict[str, float | None]:
+        """How the teacher's pseudo-labels relate to the true labels (analysis only): on
+        noisy samples, the share they correct (``pseudo_correct_noisy``) and the share they
+        repeat the wrong given label (``pseudo_keeps_noise``); on clean samples, the share
+        they would corrupt (``pseudo_wrong_clean``)."""
+        assert self.teacher is not None
+        self.teacher.eval()
+        predicted = []
+        with torch.no_grad():
+            for i in range(0, len(self.train_y), EVAL_BATCH):
+                soft = self.pseudo_labels(self.train_x[i : i + EVAL_BATCH])
+                assert soft is not None
+                predicted.append(soft.argmax(1))
+        pseudo = torch.cat(predicted).cpu().numpy()
+        split = self.task.train
+        noisy = split.noisy_mask
+
+        def share(hit: np.ndarray, where: np.ndarray) -> float | None:
+            return float(hit[where].mean()) if where.any() else None
+
+        return {
+            "pseudo_correct_noisy": share(pseudo == split.y_true, noisy),
+            "pseudo_keeps_noise": share(pseudo == split.y, noisy),
+            "pseudo_wrong_clean": share(pseudo != split.y_true, ~noisy),
+        }
 
     def weight_auc(self, weights: np.ndarray) -> float | None:
         """AUC of the weights for telling truly clean (positive) from truly noisy samples."""
@@ -567,12 +600,26 @@ class Trainer:
         return torch.cat(out)
 
     @property
+    def labels_imbalanced(self) -> bool:
+        """The observed labels are imbalanced when the largest class is 3x the smallest."""
+        counts = [c for c in self.task.features.class_counts if c > 0]
+        return bool(counts) and max(counts) >= 3 * min(counts)
+
+    @property
     def select_on(self) -> str:
         """The validation metric that picks the best epoch (see ``TrainConfig.select_on``)."""
         if self.config.select_on != "auto":
             return self.config.select_on
-        counts = [c for c in self.task.features.class_counts if c > 0]
-        return "balanced_accuracy" if counts and max(counts) >= 3 * min(counts) else "accuracy"
+        return "balanced_accuracy" if self.labels_imbalanced else "accuracy"
+
+    @property
+    def normalization(self) -> str:
+        """``meta.normalize_weights`` with ``auto`` resolved: per label on balanced labels
+        (which keeps a lost class in the step), per batch under imbalance."""
+        mode = self.config.meta.normalize_weights
+        if mode != "auto":
+            return mode
+        return "batch" if self.labels_imbalanced else "class"
 
     def evaluate(
         self, x: Tensor, y: Tensor, model: nn.Module | None = None
@@ -745,7 +792,7 @@ class MetaTrainer(Trainer):
                 f"MetaTrainer needs method mwnet, cmwnet or cmwnet_sl, not '{config.method}'"
             )
         meta = config.meta
-        return build_weighting(config.method, meta.n_groups, meta.hidden)
+        return build_weighting(config.method, meta.n_groups, meta.hidden, meta.monotone)
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """What the meta optimizer steps."""
