@@ -38,8 +38,11 @@ from slem.bilevel.problem import (
     FunctionalModel,
     Hypergrad,
     Params,
+    RandomState,
     functional,
     live_forward,
+    replay_randomness,
+    same_randomness,
 )
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "InnerOptimizer",
     "Params",
     "PerSample",
+    "RandomState",
     "WeightedProblem",
     "finite_difference",
     "first_order",
@@ -61,6 +65,8 @@ __all__ = [
     "implicit",
     "live_forward",
     "lookahead",
+    "replay_randomness",
+    "same_randomness",
     "unrolled",
     "weighted_lookahead",
 ]

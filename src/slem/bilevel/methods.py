@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
 
 from slem.bilevel import implicit as implicit_solvers
-from slem.bilevel.problem import Batch, BilevelProblem, Hypergrad, Params
+from slem.bilevel.problem import Batch, BilevelProblem, Hypergrad, Params, same_randomness
 from slem.bilevel.unroll import (
     NOT_GIVEN,
     basis,
@@ -80,7 +80,7 @@ def lookahead(
     fast: bool = True,
     jvp_mode: str = "forward",
     keep_graph: bool = False,
-    epsilon: float = 0.01,
+    epsilon: float | None = None,
     live_forward: bool | None = None,
 ) -> Hypergrad:
     """One virtual step, then the outer loss (MW-Net, Shu et al. 2019; second-order DARTS,
@@ -270,7 +270,7 @@ def finite_difference(
     outer_batch: Batch,
     inner_batch: Batch = NOT_GIVEN,
     inner_batches: Sequence[Batch] | None = None,
-    epsilon: float = 0.01,
+    epsilon: float | None = None,
 ) -> Hypergrad:
     """The DARTS approximation of ``lookahead`` (Liu et al. 2019): the second-order term
     ``(d^2 L_in / dphi dtheta) w`` becomes a central difference of ``grad_phi L_in`` at
@@ -278,7 +278,9 @@ def finite_difference(
     through the optimizer update (``w = -lr v`` for plain SGD; exact for Adam too).
 
     Cost: about 3 steps of time, no double backward and no graph of a graph (the memory of one
-    step), O(eps^2) error. Use it where double backward is unavailable (DDP) or too costly.
+    step). ``epsilon`` defaults to :func:`~slem.bilevel.fast.difference_step` (1e-2, 1e-6 in
+    float64); the error is O(eps^2) for smooth networks and O(eps) where a ReLU kink lies
+    inside the step. Use it where double backward is unavailable (DDP) or too costly.
     """
     if problem.initial_params is not None:
         raise SlemError("finite_difference does not support initial_params; use first_order")
@@ -296,6 +298,10 @@ def finite_difference(
         lambda g_, h_: problem.optimizer.update(params, g_, state, h_)[0], g, hyper
     )(v)
     norm = torch.sqrt(sum((t * t).sum() for t in w.values()))
+    if epsilon is None:
+        from slem.bilevel.fast import difference_step
+
+        epsilon = difference_step(next(iter(params.values())).dtype)
     eps = epsilon / max(float(norm), 1e-12)
     grad_phi = grad(problem.inner_loss, argnums=1)
     plus = grad_phi({k: params[k] + eps * w[k] for k in params}, hyper, batch)
@@ -331,6 +337,10 @@ def hypergrad(
     ``first_order``; each documents its paper, cost and use. Pass the inner data as
     ``inner_batch=`` (reused every step) or ``inner_batches=`` (one per step), and the
     method's options by keyword. Nothing in ``problem`` is modified.
+
+    Every forward pass of the computation sees one draw of torch's randomness (see
+    :func:`~slem.bilevel.same_randomness`), so dropout and other stochastic layers give the
+    same model in the virtual step, the JVP and the outer loss.
     """
     fn = METHODS.get(method)
     if fn is None:
@@ -343,6 +353,7 @@ def hypergrad(
         ]
         raise SlemError(f"method '{method}': {exc}; its options are {', '.join(allowed)}") from None
     start = time.perf_counter()
-    result = fn(problem, outer_batch=outer_batch, **options)
+    with same_randomness():
+        result = fn(problem, outer_batch=outer_batch, **options)
     result.diagnostics["seconds"] = time.perf_counter() - start
     return result

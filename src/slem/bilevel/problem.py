@@ -37,6 +37,50 @@ LossFn = Callable[[Params, Params, Batch], Tensor]
 _LIVE_FORWARD: ContextVar[bool] = ContextVar("slem_live_forward", default=False)
 
 
+class RandomState:
+    """A snapshot of torch's CPU generator and of every initialized CUDA device's generator."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda: list[Tensor] | None = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.cuda = torch.cuda.get_rng_state_all()
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+_SNAPSHOT: ContextVar[RandomState | None] = ContextVar("slem_random_snapshot", default=None)
+
+
+@contextmanager
+def same_randomness() -> Iterator[RandomState]:
+    """Within this context every :class:`FunctionalModel` call starts from one snapshot of
+    torch's random state (taken on entry; a nested context keeps the outer snapshot), so all
+    forward passes of one meta step see one draw of the model's randomness (dropout, ...).
+    :func:`replay_randomness` restores it for a forward that does not go through
+    :class:`FunctionalModel` (a trainer's real step)."""
+    current = _SNAPSHOT.get()
+    if current is not None:
+        yield current
+        return
+    snapshot = RandomState()
+    token = _SNAPSHOT.set(snapshot)
+    try:
+        yield snapshot
+    finally:
+        _SNAPSHOT.reset(token)
+
+
+def replay_randomness() -> None:
+    """Restore the snapshot of the enclosing :func:`same_randomness` (no-op outside one)."""
+    snapshot = _SNAPSHOT.get()
+    if snapshot is not None:
+        snapshot.restore()
+
+
 @contextmanager
 def live_forward() -> Iterator[None]:
     """Within this context, a :class:`FunctionalModel` called with the module's *own*
@@ -65,6 +109,7 @@ class FunctionalModel:
         return all(own.get(name) is t for name, t in params.items())
 
     def __call__(self, params: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> Any:
+        replay_randomness()
         if _LIVE_FORWARD.get() and self._is_own(params):
             return self.module(*args, **kwargs)
         buffers = {name: b.clone() for name, b in self.module.named_buffers()}
@@ -81,14 +126,28 @@ def functional(module: nn.Module) -> FunctionalModel:
 
 
 def as_params(value: Mapping[str, Tensor] | nn.Module | Tensor, what: str) -> Params:
-    """Normalize tensors, a dict of tensors, or a module's parameters into a ``Params`` dict."""
+    """Normalize tensors, a dict of tensors, or a module's parameters into a ``Params`` dict.
+
+    Frozen parameters (an ``nn.Parameter`` with ``requires_grad=False``, from a module or in a
+    dict such as ``dict(model.named_parameters())``) are left out: virtual steps never move
+    them and no hypergradient flows to them, exactly as the real optimizer leaves them (a
+    :class:`FunctionalModel` call then reads them from the module). Plain tensors are kept
+    whatever their ``requires_grad`` (the engine detaches its inputs anyway).
+
+    Raises:
+        SlemError: an empty result, a non-tensor value or a non-floating-point tensor.
+    """
     params: Params
     if isinstance(value, nn.Module):  # frozen parameters are neither inner params nor hyper
         params = {name: p for name, p in value.named_parameters() if p.requires_grad}
     elif isinstance(value, Tensor):
         params = {what: value}
-    elif isinstance(value, Mapping):
-        params = dict(value)
+    elif isinstance(value, Mapping):  # frozen nn.Parameters are dropped here too
+        params = {
+            name: t
+            for name, t in value.items()
+            if not (isinstance(t, nn.Parameter) and not t.requires_grad)
+        }
     else:
         raise SlemError(
             f"{what} must be a dict of tensors, a tensor or an nn.Module, not "

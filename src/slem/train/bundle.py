@@ -268,7 +268,7 @@ class BundleTrainer(MetaTrainer):
     def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         start = time.perf_counter()
         self.model.train()
-        params: dict[str, Tensor] = dict(self.model.named_parameters())
+        params = self.inner_params()
         lr: float | Callable[[dict[str, Tensor]], Tensor] = self.optimizer.param_groups[0]["lr"]
         if self.rate is not None:
             rate, f_live = self.rate, functional(self.rate.net.live)
@@ -298,7 +298,7 @@ class BundleTrainer(MetaTrainer):
         for name, g in result.grads.items():
             named[name].grad = g.to(named[name].dtype).clone()
         self.meta_optimizer.step()
-        logits = self.model(x)
+        logits = self.forward(x)
         self._rate_input = F.cross_entropy(logits.detach(), y)
         loss = self.bundle_loss(logits, x, y, self._frozen_parts())
         self._apply_step(loss)

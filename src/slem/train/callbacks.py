@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from slem.bilevel import Hypergrad
     from slem.train.trainer import Trainer, TrainResult
 
 
@@ -18,6 +19,11 @@ class Callback:
 
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
         """One optimizer step is done; the trainer is in a consistent state."""
+
+    def on_hypergradient(self, trainer: Trainer, result: Hypergrad) -> None:
+        """A meta step computed ``result`` (:class:`~slem.bilevel.Hypergrad`: ``grads`` per
+        hyperparameter name, ``outer_loss``, ``diagnostics``), before the meta optimizer
+        steps on it. ``grads`` are the trainer's own tensors: copy what you keep."""
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         """An epoch is done and evaluated; ``metrics`` is its row of the history."""

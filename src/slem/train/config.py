@@ -77,7 +77,9 @@ class ModelConfig(_Strict):
 
 class OptimConfig(_Strict):
     optimizer: Literal["sgd", "adam", "rmsprop"] = Field(
-        "sgd", description="meta-learning methods need sgd (their virtual step is SGD's)"
+        "sgd",
+        description="meta-learned methods: sgd or adam (the virtual step takes the same "
+        "update), rmsprop with meta.virtual_step sgd; a learned learning rate needs sgd",
     )
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -136,7 +138,19 @@ class MetaConfig(_Strict):
         description="mwnet: real step after the meta update; lagged: reuse the "
         "virtual step as the real one (cheaper)",
     )
-    jvp_mode: Literal["forward", "difference"] = "forward"
+    jvp_mode: Literal["forward", "difference"] = Field(
+        "forward",
+        description="lookahead fast path: forward-mode JVP (exact) or a central difference of "
+        "two forwards (step 1e-2, 1e-6 in float64; O(eps) error where a ReLU kink lies in "
+        "the step)",
+    )
+    virtual_step: Literal["optimizer", "sgd"] = Field(
+        "optimizer",
+        description="the update the meta step looks ahead through: optimizer (default: the "
+        "real optimizer's own step, momentum, Nesterov and weight decay included, or Adam's; "
+        "the hypergradient is that of the iterate training will reach) or sgd (plain "
+        "theta - lr * grad, as the official MW-Net and CMW-Net code)",
+    )
     dac_weight: float = Field(1.0, ge=0, description="weight of DAC-MR in the meta objective")
     dac_prior_weight: float = Field(
         0.0,
@@ -382,8 +396,6 @@ class TrainConfig(_Strict):
             self.method in (*WEIGHTING_METHODS, *BUNDLE_METHODS, "hwnet")
             and "clean" in self.meta.objective
         )
-        if self.method == "hwnet" and self.meta.objective == "selected":
-            raise ValueError("meta.objective selected is for class labels; hwnet uses clean or dac")
         if needs_meta and self.data.meta_per_class is None and self.data.meta_size is None:
             what = (
                 "method finetune"
@@ -402,12 +414,9 @@ class TrainConfig(_Strict):
                 "method lr_schedule meta-learns on a held-out meta set: set data.meta_per_class "
                 "(e.g. 50)"
             )
-        meta_sgd = ("lr_schedule", *WEIGHTING_METHODS, *BUNDLE_METHODS, "hwnet")
-        if self.method in meta_sgd and self.optim.optimizer != "sgd":
-            raise ValueError(
-                f"method {self.method} meta-learns through SGD steps: set optim.optimizer sgd "
-                f"(not {self.optim.optimizer})"
-            )
+        from slem.train.validity import check_config
+
+        check_config(self)
         if self.method == "apply" and not self.methodology:
             raise ValueError("method apply needs methodology: the path of a saved artifact")
         return self

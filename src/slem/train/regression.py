@@ -333,7 +333,7 @@ class RegressionTrainer(Trainer):
         result.accumulate_into(net)
         meta_opt.step()
         # the real step, with the updated net
-        pred = flat_predictions(self.model(x), len(x))
+        pred = flat_predictions(self.forward(x), len(x))
         loss = self._hw_loss(pred - z, x).mean()
         self._check_finite(loss, "training loss")
         self.optimizer.zero_grad(set_to_none=True)

@@ -29,8 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import SGD, BilevelProblem, PerSample, WeightedProblem, functional, hypergrad
+from slem.bilevel import (
+    SGD,
+    Adam,
+    BilevelProblem,
+    Hypergrad,
+    InnerOptimizer,
+    PerSample,
+    WeightedProblem,
+    functional,
+    hypergrad,
+    replay_randomness,
+    same_randomness,
+)
 from slem.bilevel.fast import inner_value, weight_input
+from slem.bilevel.problem import as_params
 from slem.data.augment import augment
 from slem.data.task import Split, Task
 from slem.errors import SlemError
@@ -57,6 +70,10 @@ class TrainingStopped(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ZeroHypergradient(SlemError):
+    """Every meta step of an epoch had an exactly zero hypergradient: nothing is learned."""
 
 
 class NonFiniteLoss(SlemError):
@@ -285,7 +302,8 @@ class Trainer:
                     idx = perm[self.step_in_epoch * bs : (self.step_in_epoch + 1) * bs]
                     for g in self.optimizer.param_groups:
                         g["lr"] = self.lr_at(self.global_step)
-                    stats = self.train_step(x[idx], y[idx], idx)
+                    with same_randomness():  # one draw of the model's randomness per step
+                        stats = self.train_step(x[idx], y[idx], idx)
                     self.step_in_epoch += 1
                     self.global_step += 1
                     self.elapsed = time.perf_counter() - started
@@ -306,6 +324,9 @@ class Trainer:
             raise
         except NonFiniteLoss:
             self._stopped("non-finite loss")
+            raise
+        except ZeroHypergradient:
+            self._stopped("zero hypergradient")
             raise
         result = self.finish()
         for cb in self.callbacks:
@@ -344,6 +365,14 @@ class Trainer:
         return self.weighting is not None
 
     def end_epoch(self) -> dict[str, Any]:
+        norms = self._epoch_stats.get("hypergrad_norm")
+        if norms and max(norms) == 0.0:
+            raise ZeroHypergradient(
+                f"the hypergradient was exactly 0 in all {len(norms)} meta steps of epoch "
+                f"{self.epoch + 1}: the methodology learns nothing with meta.hypergrad "
+                f"'{self.config.meta.hypergrad}' here; use meta.hypergrad lookahead (see "
+                "slem.train.validity)"
+            )
         row: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "step": self.global_step,
@@ -419,6 +448,71 @@ class Trainer:
         self._check_parameters()
         self.update_teacher()
 
+    def forward(self, x: Tensor) -> Tensor:
+        """The real step's forward pass, with the random state the step's meta step used
+        (dropout draws the same masks as in the virtual step; see
+        :func:`~slem.bilevel.same_randomness`)."""
+        replay_randomness()
+        out: Tensor = self.model(x)
+        return out
+
+    def inner_params(self) -> dict[str, Tensor]:
+        """The inner parameters of every meta step: the model's *trainable* parameters, as
+        :meth:`~slem.bilevel.BilevelProblem.from_module` takes them. Frozen ones
+        (``requires_grad=False``) are neither moved by virtual steps nor differentiated,
+        exactly as the real optimizer leaves them."""
+        return as_params(self.model, "params")
+
+    def virtual_optimizer(
+        self, params: dict[str, Tensor], lr: float | Any = None
+    ) -> tuple[InnerOptimizer, Any]:
+        """The differentiable update of the virtual step and its state.
+
+        ``meta.virtual_step: optimizer`` (default) takes the step the real optimizer will
+        take: SGD with its momentum buffer, Nesterov and weight decay, or Adam with its moment
+        estimates, so the hypergradient is that of the next iterate. ``sgd`` takes the plain
+        step ``theta - lr * grad`` of the official MW-Net / CMW-Net code (Shu et al. 2019,
+        2023). ``lr``: a float or a function of the hyperparameters (default: the real
+        optimizer's current rate).
+        """
+        o = self.config.optim
+        rate = self.optimizer.param_groups[0]["lr"] if lr is None else lr
+        opt: InnerOptimizer
+        if self.config.meta.virtual_step == "sgd":
+            opt = SGD(lr=rate)
+            return opt, None
+        if o.optimizer == "adam":
+            group = self.optimizer.param_groups[0]
+            opt = Adam(lr=rate, betas=group["betas"], eps=group["eps"], weight_decay=o.weight_decay)
+        else:
+            opt = SGD(
+                lr=rate, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+            )
+        return opt, opt.state_from_torch(self.optimizer, params)
+
+    def solve(
+        self, problem: BilevelProblem, inner_batch: Any, outer_batch: Any, **fast: Any
+    ) -> Hypergrad:
+        """``hypergrad(problem, meta.hypergrad)``, checked finite, recorded (its norm is the
+        epoch's ``train_hypergrad_norm``; an epoch whose every hypergradient is exactly zero
+        stops the run) and passed to every callback's ``on_hypergradient``. ``fast``: the
+        lookahead fast path's options (ignored by the other methods)."""
+        meta = self.config.meta
+        options: dict[str, Any] = dict(fast) if meta.hypergrad == "lookahead" else {}
+        if meta.hypergrad == "implicit":
+            lr = self.optimizer.param_groups[0]["lr"]
+            options = {"solver": "neumann", "alpha": lr, "iterations": 5}
+        result = hypergrad(
+            problem, meta.hypergrad, inner_batch=inner_batch, outer_batch=outer_batch, **options
+        )
+        for g in result.grads.values():
+            self._check_finite(g, "hypergradient")
+        norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in result.grads.values()))
+        self._epoch_stats.setdefault("hypergrad_norm", []).append(norm)
+        for cb in self.callbacks:
+            cb.on_hypergradient(self, result)
+        return result
+
     def meta_hypergrad(
         self,
         hyper: dict[str, Tensor],
@@ -427,37 +521,14 @@ class Trainer:
         inner_batch: Any,
         outer_batch: Any,
         lr: float | Any = None,
-    ) -> Any:
-        """The hypergradient of ``outer_loss`` after one virtual step of the real optimizer
-        (its momentum and weight decay carried over) on ``inner_loss``, by ``meta.hypergrad``,
-        checked finite. ``lr``: the virtual step's rate, a float or a function of ``hyper``
-        (default: the optimizer's current rate)."""
-        meta, o = self.config.meta, self.config.optim
-        current = self.optimizer.param_groups[0]["lr"]
-        inner_opt = SGD(
-            lr=current if lr is None else lr,
-            momentum=o.momentum,
-            weight_decay=o.weight_decay,
-            nesterov=o.nesterov,
-        )
-        params: dict[str, Tensor] = dict(self.model.named_parameters())
-        problem = BilevelProblem(
-            params,
-            hyper,
-            inner_loss,
-            outer_loss,
-            inner_opt,
-            optimizer_state=inner_opt.state_from_torch(self.optimizer, params),
-        )
-        options: dict[str, Any] = {}
-        if meta.hypergrad == "implicit":
-            options = {"solver": "neumann", "alpha": current, "iterations": 5}
-        result = hypergrad(
-            problem, meta.hypergrad, inner_batch=inner_batch, outer_batch=outer_batch, **options
-        )
-        for g in result.grads.values():
-            self._check_finite(g, "hypergradient")
-        return result
+    ) -> Hypergrad:
+        """The hypergradient of ``outer_loss`` after one virtual step (:meth:`virtual_optimizer`)
+        on ``inner_loss``, by ``meta.hypergrad`` (:meth:`solve`). ``lr``: the virtual step's
+        rate, a float or a function of ``hyper`` (default: the optimizer's current rate)."""
+        params = self.inner_params()
+        opt, state = self.virtual_optimizer(params, lr)
+        problem = BilevelProblem(params, hyper, inner_loss, outer_loss, opt, optimizer_state=state)
+        return self.solve(problem, inner_batch, outer_batch)
 
     def dac_views(self, n: int) -> dict[str, Tensor]:
         """DAC-MR's unlabeled batch: ``n`` training inputs (labels unused) under a weak and a
@@ -651,7 +722,6 @@ class Trainer:
             best_model.load_state_dict(self.best["state"])
             best_test = self.evaluate(self.test_x, self.test_y, best_model)[1]
         weights = self.train_weights() if self.weighting is not None else None
-        plain = self.timings["plain"]
         meta = self.timings["meta"]
         summary = {
             "method": self.config.method,
@@ -673,10 +743,36 @@ class Trainer:
             "n_train": len(self.task.train),
             "n_meta": len(self.task.meta) if self.task.meta is not None else 0,
             "meta_step_time_ratio": (
-                float(np.median(meta) / np.median(plain)) if meta and plain else None
+                float(np.median(meta) / np.median(self.plain_step_times())) if meta else None
             ),
         }
         return TrainResult(self.history, summary, weights)
+
+    def plain_step_times(self, probes: int = 5) -> list[float]:
+        """Seconds of plain (ERM) training steps: those the run took (warm-up, steps between
+        meta steps), or, when it took fewer than 3 (``meta.warmup_epochs: 0``,
+        ``meta.interval: 1``), ``probes`` ERM steps timed now on a copy of the model and
+        optimizer (the run's model, optimizer and random state are untouched)."""
+        if len(self.timings["plain"]) >= 3:
+            return self.timings["plain"]
+        model = copy.deepcopy(self.model).train()
+        optimizer = make_optimizer(model.parameters(), self.config)
+        optimizer.load_state_dict(self.optimizer.state_dict())
+        pick = torch.Generator().manual_seed(self.config.seed)
+        times = []
+        with torch.random.fork_rng(devices=[]):
+            for _ in range(probes + 1):
+                idx = torch.randint(0, len(self.train_y), (self.batch_size,), generator=pick)
+                idx = idx.to(self.device)
+                start = time.perf_counter()
+                loss = L.cross_entropy(model(self.train_x[idx]), self.train_y[idx]).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - start)
+        return times[1:]  # the first is a warm-up (allocations)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -907,37 +1003,27 @@ class MetaTrainer(Trainer):
         assert self.methodology is not None
         self.model.train()
         pseudo = self.pseudo_labels(x)
-        lr = self.optimizer.param_groups[0]["lr"]
-        o = self.config.optim
-        inner_opt = SGD(
-            lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-        )
-        params: dict[str, Tensor] = dict(self.model.named_parameters())
+        params = self.inner_params()
+        opt, state = self.virtual_optimizer(params)
         problem = WeightedProblem(
             params,
             dict(self.methodology.named_parameters()),
             self._per_sample,
             self._weights,
             self._outer_loss,
-            inner_opt,
-            optimizer_state=inner_opt.state_from_torch(self.optimizer, params),
+            opt,
+            optimizer_state=state,
         )
         fast = meta.hypergrad == "lookahead"
         reuse = fast and meta.order == "mwnet"
-        options: dict[str, Any] = (
-            {"jvp_mode": meta.jvp_mode, "keep_graph": reuse, "live_forward": True} if fast else {}
-        )
-        if meta.hypergrad == "implicit":
-            options = {"solver": "neumann", "alpha": lr, "iterations": 5}
-        result = hypergrad(
+        result = self.solve(
             problem,
-            meta.hypergrad,
-            inner_batch=(x, y, pseudo),
-            outer_batch=self._outer_batch(),
-            **options,
+            (x, y, pseudo),
+            self._outer_batch(),
+            jvp_mode=meta.jvp_mode,
+            keep_graph=reuse,
+            live_forward=True,
         )
-        for g in result.grads.values():
-            self._check_finite(g, "hypergradient")
         assert self.meta_optimizer is not None
         self.meta_optimizer.zero_grad(set_to_none=True)
         result.accumulate_into(self.methodology)
@@ -945,7 +1031,8 @@ class MetaTrainer(Trainer):
 
         if fast and meta.order == "lagged":  # the virtual step is the real step
             inner = result.diagnostics["inner_grads"]
-            for name, p in self.model.named_parameters():
+            self.optimizer.zero_grad(set_to_none=True)
+            for name, p in params.items():
                 p.grad = inner[name]
             terms_loss = float("nan")
             self.optimizer.step()
@@ -953,7 +1040,7 @@ class MetaTrainer(Trainer):
             if reuse:  # the real step reuses the meta step's forward pass
                 terms: PerSample = result.diagnostics["losses"]
             else:
-                terms = self.weighted_terms(self.model(x), y, pseudo)
+                terms = self.weighted_terms(self.forward(x), y, pseudo)
             with torch.no_grad():
                 w = self.weights_for(self.methodology, weight_input(terms), y)
             loss = inner_value(terms, w)
@@ -978,7 +1065,29 @@ def make_trainer(
     methodology: Methodology | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> Trainer:
-    """The right trainer for ``config.method`` (and, for apply, the methodology's kind)."""
+    """The right trainer for ``config.method`` (and, for apply, the methodology's kind).
+
+    Raises:
+        SlemError: the method does not fit the task, or the configuration cannot learn
+            (:mod:`slem.train.validity`).
+    """
+    from slem.train.validity import check_methodology, check_task
+
+    if config.method != "apply":
+        check_task(config, task)
+    trainer = _build_trainer(config, task, model, methodology, callbacks)
+    if trainer.methodology is not None and config.method != "apply":
+        check_methodology(config, sum(p.numel() for p in trainer.methodology.parameters()))
+    return trainer
+
+
+def _build_trainer(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
     from slem.methodology import MLRSNet
     from slem.train.schedule import ScheduleTrainer
 
