@@ -427,11 +427,6 @@ class TrainConfig(_Strict):
                 f"method {self.method} meta-learns through SGD steps: set optim.optimizer sgd "
                 f"(not {self.optim.optimizer})"
             )
-        if self.method in WEIGHTING_METHODS and self.meta.warmup_epochs >= self.optim.epochs:
-            raise ValueError(
-                f"meta.warmup_epochs ({self.meta.warmup_epochs}) must be below optim.epochs "
-                f"({self.optim.epochs}), or method {self.method} never meta-learns"
-            )
         if self.method == "apply" and not self.methodology:
             raise ValueError("method apply needs methodology: the path of a saved artifact")
         return self
