@@ -96,7 +96,7 @@ def show(
     noise: Annotated[
         str | None,
         typer.Option(
-            help="KIND:RATE, e.g. symmetric:0.4, pairflip:0.4, instance:0.4; "
+            help="KIND:RATE, e.g. symmetric:0.4, uniform:0.4, pairflip:0.4, instance:0.4; "
             "regression: gaussian, laplace, student_t, outlier, mixture."
         ),
     ] = None,

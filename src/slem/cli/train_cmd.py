@@ -32,6 +32,14 @@ ResumeOption = Annotated[
     Path | None, typer.Option("--resume", help="Continue the run in this directory.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        help="A published protocol (see 'slem presets'), e.g. mwnet-noise; config fields "
+        "and --set win over it.",
+    ),
+]
 
 
 @contextmanager
@@ -101,6 +109,7 @@ def train(
     set_: SetOption = None,
     resume: ResumeOption = None,
     quiet: QuietOption = False,
+    preset: PresetOption = None,
 ) -> None:
     """Train (or meta-train) as CONFIG says and write a run directory."""
     if resume is not None:
@@ -109,8 +118,49 @@ def train(
         return
     if config is None:
         raise SlemError("give a CONFIG.yaml (see examples/) or --resume RUN_DIR")
-    cfg = parse_train_config(apply_overrides(load_yaml(config), set_ or []))
+    values = load_yaml(config)
+    if preset is not None:
+        values["preset"] = preset
+    cfg = parse_train_config(apply_overrides(values, set_ or []))
     run_and_report(cfg, out or default_run_dir(cfg), False, quiet)
+
+
+def presets(
+    name: Annotated[str | None, typer.Argument(help="Show this preset's settings.")] = None,
+    markdown: Annotated[
+        bool,
+        typer.Option("--markdown", help="Print the docs table (preset, setting, value, source)."),
+    ] = False,
+) -> None:
+    """List the published protocols (MW-Net, CMW-Net) that 'slem train --preset' applies."""
+    from rich.table import Table
+
+    from slem.train.presets import PRESETS, get_preset, markdown_table
+
+    if markdown:
+        chosen = [get_preset(name)] if name else None
+        console.print(markdown_table(chosen), highlight=False, markup=False, soft_wrap=True)
+        return
+    if name is None:
+        table = Table("preset", "protocol", "code")
+        for p in PRESETS.values():
+            table.add_row(p.name, p.title, p.code)
+        console.print(table)
+        console.print("show one with: slem presets NAME", highlight=False)
+        return
+    p = get_preset(name)
+    console.print(f"[bold]{p.name}[/]: {p.title}\n{p.paper}\ncode: {p.code}", highlight=False)
+    table = Table("setting", "value", "source")
+    for s in p.settings:
+        table.add_row(s.key, repr(s.value), s.source)
+    console.print(table)
+    if p.recommended:
+        rec = Table("recommended (not applied)", "value", "source")
+        for s in p.recommended:
+            rec.add_row(s.key, str(s.value), s.source)
+        console.print(rec)
+    for d in p.deviations:
+        console.print(f"- deviation: {d}", highlight=False, markup=False)
 
 
 def apply(
@@ -225,5 +275,5 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (train, apply, demo):
+    for fn in (train, apply, demo, presets):
         app.command(fn.__name__)(user_errors(fn))

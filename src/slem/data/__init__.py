@@ -18,6 +18,7 @@ from slem.data.corruption import (
     pairflip_noise,
     regression_noise,
     symmetric_noise,
+    uniform_noise,
 )
 from slem.data.dataset import Dataset, TaskType
 from slem.data.registry import BUILTIN, LoadOptions, load_dataset
@@ -56,4 +57,5 @@ __all__ = [
     "parse_data_config",
     "regression_noise",
     "symmetric_noise",
+    "uniform_noise",
 ]

@@ -14,15 +14,26 @@ from slem.data.corruption import LABEL_NOISE_KINDS, TARGET_NOISE_KINDS
 from slem.errors import SlemError, validation_message
 
 NoiseKind = Literal[
-    "symmetric", "pairflip", "instance", "gaussian", "laplace", "student_t", "outlier", "mixture"
+    "symmetric",
+    "uniform",
+    "pairflip",
+    "instance",
+    "gaussian",
+    "laplace",
+    "student_t",
+    "outlier",
+    "mixture",
 ]
 
 
 class NoiseSpec(BaseModel):
     """A corruption of labels (classification) or targets (regression).
 
-    Written as ``KIND:RATE`` on the command line (``symmetric:0.4``, ``pairflip:0.4``,
-    ``instance:0.4``, ``mixture:0.3``) or as a mapping in YAML for the extra options.
+    Written as ``KIND:RATE`` on the command line (``symmetric:0.4``, ``uniform:0.4``,
+    ``pairflip:0.4``, ``instance:0.4``, ``mixture:0.3``) or as a mapping in YAML for the extra
+    options. ``symmetric`` flips a fraction ``rate`` to one of the *other* classes; ``uniform``
+    redraws a fraction ``rate`` from *all* classes (MW-Net's ``unif``: realized flip rate
+    ``rate * (C - 1) / C``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -83,6 +94,13 @@ class DataConfig(BaseModel):
     size: int | None = Field(
         default=None, gt=0, description="training-pool size (generated or subsampled)"
     )
+    train_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="exact number of training samples left after the test, meta and "
+        "validation splits are taken out (exclusive with size; the validation split is then "
+        "val_fraction of train + validation)",
+    )
     data_seed: int | None = Field(default=None, description="generator seed (MNIST-1D)")
     data_dir: str | None = Field(default=None, description="directory with Fashion-MNIST files")
     impute: bool = Field(default=False, description="fill missing values instead of failing")
@@ -101,6 +119,20 @@ class DataConfig(BaseModel):
     n_groups: int = Field(default=3, ge=1, description="class groups by size (CMW-Net)")
     normalize: bool = Field(default=True, description="standardize inputs with training statistics")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_size(self) -> DataConfig:
+        if self.train_size is not None and self.size is not None:
+            raise ValueError(
+                "set data.size (the pool before the splits) or data.train_size (the training "
+                "samples after them), not both"
+            )
+        if self.train_size is not None and self.imbalance is not None and self.imbalance > 1:
+            raise ValueError(
+                "data.train_size fixes the balanced training set; with data.imbalance the "
+                "long-tail subsampling sets the count: use data.size instead"
+            )
+        return self
 
     @field_validator("imbalance")
     @classmethod

@@ -5,6 +5,9 @@ and a noisy-sample mask, so an experiment can report the realized noise rate and
 method detects the corrupted samples (e.g. the AUC of learned sample weights).
 
 * :func:`symmetric_noise`: a flipped label is uniform over the *other* classes.
+* :func:`uniform_noise`: a corrupted label is redrawn uniformly over *all* classes, so it may
+  land on the true class (the ``unif`` corruption of the official MW-Net code, whose realized
+  flip rate is ``rate * (C - 1) / C``).
 * :func:`pairflip_noise`: class ``c`` flips to ``c+1 (mod C)``, or to a user map.
 * :func:`instance_noise`: the flip probability and target class depend on the features
   (the instance-dependent noise of Xia et al., NeurIPS 2020, "Part-dependent label noise").
@@ -13,7 +16,8 @@ method detects the corrupted samples (e.g. the AUC of learned sample weights).
   Laplace, Student-t and gross-outlier components.
 
 Symmetric and pair-flip noise flip an exact number of samples per class (unbiased rounding),
-so the realized transition matrix equals the requested one up to rounding.
+so the realized transition matrix equals the requested one up to rounding; uniform noise
+redraws an exact number per class, of which a random ``1/C`` keep their label.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 from slem.data.splits import class_indices, unbiased_round
 from slem.errors import SlemError
 
-LABEL_NOISE_KINDS = ("symmetric", "pairflip", "instance")
+LABEL_NOISE_KINDS = ("symmetric", "uniform", "pairflip", "instance")
 TARGET_NOISE_KINDS = ("gaussian", "laplace", "student_t", "outlier", "mixture")
 MIXTURE_COMPONENTS = ("gaussian", "laplace", "student_t", "outlier")
 
@@ -107,6 +111,14 @@ def symmetric_transition(rate: float, n_classes: int) -> np.ndarray:
     return np.full((n_classes, n_classes), off) + np.eye(n_classes) * (1.0 - rate - off)
 
 
+def uniform_transition(rate: float, n_classes: int) -> np.ndarray:
+    """``rate * U + (1 - rate) * I`` with ``U`` the all-``1/C`` matrix: the diagonal is
+    ``1 - rate + rate / C``, every other entry ``rate / C`` (MW-Net's ``uniform_mix_C``)."""
+    return rate * np.full((n_classes, n_classes), 1.0 / n_classes) + (1.0 - rate) * np.eye(
+        n_classes
+    )
+
+
 def pairflip_transition(
     rate: float, n_classes: int, mapping: Mapping[int, int] | None = None
 ) -> np.ndarray:
@@ -164,6 +176,36 @@ def symmetric_noise(
     return LabelNoise(
         noisy, labels.copy(), symmetric_transition(rate, n_classes), "symmetric", rate
     )
+
+
+def uniform_noise(
+    labels: np.ndarray, rate: float, n_classes: int, rng: np.random.Generator
+) -> LabelNoise:
+    """Redraw the label of a fraction ``rate`` of each class uniformly from all ``C`` classes.
+
+    This is the ``unif`` corruption of the official MW-Net code (xjtushujun/meta-weight-net,
+    ``load_corrupted_data.py``, ``uniform_mix_C``): a redrawn label equals the true one with
+    probability ``1/C``, so the realized flip rate is ``rate * (C - 1) / C`` (0.36 for 0.4 on
+    10 classes), and ``transition`` is :func:`uniform_transition`. The number redrawn per class
+    is exact up to unbiased rounding (the official code draws each label independently).
+
+    Args:
+        labels: (n,) clean class indices in ``0..n_classes-1``.
+        rate: fraction of each class whose label is redrawn, in [0, 1).
+        n_classes: ``C``, at least 2.
+        rng: the generator (the task pipeline passes its ``noise-*`` stage generator).
+
+    Raises:
+        SlemError: ``rate`` outside [0, 1), fewer than 2 classes, or labels out of range.
+    """
+    check_rate(rate)
+    _check_labels(labels, n_classes)
+    noisy = labels.copy()
+    for idx in class_indices(labels, n_classes):
+        k = unbiased_round(rate * len(idx), rng)
+        redraw = rng.choice(idx, size=k, replace=False)
+        noisy[redraw] = rng.integers(0, n_classes, size=k)
+    return LabelNoise(noisy, labels.copy(), uniform_transition(rate, n_classes), "uniform", rate)
 
 
 def pairflip_noise(

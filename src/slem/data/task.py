@@ -30,6 +30,7 @@ from slem.data.corruption import (
     pairflip_noise,
     regression_noise,
     symmetric_noise,
+    uniform_noise,
 )
 from slem.data.dataset import Dataset, TaskType
 from slem.data.splits import stage_rng, take_counts, take_fraction
@@ -203,7 +204,7 @@ def build_task(config: DataConfig) -> Task:
         config.name,
         LoadOptions(
             seed=config.seed,
-            size=config.size,
+            size=config.size if config.train_size is None else _generated_size(config),
             data_seed=config.data_seed,
             data_dir=config.data_dir,
             target=config.target,
@@ -212,6 +213,76 @@ def build_task(config: DataConfig) -> Task:
         ),
     )
     return make_task(dataset, config)
+
+
+def _generated_size(config: DataConfig) -> int | None:
+    """For a generated dataset (MNIST-1D) with ``train_size``: enough samples that the pool
+    (80% of them) holds the training, validation and meta sets, or the default if larger."""
+    from slem.data.registry import BUILTIN, canonical_name
+
+    spec = BUILTIN.get(canonical_name(config.name))
+    if spec is None or not spec.generates_size or config.train_size is None:
+        return None
+    from slem.data.sources import mnist1d
+
+    train = config.train_size
+    needed = train + _val_count(train, config.val_fraction) + 10 * (config.meta_per_class or 0)
+    return max(mnist1d.DEFAULT_SIZE, int(np.ceil(needed / 0.8 * 1.05)) + 100)
+
+
+def _val_count(train_size: int, val_fraction: float) -> int:
+    """Validation samples beside ``train_size`` training ones: ``val_fraction`` of both."""
+    return max(1, round(train_size * val_fraction / (1.0 - val_fraction)))
+
+
+def _max_train_size(pool: int, val_fraction: float) -> int:
+    """The largest ``T`` with ``T + _val_count(T) <= pool``."""
+    t = int(pool * (1.0 - val_fraction)) + 1
+    while t > 0 and t + _val_count(t, val_fraction) > pool:
+        t -= 1
+    return t
+
+
+def _stratified_exact(
+    labels: np.ndarray, total: int, n_classes: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (taken, rest) with exactly ``total`` taken, spread over the classes in
+    proportion to their counts (largest remainder, ties broken at random)."""
+    counts = np.bincount(labels, minlength=n_classes)
+    quota = total * counts / max(len(labels), 1)
+    alloc = np.floor(quota).astype(np.int64)
+    short = total - int(alloc.sum())
+    if short > 0:
+        order = np.lexsort((rng.random(n_classes), -(quota - alloc)))
+        alloc[order[:short]] += 1
+    return take_counts(labels, np.minimum(alloc, counts), rng)
+
+
+def _split_train_val(
+    dataset: Dataset, pool: np.ndarray, cfg: DataConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly ``cfg.train_size`` training and ``_val_count`` validation indices from
+    ``pool``, stratified by class (classification)."""
+    train_size = int(cfg.train_size or 0)
+    n_val = _val_count(train_size, cfg.val_fraction)
+    if train_size + n_val > len(pool):
+        raise SlemError(
+            f"data.train_size {train_size} is more than '{dataset.name}' can give: after the "
+            f"test and meta sets {len(pool)} samples are left, which hold at most "
+            f"{_max_train_size(len(pool), cfg.val_fraction)} training samples beside the "
+            f"validation split (val_fraction {cfg.val_fraction:g})"
+        )
+    if dataset.is_classification:
+        labels = dataset.y[pool]
+        used, _ = _stratified_exact(
+            labels, train_size + n_val, dataset.n_classes, stage_rng(cfg.seed, "train-size")
+        )
+        val_pos, train_pos = _stratified_exact(
+            labels[used], n_val, dataset.n_classes, stage_rng(cfg.seed, "val")
+        )
+        return pool[used][train_pos], pool[used][val_pos]
+    perm = stage_rng(cfg.seed, "val").permutation(pool)
+    return np.sort(perm[n_val : n_val + train_size]), np.sort(perm[:n_val])
 
 
 def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: Any) -> Task:
@@ -243,12 +314,20 @@ def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: A
     if cfg.meta_per_class is not None or cfg.meta_size is not None:
         meta_idx, pool = _draw_meta(dataset, pool, cfg)
 
-    # 3. validation split
-    pool_strata = dataset.y[pool] if strata is not None else None
-    val_pos, train_pos = take_fraction(
-        len(pool), cfg.val_fraction, stage_rng(cfg.seed, "val"), pool_strata, n_classes, min_left=1
-    )
-    train_idx, val_idx = pool[train_pos], pool[val_pos]
+    # 3. validation split (with train_size: exactly that many training samples)
+    if cfg.train_size is not None:
+        train_idx, val_idx = _split_train_val(dataset, pool, cfg)
+    else:
+        pool_strata = dataset.y[pool] if strata is not None else None
+        val_pos, train_pos = take_fraction(
+            len(pool),
+            cfg.val_fraction,
+            stage_rng(cfg.seed, "val"),
+            pool_strata,
+            n_classes,
+            min_left=1,
+        )
+        train_idx, val_idx = pool[train_pos], pool[val_pos]
 
     # 4. imbalance: the same profile on train and on val
     if cfg.imbalance is not None and cfg.imbalance > 1:
@@ -310,7 +389,7 @@ def _check_config_fits(dataset: Dataset, cfg: DataConfig) -> None:
         if cfg.noise is not None and not cfg.noise.is_label_noise:
             raise SlemError(
                 f"noise '{cfg.noise.kind}' is for regression targets; '{dataset.name}' is "
-                "classification: use symmetric, pairflip or instance"
+                "classification: use symmetric, uniform, pairflip or instance"
             )
         if cfg.meta_size is not None:
             raise SlemError(
@@ -369,6 +448,8 @@ def _corrupt(
     result: LabelNoise | TargetNoise
     if spec.kind == "symmetric":
         result = symmetric_noise(y, spec.rate, dataset.n_classes, rng)
+    elif spec.kind == "uniform":
+        result = uniform_noise(y, spec.rate, dataset.n_classes, rng)
     elif spec.kind == "pairflip":
         result = pairflip_noise(y, spec.rate, dataset.n_classes, rng, spec.mapping)
     elif spec.kind == "instance":

@@ -105,8 +105,22 @@ class MetaConfig(_Strict):
     hypergrad: HypergradMethod = "lookahead"
     interval: int = Field(1, ge=1, description="a meta step every k training steps")
     warmup_epochs: int = Field(1, ge=0, description="plain ERM epochs before meta-learning")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the methodology")
+    lr: float = Field(1e-3, gt=0, description="learning rate of the methodology's optimizer")
     weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam",
+        description="the methodology's optimizer (MW-Net's noisy-label script: adam; its "
+        "WRN script and class-imbalance script: sgd)",
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="meta.optimizer sgd: momentum")
+    nesterov: bool = Field(False, description="meta.optimizer sgd: Nesterov momentum")
+    amsgrad: bool = Field(False, description="meta.optimizer adam: the AMSGrad variant")
+    virtual_step: Literal["optimizer", "sgd"] = Field(
+        "optimizer",
+        description="the virtual (lookahead) step the meta-gradient differentiates through: "
+        "optimizer: the real optimizer's update (momentum, weight decay); sgd: plain "
+        "theta - lr * grad at the current learning rate, as the official MW-Net / CMW-Net code",
+    )
     hidden: int = Field(100, ge=1)
     n_groups: int = Field(3, ge=1, description="class size groups (CMW-Net)")
     monotone: bool = Field(
@@ -367,6 +381,11 @@ class LossConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    preset: str | None = Field(
+        None,
+        description="a published protocol (slem presets) that fills method, optim and meta "
+        "fields; fields given in the config or with --set win",
+    )
     method: Method
     data: DataConfig
     model: ModelConfig = ModelConfig()
@@ -427,6 +446,11 @@ class TrainConfig(_Strict):
 
 
 def parse_train_config(values: dict[str, Any]) -> TrainConfig:
+    """Validate ``values`` (after resolving ``preset``, see slem.train.presets) into a
+    :class:`TrainConfig`; a one-line SlemError otherwise."""
+    from slem.train.presets import apply_preset
+
+    values = apply_preset(values)
     try:
         return TrainConfig.model_validate(values)
     except ValidationError as exc:

@@ -46,7 +46,7 @@ from slem.methodology.regression import base_loss, input_stats
 from slem.train.callbacks import Callback
 from slem.train.config import REGRESSION_METHODS, TrainConfig
 from slem.train.models import build_model
-from slem.train.trainer import EVAL_BATCH, Trainer, TrainResult
+from slem.train.trainer import EVAL_BATCH, Trainer, TrainResult, make_meta_optimizer
 
 #: the residual range of the learned-loss plot, in robust target units
 PLOT_RANGE = 6.0
@@ -154,11 +154,7 @@ class RegressionTrainer(Trainer):
         self._f_model = functional(self.model)
         if method == "hwnet":
             assert self.methodology is not None
-            self.meta_optimizer = torch.optim.Adam(
-                self.methodology.parameters(),
-                lr=config.meta.lr,
-                weight_decay=config.meta.weight_decay,
-            )
+            self.meta_optimizer = make_meta_optimizer(self.methodology.parameters(), config.meta)
             self._f_hw = functional(self.methodology)
 
     # ------------------------------------------------------------------ setup

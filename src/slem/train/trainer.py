@@ -55,6 +55,7 @@ from slem.train.config import (
     BUNDLE_METHODS,
     REGRESSION_METHODS,
     WEIGHTING_METHODS,
+    MetaConfig,
     TrainConfig,
 )
 from slem.train.models import build_model
@@ -120,6 +121,22 @@ def make_optimizer(
         )
     return torch.optim.SGD(
         params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    )
+
+
+def make_meta_optimizer(params: Any, meta: MetaConfig) -> torch.optim.Optimizer:
+    """The methodology's optimizer as ``meta`` says: Adam (optionally AMSGrad) or SGD with
+    momentum (optionally Nesterov), at ``meta.lr`` with ``meta.weight_decay``."""
+    if meta.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=meta.lr,
+            momentum=meta.momentum,
+            nesterov=meta.nesterov and meta.momentum > 0,
+            weight_decay=meta.weight_decay,
+        )
+    return torch.optim.Adam(
+        params, lr=meta.lr, weight_decay=meta.weight_decay, amsgrad=meta.amsgrad
     )
 
 
@@ -870,9 +887,7 @@ class MetaTrainer(Trainer):
                 )
         self.meta_optimizer: torch.optim.Optimizer | None = None
         if self.meta_training:
-            self.meta_optimizer = torch.optim.Adam(
-                self.meta_parameters(), lr=meta.lr, weight_decay=meta.weight_decay
-            )
+            self.meta_optimizer = make_meta_optimizer(self.meta_parameters(), meta)
         self.selected: Tensor | None = None
         self._f_model = functional(self.model)
         self._f_meth = functional(self.methodology)
