@@ -384,23 +384,21 @@ class TrainConfig(_Strict):
         )
         if self.method == "hwnet" and self.meta.objective == "selected":
             raise ValueError("meta.objective selected is for class labels; hwnet uses clean or dac")
-        if needs_meta and self.data.meta_per_class is None and self.data.meta_size is None:
+        if needs_meta and not self.data.has_meta_set:
             what = (
                 "method finetune"
                 if self.method == "finetune"
                 else (f"meta.objective '{self.meta.objective}'")
             )
             raise ValueError(
-                f"{what} needs a clean meta set: set data.meta_per_class (e.g. 10), or use "
-                "meta.objective dac or selected"
+                f"{what} needs a clean meta set: set data.meta_per_class (e.g. 10) or a trusted "
+                "file data.meta, or use meta.objective dac or selected"
                 + (" (regression: data.meta_size)" if self.method == "hwnet" else "")
             )
-        if self.method == "lr_schedule" and (
-            self.data.meta_per_class is None and self.data.meta_size is None
-        ):
+        if self.method == "lr_schedule" and not self.data.has_meta_set:
             raise ValueError(
                 "method lr_schedule meta-learns on a held-out meta set: set data.meta_per_class "
-                "(e.g. 50)"
+                "(e.g. 50) or a trusted file data.meta"
             )
         meta_sgd = ("lr_schedule", *WEIGHTING_METHODS, *BUNDLE_METHODS, "hwnet")
         if self.method in meta_sgd and self.optim.optimizer != "sgd":

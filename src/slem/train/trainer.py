@@ -675,6 +675,7 @@ class Trainer:
             "meta_step_time_ratio": (
                 float(np.median(meta) / np.median(plain)) if meta and plain else None
             ),
+            **self.task.provenance(),  # where the test labels came from: clean or as given
         }
         return TrainResult(self.history, summary, weights)
 
