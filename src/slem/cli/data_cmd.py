@@ -127,6 +127,19 @@ def show(
     min_class_size: Annotated[
         int, typer.Option(help="Drop classes with fewer samples than this.")
     ] = 1,
+    meta: Annotated[
+        str | None,
+        typer.Option(help="Trusted meta-set file with the same columns (your own data only)."),
+    ] = None,
+    test: Annotated[
+        str | None, typer.Option(help="Test file with the same columns (your own data only).")
+    ] = None,
+    synthetic_corruption: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic-corruption", help="Allow --noise / --imbalance on your own data file."
+        ),
+    ] = False,
     with_meta_features: Annotated[
         bool, typer.Option("--meta-features", help="Also compute the task's meta-features.")
     ] = False,
@@ -149,6 +162,9 @@ def show(
             "data_dir": data_dir,
             "impute": impute,
             "min_class_size": min_class_size,
+            "meta": meta,
+            "test": test,
+            "synthetic_corruption": synthetic_corruption,
         },
         prefix="",
     )
@@ -188,9 +204,13 @@ def _print_summary(task: Task, s: dict[str, Any]) -> None:
         "x".join(map(str, s["input_shape"])),
     )
     console.print(sizes)
+    for split in ("train", "meta", "val", "test"):
+        if split in s["splits"]:
+            console.print(f"{split}: {s['splits'][split]}", highlight=False, soft_wrap=True)
     if task.is_classification:
         counts = Table(title="training split per class")
-        for col in ("class", "name", "clean count", "observed count", "size group"):
+        truth = "as given" if task.user_data else "clean"  # labels before synthetic noise
+        for col in ("class", "name", f"{truth} count", "observed count", "size group"):
             counts.add_column(col, justify="right")
         for c, cname in enumerate(s["class_names"]):
             counts.add_row(
@@ -201,7 +221,7 @@ def _print_summary(task: Task, s: dict[str, Any]) -> None:
                 str(s["class_groups"][c]),
             )
         console.print(counts)
-        console.print(f"imbalance ratio (head/tail, clean): {s['imbalance_ratio_realized']:.1f}")
+        console.print(f"imbalance ratio (head/tail, {truth}): {s['imbalance_ratio_realized']:.1f}")
     if s["noise"]:
         console.print(
             f"noise {s['noise']}: realized rate {s['noise_rate_realized']:.4f} on train, "

@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from slem.cli.console import console, err_console, user_errors
+from slem.data.task import corruption_text, labels_text
 from slem.errors import SlemError
 from slem.train.config import TrainConfig, apply_overrides, load_yaml, parse_train_config
 from slem.train.run import default_run_dir, read_run_config, train_run
@@ -82,22 +83,27 @@ def run_and_report(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool
     except TrainingStopped as exc:
         report_stopped(exc, run_dir, f"slem {'apply' if config.method == 'apply' else 'train'}")
     s = result.summary
-    if s.get("metric") == "test_mse":  # regression: errors against the clean test targets
+    corruption, labels = corruption_text(s), labels_text(s)  # what the test metric measured
+    if s.get("metric") == "test_mse":  # regression
         at_best = s.get("test_mse_at_best_val")
         best = ""
         if at_best is not None:
             best = f", {at_best:.4g} (epoch {s['best_epoch']}, best on val MAE)"
         console.print(
-            f"[bold]{config.method}[/] on {s['dataset']} ({s['noise'] or 'clean'}): "
-            f"test MSE {s['test_mse']:.4g}, MAE {s['test_mae']:.4g} (final epoch){best}",
+            f"[bold]{config.method}[/] on {s['dataset']} ({corruption}): "
+            f"test MSE {s['test_mse']:.4g}, MAE {s['test_mae']:.4g} (final epoch){best}; "
+            f"test targets: {labels}",
             highlight=False,
+            soft_wrap=True,
         )
     else:
         console.print(
-            f"[bold]{config.method}[/] on {s['dataset']} ({s['noise'] or 'clean'}): "
+            f"[bold]{config.method}[/] on {s['dataset']} ({corruption}): "
             f"test accuracy {s['test_accuracy']:.4f} (final epoch), "
-            f"{s['test_accuracy_at_best_val']:.4f} (epoch {s['best_epoch']}, best on val)",
+            f"{s['test_accuracy_at_best_val']:.4f} (epoch {s['best_epoch']}, best on val); "
+            f"test labels: {labels}",
             highlight=False,
+            soft_wrap=True,
         )
     console.print(f"run directory: {run_dir}", highlight=False)
     return result

@@ -105,8 +105,18 @@ class DataConfig(BaseModel):
     data_dir: str | None = Field(default=None, description="directory with Fashion-MNIST files")
     impute: bool = Field(default=False, description="fill missing values instead of failing")
     min_class_size: int = Field(default=1, ge=1, description="drop classes with fewer samples")
-    noise: NoiseSpec | None = None
+    noise: NoiseSpec | None = Field(
+        default=None, description="synthetic label/target noise on train and val (benchmarks)"
+    )
     imbalance: float | None = Field(default=None, description="long-tail head/tail ratio, >= 1")
+    synthetic_corruption: bool = Field(
+        default=False,
+        description="allow noise / imbalance on your own data file (off: an error says so)",
+    )
+    meta: str | None = Field(
+        default=None, description="trusted meta-set file, same columns as the data file"
+    )
+    test: str | None = Field(default=None, description="test file, same columns as the data file")
     imbalance_profile: Literal["exponential", "step"] = "exponential"
     meta_per_class: int | None = Field(
         default=None, ge=1, description="clean meta samples per class"
@@ -140,6 +150,11 @@ class DataConfig(BaseModel):
         if factor is not None and factor < 1:
             raise ValueError(f"imbalance factor {factor} is below 1; use 1 for balanced, e.g. 100")
         return factor
+
+    @property
+    def has_meta_set(self) -> bool:
+        """Whether the task gets a meta set: drawn (meta_per_class / meta_size) or a file."""
+        return any(v is not None for v in (self.meta_per_class, self.meta_size, self.meta))
 
 
 def parse_data_config(values: dict[str, Any], prefix: str = "data") -> DataConfig:

@@ -4,6 +4,10 @@ A :class:`Dataset` is raw, unsplit data plus what a user needs to know about it:
 is classification or regression, the class names, where it came from and under which licence,
 and any preprocessing the loader applied (label encoding, dropped columns). Some sources ship
 an official test split (Fashion-MNIST, MNIST-1D); it is kept apart so tasks can use it.
+
+A user's own file (``user_data``) is taken as it is: its labels are "as given" (perhaps noisy),
+slem corrupts it only when asked to, and a trusted meta set or test set can come from separate
+files (``meta_file`` / ``test_file``) encoded exactly like the training file.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ class Dataset:
     """Features ``X`` (a flat table ``(n, d)`` or images ``(n, c, h, w)``) and targets ``y``.
 
     ``y`` holds integer labels ``0..C-1`` for classification and floats for regression.
-    ``X_test``/``y_test`` are the source's official test split, when it has one.
-    ``notes`` records every change a loader made to the user's data (encodings, drops),
-    so nothing happens silently.
+    ``X_test``/``y_test`` are the source's official test split, when it has one, or the
+    user's test file (``test_file``); ``X_meta``/``y_meta`` the user's trusted meta-set file
+    (``meta_file``). ``user_data`` marks the user's own data (labels as given, not known to be
+    clean). ``notes`` records every change a loader made to the user's data (encodings,
+    drops), so nothing happens silently.
     """
 
     name: str
@@ -39,6 +45,11 @@ class Dataset:
     X_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    user_data: bool = False
+    X_meta: np.ndarray | None = None
+    y_meta: np.ndarray | None = None
+    test_file: str | None = None
+    meta_file: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.X) != len(self.y):
@@ -47,8 +58,10 @@ class Dataset:
             )
         if (self.X_test is None) != (self.y_test is None):
             raise SlemError(f"dataset '{self.name}': X_test and y_test must be given together")
+        if (self.X_meta is None) != (self.y_meta is None):
+            raise SlemError(f"dataset '{self.name}': X_meta and y_meta must be given together")
         if self.is_classification:
-            for labels in (self.y, self.y_test):
+            for labels in (self.y, self.y_test, self.y_meta):
                 if (
                     labels is not None
                     and len(labels)
@@ -86,7 +99,7 @@ class Dataset:
     def subsample(self, size: int, seed: int) -> Dataset:
         """Keep ``size`` samples of the training pool (stratified for classification).
 
-        The official test split, if any, is left untouched.
+        The official test split and a meta-set file, if any, are left untouched.
         """
         if size >= len(self.y):
             return self
@@ -128,16 +141,16 @@ class Dataset:
         remap[kept] = np.arange(len(kept))
         dropped = [self.class_names[c] for c in range(self.n_classes) if counts[c] < min_count]
         mask = remap[self.y] >= 0
-        X_test, y_test = self.X_test, self.y_test
-        if X_test is not None and y_test is not None:
-            test_mask = remap[y_test] >= 0
-            X_test, y_test = X_test[test_mask], remap[y_test[test_mask]]
+        X_test, y_test = _keep_kept(self.X_test, self.y_test, remap)
+        X_meta, y_meta = _keep_kept(self.X_meta, self.y_meta, remap)
         return replace(
             self,
             X=self.X[mask],
             y=remap[self.y[mask]],
             X_test=X_test,
             y_test=y_test,
+            X_meta=X_meta,
+            y_meta=y_meta,
             class_names=tuple(self.class_names[c] for c in kept),
             notes=(
                 *self.notes,
@@ -146,3 +159,13 @@ class Dataset:
                 + (" ..." if len(dropped) > 10 else ""),
             ),
         )
+
+
+def _keep_kept(
+    X: np.ndarray | None, y: np.ndarray | None, remap: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Rows of a held-apart split whose class is kept, renumbered with ``remap``."""
+    if X is None or y is None:
+        return X, y
+    keep = remap[y] >= 0
+    return X[keep], remap[y[keep]]

@@ -28,6 +28,8 @@ class LoadOptions:
     target: str | None = None
     task_type: TaskType | Literal["auto"] = "auto"
     impute: bool = False
+    meta: str | None = None  # trusted meta-set file (user files only)
+    test: str | None = None  # test file (user files only)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,14 @@ def load_dataset(name: str, options: LoadOptions | None = None) -> Dataset:
     """Load a dataset by name; see the module docstring for the accepted names."""
     o = options or LoadOptions()
     key = canonical_name(name)
+    is_file = key not in BUILTIN and not key.startswith(rdatasets_tables.PREFIX)
+    is_file = is_file and (files.looks_like_file(key) or Path(key).is_file())
+    for field, value in (("meta", o.meta), ("test", o.test)):
+        if value is not None and not is_file:
+            raise SlemError(
+                f"data.{field} ({value}) is for your own data file; '{name}' is not a file "
+                f"(remove data.{field}, or give data.name as a .csv/.parquet path)"
+            )
     if key in BUILTIN:
         entry = BUILTIN[key]
         dataset = entry.load(o)
@@ -136,8 +146,10 @@ def load_dataset(name: str, options: LoadOptions | None = None) -> Dataset:
         dataset = rdatasets_tables.load_rdataset(
             key, o.target, task_type=o.task_type, impute=o.impute
         )
-    elif files.looks_like_file(key) or Path(key).is_file():
-        dataset = files.load_file(key, o.target, task_type=o.task_type, impute=o.impute)
+    elif is_file:
+        dataset = files.load_file(
+            key, o.target, task_type=o.task_type, impute=o.impute, meta=o.meta, test=o.test
+        )
     else:
         raise SlemError(unknown_name_message(name))
     if o.size is not None and not (key in BUILTIN and BUILTIN[key].generates_size):

@@ -10,10 +10,15 @@ every table goes through the same validation and the same documented conversions
 * missing values are an error unless ``impute=True``: then rows with a missing target are
   dropped and missing feature values are left as NaN for the task to fill with medians of the
   *training split only* (no test statistics leak into training); both are reported.
+
+:func:`fit_table` also returns a :class:`TableEncoder` that encodes a second table with the same
+columns (a trusted meta-set file, a test file) exactly as the first: the same label mapping,
+the same one-hot levels, the same dropped columns.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -30,6 +35,96 @@ MAX_CATEGORY_LEVELS = 50
 ROW_NAME_COLUMNS = ("rownames", "Unnamed: 0")
 
 
+@dataclass(frozen=True)
+class ColumnCode:
+    """How one feature column becomes model inputs: a number, or one-hot ``levels``."""
+
+    name: str
+    kind: Literal["number", "onehot"]
+    levels: tuple[object, ...] = ()
+
+
+@dataclass(frozen=True)
+class TableEncoder:
+    """The encoding fitted on a training table, to apply unchanged to another table.
+
+    ``columns`` are the source table's columns (row-name columns removed), which another table
+    must match; ``codes`` the kept feature columns in input order; ``label_keys`` map a label's
+    text (see :func:`_label_key`) to its class index.
+    """
+
+    source: str
+    target: str
+    task_type: TaskType
+    columns: tuple[str, ...]
+    codes: tuple[ColumnCode, ...]
+    label_keys: dict[str, int]
+    impute: bool
+
+    def transform(self, frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``(X, y, notes)`` of another table with the same columns, encoded as the training
+        table was: ``X`` float32 ``(n, d)`` with the training table's ``d`` inputs, ``y`` class
+        indices of the training table (or float targets).
+
+        Raises:
+            SlemError: the columns differ, a label is not a class of the training table, a
+                numeric column holds text, or values are missing without ``impute``.
+        """
+        frame = _drop_row_names(frame, self.target)
+        columns = [str(c) for c in frame.columns]
+        missing = [c for c in self.columns if c not in columns]
+        extra = [c for c in columns if c not in self.columns]
+        if missing or extra:
+            parts = [f"missing {_shown(missing)}"] if missing else []
+            parts += [f"unexpected {_shown(extra)}"] if extra else []
+            raise SlemError(
+                f"{name}: columns differ from {self.source} ({'; '.join(parts)}); give it the "
+                "same columns as the training file"
+            )
+        frame = frame.rename(columns=str)
+        frame, notes = _drop_missing_targets(frame, self.target, self.impute, name)
+        y = self._encode_labels(frame[self.target], name)
+        blocks = []
+        for code in self.codes:
+            series = frame[code.name]
+            if code.kind == "number":
+                blocks.append(_as_number(series, code.name, name, self.source)[:, None])
+                continue
+            block, unseen = _onehot(series, code.levels)
+            if unseen:
+                notes.append(
+                    f"{unseen} rows have levels of '{code.name}' not seen in {self.source}; "
+                    "encoded as all zeros"
+                )
+            blocks.append(block)
+        X = np.concatenate(blocks, axis=1).astype(np.float32)
+        _check_missing_features(
+            X, [n for c in self.codes for n in _input_names(c)], self.impute, name
+        )
+        if np.isnan(X).any():
+            notes.append(
+                f"{int(np.isnan(X).sum())} missing feature values will be filled with "
+                "training-split medians"
+            )
+        return X, y, notes
+
+    def _encode_labels(self, column: pd.Series, name: str) -> np.ndarray:
+        if self.task_type == "regression":
+            values = _as_number(column, self.target, name, self.source)
+            if not np.isfinite(values).all():
+                raise SlemError(f"{name}: target '{self.target}' has infinite values")
+            return values
+        keys = [_label_key(v) for v in column.tolist()]
+        unknown = sorted({k for k in keys if k not in self.label_keys})
+        if unknown:
+            raise SlemError(
+                f"{name}: target '{self.target}' has labels that are not classes of "
+                f"{self.source}: {_shown(unknown)}; the model can only predict the training "
+                "file's classes"
+            )
+        return np.array([self.label_keys[k] for k in keys], dtype=np.int64)
+
+
 def frame_to_dataset(
     frame: pd.DataFrame,
     target: str,
@@ -41,44 +136,55 @@ def frame_to_dataset(
     impute: bool = False,
 ) -> Dataset:
     """Validate and convert a table; see the module docstring for the rules."""
-    frame = frame.drop(columns=[c for c in ROW_NAME_COLUMNS if c in frame.columns and c != target])
+    return fit_table(
+        frame,
+        target,
+        name=name,
+        source=source,
+        license=license,
+        task_type=task_type,
+        impute=impute,
+    )[0]
+
+
+def fit_table(
+    frame: pd.DataFrame,
+    target: str,
+    *,
+    name: str,
+    source: str,
+    license: str,
+    task_type: TaskType | Literal["auto"] = "auto",
+    impute: bool = False,
+) -> tuple[Dataset, TableEncoder]:
+    """:func:`frame_to_dataset`, plus the :class:`TableEncoder` that encodes another table
+    with the same columns the same way."""
+    frame = _drop_row_names(frame, target)
     if target not in frame.columns:
         shown = ", ".join(map(str, list(frame.columns)[:30]))
         raise SlemError(f"{name}: target column '{target}' not found; available columns: {shown}")
-    notes: list[str] = []
-
-    missing_target = frame[target].isna()
-    if missing_target.any():
-        if not impute:
-            raise SlemError(
-                f"{name}: target '{target}' has {int(missing_target.sum())} missing values; "
-                "pass --impute (impute=True) to drop those rows"
-            )
-        frame = frame.loc[~missing_target]
-        notes.append(f"dropped {int(missing_target.sum())} rows with a missing target")
+    frame = frame.rename(columns=str)
+    frame, notes = _drop_missing_targets(frame, target, impute, name)
     if len(frame) == 0:
         raise SlemError(f"{name}: the table has no rows")
 
-    y, class_names, kind, target_note = _encode_target(frame[target], target, task_type, name)
+    y, class_names, kind, target_note, label_keys = _encode_target(
+        frame[target], target, task_type, name
+    )
     if target_note:
         notes.append(target_note)
-    X, feature_names, feature_notes = _encode_features(frame.drop(columns=[target]), name)
+    X, codes, feature_notes = _encode_features(frame.drop(columns=[target]), name)
     notes.extend(feature_notes)
-
+    feature_names = [n for c in codes for n in _input_names(c)]
+    _check_missing_features(X, feature_names, impute, name)
     n_missing = int(np.isnan(X).sum())
     if n_missing:
         bad = [feature_names[j] for j in np.flatnonzero(np.isnan(X).any(axis=0))]
-        shown = ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
-        if not impute:
-            raise SlemError(
-                f"{name}: {n_missing} missing feature values in columns {shown}; pass --impute "
-                "(impute=True) to fill them with training-split medians"
-            )
         notes.append(
-            f"{n_missing} missing feature values in {shown} will be filled with training-split "
-            "medians"
+            f"{n_missing} missing feature values in {_shown(bad)} will be filled with "
+            "training-split medians"
         )
-    return Dataset(
+    dataset = Dataset(
         name=name,
         X=X,
         y=y,
@@ -89,11 +195,75 @@ def frame_to_dataset(
         feature_names=tuple(feature_names),
         notes=tuple(notes),
     )
+    encoder = TableEncoder(
+        source=name,
+        target=target,
+        task_type=kind,
+        columns=tuple(str(c) for c in frame.columns),
+        codes=codes,
+        label_keys=label_keys,
+        impute=impute,
+    )
+    return dataset, encoder
+
+
+def _drop_row_names(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in ROW_NAME_COLUMNS if c in frame.columns and c != target])
+
+
+def _shown(items: list[str], limit: int = 8) -> str:
+    return ", ".join(map(str, items[:limit])) + (" ..." if len(items) > limit else "")
+
+
+def _drop_missing_targets(
+    frame: pd.DataFrame, target: str, impute: bool, name: str
+) -> tuple[pd.DataFrame, list[str]]:
+    missing_target = frame[target].isna()
+    if not missing_target.any():
+        return frame, []
+    if not impute:
+        raise SlemError(
+            f"{name}: target '{target}' has {int(missing_target.sum())} missing values; "
+            "pass --impute (impute=True) to drop those rows"
+        )
+    return frame.loc[~missing_target], [
+        f"dropped {int(missing_target.sum())} rows with a missing target"
+    ]
+
+
+def _check_missing_features(
+    X: np.ndarray, feature_names: list[str], impute: bool, name: str
+) -> None:
+    n_missing = int(np.isnan(X).sum())
+    if n_missing and not impute:
+        bad = [feature_names[j] for j in np.flatnonzero(np.isnan(X).any(axis=0))]
+        raise SlemError(
+            f"{name}: {n_missing} missing feature values in columns {_shown(bad)}; pass "
+            "--impute (impute=True) to fill them with training-split medians"
+        )
+
+
+def _label_key(value: object) -> str:
+    """A label's text, the same whether a file stored it as ``3``, ``3.0`` or ``"3"``."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _as_number(series: pd.Series, column: str, name: str, source: str) -> np.ndarray:
+    try:
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        example = next((v for v in series.dropna().tolist() if not isinstance(v, int | float)), "?")
+        raise SlemError(
+            f"{name}: column '{column}' holds text (e.g. {str(example)!r}) where {source} has "
+            "numbers"
+        ) from None
 
 
 def _encode_target(
     column: pd.Series, target: str, task_type: TaskType | Literal["auto"], name: str
-) -> tuple[np.ndarray, tuple[str, ...], TaskType, str]:
+) -> tuple[np.ndarray, tuple[str, ...], TaskType, str, dict[str, int]]:
     numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
     if task_type == "auto":
         task_type = _infer_task_type(column, numeric)
@@ -106,7 +276,7 @@ def _encode_target(
         values = column.to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
             raise SlemError(f"{name}: target '{target}' has infinite values")
-        return values, (), "regression", ""
+        return values, (), "regression", "", {}
     codes, uniques = pd.factorize(column, sort=True)
     class_names = tuple(str(u) for u in uniques)
     if len(class_names) < 2:
@@ -117,7 +287,8 @@ def _encode_target(
         shown = ", ".join(f"{i}={c}" for i, c in enumerate(class_names[:12]))
         more = f" ... ({len(class_names)} classes)" if len(class_names) > 12 else ""
         note = f"encoded target '{target}' as {shown}{more}"
-    return codes.astype(np.int64), class_names, "classification", note
+    keys = {_label_key(u): i for i, u in enumerate(uniques)}
+    return codes.astype(np.int64), class_names, "classification", note, keys
 
 
 def _infer_task_type(column: pd.Series, numeric: bool) -> TaskType:
@@ -130,30 +301,45 @@ def _infer_task_type(column: pd.Series, numeric: bool) -> TaskType:
     return "regression"
 
 
-def _encode_features(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, list[str], list[str]]:
+def _input_names(code: ColumnCode) -> list[str]:
+    if code.kind == "number":
+        return [code.name]
+    return [f"{code.name}_{level}" for level in code.levels]
+
+
+def _onehot(series: pd.Series, levels: tuple[object, ...]) -> tuple[np.ndarray, int]:
+    """One column per level (NaN rows where the value is missing) and the number of rows whose
+    value is none of ``levels`` (all zeros)."""
+    missing = series.isna().to_numpy()
+    known = series.isin(list(levels)).to_numpy()
+    unseen = int((~known & ~missing).sum())
+    categorical = pd.Categorical(series.where(known), categories=list(levels))
+    block = pd.get_dummies(categorical, dtype=np.float64).to_numpy(copy=True)
+    block[missing] = np.nan  # keep missingness visible to the check
+    return block, unseen
+
+
+def _encode_features(
+    frame: pd.DataFrame, name: str
+) -> tuple[np.ndarray, tuple[ColumnCode, ...], list[str]]:
     notes: list[str] = []
     blocks: list[np.ndarray] = []
-    names: list[str] = []
+    codes: list[ColumnCode] = []
     dropped: list[str] = []
     encoded: list[str] = []
     for col in frame.columns:
         series = frame[col]
-        if pd.api.types.is_bool_dtype(series):
-            blocks.append(series.to_numpy(dtype=np.float64)[:, None])
-            names.append(str(col))
-        elif pd.api.types.is_numeric_dtype(series):
+        if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
             blocks.append(series.to_numpy(dtype=np.float64, na_value=np.nan)[:, None])
-            names.append(str(col))
+            codes.append(ColumnCode(str(col), "number"))
         else:
             levels = series.dropna().unique()
             if len(levels) > MAX_CATEGORY_LEVELS or len(levels) > 0.5 * len(series):
                 dropped.append(str(col))
                 continue
-            dummies = pd.get_dummies(series, prefix=str(col), dtype=np.float64)
-            block = dummies.to_numpy(copy=True)
-            block[series.isna().to_numpy()] = np.nan  # keep missingness visible to the check
-            blocks.append(block)
-            names.extend(str(c) for c in dummies.columns)
+            code = ColumnCode(str(col), "onehot", tuple(pd.Categorical(series.dropna()).categories))
+            blocks.append(_onehot(series, code.levels)[0])
+            codes.append(code)
             encoded.append(f"{col} ({len(levels)} levels)")
     if encoded:
         notes.append("one-hot encoded categorical columns: " + ", ".join(encoded))
@@ -162,4 +348,4 @@ def _encode_features(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, list[s
     if not blocks:
         raise SlemError(f"{name}: no usable feature columns besides the target")
     X = np.concatenate(blocks, axis=1).astype(np.float32)
-    return X, names, notes
+    return X, tuple(codes), notes

@@ -3,21 +3,28 @@
 :func:`make_task` builds one from a :class:`Dataset` in a fixed order, each stage with its own
 seeded generator (changing the noise rate leaves the splits exactly as they were):
 
-1. **test**: the source's official test split, else a stratified ``test_fraction``; always clean.
-2. **meta**: ``meta_per_class`` clean samples per class (``meta_size`` for regression), drawn
-   from the training pool before any corruption; these samples never enter the training split.
+1. **test**: the source's official test split (or the user's ``data.test`` file), else a
+   stratified ``test_fraction``; never corrupted by slem.
+2. **meta**: the user's trusted ``data.meta`` file, or ``meta_per_class`` samples per class
+   (``meta_size`` for regression) drawn from the training pool before any corruption; these
+   samples never enter the training split.
 3. **val**: a stratified ``val_fraction`` of the rest of the pool.
 4. **imbalance**: the same long-tail profile applied to train and to val separately, so the
    training split follows the requested head/tail ratio exactly (up to flooring).
 5. **noise**: label or target noise on train and val, each seeded separately. Val is thus
    corrupted exactly like train, so selecting epochs or models on it uses no clean labels.
 6. **normalize**: inputs standardized with statistics of the training split only.
+
+A user's own file is taken as it is: its labels are "as given" (they may be noisy), so test
+and meta labels drawn from it are not clean, and the task says so (:attr:`Task.test_labels`,
+:attr:`Task.splits`). Synthetic noise or imbalance on it (steps 4-5) is a one-line error unless
+``synthetic_corruption`` asks for it; when on, :attr:`Task.synthetic_corruption` says what.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,6 +42,11 @@ from slem.data.corruption import (
 from slem.data.dataset import Dataset, TaskType
 from slem.data.splits import stage_rng, take_counts, take_fraction
 from slem.errors import SlemError
+
+#: what a split's labels are: clean (a benchmark's, never corrupted by slem), as given in the
+#: user's file (possibly noisy), or from a trusted file the user gave (data.meta / data.test)
+LabelKind = Literal["clean", "as_given", "trusted_file"]
+TRUSTED = " (trusted file)"
 
 
 @dataclass(frozen=True)
@@ -82,9 +94,11 @@ class Normalizer:
 
     @staticmethod
     def fit(X: np.ndarray) -> Normalizer:
+        """Fit on training inputs ``X``; tables (2-D) always get a median ``fill``, so missing
+        values of a later split (a user's test file) are filled with training medians too."""
         axes = (0,) if X.ndim == 2 else (0, *range(2, X.ndim))
         fill = None
-        if X.ndim == 2 and np.isnan(X).any():
+        if X.ndim == 2:
             fill = np.nanmedian(X, axis=0)
             fill = np.where(np.isnan(fill), 0.0, fill).astype(np.float32)
             X = np.where(np.isnan(X), fill, X)
@@ -146,6 +160,18 @@ class Task:
     notes: tuple[str, ...] = field(default_factory=tuple)
     #: instance-dependent noise: row k is the distribution training label k was drawn from
     transition_rows: np.ndarray | None = None
+    #: where each split came from and what its labels are, e.g. ``{"test": "test.csv (trusted
+    #: file)"}``; keys train, val, test and (with a meta set) meta
+    splits: dict[str, str] = field(default_factory=dict)
+    #: what the test labels are: ``clean`` (a benchmark, never corrupted by slem),
+    #: ``as_given`` (drawn from the user's file: possibly noisy) or ``trusted_file`` (data.test)
+    test_labels: LabelKind = "clean"
+    #: the same for the meta set (None without one)
+    meta_labels: LabelKind | None = None
+    #: the synthetic corruption slem added to train and val, in words (None: none)
+    synthetic_corruption: str | None = None
+    #: the user's own data (labels as given, not known to be clean)
+    user_data: bool = False
 
     @property
     def is_classification(self) -> bool:
@@ -154,6 +180,16 @@ class Task:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the splits came from and what labels the metrics use (JSON-ready): keys
+        ``splits``, ``test_labels``, ``meta_labels`` and ``synthetic_corruption``."""
+        return {
+            "splits": dict(self.splits),
+            "test_labels": self.test_labels,
+            "meta_labels": self.meta_labels,
+            "synthetic_corruption": self.synthetic_corruption,
+        }
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description: sizes, class counts, realized corruption."""
@@ -173,6 +209,7 @@ class Task:
             "noise_rate_realized": self.train.noise_rate,
             "noise_rate_realized_val": self.val.noise_rate,
             "imbalance": self.imbalance,
+            **self.provenance(),
             "notes": list(self.notes),
         }
         if self.is_classification:
@@ -185,6 +222,23 @@ class Task:
                 imbalance_ratio_realized=_ratio(_counts(self.train.y_true, f.n_classes)),
             )
         return out
+
+
+def labels_text(summary: dict[str, Any], split: str = "test") -> str:
+    """The labels a run's ``split`` metric was measured against, in words, from a run or task
+    summary: ``clean``, ``as given in my.csv, may be noisy`` or ``from test.csv``."""
+    kind = summary.get(f"{split}_labels") or "clean"
+    source = str((summary.get("splits") or {}).get(split, ""))
+    if kind == "as_given":
+        return f"as given in {summary.get('dataset')}, may be noisy"
+    if kind == "trusted_file":
+        return f"from {source.removesuffix(TRUSTED) or 'the trusted file'}"
+    return "clean"
+
+
+def corruption_text(summary: dict[str, Any]) -> str:
+    """The synthetic corruption of a run or task summary in a few words, for printed lines."""
+    return str(summary.get("synthetic_corruption") or "no synthetic noise")
 
 
 def _counts(labels: np.ndarray, n_classes: int) -> list[int]:
@@ -210,6 +264,8 @@ def build_task(config: DataConfig) -> Task:
             target=config.target,
             task_type=config.task_type,
             impute=config.impute,
+            meta=config.meta,
+            test=config.test,
         ),
     )
     return make_task(dataset, config)
@@ -309,7 +365,7 @@ def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: A
         )
         test = Split.clean(dataset.X[test_idx], dataset.y[test_idx], test_idx)
 
-    # 2. clean meta set
+    # 2. meta set: the user's trusted file, or drawn from the pool before any corruption
     meta_idx = np.empty(0, dtype=np.int64)
     if cfg.meta_per_class is not None or cfg.meta_size is not None:
         meta_idx, pool = _draw_meta(dataset, pool, cfg)
@@ -355,15 +411,19 @@ def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: A
     meta = (
         Split.clean(dataset.X[meta_idx], dataset.y[meta_idx], meta_idx) if len(meta_idx) else None
     )
+    if dataset.X_meta is not None and dataset.y_meta is not None:
+        meta = Split.clean(dataset.X_meta, dataset.y_meta, np.arange(len(dataset.y_meta)))
 
     # 6. normalization (training statistics only)
     normalizer = None
-    if cfg.normalize or np.isnan(train.X).any():
+    held = [s for s in (train, val, test, meta) if s is not None]
+    if cfg.normalize or any(np.isnan(s.X).any() for s in held):
         normalizer = Normalizer.fit(train.X)
         train, val, test = (_apply(s, normalizer) for s in (train, val, test))
         meta = _apply(meta, normalizer) if meta is not None else None
 
     features = _task_features(dataset, train, val, test, meta, cfg.n_groups)
+    synthetic = _synthetic(cfg)
     return Task(
         name=dataset.name,
         task_type=dataset.task_type,
@@ -380,11 +440,61 @@ def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: A
         normalizer=normalizer,
         seed=cfg.seed,
         source=dataset.source,
-        notes=dataset.notes,
+        notes=dataset.notes
+        + (
+            (f"{synthetic} (data.synthetic_corruption)",) if synthetic and dataset.user_data else ()
+        ),
+        **_provenance(dataset, meta is not None, synthetic),
+        user_data=dataset.user_data,
+        synthetic_corruption=synthetic,
     )
 
 
+def _synthetic(cfg: DataConfig) -> str | None:
+    """The corruption make_task adds, in words; None when it adds none."""
+    parts = []
+    if cfg.noise is not None and cfg.noise.rate > 0:
+        parts.append(f"noise {cfg.noise}")
+    if cfg.imbalance is not None and cfg.imbalance > 1:
+        parts.append(f"imbalance {cfg.imbalance:g} ({cfg.imbalance_profile})")
+    return f"synthetic {' and '.join(parts)} added to train and val" if parts else None
+
+
+def _provenance(dataset: Dataset, has_meta: bool, synthetic: str | None) -> dict[str, Any]:
+    """``splits``, ``test_labels`` and ``meta_labels`` of :class:`Task`."""
+    name = dataset.name
+    added = f"; {synthetic}" if synthetic else ""
+    if dataset.user_data:
+        given = "labels as given, may be noisy"
+        splits = {"train": f"{name} ({given}{added})", "val": f"drawn from {name} ({given}{added})"}
+        test_kind: LabelKind = "as_given"
+        splits["test"] = f"drawn from {name} ({given})"
+        if dataset.test_file is not None:
+            test_kind, splits["test"] = "trusted_file", f"{dataset.test_file}{TRUSTED}"
+        meta_kind: LabelKind | None = None
+        if dataset.meta_file is not None:
+            meta_kind, splits["meta"] = "trusted_file", f"{dataset.meta_file}{TRUSTED}"
+        elif has_meta:
+            meta_kind, splits["meta"] = "as_given", f"drawn from {name} ({given})"
+    else:
+        labels = synthetic or "clean labels"
+        splits = {
+            "train": f"{name} ({labels})",
+            "val": f"drawn from {name} ({labels})",
+            "test": (
+                f"official test split of {name} (clean labels)"
+                if dataset.has_official_test
+                else f"drawn from {name} (clean labels)"
+            ),
+        }
+        test_kind, meta_kind = "clean", None
+        if has_meta:
+            meta_kind, splits["meta"] = "clean", f"drawn from {name} (clean labels)"
+    return {"splits": splits, "test_labels": test_kind, "meta_labels": meta_kind}
+
+
 def _check_config_fits(dataset: Dataset, cfg: DataConfig) -> None:
+    _check_user_data(dataset, cfg)
     if dataset.is_classification:
         if cfg.noise is not None and not cfg.noise.is_label_noise:
             raise SlemError(
@@ -412,6 +522,38 @@ def _check_config_fits(dataset: Dataset, cfg: DataConfig) -> None:
     for name in ("meta_per_class", "imbalance"):
         if getattr(cfg, name) is not None:
             raise SlemError(f"{name} needs class labels; '{dataset.name}' is regression")
+
+
+def _check_user_data(dataset: Dataset, cfg: DataConfig) -> None:
+    """A user's file is never corrupted unless asked, and has one meta set at most; all
+    problems are named in one line."""
+    problems = []
+    if dataset.user_data and not cfg.synthetic_corruption:
+        what = "labels" if dataset.is_classification else "targets"
+        if cfg.noise is not None and cfg.noise.rate > 0:
+            problems.append(
+                f"data.noise {cfg.noise} would add synthetic noise to the {what} of your own "
+                f"file '{dataset.name}' (remove data.noise: its {what} are used as given)"
+            )
+        if cfg.imbalance is not None and cfg.imbalance > 1:
+            problems.append(
+                f"data.imbalance {cfg.imbalance:g} would subsample your own file "
+                f"'{dataset.name}' to a synthetic long tail (remove data.imbalance)"
+            )
+        if problems:
+            problems[-1] += (
+                ", or set data.synthetic_corruption=true (slem data show: "
+                "--synthetic-corruption) to corrupt it on purpose"
+            )
+    if dataset.X_meta is not None:
+        problems += [
+            f"data.meta ({dataset.meta_file}) is the meta set: remove data.{drawn}, which would "
+            "draw another one from the training file"
+            for drawn in ("meta_per_class", "meta_size")
+            if getattr(cfg, drawn) is not None
+        ]
+    if problems:
+        raise SlemError("; ".join(problems))
 
 
 def _draw_meta(

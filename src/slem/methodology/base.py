@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from slem._version import __version__
 from slem.errors import SlemError
+from slem.rundir import atomic_write_bytes
 
 FORMAT = "slem-methodology"
 FORMAT_VERSION = 1
@@ -50,7 +52,8 @@ class Methodology(nn.Module, metaclass=ABCMeta):
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path / WEIGHTS_FILE))
+        # not safetensors' save_file, which creates 0600 files: the user's umask decides
+        atomic_write_bytes(path / WEIGHTS_FILE, safetensors_bytes(tensors))
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -115,12 +115,6 @@ class MetaConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="meta.optimizer sgd: momentum")
     nesterov: bool = Field(False, description="meta.optimizer sgd: Nesterov momentum")
     amsgrad: bool = Field(False, description="meta.optimizer adam: the AMSGrad variant")
-    virtual_step: Literal["optimizer", "sgd"] = Field(
-        "optimizer",
-        description="the virtual (lookahead) step the meta-gradient differentiates through: "
-        "optimizer: the real optimizer's update (momentum, weight decay); sgd: plain "
-        "theta - lr * grad at the current learning rate, as the official MW-Net / CMW-Net code",
-    )
     hidden: int = Field(100, ge=1)
     n_groups: int = Field(3, ge=1, description="class size groups (CMW-Net)")
     monotone: bool = Field(
@@ -415,23 +409,21 @@ class TrainConfig(_Strict):
             self.method in (*WEIGHTING_METHODS, *BUNDLE_METHODS, "hwnet")
             and "clean" in self.meta.objective
         )
-        if needs_meta and self.data.meta_per_class is None and self.data.meta_size is None:
+        if needs_meta and not self.data.has_meta_set:
             what = (
                 "method finetune"
                 if self.method == "finetune"
                 else (f"meta.objective '{self.meta.objective}'")
             )
             raise ValueError(
-                f"{what} needs a clean meta set: set data.meta_per_class (e.g. 10), or use "
-                "meta.objective dac or selected"
+                f"{what} needs a clean meta set: set data.meta_per_class (e.g. 10) or a trusted "
+                "file data.meta, or use meta.objective dac or selected"
                 + (" (regression: data.meta_size)" if self.method == "hwnet" else "")
             )
-        if self.method == "lr_schedule" and (
-            self.data.meta_per_class is None and self.data.meta_size is None
-        ):
+        if self.method == "lr_schedule" and not self.data.has_meta_set:
             raise ValueError(
                 "method lr_schedule meta-learns on a held-out meta set: set data.meta_per_class "
-                "(e.g. 50)"
+                "(e.g. 50) or a trusted file data.meta"
             )
         from slem.train.validity import check_config
 

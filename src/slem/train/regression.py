@@ -431,6 +431,7 @@ class RegressionTrainer(Trainer):
             "test_accuracy": None,
             "val_accuracy": None,
             "test_accuracy_at_best_val": None,
+            **self.task.provenance(),  # where the test targets came from: clean or as given
         }
         if self.hwnet is not None:
             summary["hwnet_mode"] = self.hwnet.mode

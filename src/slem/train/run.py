@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from slem._version import __version__
 from slem.data.task import Task, build_task
 from slem.errors import SlemError
 from slem.methodology import Methodology, load_methodology
+from slem.rundir import atomic_write_bytes
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.config import TrainConfig, parse_train_config
 from slem.train.trainer import Stoppable, Trainer, TrainResult, make_trainer, resolve_device
@@ -138,9 +139,12 @@ def train_run(
 def write_outputs(
     run_dir: Path, config: TrainConfig, task: Task, trainer: Trainer, result: TrainResult
 ) -> None:
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()},
-        str(run_dir / "model.safetensors"),
+    # safetensors' save_file creates 0600 files: write its bytes with the user's umask
+    atomic_write_bytes(
+        run_dir / "model.safetensors",
+        safetensors_bytes(
+            {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+        ),
     )
     summary = dict(result.summary)
     if config.method == "learned_optimizer":  # its artifact was written after meta-training

@@ -762,6 +762,7 @@ class Trainer:
             "meta_step_time_ratio": (
                 float(np.median(meta) / np.median(self.plain_step_times())) if meta else None
             ),
+            **self.task.provenance(),  # where the test labels came from: clean or as given
         }
         return TrainResult(self.history, summary, weights)
 

@@ -5,11 +5,17 @@
   ``y``), or one 1-D array per column, of which ``target`` is one.
 * ``.npy``: a structured array whose field ``target`` is the label, or a plain 2-D array whose
   ``target`` is a column index (e.g. ``-1`` for the last column).
+
+A file is the user's own data: its labels are taken as given (they may be noisy), never
+corrupted unless asked for. A trusted meta set (``meta``) and a test set (``test``) can come
+from separate files with the same columns; they are encoded like the training file (its label
+mapping and one-hot levels) and standardized later with the training split's statistics.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from slem.data.dataset import Dataset, TaskType
-from slem.data.tabular import frame_to_dataset
+from slem.data.tabular import fit_table
 from slem.errors import SlemError
 
 SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".npy", ".npz")
@@ -33,17 +39,19 @@ def load_file(
     *,
     task_type: TaskType | Literal["auto"] = "auto",
     impute: bool = False,
+    meta: str | Path | None = None,
+    test: str | Path | None = None,
 ) -> Dataset:
-    """Read ``path`` and convert it with the shared table rules (:mod:`slem.data.tabular`)."""
+    """Read ``path`` and convert it with the shared table rules (:mod:`slem.data.tabular`).
+
+    ``meta`` / ``test``: files with the same columns holding a trusted meta set and a test set
+    (``Dataset.X_meta`` / ``X_test``), encoded as the training file is.
+
+    Raises:
+        SlemError: a file is missing or unreadable, a column or label does not match.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise SlemError(f"data file '{path}' does not exist")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise SlemError(
-            f"data file '{path}': unsupported suffix '{suffix}'; use one of {', '.join(SUFFIXES)}"
-        )
-    frame = _read_frame(path, suffix, target)
+    frame = _read_frame(path, _checked_suffix(path, "data"), target)
     if target is None:
         target = "y" if "y" in frame.columns else None
     if target is None:
@@ -51,7 +59,7 @@ def load_file(
             f"data file '{path}' needs a target column (--target); columns: "
             + ", ".join(map(str, list(frame.columns)[:30]))
         )
-    return frame_to_dataset(
+    dataset, encoder = fit_table(
         frame,
         target,
         name=path.name,
@@ -60,6 +68,41 @@ def load_file(
         task_type=task_type,
         impute=impute,
     )
+    notes = list(dataset.notes)
+    held: dict[str, tuple[np.ndarray, np.ndarray, str] | None] = {"meta": None, "test": None}
+    for role, other in (("meta", meta), ("test", test)):
+        if other is None:
+            continue
+        other_path, field = Path(other), f"data.{role}"
+        other_frame = _read_frame(other_path, _checked_suffix(other_path, field), target)
+        X, y, other_notes = encoder.transform(other_frame, f"{field} {other_path.name}")
+        if len(y) == 0:
+            raise SlemError(f"{field} file '{other_path}' has no rows")
+        held[role] = (X, y, str(other))
+        notes.extend(f"{field} {other_path.name}: {n}" for n in other_notes)
+    meta_part, test_part = held["meta"], held["test"]
+    return replace(
+        dataset,
+        notes=tuple(notes),
+        user_data=True,
+        X_meta=meta_part[0] if meta_part else None,
+        y_meta=meta_part[1] if meta_part else None,
+        meta_file=meta_part[2] if meta_part else None,
+        X_test=test_part[0] if test_part else None,
+        y_test=test_part[1] if test_part else None,
+        test_file=test_part[2] if test_part else None,
+    )
+
+
+def _checked_suffix(path: Path, role: str) -> str:
+    if not path.is_file():
+        raise SlemError(f"{role} file '{path}' does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise SlemError(
+            f"{role} file '{path}': unsupported suffix '{suffix}'; use one of {', '.join(SUFFIXES)}"
+        )
+    return suffix
 
 
 def _read_frame(path: Path, suffix: str, target: str | None) -> pd.DataFrame:
