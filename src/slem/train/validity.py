@@ -128,18 +128,18 @@ def _zero_hypergradient(cell: Cell) -> str | None:
     return None
 
 
-def _task_reason(cell: Cell) -> str | None:
+def _task_reason(cell: Cell, task: str = "the task", classes: str = "class labels") -> str | None:
     """Rule 7: the method does not fit the task's type."""
     m = cell.method
     regression = m in REGRESSION
     if cell.task_type == "regression" and not regression:
         return (
-            f"method {m} needs class labels, but the task has a numeric target; use a "
+            f"method {m} needs class labels, but {task} is a regression task; use a "
             "regression method (mse, l1, huber, hwnet)"
         )
     if cell.task_type == "classification" and regression:
         return (
-            f"method {m} is for regression targets, but the task has class labels; use a "
+            f"method {m} is for regression targets, but {task} has {classes}; use a "
             "classification method (erm, gce, mwnet, ...)"
         )
     return None
@@ -250,9 +250,9 @@ def check_task(config: TrainConfig, task: Task) -> None:
     from slem.errors import SlemError
 
     task_type = "classification" if task.is_classification else "regression"
-    why = _task_reason(cell_of(config, task_type))
+    why = _task_reason(cell_of(config, task_type), f"'{task.name}'", f"{task.n_classes} classes")
     if why is not None:
-        raise SlemError(f"'{task.name}': {why}")
+        raise SlemError(why)
 
 
 #: forward mode takes one pass per hyperparameter (``slem.bilevel.forward``'s limit)
