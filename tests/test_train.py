@@ -159,7 +159,7 @@ def test_stock_module_and_regression_guard(task: Task) -> None:
     result = make_trainer(config("mwnet", epochs=2), task, model=model).fit()
     assert result.summary["weight_auc"] is not None
     reg = make_task(load_dataset("diabetes"))
-    with pytest.raises(SlemError, match="needs class labels, but .diabetes. is a regression task"):
+    with pytest.raises(SlemError, match="needs class labels, but 'diabetes' is a regression task"):
         make_trainer(config("erm"), reg)
 
 
