@@ -275,3 +275,21 @@ def test_meta_step_time_ratio_without_warmup(task) -> None:  # type: ignore[no-u
     ratio = result.summary["meta_step_time_ratio"]
     assert ratio is not None and ratio > 0
     assert trainer.timings["plain"] == []  # timing the probe changed nothing of the run
+
+
+def test_virtual_step_option_reaches_the_meta_step(task) -> None:  # type: ignore[no-untyped-def]
+    """``meta.virtual_step: sgd`` (the official code's plain step) gives another hypergradient
+    than the optimizer's step (momentum and weight decay) once momentum has built up."""
+    grads = {}
+    for mode in ("optimizer", "sgd"):
+        probe = Probe()
+        cfg = config({"virtual_step": mode}, optim={"epochs": 1, "batch_size": 64})
+        make_trainer(cfg, task, model=bn_model(), callbacks=[probe]).fit()
+        grads[mode] = probe.grads
+    # step 1 has no momentum yet: only weight decay (5e-4) separates them
+    assert torch.allclose(grads["optimizer"][0], grads["sgd"][0], rtol=1e-3, atol=1e-9)
+    later = [
+        float((a - b).norm() / a.norm())
+        for a, b in zip(grads["optimizer"][1:], grads["sgd"][1:], strict=True)
+    ]
+    assert max(later) > 1e-3

@@ -45,6 +45,8 @@ Rules (why):
 8. ``forward`` takes one forward-mode pass per hyperparameter: at most 1024 (MW-Net's 1-100-1
    net has 301, CMW-Net's 503; a transition net that reads the inputs has thousands).
    Checked once the methodology is built (:func:`check_methodology`).
+9. ``meta.warmup_epochs`` must be below ``optim.epochs``: otherwise the run takes no meta
+   step at all (checked with the config, outside the table).
 """
 
 from __future__ import annotations
@@ -239,6 +241,13 @@ def check_config(config: TrainConfig) -> None:
     why = reason(cell_of(config))
     if why is not None:
         raise ValueError(why)
+    warmup, epochs = config.meta.warmup_epochs, config.optim.epochs
+    if config.method in ENGINE_METHODS and warmup >= epochs:
+        raise ValueError(
+            f"meta.warmup_epochs ({warmup}) is not below optim.epochs ({epochs}): method "
+            f"{config.method} would train plain epochs only and never take a meta step; lower "
+            "meta.warmup_epochs (e.g. 0) or raise optim.epochs"
+        )
 
 
 def check_task(config: TrainConfig, task: Task) -> None:
