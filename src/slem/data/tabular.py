@@ -65,6 +65,14 @@ def frame_to_dataset(
     X, feature_names, feature_notes = _encode_features(frame.drop(columns=[target]), name)
     notes.extend(feature_notes)
 
+    infinite = np.isinf(X)
+    if infinite.any():
+        bad = [feature_names[j] for j in np.flatnonzero(infinite.any(axis=0))]
+        shown = ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
+        raise SlemError(
+            f"{name}: {int(infinite.sum())} infinite feature values (inf or -inf) in columns "
+            f"{shown}; replace them with finite numbers, or empty the cells and pass --impute"
+        )
     n_missing = int(np.isnan(X).sum())
     if n_missing:
         bad = [feature_names[j] for j in np.flatnonzero(np.isnan(X).any(axis=0))]

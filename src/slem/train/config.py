@@ -368,6 +368,12 @@ class TrainConfig(_Strict):
     methodology: str | None = Field(None, description="apply: the artifact directory")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads torch may use; None: min(4, available cores), or torch's own "
+        "setting when OMP_NUM_THREADS is set (slem.train.threads). Not part of the result.",
+    )
     checkpoint_every: int = Field(200, ge=1, description="steps between mid-epoch checkpoints")
     select_on: Literal["auto", "accuracy", "balanced_accuracy"] = Field(
         "auto",
