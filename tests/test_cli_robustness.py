@@ -481,3 +481,60 @@ def test_threads_option_is_recorded_and_applied(
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("command", [["train"], ["bbo", "train"], ["apply"]])
+@pytest.mark.parametrize(
+    ("kind", "fragment"), [("dir", "is a directory"), ("binary", "could not be read")]
+)
+def test_a_config_that_is_no_yaml_text_is_one_line(
+    runner: CliRunner, tmp_path: Path, command: list[str], kind: str, fragment: str
+) -> None:
+    binary = tmp_path / "conf.yaml"
+    binary.write_bytes(b"\xd0\xff\x00\x01 not text")
+    path = tmp_path if kind == "dir" else binary
+    if command == ["apply"]:  # apply reads an artifact directory, not a YAML file
+        args = ["apply", str(path), "--data", "iris"]
+        fragment = "not a methodology artifact" if kind == "dir" else "does not exist"
+    else:
+        args = [*command, str(path)]
+    one_line_error(runner.invoke(app, [*args, "--out", str(tmp_path / "o")]), fragment)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("reason", ["interrupted", "aborted", "terminated"])
+def test_a_stop_says_whether_a_checkpoint_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], reason: str
+) -> None:
+    import typer
+
+    from slem.cli.train_cmd import report_stopped
+    from slem.train.trainer import TrainingStopped
+
+    for has_checkpoint in (False, True):
+        if has_checkpoint:
+            (tmp_path / "checkpoint.pt").write_bytes(b"x")
+        with pytest.raises(typer.Exit) as exit_info:
+            report_stopped(TrainingStopped(reason), tmp_path, "slem train")
+        assert exit_info.value.exit_code == (143 if reason == "terminated" else 130)
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1
+        if has_checkpoint:
+            assert "no checkpoint" not in err and f"--resume {tmp_path}" in err
+        else:
+            assert "no checkpoint was written yet" in err and "from the beginning" in err
+
+
+def test_meta_training_progress_outside_a_terminal_is_ten_plain_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from types import SimpleNamespace
+
+    from slem.train.loop import MetaProgress
+
+    bar = MetaProgress(20, "meta-training [x]")
+    for i in range(1, 21):
+        bar.update(SimpleNamespace(iteration=i, history=[{"meta_loss": 1.0 / i}]))
+    bar.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("meta-training [x]  20/20  meta loss 0.050")

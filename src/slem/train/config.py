@@ -432,10 +432,14 @@ def parse_train_config(values: dict[str, Any]) -> TrainConfig:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise SlemError(f"config file '{p}' is a directory; pass a YAML file (see examples/)")
     if not p.is_file():
         raise SlemError(f"config file '{p}' does not exist")
     try:
-        values = yaml.safe_load(p.read_text())
+        values = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SlemError(f"config file '{p}' could not be read as YAML text: {exc}") from None
     except yaml.YAMLError as exc:
         raise SlemError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):
