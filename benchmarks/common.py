@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from slem.data import build_task
+from slem.errors import SlemError
 from slem.train import make_trainer, parse_train_config
+from slem.train.threads import set_threads
 
 
 class Cache:
@@ -137,11 +139,42 @@ def accuracy_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+class ThreadsAction(argparse.Action):
+    """``--threads N``: torch's CPU threads, set as soon as the option is parsed."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        try:
+            setattr(namespace, self.dest, set_threads(int(values)))
+        except (ValueError, SlemError) as exc:
+            parser.error(f"--threads: {exc}")
+
+
 def base_parser(doc: str | None) -> argparse.ArgumentParser:
-    """The options every benchmark has: --quick, --json, --cache, --seeds."""
+    """The options every benchmark has: --quick, --json, --cache, --seeds, --threads. The
+    slem default thread count (:func:`slem.train.threads.default_threads`) applies until
+    --threads is parsed."""
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small version (minutes)")
     parser.add_argument("--json", help="write results and summaries to this JSON file")
     parser.add_argument("--cache", default=None, help="directory for runs.jsonl (resumable)")
     parser.add_argument("--seeds", type=int, default=3)
+    add_threads_option(parser)
     return parser
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--threads N`` to a benchmark's parser and apply slem's default thread count
+    until it is parsed (any script can call this on its own parser)."""
+    set_threads(None)
+    parser.add_argument(
+        "--threads",
+        action=ThreadsAction,
+        default=None,
+        help="CPU threads torch may use (default: min(4, cores), or OMP_NUM_THREADS)",
+    )

@@ -10,11 +10,20 @@ import torch
 import typer
 import yaml
 
-from slem.cli.console import console, user_errors
-from slem.cli.train_cmd import QuietOption, SetOption, report_stopped, stop_on_signals
+from slem.cli.console import ThreadsOption, console, set_threads, user_errors
+from slem.cli.train_cmd import (
+    QuietOption,
+    SetOption,
+    reject_with_resume,
+    report_stopped,
+    stop_on_signals,
+)
 from slem.errors import SlemError
+from slem.rundir import atomic_write_text, lock_run_dir
 from slem.train.bbo import bbo_run
+from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import apply_overrides, load_yaml, parse_bbo_config
+from slem.train.run import check_new_run_dir
 from slem.train.trainer import Stoppable, TrainingStopped
 
 app = typer.Typer(help="Learned black-box optimization (Chen et al., 2017).", no_args_is_help=True)
@@ -32,10 +41,24 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run directory.")] = None,
     set_: SetOption = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Meta-train the RNN proposer on GP samples, quadratics and standard test functions."""
+    set_threads(threads)
     if resume is not None:
+        reject_with_resume(
+            {
+                "CONFIG": config,
+                "--dim": dim,
+                "--loss": loss,
+                "--iterations": iterations,
+                "--steps": steps,
+                "--seed": seed,
+                "--out": out,
+                "--set": set_,
+            }
+        )
         cfg = parse_bbo_config(_read_config(resume))
         run_dir = resume
     else:
@@ -45,31 +68,34 @@ def train(
         cfg = parse_bbo_config(apply_overrides(values, set_ or []))
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-bbo-{cfg.dim}d-{cfg.loss}"
-        if (run_dir / "meta_checkpoint.pt").exists():
-            raise SlemError(f"'{run_dir}' already holds a run; continue it with --resume {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     trainers: list[Stoppable] = []
     try:
-        with stop_on_signals(trainers):
-            summary = bbo_run(cfg, run_dir, resume is not None, not quiet, trainers.append)
+        with lock_run_dir(run_dir, "slem bbo train"):
+            if resume is None:
+                check_new_run_dir(run_dir, "slem bbo train")
+                atomic_write_text(
+                    run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"))
+                )
+            with stop_on_signals(trainers):
+                summary = bbo_run(cfg, run_dir, resume is not None, not quiet, trainers.append)
     except TrainingStopped as exc:
         report_stopped(exc, run_dir, "slem bbo train")
     console.print(
         f"learned black-box optimizer ({cfg.dim}-D, loss {cfg.loss}): mean regret after "
         f"{cfg.steps} queries on 32 unseen GP samples {summary['held_out_regret']:.3f} "
         f"(random search {summary['random_search_regret']:.3f})",
-        highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"run directory: {run_dir}", highlight=False)
+    console.print(f"run directory: {run_dir}", soft_wrap=True)
 
 
 def _read_config(run_dir: Path) -> dict[str, object]:
     path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise SlemError(f"run directory '{run_dir}' does not exist; nothing to resume")
     if not path.is_file():
         raise SlemError(f"'{run_dir}' is not a bbo run directory (no config.yaml)")
-    values: dict[str, object] = yaml.safe_load(path.read_text())
-    return values
+    return read_yaml_mapping(path, "restore it from a copy, or start a new run with another --out")
 
 
 @app.command("run")
@@ -82,18 +108,20 @@ def run(
     budget: Annotated[int, typer.Option(help="Queries per search.")] = 30,
     repeats: Annotated[int, typer.Option(help="Independent searches.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    threads: ThreadsOption = None,
 ) -> None:
     """Search a held-out test function with the frozen optimizer, against random search."""
+    set_threads(threads)
     from slem.data.functions import held_out
     from slem.methodology import load_methodology
     from slem.methodology.bbo import RNNBlackBoxOptimizer
     from slem.train.bbo import random_search_regret, search_regret
 
+    if budget < 2 or repeats < 1:
+        raise SlemError("--budget must be at least 2 and --repeats at least 1")
     net, _ = load_methodology(artifact)
     if not isinstance(net, RNNBlackBoxOptimizer):
         raise SlemError(f"'{artifact}' holds a '{net.kind}' methodology, not learned_bbo")
-    if budget < 2 or repeats < 1:
-        raise SlemError("--budget must be at least 2 and --repeats at least 1")
     functions = held_out(function, batch=repeats)
     learned = search_regret(net, functions, budget, seed)[-1]
     rand = random_search_regret(functions, budget, seed)[-1]
@@ -105,5 +133,5 @@ def run(
     console.print(
         f"{function}: regret after {budget} queries, mean ± std over {repeats} searches: "
         f"learned {stat(learned)}, random search {stat(rand)}",
-        highlight=False,
+        soft_wrap=True,
     )

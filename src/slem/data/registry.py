@@ -14,7 +14,7 @@ from typing import Literal
 
 from slem.data.dataset import Dataset, TaskType
 from slem.data.sources import fashion_mnist, files, mnist1d, rdatasets_tables, sklearn_sets
-from slem.errors import SlemError
+from slem.errors import DataNotFoundError, SlemError
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,23 @@ def _mnist1d(o: LoadOptions) -> Dataset:
     return mnist1d.load_mnist1d(n_samples=o.size or mnist1d.DEFAULT_SIZE, seed=seed)
 
 
+def _fashion_mnist(o: LoadOptions) -> Dataset:
+    if o.data_dir is not None and fashion_mnist.find_dir(o.data_dir) not in (
+        Path(o.data_dir),
+        Path(o.data_dir) / "fashion-mnist",
+    ):  # a directory the user names is used, never silently another copy
+        names = ", ".join(fashion_mnist.FILES.values())
+        raise DataNotFoundError(
+            f"--data-dir {o.data_dir} does not hold the Fashion-MNIST IDX files ({names}), "
+            "nor does its fashion-mnist subdirectory; put them there, or drop --data-dir to use "
+            "$SLEM_DATA or the copy from 'apt-get install dataset-fashion-mnist'"
+        )
+    return fashion_mnist.load_fashion_mnist(o.data_dir)
+
+
+#: built-in datasets that read files from ``data_dir``
+USES_DATA_DIR = ("fashion-mnist",)
+
 BUILTIN: dict[str, BuiltinDataset] = {
     d.name: d
     for d in (
@@ -68,7 +85,7 @@ BUILTIN: dict[str, BuiltinDataset] = {
             "fashion-mnist",
             "classification",
             "Fashion-MNIST images (1, 28, 28), 10 classes, 60,000 train + 10,000 test",
-            lambda o: fashion_mnist.load_fashion_mnist(o.data_dir),
+            lambda o: _fashion_mnist(o),
         ),
         BuiltinDataset(
             "digits",
@@ -134,6 +151,17 @@ def load_dataset(name: str, options: LoadOptions | None = None) -> Dataset:
             raise SlemError(
                 f"data.{field} ({value}) is for your own data file; '{name}' is not a file "
                 f"(remove data.{field}, or give data.name as a .csv/.parquet path)"
+            )
+    if o.data_dir is not None:
+        if not Path(o.data_dir).is_dir():
+            raise SlemError(
+                f"--data-dir {o.data_dir} does not exist or is not a directory; pass the "
+                "directory that holds the dataset's files"
+            )
+        if key not in USES_DATA_DIR:
+            raise SlemError(
+                f"--data-dir (data.data_dir) applies only to {', '.join(USES_DATA_DIR)}, not "
+                f"'{name}'; drop it"
             )
     if key in BUILTIN:
         entry = BUILTIN[key]

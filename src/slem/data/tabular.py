@@ -231,9 +231,23 @@ def _drop_missing_targets(
     ]
 
 
+def _check_finite_features(X: np.ndarray, feature_names: list[str], name: str) -> None:
+    """Infinite feature values are a data error, named by column, before any training."""
+    infinite = np.isinf(X)
+    if infinite.any():
+        bad = [feature_names[j] for j in np.flatnonzero(infinite.any(axis=0))]
+        raise SlemError(
+            f"{name}: {int(infinite.sum())} infinite feature values (inf or -inf) in columns "
+            f"{_shown(bad)}; replace them with finite numbers, or empty the cells and pass "
+            "--impute"
+        )
+
+
 def _check_missing_features(
     X: np.ndarray, feature_names: list[str], impute: bool, name: str
 ) -> None:
+    """Infinite values are always an error; missing ones unless ``impute``."""
+    _check_finite_features(X, feature_names, name)
     n_missing = int(np.isnan(X).sum())
     if n_missing and not impute:
         bad = [feature_names[j] for j in np.flatnonzero(np.isnan(X).any(axis=0))]

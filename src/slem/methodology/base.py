@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import load, save
 from torch import nn
 
 from slem._version import __version__
 from slem.errors import SlemError
-from slem.rundir import atomic_write_bytes
+from slem.rundir import atomic_write_bytes, atomic_write_text, make_run_dir
 
 FORMAT = "slem-methodology"
 FORMAT_VERSION = 1
@@ -49,11 +48,10 @@ class Methodology(nn.Module, metaclass=ABCMeta):
 
     def save(self, directory: str | Path, **info: Any) -> Path:
         """Write the artifact; ``info`` (e.g. ``meta_trained_on=...``) is stored in the JSON."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        path = make_run_dir(directory)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        # not safetensors' save_file, which creates 0600 files: the user's umask decides
-        atomic_write_bytes(path / WEIGHTS_FILE, safetensors_bytes(tensors))
+        # weights first, JSON last and both atomic: a directory with a JSON is complete
+        atomic_write_bytes(path / WEIGHTS_FILE, save(tensors))
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -65,23 +63,49 @@ class Methodology(nn.Module, metaclass=ABCMeta):
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             **info,
         }
-        (path / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        atomic_write_text(path / META_FILE, json.dumps(meta, indent=2, default=str))
         return path
+
+
+def artifact_dir(directory: str | Path) -> Path:
+    """The artifact directory ``directory`` names: itself, or the ``methodology/`` folder of
+    a run directory (so ``slem apply RUN_DIR`` works as ``slem apply RUN_DIR/methodology``)."""
+    path = Path(directory)
+    if not (path / META_FILE).is_file() and (path / "methodology" / META_FILE).is_file():
+        return path / "methodology"
+    return path
+
+
+def _damaged(path: Path, problem: str) -> SlemError:
+    detail = " ".join(problem.split())[:160]
+    return SlemError(
+        f"{path} is damaged ({detail}); re-create the artifact with the slem run that wrote "
+        "it, or restore the file from a copy"
+    )
 
 
 def read_artifact_info(directory: str | Path) -> dict[str, Any]:
     """The artifact's JSON, validated; a one-line error says what is wrong."""
-    path = Path(directory)
+    path = artifact_dir(directory)
     meta_path = path / META_FILE
+    if not path.is_dir():
+        raise SlemError(
+            f"methodology artifact '{path}' does not exist; pass a slem run directory or its "
+            "'methodology' directory"
+        )
     if not meta_path.is_file():
         raise SlemError(
-            f"'{path}' is not a methodology artifact (no {META_FILE}); pass the 'methodology' "
-            "directory of a slem train run"
+            f"'{path}' is not a methodology artifact (no {META_FILE}); pass a slem run "
+            "directory that learned a methodology, or its 'methodology' directory"
         )
     try:
-        meta: dict[str, Any] = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise SlemError(f"{meta_path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        raise _damaged(meta_path, f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _damaged(meta_path, f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise _damaged(meta_path, f"holds a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT:
         raise SlemError(f"{meta_path} is not a slem methodology (format {meta.get('format')!r})")
     if meta.get("kind") not in REGISTRY:
@@ -95,15 +119,32 @@ def read_artifact_info(directory: str | Path) -> dict[str, Any]:
 def load_methodology(directory: str | Path) -> tuple[Methodology, dict[str, Any]]:
     """Rebuild a saved methodology; returns it (in eval mode) and its JSON metadata."""
     meta = read_artifact_info(directory)
-    weights_path = Path(directory) / WEIGHTS_FILE
+    path = artifact_dir(directory)
+    weights_path = path / WEIGHTS_FILE
     if not weights_path.is_file():
-        raise SlemError(f"'{directory}' has no {WEIGHTS_FILE}")
-    module = REGISTRY[meta["kind"]](**meta.get("config", {}))
+        raise SlemError(
+            f"'{path}' has no {WEIGHTS_FILE}; re-create the artifact with the slem run that "
+            "wrote it"
+        )
+    config = meta.get("config", {})
+    if not isinstance(config, dict):
+        raise _damaged(path / META_FILE, f"'config' is a {type(config).__name__}, not an object")
     try:
-        module.load_state_dict(load_file(str(weights_path)))
+        module = REGISTRY[meta["kind"]](**config)
+    except (TypeError, ValueError) as exc:
+        raise _damaged(
+            path / META_FILE, f"its config does not build a {meta['kind']}: {exc}"
+        ) from None
+    try:
+        tensors = load(weights_path.read_bytes())
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError)
+        raise _damaged(weights_path, f"{type(exc).__name__}: {exc}") from None
+    try:
+        module.load_state_dict(tensors)
     except RuntimeError as exc:
         raise SlemError(
-            f"{weights_path} does not match its JSON config: {str(exc).splitlines()[0]}"
+            f"{weights_path} does not match its JSON config: {str(exc).splitlines()[0]}; "
+            "re-create the artifact with the slem run that wrote it"
         ) from None
     module.eval()
     return module, meta

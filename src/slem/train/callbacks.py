@@ -74,15 +74,32 @@ class JsonlLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """A rich progress bar: epoch, training loss, validation accuracy and ETA."""
+    """Progress of a run: epoch, training loss, the latest validation metric, time and ETA.
 
-    def __init__(self, description: str = "training") -> None:
+    In a terminal it is a live rich bar. Anywhere else (a pipe, a log file, a CI job) it
+    prints one plain line per epoch instead, so a logged run shows its progress as it goes.
+
+    The validation metric is the one the run selects its best epoch on (accuracy, balanced
+    accuracy, or MAE for regression), computed on the *observed* validation targets: under
+    label noise those are noisy too, which the label says ("noisy val acc"), so it is lower
+    than the clean test accuracy printed at the end.
+    """
+
+    def __init__(self, description: str = "training", console: Any = None) -> None:
         self.description = description
+        self.console = console
         self._progress: Any = None
         self._task: Any = None
-        self._val = float("nan")
+        self._val = ""  # "noisy val acc 0.481", empty before the first epoch ends
+        self._loss = ""
+        self._plain = False
+        self._start_step = 0
+        self._start_time = 0.0
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        import time
+
+        from rich import get_console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -92,19 +109,26 @@ class ProgressBar(Callback):
             TimeRemainingColumn,
         )
 
+        self.console = self.console or get_console()
+        self._plain = not self.console.is_terminal
+        self._start_step = trainer.global_step
+        self._start_time = time.perf_counter()
+        if trainer.history:
+            self._val = validation_text(trainer, trainer.history[-1])
+        if self._plain:
+            return
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", markup=False, style="bold"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]}", markup=False),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            console=self.console,
             transient=False,
         )
         self._progress.start()
-        if trainer.history:
-            self._val = trainer.history[-1].get("val_accuracy", float("nan"))
         self._task = self._progress.add_task(
             self.description,
             total=trainer.total_steps,
@@ -112,15 +136,36 @@ class ProgressBar(Callback):
             status="",
         )
 
+    def _status(self, trainer: Trainer, epoch: int) -> str:
+        parts = [f"epoch {epoch}/{trainer.total_epochs}", self._loss, self._val]
+        return "  ".join(p for p in parts if p)
+
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
-        status = (
-            f"epoch {trainer.epoch + 1}/{trainer.total_epochs}  loss {stats['loss']:.3f}"
-            f"  val acc {self._val:.3f}"
-        )
-        self._progress.update(self._task, completed=trainer.global_step, status=status)
+        if "loss" in stats:
+            self._loss = f"train loss {stats['loss']:.3f}"
+        if self._progress is not None:
+            status = self._status(trainer, trainer.epoch + 1)
+            self._progress.update(self._task, completed=trainer.global_step, status=status)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        self._val = metrics.get("val_accuracy", float("nan"))
+        import time
+
+        self._val = validation_text(trainer, metrics)
+        if "train_loss" in metrics and metrics["train_loss"] is not None:
+            self._loss = f"train loss {metrics['train_loss']:.3f}"
+        status = self._status(trainer, int(metrics.get("epoch", trainer.epoch)))
+        if self._progress is not None:
+            self._progress.update(self._task, completed=trainer.global_step, status=status)
+            return
+        done = trainer.global_step - self._start_step
+        elapsed = time.perf_counter() - self._start_time
+        left = elapsed / done * (trainer.total_steps - trainer.global_step) if done else 0.0
+        line = (
+            f"{self.description}  {status}  elapsed {_clock(trainer.elapsed)}  ETA {_clock(left)}"
+        )
+        from rich.text import Text
+
+        self.console.print(Text(line), soft_wrap=True, highlight=False)
 
     def _close(self) -> None:
         if self._progress is not None:
@@ -132,3 +177,27 @@ class ProgressBar(Callback):
 
     def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None:
         self._close()
+
+
+def validation_text(trainer: Trainer, row: dict[str, Any]) -> str:
+    """The row's validation metric as the progress shows it, e.g. ``noisy val acc 0.481``;
+    empty when the row has none. "noisy" when the validation targets carry injected noise."""
+    val = getattr(getattr(trainer, "task", None), "val", None)
+    noisy = "noisy " if val is not None and bool(val.noisy_mask.any()) else ""
+    select = getattr(trainer, "select_on", "accuracy")
+    for key, label in (
+        ("val_balanced_accuracy" if select == "balanced_accuracy" else "val_accuracy", "acc"),
+        ("val_accuracy", "acc"),
+        ("val_mae", "MAE"),
+    ):
+        value = row.get(key)
+        if isinstance(value, int | float) and value == value:  # present and not NaN
+            if key == "val_balanced_accuracy":
+                label = "bal. acc"
+            return f"{noisy}val {label} {value:.3f}"
+    return ""
+
+
+def _clock(seconds: float) -> str:
+    s = int(max(seconds, 0.0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

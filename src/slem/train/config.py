@@ -395,6 +395,12 @@ class TrainConfig(_Strict):
     methodology: str | None = Field(None, description="apply: the artifact directory")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads torch may use; None: min(4, available cores), or torch's own "
+        "setting when OMP_NUM_THREADS is set (slem.train.threads). Not part of the result.",
+    )
     checkpoint_every: int = Field(200, ge=1, description="steps between mid-epoch checkpoints")
     select_on: Literal["auto", "accuracy", "balanced_accuracy"] = Field(
         "auto",
@@ -451,10 +457,14 @@ def parse_train_config(values: dict[str, Any]) -> TrainConfig:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise SlemError(f"config file '{p}' is a directory; pass a YAML file (see examples/)")
     if not p.is_file():
         raise SlemError(f"config file '{p}' does not exist")
     try:
-        values = yaml.safe_load(p.read_text())
+        values = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SlemError(f"config file '{p}' could not be read as YAML text: {exc}") from None
     except yaml.YAMLError as exc:
         raise SlemError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):

@@ -104,27 +104,70 @@ class MetaLoop(ABC):
         tmp.replace(path)
 
     def load_checkpoint(self, path: Path) -> None:
-        self.load_state(torch.load(path, map_location="cpu", weights_only=False))
+        """Continue from ``path``; a damaged or foreign file is a one-line SlemError."""
+        from slem.train.checkpoint_io import damaged, read_checkpoint
+
+        state = read_checkpoint(path, "cpu", keys=("net", "meta_optimizer", "iteration"))
+        try:
+            self.load_state(state)
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise damaged(
+                path,
+                f"does not match this run's config: {type(exc).__name__} {first}",
+                "resume with the config the run was started with, or delete the checkpoint "
+                "to start over",
+            ) from None
 
 
 class MetaProgress:
-    """A progress bar for a meta-training loop: iterations, meta loss, time left."""
+    """Progress of a meta-training loop: iterations, meta loss, time left. A live bar in a
+    terminal; elsewhere (a pipe, a log) one plain line per tenth of the iterations."""
 
     def __init__(self, total: int, label: str) -> None:
+        from rich import get_console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+        self.total, self.label = total, label
+        self.console = get_console()
+        self.progress: Any = None
+        self.every = max(1, total // 10)
+        self.started = time.perf_counter()
+        self.first: int | None = None
+        if not self.console.is_terminal:
+            return
         self.progress = Progress(
-            TextColumn(label),
+            TextColumn(label, markup=False),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}  meta loss {task.fields[loss]}"),
             TimeRemainingColumn(),
+            console=self.console,
         )
         self.task = self.progress.add_task("meta", total=total, loss="-")
         self.progress.start()
 
     def update(self, meta: Any) -> None:
         loss = meta.history[-1]["meta_loss"]
-        self.progress.update(self.task, completed=meta.iteration, loss=f"{loss:.3f}")
+        if self.progress is not None:
+            self.progress.update(self.task, completed=meta.iteration, loss=f"{loss:.3f}")
+            return
+        if self.first is None:
+            self.first = meta.iteration - 1
+        if meta.iteration % self.every and meta.iteration != self.total:
+            return
+        from rich.text import Text
+
+        done = meta.iteration - self.first
+        left = (time.perf_counter() - self.started) / done * (self.total - meta.iteration)
+        self.console.print(
+            Text(
+                f"{self.label}  {meta.iteration}/{self.total}  meta loss {loss:.3f}  "
+                f"ETA {int(left) // 60}:{int(left) % 60:02d}"
+            ),
+            soft_wrap=True,
+            highlight=False,
+        )
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()

@@ -19,20 +19,25 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save
 
 from slem._version import __version__
 from slem.data.task import Task, build_task
 from slem.errors import SlemError
 from slem.methodology import Methodology, load_methodology
-from slem.rundir import atomic_write_bytes
+from slem.rundir import atomic_write_bytes, atomic_write_text, lock_run_dir
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
+from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config
+from slem.train.threads import set_threads
 from slem.train.trainer import Stoppable, Trainer, TrainResult, make_trainer, resolve_device
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
 META_CHECKPOINT_FILE = "meta_checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+#: files whose presence means a directory already holds a run
+RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, META_CHECKPOINT_FILE, SUMMARY_FILE)
 
 
 def git_revision() -> str:
@@ -78,16 +83,41 @@ def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
 
 def write_config(run_dir: Path, config: TrainConfig) -> None:
     doc = {**config.model_dump(mode="json"), "provenance": provenance()}
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(doc, sort_keys=False))
+    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(doc, sort_keys=False))
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run directory was started with.
+
+    Raises:
+        SlemError: ``run_dir`` is not a run directory, or its ``config.yaml`` is damaged.
+    """
     path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise SlemError(f"run directory '{run_dir}' does not exist; nothing to resume")
     if not path.is_file():
         raise SlemError(f"'{run_dir}' is not a run directory (no {CONFIG_FILE}); nothing to resume")
-    values = yaml.safe_load(path.read_text())
+    fix = "restore it from a copy, or start the run again into a new --out"
+    values = read_yaml_mapping(path, fix)
     values.pop("provenance", None)
-    return parse_train_config(values)
+    try:
+        return parse_train_config(values)
+    except SlemError as exc:
+        raise SlemError(f"{path} is damaged or from another slem version ({exc}); {fix}") from None
+
+
+def check_new_run_dir(run_dir: Path, command: str = "slem train") -> None:
+    """A new run may not write into a directory that already holds one.
+
+    Raises:
+        SlemError: ``run_dir`` holds a run's files (config, checkpoint or summary).
+    """
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if found:
+        raise SlemError(
+            f"'{run_dir}' already holds a run ({', '.join(found)}); continue it with "
+            f"'{command} --resume {run_dir}' or choose another --out"
+        )
 
 
 def load_frozen_methodology(config: TrainConfig) -> Methodology | None:
@@ -104,48 +134,52 @@ def train_run(
     progress: bool = True,
     extra_callbacks: Sequence[Callback] = (),
     on_trainer: Callable[[Stoppable], None] | None = None,
+    command: str = "slem train",
 ) -> tuple[TrainResult, Path]:
-    """Train ``config`` into ``run_dir`` (continuing from its checkpoint with ``resume``)."""
+    """Train ``config`` into ``run_dir`` (continuing from its checkpoint with ``resume``).
+
+    Everything that can be checked is checked before the first byte is written: the device,
+    the methodology artifact (method apply), the data. The directory is then locked for this
+    process while it is written (:func:`slem.rundir.lock_run_dir`).
+
+    Raises:
+        SlemError: a bad config, device, artifact or dataset; ``run_dir`` cannot be created,
+            already holds a run (without ``resume``), or is being written by another process.
+    """
     run_dir = Path(run_dir)
-    if not resume and (run_dir / CHECKPOINT_FILE).exists():
-        raise SlemError(
-            f"'{run_dir}' already holds a run; resume it with --resume {run_dir} or choose "
-            "another --out"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_config(run_dir, config)
-    task = build_task(config.data)
-    callbacks: list[Callback] = [
-        CheckpointCallback(run_dir / CHECKPOINT_FILE, config.checkpoint_every),
-        JsonlLogger(run_dir / "metrics.jsonl"),
-        *extra_callbacks,
-    ]
-    if progress:
-        callbacks.append(ProgressBar(f"{config.method} {task.name}"))
+    set_threads(config.threads)
+    resolve_device(config.device)
     methodology = load_frozen_methodology(config)
-    if config.method == "learned_optimizer":
-        methodology = meta_train_optimizer(config, run_dir, resume, progress, on_trainer)
-    trainer = make_trainer(config, task, methodology=methodology, callbacks=callbacks)
-    if resume:
-        trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
-    if on_trainer is not None:
-        on_trainer(trainer)
-    result = trainer.fit()
-    write_outputs(run_dir, config, task, trainer, result)
+    task = build_task(config.data)
+    with lock_run_dir(run_dir, command):
+        if not resume:
+            check_new_run_dir(run_dir, command)
+            write_config(run_dir, config)
+        callbacks: list[Callback] = [
+            CheckpointCallback(run_dir / CHECKPOINT_FILE, config.checkpoint_every),
+            JsonlLogger(run_dir / "metrics.jsonl"),
+            *extra_callbacks,
+        ]
+        if progress:
+            callbacks.append(ProgressBar(f"{config.method} {task.name}"))
+        if config.method == "learned_optimizer":
+            methodology = meta_train_optimizer(config, run_dir, resume, progress, on_trainer)
+        trainer = make_trainer(config, task, methodology=methodology, callbacks=callbacks)
+        # a run stopped before its first checkpoint resumes from the beginning
+        if resume and (run_dir / CHECKPOINT_FILE).exists():
+            trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
+        if on_trainer is not None:
+            on_trainer(trainer)
+        result = trainer.fit()
+        write_outputs(run_dir, config, task, trainer, result)
     return result, run_dir
 
 
 def write_outputs(
     run_dir: Path, config: TrainConfig, task: Task, trainer: Trainer, result: TrainResult
 ) -> None:
-    # safetensors' save_file creates 0600 files: write its bytes with the user's umask
-    atomic_write_bytes(
-        run_dir / "model.safetensors",
-        safetensors_bytes(
-            {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
-        ),
-    )
+    weights = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+    atomic_write_bytes(run_dir / "model.safetensors", save(weights))
     summary = dict(result.summary)
     if config.method == "learned_optimizer":  # its artifact was written after meta-training
         summary["methodology"] = str(run_dir / "methodology")
@@ -175,7 +209,7 @@ def write_outputs(
     from slem.report.plots import write_run_plots
 
     summary["plots"] = [str(p) for p in write_run_plots(run_dir, trainer, result)]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
 def meta_train_optimizer(
@@ -201,8 +235,9 @@ def meta_train_optimizer(
         on_trainer(meta)
     meta.fit(checkpoint, progress="meta-training the optimizer" if progress else None)
     net = meta.net
-    with (run_dir / "meta_metrics.jsonl").open("w") as fh:
-        fh.writelines(json.dumps(row) + "\n" for row in meta.history)
+    atomic_write_text(
+        run_dir / "meta_metrics.jsonl", "".join(json.dumps(row) + "\n" for row in meta.history)
+    )
     net.save(
         artifact,
         training_config=config.model_dump(mode="json"),

@@ -143,6 +143,9 @@ def make_meta_optimizer(params: Any, meta: MetaConfig) -> torch.optim.Optimizer:
 class Trainer:
     """ERM, robust-loss baselines, fine-tuning, or a frozen methodology on one task."""
 
+    #: the checkpoint last written or loaded (None: training has no checkpoint yet)
+    last_checkpoint: Path | None = None
+
     def __init__(
         self,
         config: TrainConfig,
@@ -560,23 +563,34 @@ class Trainer:
     def _check_parameters(self) -> None:
         """A finite loss can still step the parameters to infinity: catch it right here, before
         any checkpoint can record that state."""
-        state = [t for t in self.model.state_dict().values() if t.is_floating_point()]
-        finite = torch.stack([t.isfinite().all() for t in state])
-        if not bool(finite.all()):
-            raise NonFiniteLoss(
-                f"the model's parameters or statistics became non-finite at epoch "
-                f"{self.epoch + 1}, step {self.step_in_epoch + 1}; the last checkpoint before "
-                "it is kept: lower "
-                "optim.lr (or meta.lr) and resume, or restart"
-            )
+        state = {k: t for k, t in self.model.state_dict().items() if t.is_floating_point()}
+        if bool(torch.stack([t.isfinite().all() for t in state.values()]).all()):
+            return  # one device sync per step; the slow search below runs only on a blow-up
+        for name, t in state.items():
+            if not bool(t.isfinite().all()):
+                raise NonFiniteLoss(
+                    f"the model's {name} became non-finite ({_first_non_finite(t)}) at "
+                    f"{self._where()}; {self._recovery()}"
+                )
 
     def _check_finite(self, value: Tensor, what: str) -> None:
         if not bool(torch.isfinite(value).all()):
             raise NonFiniteLoss(
-                f"the {what} became {float(value.reshape(-1)[0])} at epoch {self.epoch + 1}, "
-                f"step {self.step_in_epoch + 1}; the last checkpoint before it is kept: lower "
+                f"the {what} became {_first_non_finite(value)} at {self._where()}; "
+                f"{self._recovery()}"
+            )
+
+    def _where(self) -> str:
+        return f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}"
+
+    def _recovery(self) -> str:
+        """What the user can do after a blow-up: resume from a checkpoint only if one exists."""
+        if self.last_checkpoint is not None and self.last_checkpoint.is_file():
+            return (
+                f"the last checkpoint before it is kept ({self.last_checkpoint}): lower "
                 "optim.lr (or meta.lr) and resume, or restart"
             )
+        return "no checkpoint was written yet: lower optim.lr (or meta.lr) and start again"
 
     # ------------------------------------------------------------------ weighting
 
@@ -845,12 +859,43 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         torch.save(self.state(), tmp)
         os.replace(tmp, path)
+        self.last_checkpoint = path
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        if not Path(path).is_file():
-            raise SlemError(f"no checkpoint at '{path}'; nothing to resume")
-        self.load_state(torch.load(path, map_location=self.device, weights_only=False))
+        """Continue from ``path``.
+
+        Raises:
+            SlemError: the file is missing, damaged, or from a different model or method.
+        """
+        from slem.train.checkpoint_io import damaged, read_checkpoint
+
+        path = Path(path)
+        state = read_checkpoint(path, self.device, keys=("model", "optimizer", "epoch"))
+        try:
+            self.load_state(state)
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise damaged(
+                path,
+                f"does not match this run's config: {type(exc).__name__} {first}",
+                "resume with the config the run was started with, or delete the checkpoint "
+                "to start over",
+            ) from None
+        self.last_checkpoint = path
+
+
+def _first_non_finite(value: Tensor) -> str:
+    """The first NaN or infinite entry of ``value`` and where it is, e.g. ``nan (entry 3)``."""
+    flat = value.detach().reshape(-1)
+    bad = torch.nonzero(~torch.isfinite(flat))
+    if len(bad) == 0:
+        return "finite"
+    i = int(bad[0])
+    shown = f"{float(flat[i])}"
+    if flat.numel() == 1:
+        return shown
+    return f"{shown} at entry {i} of {flat.numel()}, {len(bad)} non-finite"
 
 
 class MetaTrainer(Trainer):

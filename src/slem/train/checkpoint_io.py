@@ -1,0 +1,71 @@
+"""Reading back the files a run writes, with one-line errors for damaged ones.
+
+Every file slem reads back from a run directory (``checkpoint.pt``, ``meta_checkpoint.pt``,
+``config.yaml``) goes through here, so a truncated, emptied or foreign file is a
+:class:`~slem.errors.SlemError` that names the file and what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from slem.errors import SlemError
+
+
+def damaged(path: Path, problem: str, fix: str) -> SlemError:
+    """The one error for an unreadable file: what it is, what is wrong, what to do."""
+    detail = " ".join(problem.split())
+    if len(detail) > 120:  # torch's messages run on; their first sentence says enough
+        detail = detail.split(". ")[0][:120]
+    return SlemError(f"{path} is damaged or not a slem file ({detail}); {fix}")
+
+
+def read_checkpoint(
+    path: str | Path, map_location: torch.device | str = "cpu", keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Load a checkpoint written by ``torch.save`` of a state dict.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where its tensors go.
+        keys: entries the checkpoint must hold.
+
+    Raises:
+        SlemError: the file is missing, unreadable, or lacks ``keys``.
+    """
+    p = Path(path)
+    fix = f"delete {p.name} to start the run over, or restore the file from a copy"
+    if not p.is_file():
+        raise SlemError(f"no checkpoint at '{p}'; nothing to resume")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many kinds (zip, pickle, EOF, RuntimeError) here
+        raise damaged(p, f"{type(exc).__name__}: {exc}", fix) from None
+    if not isinstance(state, dict):
+        raise damaged(p, f"holds a {type(state).__name__}, not a checkpoint", fix)
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise damaged(p, "missing " + ", ".join(missing), fix)
+    return state
+
+
+def read_yaml_mapping(path: str | Path, fix: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a run's ``config.yaml``).
+
+    Raises:
+        SlemError: the file is unreadable, not YAML, or not a mapping.
+    """
+    p = Path(path)
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise damaged(p, f"{type(exc).__name__}: {exc}", fix) from None
+    except yaml.YAMLError as exc:
+        raise damaged(p, f"not valid YAML: {str(exc).splitlines()[0]}", fix) from None
+    if not isinstance(values, dict):
+        raise damaged(p, f"holds a {type(values).__name__}, not a mapping of config fields", fix)
+    return values
