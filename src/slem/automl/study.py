@@ -409,8 +409,8 @@ def run_trial(
     :class:`SpaceObjective`, another finished or running trial holds its configuration
     (skipped as a duplicate; of two workers that draw the same configuration at once, at
     least one skips, so no configuration is evaluated twice). A raised error is recorded on
-    the trial (``error`` and ``traceback`` user attrs) and fails it. Returns ``"done"``, ``"duplicate"`` or
-    ``"surplus"``."""
+    the trial (``error`` and ``traceback`` user attrs) and fails it. Returns ``"done"``,
+    ``"duplicate"`` or ``"surplus"``."""
     with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we do
         warnings.filterwarnings("ignore", message=".*Heartbeat of storage.*")
         trial = study.ask()
