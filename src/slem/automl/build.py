@@ -5,7 +5,8 @@ predictor and the portfolio learn from).
     slem meta-dataset --trials 30 --out meta_dataset.json
 
 The shipped file (``slem/automl/data/meta_dataset.json``) was made by that command with the
-defaults; it takes about an hour on 2 CPU cores.
+defaults (then copied into the source tree; the command never writes into the installed
+package); it takes about an hour on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from slem.automl.meta import MetaStore
 from slem.automl.objectives import CashTrial
 from slem.automl.study import make_sampler, work
 from slem.automl.tables import META_TRAIN_TABLES, TableSpec, data_config
+from slem.errors import SlemError
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "meta_dataset.json"
 
@@ -95,6 +97,23 @@ def build_meta_dataset(
             f"({time.perf_counter() - start:.0f} s)"
         )
     return store
+
+
+def check_meta_dataset_out(out: Path) -> None:
+    """``slem meta-dataset --out``: a file path outside the installed package.
+
+    Raises:
+        SlemError: ``out`` is a directory, or inside the installed ``slem`` package.
+    """
+    if out.is_dir():
+        raise SlemError(f"--out {out} is a directory; give a file path such as {out}/md.json")
+    package = SHIPPED.parents[2].resolve()  # /slem
+    target = out.resolve()
+    if target == package or package in target.parents:
+        raise SlemError(
+            f"--out {out} is inside the installed slem package; write the meta-dataset "
+            "elsewhere (e.g. ./meta_dataset.json) and set study.meta_dataset to it"
+        )
 
 
 def shipped_store() -> MetaStore:

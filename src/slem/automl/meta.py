@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from slem.errors import SlemError
+from slem.errors import SlemError, validation_message
 
 Config = dict[str, Any]
 
@@ -62,21 +63,45 @@ class MetaStore:
 
     @classmethod
     def load(cls, path: str | Path) -> MetaStore:
+        """The store in a JSON file written by :meth:`save`.
+
+        Raises:
+            SlemError: the file is missing, unreadable, not JSON, or not a meta-dataset
+                (truncated, overwritten); the message names it and how to rebuild it.
+        """
         p = Path(path)
         if not p.is_file():
             raise SlemError(f"no meta-dataset at '{p}'; build one with 'slem meta-dataset'")
+        rebuild = f"rebuild it with 'slem meta-dataset --out {p}'"
         try:
-            doc = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise SlemError(f"{p} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+            raw = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            detail = (
+                f"{exc.msg} at line {exc.lineno}"
+                if isinstance(exc, json.JSONDecodeError)
+                else (str(exc).splitlines() or [type(exc).__name__])[0]
+            )
+            raise SlemError(f"the meta-dataset {p} is damaged ({detail}); {rebuild}") from None
+        try:
+            doc = _MetaFile.model_validate(raw)
+        except ValidationError as exc:
+            raise SlemError(
+                f"the meta-dataset {p} is damaged ({validation_message(exc)}); {rebuild}"
+            ) from None
         return cls(
-            tasks=[TaskRecord(**t) for t in doc.get("tasks", [])],
-            candidates=doc.get("candidates", []),
-            scores=doc.get("scores", {}),
-            info=doc.get("info", {}),
+            tasks=[
+                TaskRecord(t.name, t.meta_features, [x.model_dump() for x in t.trials])
+                for t in doc.tasks
+            ],
+            candidates=doc.candidates,
+            scores=doc.scores,
+            info=doc.info,
         )
 
     def save(self, path: str | Path) -> Path:
+        """Write the store as JSON (atomically: a reader never sees half a file)."""
+        from slem.rundir import atomic_write_text
+
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         doc = {
@@ -85,7 +110,7 @@ class MetaStore:
             "candidates": self.candidates,
             "scores": self.scores,
         }
-        p.write_text(json.dumps(doc, default=_json_number))
+        atomic_write_text(p, json.dumps(doc, default=_json_number))
         return p
 
     # ------------------------------------------------------------------ contents
@@ -154,6 +179,40 @@ class MetaStore:
         d = np.sqrt(((Z - z) ** 2).sum(1))
         order = np.argsort(d)[:k]
         return [(pool[i].name, float(d[i])) for i in order]
+
+
+class _TrialDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, Any]
+    value: float
+
+
+class _TaskDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    meta_features: dict[str, float]
+    trials: list[_TrialDoc] = []
+
+
+class _MetaFile(BaseModel):
+    """The layout of a meta-dataset file (checked when it is read)."""
+
+    info: dict[str, Any] = {}
+    tasks: list[_TaskDoc]
+    candidates: list[dict[str, Any]] = []
+    scores: dict[str, list[float]] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _MetaFile:
+        names = {t.name for t in self.tasks}
+        for name, row in self.scores.items():
+            if name not in names:
+                raise ValueError(f"scores name task '{name}', which the file does not hold")
+            if len(row) != len(self.candidates):
+                raise ValueError(
+                    f"task '{name}' has {len(row)} scores for {len(self.candidates)} candidates"
+                )
+        return self
 
 
 def _json_number(value: Any) -> Any:

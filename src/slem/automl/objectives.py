@@ -90,9 +90,12 @@ class CashTrial:
         return score(self.config.metric, s.y, pipe.predict(s.X.reshape(len(s), -1)))
 
     def __call__(self, trial: Any) -> float:
+        return self.run(trial, self.space.suggest(trial))
+
+    def run(self, trial: Any, values: dict[str, Any]) -> float:
+        """The pipeline of ``values`` fitted and scored; reports to ``trial``'s pruner."""
         import optuna
 
-        values = self.space.suggest(trial)
         value = float("nan")
         for fraction, step in zip(self.steps, self.budgets, strict=True):
             pipe = self.fit(values, fraction)
@@ -134,9 +137,13 @@ class TrainTrial:
         return values
 
     def __call__(self, trial: Any) -> float:
+        return self.run(trial, self.space.suggest(trial))
+
+    def run(self, trial: Any, values: dict[str, Any]) -> float:
+        """A training run with ``values`` set in the base config; reports every epoch."""
         from slem.train import make_trainer, parse_train_config
 
-        cfg = parse_train_config(self.values_for(self.space.suggest(trial)))
+        cfg = parse_train_config(self.values_for(values))
         key = cfg.data.model_dump_json()
         if key not in self._tasks:
             self._tasks[key] = build_task(cfg.data)

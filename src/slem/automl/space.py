@@ -18,7 +18,7 @@ or later param) is a one-line :class:`~slem.errors.SlemError` naming the param.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,6 +95,22 @@ class Param:
         if self.kind == "int":
             return sorted({round(float(v)) for v in values})
         return [float(v) for v in values]
+
+    def values(self, limit: int) -> Sequence[Any] | None:
+        """Every value this param can take (choices, an int range, a stepped float range), or
+        None when there are infinitely many (a float without step) or more than ``limit``."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        assert self.low is not None and self.high is not None
+        if self.kind == "float" and self.step is None:
+            return None
+        step = self.step if self.step is not None else 1
+        count = math.floor((self.high - self.low) / step + 1e-9) + 1
+        if count > limit:
+            return None
+        if self.kind == "int":
+            return range(int(self.low), int(self.high) + 1, int(step))
+        return [float(self.low + i * step) for i in range(count)]
 
     def to_spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"type": self.kind}
@@ -212,9 +228,61 @@ class SearchSpace:
         return out
 
     def grid(self, points: int = 5) -> dict[str, list[Any]]:
-        """Optuna ``GridSampler``'s search space: every param's grid values (inactive params
-        are simply not suggested by the trials that do not need them)."""
+        """Every param's grid values (for the grid itself, over the tree of conditions, see
+        :meth:`grid_configurations`)."""
         return {p.name: p.grid(points) for p in self.params}
+
+    def configurations(
+        self, values_of: Callable[[Param], Sequence[Any] | None], limit: int
+    ) -> list[dict[str, Any]] | None:
+        """The distinct *active* configurations of the space: the tree of conditions walked
+        in order, every active param taking each of ``values_of(param)``; inactive params are
+        absent (a family's hyperparameters appear only under that family). None when a param
+        has infinitely many values (``values_of`` returned None) or there are more than
+        ``limit`` configurations."""
+        out: list[dict[str, Any]] = []
+        current: dict[str, Any] = {}
+
+        def walk(i: int) -> bool:
+            if i == len(self.params):
+                out.append(dict(current))
+                return len(out) <= limit
+            p = self.params[i]
+            if not p.active(current):
+                return walk(i + 1)
+            values = values_of(p)
+            if values is None:
+                return False
+            for v in values:
+                current[p.name] = v
+                if not walk(i + 1):
+                    return False
+                del current[p.name]
+            return True
+
+        return out if walk(0) else None
+
+    def grid_configurations(self, points: int = 5, limit: int = 100_000) -> list[dict[str, Any]]:
+        """The grid over the tree of conditions: every active param at its :meth:`Param.grid`
+        values (``points`` per numeric range). A CASH space over logreg and kNN with 3 points
+        has 48 such configurations, not the 288 of the product over all params.
+
+        Raises:
+            SlemError: more than ``limit`` grid points.
+        """
+        found = self.configurations(lambda p: p.grid(points), limit)
+        if found is None:
+            raise SlemError(
+                f"the grid has more than {limit} points; lower study.grid_points or use "
+                "another study.sampler (tpe, random)"
+            )
+        return found
+
+    def finite_size(self, limit: int = 100_000) -> int | None:
+        """The number of distinct configurations when the space is finite (categorical, int
+        and stepped float params only) and holds at most ``limit``; None otherwise."""
+        found = self.configurations(lambda p: p.values(limit), limit)
+        return None if found is None else len(found)
 
     def __len__(self) -> int:
         return len(self.params)

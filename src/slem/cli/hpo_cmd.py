@@ -6,7 +6,6 @@ study; the same command on other machines adds workers to it.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,30 +17,44 @@ from rich.table import Table
 from slem.automl.config import HPOConfig, parse_hpo_config
 from slem.automl.run import (
     CONFIG_FILE,
-    load_study,
-    prepare,
-    prepare_shared,
+    RUN_KEYS,
+    build_objective,
+    check_fresh,
+    check_resume,
+    check_study_database,
+    enqueue_starts,
+    joined,
+    meta_learned_starts,
     read_hpo_config,
+    read_yaml_mapping,
     run_worker,
     spawn_workers,
-    wait_for_study,
+    storage_errors,
+    tally_line,
+    watch_parent,
+    worker_error,
     write_results,
+    write_run_file,
 )
-from slem.automl.study import best_rows
-from slem.cli.console import console, user_errors
+from slem.automl.study import (
+    StudyFailed,
+    best_rows,
+    default_storage,
+    open_storage,
+    planned,
+    tally,
+    work,
+)
+from slem.cli.console import console, err_console, user_errors
 from slem.cli.train_cmd import OutOption, QuietOption, SetOption
 from slem.errors import SlemError
-from slem.train.config import apply_overrides, load_yaml
+from slem.rundir import lock_run_dir
+from slem.train.config import apply_overrides
 
 
 def progress_table(study: optuna.Study, total: int) -> Table:
-    trials = study.get_trials(deepcopy=False)
-    states = [t.state.name for t in trials]
-    table = Table(
-        title=f"study {study.study_name}: {len(trials)}/{total} trials "
-        f"({states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
-        f"{states.count('FAIL')} failed, {states.count('RUNNING')} running)"
-    )
+    """The best-so-far table, titled with the study's tally."""
+    table = Table(title=tally_line(study, total))
     for col in ("rank", "trial", "value", "params"):
         table.add_column(col)
     for rank, t in enumerate(best_rows(study, 5), 1):
@@ -55,8 +68,10 @@ def _short(v: Any) -> str:
 
 
 def load_config(path: Path, overrides: list[str]) -> HPOConfig:
-    values = load_yaml(path)
-    values.pop("provenance", None)  # a run's own hpo.yaml works as a config too
+    """A study config from YAML with ``--set`` overrides; ``objective.base`` resolved."""
+    values = read_yaml_mapping(path, "give a YAML study config (see examples/)")
+    for key in RUN_KEYS:
+        values.pop(key, None)  # a run's own hpo.yaml works as a config too
     cfg = parse_hpo_config(apply_overrides(values, overrides))
     base = getattr(cfg.objective, "base", None)
     if isinstance(base, str) and not Path(base).is_absolute():
@@ -72,7 +87,12 @@ def hpo(
     ] = None,
     out: OutOption = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the study in --out (or its default dir).")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the study in --out: trials of workers that died are failed and "
+            "replaced, until the study has its total of finished trials.",
+        ),
     ] = False,
     storage: Annotated[
         str | None,
@@ -83,34 +103,105 @@ def hpo(
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     trials: Annotated[
-        int | None, typer.Option(min=1, help="Total trials of the study (default: config).")
+        int | None,
+        typer.Option(
+            min=1, help="Finished trials the study ends with, over all workers (default: config)."
+        ),
     ] = None,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
     set_: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Search hyperparameters (or model family + hyperparameters) as CONFIG says."""
+    """Search hyperparameters (or model family + hyperparameters) as CONFIG says.
+
+    The study ends with exactly --trials finished (complete or pruned) trials, each a
+    distinct configuration, however many workers and machines share it; failed trials are
+    replaced. A second `slem hpo` on the same --out stops with an error.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the table and summary say it all
+    if worker:
+        if config is None or storage is None:
+            raise SlemError("--worker needs CONFIG and --storage")
+        run_spawned_worker(config, storage, trials)
+        return
     if config is None:
         if not (resume and out is not None):
             raise SlemError("give a CONFIG.yaml (see examples/), or --resume --out RUN_DIR")
         cfg = read_hpo_config(out)
-        config = out / CONFIG_FILE
     else:
         cfg = load_config(config, set_ or [])
     run_dir = out or Path("runs") / f"hpo-{cfg.study.name}"
-    url = prepare(cfg, run_dir, storage, resume or worker)
-    total = trials or cfg.study.trials
-    if worker:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        run_worker(cfg, url, trials=total)
-        return
-    if workers > 1:
-        prepare_shared(cfg, url)
-        spawn_with_progress(run_dir / CONFIG_FILE, run_dir, url, workers, total, cfg, quiet)
-        study = load_study(cfg, url)
+    if resume:
+        check_resume(cfg, run_dir, storage)
     else:
-        study = run_with_progress(cfg, url, total, quiet)
-    summary = write_results(study, run_dir)
+        check_fresh(run_dir, storage)
+    total = trials or cfg.study.trials
+    objective = build_objective(cfg)  # the space, the data, the grid: before any write
+    starts = [] if resume else meta_learned_starts(cfg, objective)
+    url = storage or default_storage(run_dir)
+    if storage is not None:
+        open_storage(url, cfg.study)  # reachable, before any write
+    with lock_run_dir(run_dir, "slem hpo"), storage_errors(url):
+        if resume:
+            check_study_database(run_dir, storage, resume)
+        else:
+            check_fresh(run_dir, storage)  # again, now that no other slem hpo can write here
+        study = joined(cfg, url, objective, create=not resume)
+        target = planned(study, objective, total)
+        write_run_file(cfg, run_dir, storage, total)
+        enqueue_starts(study, starts)
+        failure: SlemError | None = None
+        try:
+            if workers > 1:
+                failure = run_spawned(run_dir, url, workers, total, study, target, quiet)
+            else:
+                run_here(cfg, study, objective, total, target, quiet)
+        except StudyFailed as exc:
+            failure = exc
+        except KeyboardInterrupt:
+            write_results(study, run_dir, target)
+            err_console.print(
+                f"interrupted: continue with 'slem hpo --resume --out {run_dir}'", highlight=False
+            )
+            raise typer.Exit(code=130) from None
+        summary = write_results(study, run_dir, target)
+        report(study, summary, run_dir, total, target, quiet)
+        if failure is not None:
+            raise failure
+        finished = tally(study).finished
+        if finished < target:
+            if cfg.study.timeout is not None:
+                console.print(
+                    f"study.timeout reached; continue with 'slem hpo --resume --out {run_dir}'",
+                    highlight=False,
+                )
+                return
+            raise SlemError(
+                f"study '{cfg.study.name}' ended with {finished} of {target} finished trials; "
+                f"continue it with 'slem hpo --resume --out {run_dir}'"
+            )
+
+
+def report(
+    study: optuna.Study,
+    summary: dict[str, Any],
+    run_dir: Path,
+    total: int,
+    target: int,
+    quiet: bool,
+) -> None:
+    """The final table (when no live one was shown), the tally, the best trial and the run
+    directory, each on its own line."""
+    if not quiet and not console.is_terminal:
+        console.print(progress_table(study, target))
+    console.print(tally_line(study, target), highlight=False, soft_wrap=True)
+    if target < total:
+        console.print(
+            f"the search space holds only {target} distinct configurations: each was tried "
+            f"once ({total} trials asked for)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if "best_value" in summary:
         console.print(
             f"best trial {summary['best_trial']}: value {summary['best_value']:.4f} "
@@ -120,47 +211,89 @@ def hpo(
         )
     else:
         console.print("no trial completed; see trials.csv for the errors", highlight=False)
-    console.print(f"run directory: {run_dir}", highlight=False)
+    console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
 
 
-def run_with_progress(cfg: HPOConfig, url: str, total: int, quiet: bool) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if quiet:
-        return run_worker(cfg, url, trials=total)
-    with Live(console=console, refresh_per_second=2) as live:
+def run_spawned_worker(config: Path, url: str, trials: int | None) -> None:
+    """``slem hpo --worker``: one of the processes a parent ``slem hpo --workers N`` starts;
+    it dies with its parent."""
+    watch_parent()
+    cfg = load_config(config, [])
+    with storage_errors(url):
+        run_worker(cfg, url, trials=trials or cfg.study.trials)
+
+
+def run_here(
+    cfg: HPOConfig, study: optuna.Study, objective: Any, total: int, target: int, quiet: bool
+) -> None:
+    """The study in this process, with a live table on a terminal."""
+    if quiet or not console.is_terminal:
+        work(study, objective, total, cfg.study.timeout)
+        return
+    with Live(progress_table(study, target), console=console, refresh_per_second=2) as live:
 
         def show(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            live.update(progress_table(study, total))
+            live.update(progress_table(study, target))
 
-        return run_worker(cfg, url, callbacks=[show], trials=total)
+        work(study, objective, total, cfg.study.timeout, callbacks=[show])
+        live.update(progress_table(study, target))
 
 
-def spawn_with_progress(
-    config_path: Path, run_dir: Path, url: str, n: int, total: int, cfg: HPOConfig, quiet: bool
-) -> None:
+def run_spawned(
+    run_dir: Path,
+    url: str,
+    n: int,
+    total: int,
+    study: optuna.Study,
+    target: int,
+    quiet: bool,
+) -> SlemError | None:
+    """``n`` worker processes on the study; a live table on a terminal. Returns the error of
+    a worker when the study did not reach its trials."""
     import threading
 
     codes: list[int] = []
-    thread = threading.Thread(
-        target=lambda: codes.extend(spawn_workers(config_path, run_dir, url, n, total))
-    )
+    failed: list[BaseException] = []
+
+    def spawn() -> None:
+        try:
+            codes.extend(spawn_workers(run_dir / CONFIG_FILE, run_dir, url, n, total))
+        except BaseException as exc:  # reported by the main thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=spawn, name="workers")
     thread.start()
-    if not quiet:
-        study = wait_for_study(cfg, url)
-        with Live(console=console, refresh_per_second=1) as live:
-            while thread.is_alive():
-                live.update(progress_table(study, total))
-                time.sleep(1.0)
-            live.update(progress_table(study, total))
-    thread.join()
+    try:
+        if quiet or not console.is_terminal:
+            thread.join()
+        else:
+            with Live(progress_table(study, target), console=console, refresh_per_second=1) as live:
+                while thread.is_alive():
+                    live.update(progress_table(study, target))
+                    thread.join(1.0)
+                live.update(progress_table(study, target))
+    except KeyboardInterrupt:
+        thread.join()
+        raise
+    if failed:
+        raise SlemError(f"could not start the workers: {failed[0]}")
     if any(codes):
-        console.print(f"worker exit codes: {codes}", highlight=False)
+        err_console.print(f"worker exit codes: {codes}", highlight=False)
+        if tally(study).finished < target:
+            why = worker_error(run_dir, n) or f"see {run_dir}/worker-*.log"
+            return SlemError(f"study '{study.study_name}' stopped: {why}")
+    return None
 
 
 def meta_dataset(
     out: Annotated[
-        Path | None, typer.Option(help="Where to write it (default: the shipped file).")
-    ] = None,
+        Path,
+        typer.Option(
+            help="Where to write it: a JSON file (default: meta_dataset.json in the current "
+            "directory; the meta-dataset shipped with slem is never overwritten). Use it with "
+            "study.meta_dataset in a study config."
+        ),
+    ] = Path("meta_dataset.json"),
     trials: Annotated[int, typer.Option(min=1, help="CASH trials per table.")] = 30,
     per_task: Annotated[int, typer.Option(min=1, help="Candidates kept per table.")] = 2,
     tables: Annotated[
@@ -170,19 +303,22 @@ def meta_dataset(
 ) -> None:
     """Build the meta-dataset for warm start, zero-shot and portfolios: a CASH study on every
     meta-training table (slem.automl.tables), then every task's best configurations scored
-    on every other task."""
-    from slem.automl.build import SHIPPED, build_meta_dataset
+    on every other task. Writes --out (default ./meta_dataset.json), never the installed
+    package."""
+    from slem.automl.build import build_meta_dataset, check_meta_dataset_out
     from slem.automl.tables import META_TRAIN_TABLES
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_meta_dataset_out(out)
     specs = META_TRAIN_TABLES[:tables] if tables else META_TRAIN_TABLES
     store = build_meta_dataset(
         specs, trials, per_task, seed, log=lambda m: console.print(m, highlight=False)
     )
-    path = store.save(out or SHIPPED)
+    path = store.save(out)
     console.print(
         f"meta-dataset: {len(store.tasks)} tasks, {len(store.candidates)} candidates -> {path}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
