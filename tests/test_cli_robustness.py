@@ -26,6 +26,7 @@ TINY: dict[str, Any] = {
     "data": {"name": "iris", "noise": "symmetric:0.4", "meta_per_class": 5},
     "model": {"width": 8},
     "optim": {"epochs": 1, "batch_size": 32},
+    "meta": {"warmup_epochs": 0},
     "threads": 1,
 }
 

@@ -187,7 +187,7 @@ def test_runs_do_not_depend_on_what_ran_before_in_the_process(task: Task) -> Non
 
 
 def test_label_correction_mixes_with_weights_in_unit_interval(task: Task) -> None:
-    trainer = make_trainer(config("cmwnet_sl", epochs=1), task)
+    trainer = make_trainer(config("cmwnet_sl", epochs=2), task)
     losses = torch.rand(64) * 5
     w = trainer.weights_for(trainer.methodology, losses, trainer.train_y[:64])  # type: ignore[arg-type]
     assert float(w.detach().min()) >= 0.0 and float(w.detach().max()) <= 1.0
@@ -197,7 +197,7 @@ def test_teacher_starts_as_the_model_and_reports_its_pseudo_labels(task: Task) -
     """The EMA decay ramps up from 0, so the teacher is the model after the first step (not a
     blend with the random initialization); every epoch row says how the teacher's
     pseudo-labels relate to the true labels."""
-    trainer = make_trainer(config("cmwnet_sl", epochs=1), task)
+    trainer = make_trainer(config("cmwnet_sl", epochs=2), task)
     x, y = trainer.train_x[:64], trainer.train_y[:64]
     trainer.train_step(x, y, torch.arange(64))
     assert trainer.teacher is not None

@@ -321,6 +321,8 @@ def demo(
                     "seed": seed,
                 },
                 "optim": {"epochs": epochs},
+                # one ERM warm-up epoch, none when the demo is shortened to a single epoch
+                "meta": {"warmup_epochs": max(0, min(1, epochs - 1))} if method == "mwnet" else {},
                 "seed": seed,
                 "threads": threads,
             }
