@@ -650,3 +650,24 @@ def test_meta_dataset_never_writes_into_the_package(
     assert hashlib.sha256(SHIPPED.read_bytes()).hexdigest() == before
     help_text = runner.invoke(app, ["meta-dataset", "--help"]).stdout
     assert "current" in help_text and "never" in help_text
+
+
+def test_threads_reach_the_spawned_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``slem hpo --threads N`` sets this process's threads and passes --threads N on."""
+    import subprocess as sp
+
+    from slem.automl import run as hpo_run
+
+    seen: list[list[str]] = []
+
+    class Fake:
+        def __init__(self, cmd: list[str], **_: object) -> None:
+            seen.append(cmd)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(sp, "Popen", Fake)
+    codes = hpo_run.spawn_workers(tmp_path / "hpo.yaml", tmp_path, "sqlite://", 2, 5, threads=1)
+    assert codes == [0, 0]
+    assert all(cmd[cmd.index("--threads") + 1] == "1" for cmd in seen)

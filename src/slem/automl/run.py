@@ -307,10 +307,16 @@ def watch_parent() -> None:
 
 
 def spawn_workers(
-    config_path: Path, run_dir: Path, url: str, n: int, trials: int | None
+    config_path: Path,
+    run_dir: Path,
+    url: str,
+    n: int,
+    trials: int | None,
+    threads: int | None = None,
 ) -> list[int]:
-    """``n`` worker processes of ``slem hpo --worker`` on the same study; their output goes
-    to ``worker-<i>.log`` in the run directory. Returns their exit codes once all finished."""
+    """``n`` worker processes of ``slem hpo --worker`` on the same study, each with
+    ``threads`` torch threads (default: slem's default); their output goes to
+    ``worker-<i>.log`` in the run directory. Returns their exit codes once all finished."""
     cmd = [
         sys.executable,
         "-m",
@@ -326,6 +332,8 @@ def spawn_workers(
     ]
     if trials is not None:
         cmd += ["--trials", str(trials)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
     procs = []
     try:
         for i in range(n):

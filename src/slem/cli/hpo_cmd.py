@@ -45,7 +45,7 @@ from slem.automl.study import (
     tally,
     work,
 )
-from slem.cli.console import console, err_console, user_errors
+from slem.cli.console import ThreadsOption, console, err_console, set_threads, user_errors
 from slem.cli.train_cmd import OutOption, QuietOption, SetOption
 from slem.errors import SlemError
 from slem.rundir import lock_run_dir
@@ -110,6 +110,7 @@ def hpo(
     ] = None,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
     set_: SetOption = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Search hyperparameters (or model family + hyperparameters) as CONFIG says.
@@ -119,6 +120,7 @@ def hpo(
     replaced. A second `slem hpo` on the same --out stops with an error.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the table and summary say it all
+    set_threads(threads)  # this process and, through --threads, every worker it starts
     if worker:
         if config is None or storage is None:
             raise SlemError("--worker needs CONFIG and --storage")
@@ -153,7 +155,7 @@ def hpo(
         failure: SlemError | None = None
         try:
             if workers > 1:
-                failure = run_spawned(run_dir, url, workers, total, study, target, quiet)
+                failure = run_spawned(run_dir, url, workers, total, study, target, quiet, threads)
             else:
                 run_here(cfg, study, objective, total, target, quiet)
         except StudyFailed as exc:
@@ -247,6 +249,7 @@ def run_spawned(
     study: optuna.Study,
     target: int,
     quiet: bool,
+    threads: int | None = None,
 ) -> SlemError | None:
     """``n`` worker processes on the study; a live table on a terminal. Returns the error of
     a worker when the study did not reach its trials."""
@@ -257,7 +260,7 @@ def run_spawned(
 
     def spawn() -> None:
         try:
-            codes.extend(spawn_workers(run_dir / CONFIG_FILE, run_dir, url, n, total))
+            codes.extend(spawn_workers(run_dir / CONFIG_FILE, run_dir, url, n, total, threads))
         except BaseException as exc:  # reported by the main thread
             failed.append(exc)
 
