@@ -7,6 +7,7 @@ Every file slem reads back from a run directory (``checkpoint.pt``, ``meta_check
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,27 @@ def read_checkpoint(
     if missing:
         raise damaged(p, "missing " + ", ".join(missing), fix)
     return state
+
+
+def load_checkpoint_into(
+    path: Path,
+    load_state: Callable[[dict[str, Any]], None],
+    device: torch.device | str,
+    keys: Sequence[str],
+) -> None:
+    """Read ``path`` (:func:`read_checkpoint`) and hand it to ``load_state``; a state that
+    does not fit the run (another model or method) is a one-line SlemError naming the file."""
+    state = read_checkpoint(path, device, keys=tuple(keys))
+    try:
+        load_state(state)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise damaged(
+            path,
+            f"does not match this run's config: {type(exc).__name__} {first}",
+            "resume with the config the run was started with, or delete the checkpoint "
+            "to start over",
+        ) from None
 
 
 def read_yaml_mapping(path: str | Path, fix: str) -> dict[str, Any]:

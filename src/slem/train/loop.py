@@ -105,19 +105,9 @@ class MetaLoop(ABC):
 
     def load_checkpoint(self, path: Path) -> None:
         """Continue from ``path``; a damaged or foreign file is a one-line SlemError."""
-        from slem.train.checkpoint_io import damaged, read_checkpoint
+        from slem.train.checkpoint_io import load_checkpoint_into
 
-        state = read_checkpoint(path, "cpu", keys=("net", "meta_optimizer", "iteration"))
-        try:
-            self.load_state(state)
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise damaged(
-                path,
-                f"does not match this run's config: {type(exc).__name__} {first}",
-                "resume with the config the run was started with, or delete the checkpoint "
-                "to start over",
-            ) from None
+        load_checkpoint_into(path, self.load_state, "cpu", ("net", "meta_optimizer", "iteration"))
 
 
 class MetaProgress:

@@ -868,20 +868,10 @@ class Trainer:
         Raises:
             SlemError: the file is missing, damaged, or from a different model or method.
         """
-        from slem.train.checkpoint_io import damaged, read_checkpoint
+        from slem.train.checkpoint_io import load_checkpoint_into
 
         path = Path(path)
-        state = read_checkpoint(path, self.device, keys=("model", "optimizer", "epoch"))
-        try:
-            self.load_state(state)
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise damaged(
-                path,
-                f"does not match this run's config: {type(exc).__name__} {first}",
-                "resume with the config the run was started with, or delete the checkpoint "
-                "to start over",
-            ) from None
+        load_checkpoint_into(path, self.load_state, self.device, ("model", "optimizer", "epoch"))
         self.last_checkpoint = path
 
 
