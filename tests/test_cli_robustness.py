@@ -539,3 +539,27 @@ def test_meta_training_progress_outside_a_terminal_is_ten_plain_lines(
     bar.close()
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 10 and lines[-1].startswith("meta-training [x]  20/20  meta loss 0.050")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "x.yaml", "--threads", "abc"], "--threads"),
+        (["train", "--bogus"], "No such option: --bogus"),
+        (["data", "show"], "Missing argument"),
+        (["hpo", "--workers", "0", "x.yaml"], "--workers"),
+    ],
+)
+def test_usage_errors_of_the_installed_command_are_one_line(args: list[str], fragment: str) -> None:
+    """Typer's own usage errors (wrong type, unknown option, missing argument) follow the
+    same rule as slem's: one line naming the command's --help, exit code 2."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "slem.cli.app", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+    assert "--help" in lines[0] and "Traceback" not in done.stderr

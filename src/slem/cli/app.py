@@ -8,6 +8,7 @@ import typer
 
 from slem import __version__
 from slem.cli import bbo_cmd, data_cmd, hpo_cmd, train_cmd
+from slem.cli.console import err_console
 
 app = typer.Typer(
     name="slem",
@@ -39,7 +40,28 @@ def _root(
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a usage error (an unknown option, a value of the wrong type, a missing
+    argument) is one line ``error: ...`` naming the command's --help, exit code 2, like every
+    other bad input."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click's (or typer's vendored click's) usage errors
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            sys.exit(2)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(str(exc.format_message()).split())
+        err_console.print(f"error: {message}{where}", soft_wrap=True)
+        sys.exit(int(exc.exit_code))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
