@@ -165,6 +165,9 @@ def test_file_errors(tmp_path: Path, table: pd.DataFrame) -> None:
         load_dataset(str(tmp_path / "t.csv"), LoadOptions(target="lable"))
     with pytest.raises(SlemError, match="does not exist"):
         load_dataset(str(tmp_path / "missing.csv"), LoadOptions(target="label"))
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(SlemError, match="is a directory; give the data file in it"):
+        load_dataset(str(tmp_path / "folder.csv"), LoadOptions(target="label"))
     (tmp_path / "t.txt").write_text("x")
     with pytest.raises(SlemError, match="unsupported suffix"):
         load_dataset(str(tmp_path / "t.txt"), LoadOptions(target="label"))

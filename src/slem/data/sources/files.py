@@ -95,6 +95,11 @@ def load_file(
 
 
 def _checked_suffix(path: Path, role: str) -> str:
+    if path.is_dir():
+        raise SlemError(
+            f"{role} file '{path}' is a directory; give the data file in it (e.g. "
+            f"{path}/data.csv), with --target COLUMN"
+        )
     if not path.is_file():
         raise SlemError(f"{role} file '{path}' does not exist")
     suffix = path.suffix.lower()
