@@ -41,6 +41,9 @@ def test_held_out_functions_have_their_known_minima() -> None:
     assert (gp.minimum <= dense + 1e-6).all()  # the estimate is at least as low as dense search
     with pytest.raises(SlemError, match="unknown test function 'rosen'"):
         held_out("rosen")
+    for bad in ("gp0", "gp33"):
+        with pytest.raises(SlemError, match="gpD takes D from 1 to 32"):
+            held_out(bad)
 
 
 def test_training_functions_are_normalised_batched_and_differentiable() -> None:

@@ -262,6 +262,11 @@ def held_out(name: str, batch: int = 1, seed: int = 12345) -> FunctionBatch:
         return FunctionBatch(name, dim, f, torch.full((batch,), minimum))
     if name.startswith("gp") and name[2:].isdigit():
         dim = int(name[2:])
+        if not 1 <= dim <= 32:
+            raise SlemError(
+                f"test function '{name}' has {dim} dimensions; gpD takes D from 1 to 32 "
+                "(e.g. gp2, gp6)"
+            )
         fn = gp_samples(batch, dim, g)
         return FunctionBatch(name, dim, fn, _estimated_minimum(fn, batch, dim, g))
     raise SlemError(
