@@ -1,4 +1,4 @@
-"""Data-layer numbers for the README: load and task-building times, realized corruption.
+"""Data-layer numbers: load and task-building times, realized corruption (docs/results).
 
     python benchmarks/data_layer.py [--quick] [--json PATH]
 
