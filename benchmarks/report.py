@@ -545,6 +545,61 @@ def cnn_speed() -> str:
     )
 
 
+def virtual_step() -> str:
+    doc = load("virtual_step.json")
+    agreement = [
+        [
+            str(r["epoch"]),
+            sig(r["rel_diff_median"], 2),
+            sig(r["rel_diff_max"], 2),
+            sig(r["cosine_median"], 4),
+            sig(r["cosine_min"], 2),
+        ]
+        for r in doc["agreement"]
+    ]
+    by = {(r["virtual_step"], r["metric"]): r for r in doc["outcome"]}
+    outcome = []
+    for mode in ("optimizer", "sgd"):
+        acc, best, ratio = (
+            by[(mode, m)]
+            for m in ("test_accuracy", "test_accuracy_at_best_val", "meta_step_time_ratio")
+        )
+        outcome.append(
+            [
+                f"`{mode}`",
+                str(acc["seeds"]),
+                pct(acc["mean"], acc["std"]),
+                pct(best["mean"], best["std"]),
+                f"{ratio['mean']:.1f}x",
+            ]
+        )
+    return fill(
+        "virtual_step",
+        {
+            "agreement": table(
+                [
+                    "epoch",
+                    "median rel. difference",
+                    "max rel. difference",
+                    "median cosine",
+                    "min cosine",
+                ],
+                agreement,
+            ),
+            "outcome": table(
+                [
+                    "meta.virtual_step",
+                    "seeds",
+                    "final test acc (%)",
+                    "test acc at best val (%)",
+                    "meta step / plain step",
+                ],
+                outcome,
+            ),
+        },
+    )
+
+
 # ---------------------------------------------------------------------- main
 
 PAGES: dict[str, Callable[[], str]] = {
@@ -556,6 +611,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "hypergrad": hypergrad,
     "data_layer": data_layer,
     "cnn_speed": cnn_speed,
+    "virtual_step": virtual_step,
 }
 
 
