@@ -6,4 +6,5 @@ bash scripts/install.sh
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
 .venv/bin/mypy
+.venv/bin/lint-imports
 .venv/bin/pytest "$@"
