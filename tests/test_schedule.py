@@ -132,12 +132,17 @@ def test_meta_step_is_the_exact_one_step_hypergradient(task: Task) -> None:
 def test_meta_train_then_apply_to_another_dataset_and_architecture(
     task: Task, tmp_path: Path, runner: Any
 ) -> None:
+    from slem.report import write_run_plots
     from slem.train import train_run
 
-    result, run_dir = train_run(config(epochs=3), tmp_path / "meta", progress=False)
-    s = result.summary
+    record, run_dir = train_run(
+        config(epochs=3), tmp_path / "meta", progress=False, render=write_run_plots
+    )
+    s = record.summary
     assert s["lr_scale"] > 0 and s["lr_first"] != s["lr_last"]
     assert (run_dir / "plots" / "lr_schedule.png").is_file()
+    assert [Path(p).name for p in s["plots"]] == ["learning_curves.png", "lr_schedule.png"]
+    assert record.arrays["lr_trace"][0] == s["lr_first"]
     artifact = run_dir / "methodology"
     info = json.loads((artifact / "methodology.json").read_text())
     assert info["kind"] == "lr_schedule" and info["meta_trained_on"]["dataset"] == "mnist1d"

@@ -361,11 +361,16 @@ def worker_error(run_dir: Path, n: int) -> str | None:
     return None
 
 
-def write_results(study: optuna.Study, run_dir: Path, target: int | None = None) -> dict[str, Any]:
-    """``trials.csv``, ``best.json`` and the plots; returns the summary (``trials``: the
-    finished trials, which count toward the study's total)."""
-    from slem.report.hpo_plots import write_study_plots
-
+def write_results(
+    study: optuna.Study,
+    run_dir: Path,
+    target: int | None = None,
+    plots: Callable[[optuna.Study, Path], Sequence[Path]] | None = None,
+) -> dict[str, Any]:
+    """``trials.csv``, ``best.json`` and the plots (by ``plots``, e.g.
+    :func:`slem.report.write_study_plots`, into ``run_dir/plots``; ``automl`` sits below
+    ``report``); returns the summary (``trials``: the finished trials, which count toward the
+    study's total; ``plots``: the files written)."""
     atomic_write_text(run_dir / "trials.csv", study.trials_dataframe().to_csv(index=False))
     n = tally(study)
     best = best_rows(study, 1)
@@ -389,7 +394,8 @@ def write_results(study: optuna.Study, run_dir: Path, target: int | None = None)
             best_params=t.params,
             best_test={k: v for k, v in t.user_attrs.items() if k.startswith("test_")},
         )
-    summary["plots"] = [str(p) for p in write_study_plots(study, run_dir / "plots")]
+    written = plots(study, run_dir / "plots") if plots is not None else []
+    summary["plots"] = [str(p) for p in written]
     atomic_write_text(run_dir / "best.json", json.dumps(summary, indent=2, default=str))
     return summary
 

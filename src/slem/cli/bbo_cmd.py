@@ -45,6 +45,8 @@ def train(
     quiet: QuietOption = False,
 ) -> None:
     """Meta-train the RNN proposer on GP samples, quadratics and standard test functions."""
+    from slem.report import write_run_plots
+
     set_threads(threads)
     if resume is not None:
         reject_with_resume(
@@ -77,9 +79,12 @@ def train(
                     run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"))
                 )
             with stop_on_signals(trainers):
-                summary = bbo_run(cfg, run_dir, resume is not None, not quiet, trainers.append)
+                record = bbo_run(
+                    cfg, run_dir, resume is not None, not quiet, trainers.append, write_run_plots
+                )
     except TrainingStopped as exc:
         report_stopped(exc, run_dir, "slem bbo train")
+    summary = record.summary
     console.print(
         f"learned black-box optimizer ({cfg.dim}-D, loss {cfg.loss}): mean regret after "
         f"{cfg.steps} queries on 32 unseen GP samples {summary['held_out_regret']:.3f} "

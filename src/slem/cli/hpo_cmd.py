@@ -119,6 +119,8 @@ def hpo(
     distinct configuration, however many workers and machines share it; failed trials are
     replaced. A second `slem hpo` on the same --out stops with an error.
     """
+    from slem.report import write_study_plots  # here: matplotlib only when a study runs
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the table and summary say it all
     set_threads(threads)  # this process and, through --threads, every worker it starts
     if worker:
@@ -161,12 +163,12 @@ def hpo(
         except StudyFailed as exc:
             failure = exc
         except KeyboardInterrupt:
-            write_results(study, run_dir, target)
+            write_results(study, run_dir, target, write_study_plots)
             err_console.print(
                 f"interrupted: continue with 'slem hpo --resume --out {run_dir}'", highlight=False
             )
             raise typer.Exit(code=130) from None
-        summary = write_results(study, run_dir, target)
+        summary = write_results(study, run_dir, target, write_study_plots)
         report(study, summary, run_dir, total, target, quiet)
         if failure is not None:
             raise failure

@@ -15,8 +15,9 @@ from slem.cli.console import ThreadsOption, console, err_console, styled, user_e
 from slem.data.task import corruption_text, labels_text
 from slem.errors import SlemError
 from slem.train.config import TrainConfig, apply_overrides, load_yaml, parse_train_config
+from slem.train.record import RunRecord
 from slem.train.run import CHECKPOINT_FILE, default_run_dir, read_run_config, train_run
-from slem.train.trainer import Stoppable, TrainingStopped, TrainResult
+from slem.train.trainer import Stoppable, TrainingStopped
 
 EXIT_CODES = {"interrupted": 130, "aborted": 130, "terminated": 143}
 
@@ -92,7 +93,9 @@ def reject_with_resume(given: dict[str, object]) -> None:
 
 def run_and_report(
     config: TrainConfig, run_dir: Path, resume: bool, quiet: bool, command: str = "slem train"
-) -> TrainResult:
+) -> RunRecord:
+    from slem.report import write_run_plots  # here: matplotlib only when a run is written
+
     trainers: list[Stoppable] = []
     try:
         with stop_on_signals(trainers):
@@ -103,6 +106,7 @@ def run_and_report(
                 progress=not quiet,
                 on_trainer=trainers.append,
                 command=command,
+                render=write_run_plots,
             )
     except TrainingStopped as exc:
         report_stopped(exc, run_dir, command)

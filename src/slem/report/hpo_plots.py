@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from slem.report.plots import save_figure
+from slem.report.figure import save_figure
 
 
 def write_study_plots(study: optuna.Study, out_dir: Path) -> list[Path]:

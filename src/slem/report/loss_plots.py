@@ -3,40 +3,31 @@ hyperparameters against the logit margin, and transition matrices against the tr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from slem.report.plots import save_figure
+from slem.report.figure import save_figure  # first: it selects the Agg backend
 
-if TYPE_CHECKING:
-    from slem.methodology import LossAdjusterNet
+import matplotlib.pyplot as plt  # isort: skip
 
 
-def adjuster_curves(adjuster: LossAdjusterNet, path: Path) -> Path:
-    """Each hyperparameter against the margin, one curve per class group. The loss fed with a
+def adjuster_curves(
+    margin: np.ndarray, values: np.ndarray, names: Sequence[str], family: str, path: Path
+) -> Path:
+    """Each of the loss adjuster's hyperparameters against the logit ``margin`` (n,), one
+    curve per class group: ``values`` is (n_groups, n, len(names)). The loss fed with a
     margin m is ``softplus(-m)``, the cross-entropy when one rival class holds the rest of the
     probability."""
-    margin = torch.linspace(-10, 10, 201)
-    loss = F.softplus(-margin)
-    names = adjuster.names
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
-    device = next(adjuster.parameters()).device
-    with torch.no_grad():
-        for g in range(adjuster.n_groups):
-            groups = torch.full((len(margin),), g, dtype=torch.long, device=device)
-            values = adjuster(margin.to(device), loss.to(device), groups).cpu().numpy()
-            for j in range(len(names)):
-                axes[0, j].plot(margin.numpy(), values[:, j], label=f"class group {g}")
+    for g, group in enumerate(values):
+        for j in range(len(names)):
+            axes[0, j].plot(margin, group[:, j], label=f"class group {g}")
     for j, name in enumerate(names):
         ax = axes[0, j]
         ax.set_xlabel("logit margin z_y - max other (negative: model disagrees with the label)")
-        ax.set_ylabel(f"learned {adjuster.family.upper()} {name}")
+        ax.set_ylabel(f"learned {family.upper()} {name}")
         ax.legend()
     return save_figure(fig, path)
 

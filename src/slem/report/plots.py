@@ -1,46 +1,106 @@
-"""PNG plots of a run: learned weight against loss per class group, weights of truly clean
-against truly noisy samples, and learning curves."""
+"""PNG plots of a run record (:class:`slem.train.record.RunRecord`): learned weight against
+loss per class group, weights of truly clean against truly noisy samples, learning curves,
+the learned learning rate and the meta-training curve. Every function takes plain data."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-import torch
+
+from slem.report.figure import save_figure  # first: it selects the Agg backend
+from slem.report.loss_plots import adjuster_curves, transition_heatmaps
+from slem.report.regression_plots import learned_loss, predicted_vs_true
+
+import matplotlib.pyplot as plt  # isort: skip
 
 if TYPE_CHECKING:
-    from slem.train.trainer import Trainer, TrainResult
+    from slem.train.record import RunRecord
+
+__all__ = ["save_figure", "write_run_plots"]
 
 
-def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
-    """Lay out, write as PNG and close ``fig``."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
+    """Every plot ``record`` has the data for, as PNGs in ``run_dir/plots/`` (created);
+    returns the files written.
 
-
-def write_run_plots(run_dir: Path, trainer: Trainer, result: TrainResult) -> list[Path]:
-    out = run_dir / "plots"
-    out.mkdir(exist_ok=True)
-    paths = [learning_curves(result.history, out / "learning_curves.png")]
-    extra = getattr(trainer, "plots", None)  # trainer-specific figures
-    if callable(extra):
-        paths.extend(extra(out))
-    trace = getattr(trainer, "lr_trace", None)
-    if trace:
-        paths.append(lr_schedule(trainer, trace, out / "lr_schedule.png"))
-    if trainer.weighting is not None and result.train_weights is not None:
-        paths.append(weight_vs_loss(trainer, out / "weight_vs_loss.png"))
+    ``learning_curves.png`` (a per-epoch history), ``meta_training.png`` (``meta_loss``),
+    ``learned_loss.png`` and ``predicted_vs_true.png`` (regression), ``adjuster_vs_margin.png``,
+    ``transition.png``, ``lr_schedule.png`` (``lr_trace``), ``weight_vs_loss.png`` and
+    ``weight_histograms.png`` (``train_weights``). The CLI writes them into every run
+    directory; from Python: ``slem.report.write_run_plots(record, run_dir)`` with the record
+    :func:`slem.train.train_run` returns.
+    """
+    out = Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    a, info = record.arrays, record.info
+    paths = []
+    if "meta_loss" in a:
+        paths.append(meta_training_curve(a["meta_loss"], out / "meta_training.png"))
+    if all("epoch" in row for row in record.history):  # a training run, not meta-training
+        paths.append(learning_curves(record.history, out / "learning_curves.png"))
+    if "hwnet_curve" in a:
         paths.append(
-            weight_histograms(
-                result.train_weights, trainer.task.train.noisy_mask, out / "weight_histograms.png"
+            learned_loss(
+                a["hwnet_residual"],
+                a["hwnet_curve"],
+                a["hwnet_loss"],
+                a["hwnet_l2"],
+                info["hwnet_mode"],
+                info["hwnet_losses"],
+                out / "learned_loss.png",
             )
+        )
+    if "test_prediction" in a:
+        paths.append(
+            predicted_vs_true(
+                a["test_prediction"],
+                a["test_target"],
+                out / "predicted_vs_true.png",
+                info.get("title", ""),
+            )
+        )
+    if "adjuster_curve" in a:
+        paths.append(
+            adjuster_curves(
+                a["adjuster_margin"],
+                a["adjuster_curve"],
+                info["adjuster_names"],
+                info["adjuster_family"],
+                out / "adjuster_vs_margin.png",
+            )
+        )
+    if "transition_estimated" in a:
+        paths.append(
+            transition_heatmaps(
+                {info.get("transition_label", "estimated"): a["transition_estimated"]},
+                a["transition_true"],
+                out / "transition.png",
+            )
+        )
+    if "lr_trace" in a:
+        paths.append(
+            lr_schedule(
+                a["lr_trace"],
+                a["lr_reference"],
+                float(info["lr0"]),
+                a["lr_stages"],
+                out / "lr_schedule.png",
+            )
+        )
+    if "train_weights" in a:
+        if "weight_curve" in a:
+            paths.append(
+                weight_vs_loss(
+                    a["weight_curve_loss"],
+                    a["weight_curve"],
+                    info.get("weighting_kind", "weighting"),
+                    out / "weight_vs_loss.png",
+                )
+            )
+        paths.append(
+            weight_histograms(a["train_weights"], a["noisy_mask"], out / "weight_histograms.png")
         )
     return paths
 
@@ -88,9 +148,9 @@ def learning_curves(history: list[dict[str, object]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def meta_training_curve(history: list[dict[str, object]], path: Path) -> Path:
+def meta_training_curve(meta_loss: np.ndarray, path: Path) -> Path:
     """Meta loss per meta-iteration (and its running mean) while meta-training."""
-    values = np.array([float(r["meta_loss"]) for r in history])  # type: ignore[arg-type]
+    values = np.asarray(meta_loss, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(np.arange(1, len(values) + 1), values, alpha=0.35, lw=0.8, label="meta loss")
     if len(values) >= 10:
@@ -103,17 +163,22 @@ def meta_training_curve(history: list[dict[str, object]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def lr_schedule(trainer: Trainer, trace: list[float], path: Path) -> Path:
+def lr_schedule(
+    trace: np.ndarray, reference: np.ndarray, lr0: float, stages: np.ndarray, path: Path
+) -> Path:
     """The learned learning rate at every step, against the hand-designed cosine schedule
-    from ``optim.lr``, with the steps where a new schedule snapshot took over."""
+    ``reference`` from ``lr0``, with the steps where a new schedule snapshot took over
+    (``stages``: rows of (step, stage))."""
     steps = np.arange(1, len(trace) + 1)
-    total = trainer.config.optim.epochs * trainer.steps_per_epoch
-    lr0 = trainer.config.optim.lr
-    cosine = lr0 * 0.5 * (1 + np.cos(np.pi * np.minimum(np.arange(total) / max(total, 1), 1.0)))
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, trace, label="learned (MLR-SNet)", lw=1)
-    ax.plot(np.arange(1, total + 1), cosine, "--", label=f"hand-designed: cosine from {lr0:g}")
-    for step, stage in getattr(trainer, "stage_trace", [])[1:]:
+    ax.plot(
+        np.arange(1, len(reference) + 1),
+        reference,
+        "--",
+        label=f"hand-designed: cosine from {lr0:g}",
+    )
+    for step, stage in np.asarray(stages).reshape(-1, 2)[1:].tolist():
         ax.axvline(step, color="grey", lw=0.8, ls=":")
         ax.text(step, max(trace), f" stage {stage}", fontsize=8, va="top")
     ax.set_xlabel("training step")
@@ -122,25 +187,18 @@ def lr_schedule(trainer: Trainer, trace: list[float], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def weight_vs_loss(trainer: Trainer, path: Path) -> Path:
-    """The learned weighting function: weight against loss, one curve per class group."""
-    net = trainer.weighting
-    assert net is not None
-    observed = trainer.per_sample_eval_losses(trainer.train_x, trainer.train_y)
-    top = float(torch.quantile(observed, 0.99)) if len(observed) else 5.0
-    grid = torch.linspace(0, max(top, 1.0), 200, device=trainer.device)
-    n_groups = max(trainer.task.features.n_groups, 1)
+def weight_vs_loss(loss: np.ndarray, weights: np.ndarray, kind: str, path: Path) -> Path:
+    """The learned weighting function: ``weights`` (n_groups, n) against ``loss`` (n,), one
+    curve per class group."""
+    n_groups = len(weights)
     fig, ax = plt.subplots(figsize=(6, 4))
-    with torch.no_grad():
-        for g in range(n_groups):
-            groups = torch.full((len(grid),), g, dtype=torch.long, device=trainer.device)
-            w = net(grid, groups).cpu().numpy()
-            ax.plot(grid.cpu().numpy(), w, label=f"class group {g}" if n_groups > 1 else "all")
+    for g in range(n_groups):
+        ax.plot(loss, weights[g], label=f"class group {g}" if n_groups > 1 else "all")
     ax.set_xlabel("training loss of a sample")
     ax.set_ylabel("learned weight")
     ax.set_ylim(0, 1)
     ax.legend()
-    ax.set_title(f"{net.kind}: weight as a function of loss")
+    ax.set_title(f"{kind}: weight as a function of loss")
     return save_figure(fig, path)
 
 

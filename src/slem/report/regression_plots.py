@@ -3,40 +3,43 @@ against clean test targets."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from slem.methodology.regression import HyperWeightNet, base_loss
-from slem.report.plots import save_figure  # first: it selects the Agg backend
+from slem.report.figure import save_figure  # first: it selects the Agg backend
 
 import matplotlib.pyplot as plt  # isort: skip
 
 
-def learned_loss(net: HyperWeightNet, path: Path, residual_range: float = 6.0) -> Path:
-    """Mode mix: the mixture coefficients ``a_k(r)`` stacked, next to the resulting loss;
-    mode weight: the weight ``w(r)``, next to ``w(r) ⋅ r²/2``. Residuals in robust target
-    units; ``l2 = r²/2`` is drawn for reference."""
-    device = next(net.parameters()).device
-    grid = torch.linspace(-residual_range, residual_range, 241, device=device)
-    out = net.curve(grid).cpu().numpy()
-    loss = net.loss_curve(grid).cpu().numpy()
-    r = grid.cpu().numpy()
+def learned_loss(
+    residual: np.ndarray,
+    curve: np.ndarray,
+    loss: np.ndarray,
+    l2: np.ndarray,
+    mode: str,
+    losses: Sequence[str],
+    path: Path,
+) -> Path:
+    """An HWnet against the ``residual`` (n,), in robust target units. Mode mix: the mixture
+    coefficients ``curve`` (n, K) over the ``losses`` stacked, next to the resulting ``loss``
+    (n,); mode weight: the weight ``curve`` (n,), next to ``w(r) ⋅ r²/2``. ``l2 = r²/2`` (n,)
+    is drawn for reference."""
     fig, (ax_h, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    if net.mode == "mix":
-        ax_h.stackplot(r, out.T, labels=list(net.losses), alpha=0.85)
+    if mode == "mix":
+        ax_h.stackplot(residual, curve.T, labels=list(losses), alpha=0.85)
         ax_h.set_ylabel("mixture coefficient a_k(r)")
         ax_h.set_title("learned mixture of losses")
-        ax_h.legend(loc="upper center", fontsize=8, ncol=len(net.losses))
+        ax_h.legend(loc="upper center", fontsize=8, ncol=len(losses))
     else:
-        ax_h.plot(r, out, label="w(r)")
+        ax_h.plot(residual, curve, label="w(r)")
         ax_h.set_ylabel("learned weight (before batch normalization)")
         ax_h.set_title("learned sample weight")
     ax_h.set_ylim(0, 1)
     ax_h.set_xlabel("residual r (robust target units)")
-    ax_loss.plot(r, loss, label="learned loss")
-    ax_loss.plot(r, base_loss("l2", grid).cpu().numpy(), "--", lw=0.8, label="l2 = r²/2")
+    ax_loss.plot(residual, loss, label="learned loss")
+    ax_loss.plot(residual, l2, "--", lw=0.8, label="l2 = r²/2")
     ax_loss.set_ylim(0, max(float(np.nanmax(loss)) * 1.1, 1.0))
     ax_loss.set_xlabel("residual r (robust target units)")
     ax_loss.set_ylabel("per-sample loss")

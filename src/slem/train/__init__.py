@@ -14,6 +14,7 @@ from slem.train.config import (
     parse_train_config,
 )
 from slem.train.models import build_model
+from slem.train.record import RunRecord
 from slem.train.run import read_run_config, train_run
 from slem.train.trainer import (
     MetaTrainer,
@@ -35,6 +36,7 @@ __all__ = [
     "NonFiniteLoss",
     "OptimConfig",
     "ProgressBar",
+    "RunRecord",
     "TrainConfig",
     "TrainResult",
     "Trainer",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from slem.errors import SlemError
 from slem.methodology.bbo import RNNBlackBoxOptimizer, propose_and_observe
 from slem.train.config import BBOConfig
 from slem.train.loop import MetaLoop
+from slem.train.record import RunRecord, meta_loss_array
 
 
 def observed_improvement(ys: Tensor) -> Tensor:
@@ -134,12 +135,14 @@ def bbo_run(
     resume: bool = False,
     progress: bool = True,
     on_trainer: Callable[[Any], None] | None = None,
-) -> dict[str, float]:
+    render: Callable[[RunRecord, Path], Sequence[Path]] | None = None,
+) -> RunRecord:
     """``slem bbo train``: meta-train into ``run_dir`` (resumable from its checkpoint), write
-    the artifact, ``meta_metrics.jsonl``, the meta-training plot and ``summary.json`` with the
-    regret on 32 unseen GP samples against random search."""
+    the artifact, ``meta_metrics.jsonl``, the plots (by ``render``, e.g.
+    :func:`slem.report.write_run_plots`) and ``summary.json`` with the regret on 32 unseen GP
+    samples against random search. Returns the record: the meta-training history, the
+    summary and the ``meta_loss`` curve."""
     from slem.data.functions import held_out
-    from slem.report.plots import meta_training_curve
 
     meta = BBOMetaTrainer(cfg)
     checkpoint = run_dir / "meta_checkpoint.pt"
@@ -156,14 +159,15 @@ def bbo_run(
     )
     with (run_dir / "meta_metrics.jsonl").open("w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in meta.history)
-    (run_dir / "plots").mkdir(exist_ok=True)
-    meta_training_curve(meta.history, run_dir / "plots" / "meta_training.png")
     test = held_out(f"gp{cfg.dim}", batch=32)
-    summary = {
+    summary: dict[str, Any] = {
         "held_out_regret": float(search_regret(net, test, cfg.steps)[-1].mean()),
         "random_search_regret": float(random_search_regret(test, cfg.steps)[-1].mean()),
         "iterations": meta.iteration,
         "seconds": round(meta.elapsed, 1),
     }
+    record = RunRecord(list(meta.history), summary, meta_loss_array(meta.history))
+    if render is not None:
+        summary["plots"] = [str(p) for p in render(record, run_dir)]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return record

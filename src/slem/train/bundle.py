@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +48,7 @@ from slem.methodology import (
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import BUNDLE_METHODS, TrainConfig
+from slem.train.record import RunRecord, adjuster_arrays, lr_arrays
 from slem.train.schedule import LearnedRate
 from slem.train.trainer import EVAL_BATCH, MetaTrainer, TrainResult
 
@@ -387,21 +387,25 @@ class BundleTrainer(MetaTrainer):
     def stage_trace(self) -> list[tuple[int, int]]:
         return self.rate.stage_trace if self.rate is not None else []
 
-    def plots(self, out_dir: Path) -> list[Path]:
-        from slem.report.loss_plots import adjuster_curves, transition_heatmaps
-
-        paths = []
+    def record(self, result: TrainResult) -> RunRecord:
+        record = super().record(result)
         if self.adjuster is not None:
-            paths.append(adjuster_curves(self.adjuster, out_dir / "adjuster_vs_margin.png"))
-        if self.transition_net is not None and self.task.transition is not None:
-            paths.append(
-                transition_heatmaps(
-                    {"meta-learned (mean over samples)": self.mean_transition()},
-                    np.asarray(self.task.transition),
-                    out_dir / "transition.png",
-                )
+            record.arrays.update(adjuster_arrays(self.adjuster))
+            record.info.update(
+                adjuster_names=list(self.adjuster.names), adjuster_family=self.adjuster.family
             )
-        return paths
+        if self.transition_net is not None and self.task.transition is not None:
+            record.arrays.update(
+                transition_true=np.asarray(self.task.transition),
+                transition_estimated=self.mean_transition(),
+            )
+            record.info["transition_label"] = "meta-learned (mean over samples)"
+        o = self.config.optim
+        record.arrays.update(
+            lr_arrays(self.lr_trace, self.stage_trace, o.lr, o.epochs * self.steps_per_epoch)
+        )
+        record.info["lr0"] = o.lr
+        return record
 
     # ------------------------------------------------------------------ state
 

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from slem.errors import SlemError
 from slem.methodology import forward_corrected
+from slem.train.record import RunRecord
 from slem.train.trainer import EVAL_BATCH, Trainer, TrainResult
 
 
@@ -106,18 +107,15 @@ class ForwardTrainer(Trainer):
             result.extra["transition"] = est.tolist()
         return result
 
-    def plots(self, out_dir: Any) -> list[Any]:
-        if self.transition is None or self.task.transition is None:
-            return []
-        from slem.report.loss_plots import transition_heatmaps
-
-        return [
-            transition_heatmaps(
-                {"estimated (anchors)": self.transition.cpu().numpy()},
-                np.asarray(self.task.transition),
-                out_dir / "transition.png",
+    def record(self, result: TrainResult) -> RunRecord:
+        record = super().record(result)
+        if self.transition is not None and self.task.transition is not None:
+            record.arrays.update(
+                transition_true=np.asarray(self.task.transition),
+                transition_estimated=self.transition.cpu().numpy(),
             )
-        ]
+            record.info["transition_label"] = "estimated (anchors)"
+        return record
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "transition": self.transition}

@@ -31,7 +31,6 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +45,7 @@ from slem.methodology.regression import base_loss, input_stats
 from slem.train.callbacks import Callback
 from slem.train.config import REGRESSION_METHODS, TrainConfig
 from slem.train.models import build_model
+from slem.train.record import RunRecord, hwnet_arrays
 from slem.train.trainer import EVAL_BATCH, Trainer, TrainResult, make_meta_optimizer
 
 #: the residual range of the learned-loss plot, in robust target units
@@ -450,25 +450,18 @@ class RegressionTrainer(Trainer):
         if self.meta_optimizer is not None and state.get("meta_optimizer") is not None:
             self.meta_optimizer.load_state_dict(state["meta_optimizer"])
 
-    # ------------------------------------------------------------------ plots
+    # ------------------------------------------------------------------ record
 
-    def plots(self, out_dir: Path) -> list[Path]:
-        """The learned loss (mixture or weight against the residual, for an HWnet) and the
-        predicted against the clean test targets."""
-        from slem.report.regression_plots import learned_loss, predicted_vs_true
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
+    def record(self, result: TrainResult) -> RunRecord:
+        """Adds the learned loss (an HWnet's mixture or weight against the residual) and the
+        predictions against the clean test targets."""
+        record = super().record(result)
         if self.hwnet is not None:
-            paths.append(learned_loss(self.hwnet, out_dir / "learned_loss.png", PLOT_RANGE))
-        pred = self.predict(self.test_x).cpu().numpy()
-        paths.append(
-            predicted_vs_true(
-                pred,
-                self.task.test.y_true,
-                out_dir / "predicted_vs_true.png",
-                f"{self.config.method} on {self.task.name}",
-            )
+            record.arrays.update(hwnet_arrays(self.hwnet, PLOT_RANGE))
+            record.info.update(hwnet_mode=self.hwnet.mode, hwnet_losses=list(self.hwnet.losses))
+        record.arrays.update(
+            test_prediction=self.predict(self.test_x).cpu().numpy(),
+            test_target=np.asarray(self.task.test.y_true),
         )
-        return paths
+        record.info["title"] = f"{self.config.method} on {self.task.name}"
+        return record

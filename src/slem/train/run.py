@@ -3,7 +3,8 @@
 The directory holds ``config.yaml`` (the resolved config plus seed, versions and git
 revision), ``metrics.jsonl``, ``summary.json``, ``checkpoint.pt`` (resumable) and
 ``model.safetensors``, the ``methodology/`` artifact when one was learned or applied, and
-PNG plots in ``plots/``.
+PNG plots in ``plots/`` when a renderer is given (``render=slem.report.write_run_plots``: the
+CLI passes it; ``train`` sits below ``report`` and does not import it).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from slem.rundir import atomic_write_bytes, atomic_write_text, lock_run_dir
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config
+from slem.train.record import RunRecord, meta_loss_array, read_jsonl
 from slem.train.threads import set_threads
-from slem.train.trainer import Stoppable, Trainer, TrainResult, make_trainer, resolve_device
+from slem.train.trainer import Stoppable, Trainer, make_trainer, resolve_device
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -38,6 +40,11 @@ META_CHECKPOINT_FILE = "meta_checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 #: files whose presence means a directory already holds a run
 RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, META_CHECKPOINT_FILE, SUMMARY_FILE)
+META_METRICS_FILE = "meta_metrics.jsonl"
+
+#: renders a run record into a run directory and returns the files it wrote, e.g.
+#: :func:`slem.report.write_run_plots`
+Render = Callable[[RunRecord, Path], Sequence[Path]]
 
 
 def git_revision() -> str:
@@ -135,8 +142,14 @@ def train_run(
     extra_callbacks: Sequence[Callback] = (),
     on_trainer: Callable[[Stoppable], None] | None = None,
     command: str = "slem train",
-) -> tuple[TrainResult, Path]:
+    render: Render | None = None,
+) -> tuple[RunRecord, Path]:
     """Train ``config`` into ``run_dir`` (continuing from its checkpoint with ``resume``).
+
+    Returns the run's :class:`~slem.train.record.RunRecord` (its ``summary`` as written to
+    ``summary.json``) and ``run_dir``. Plots are written by ``render`` (e.g.
+    ``render=slem.report.write_run_plots``; their paths go to the summary's ``plots``), or
+    afterwards with ``slem.report.write_run_plots(record, run_dir)``.
 
     Everything that can be checked is checked before the first byte is written: the device,
     the methodology artifact (method apply), the data. The directory is then locked for this
@@ -170,17 +183,27 @@ def train_run(
             trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
         if on_trainer is not None:
             on_trainer(trainer)
-        result = trainer.fit()
-        write_outputs(run_dir, config, task, trainer, result)
-    return result, run_dir
+        record = trainer.record(trainer.fit())
+        meta_history = read_jsonl(run_dir / META_METRICS_FILE)  # a meta-training phase
+        if meta_history:
+            record.arrays.update(meta_loss_array(meta_history))
+        write_outputs(run_dir, config, task, trainer, record, render)
+    return record, run_dir
 
 
 def write_outputs(
-    run_dir: Path, config: TrainConfig, task: Task, trainer: Trainer, result: TrainResult
+    run_dir: Path,
+    config: TrainConfig,
+    task: Task,
+    trainer: Trainer,
+    record: RunRecord,
+    render: Render | None = None,
 ) -> None:
+    """The model, the methodology artifact, the plots (by ``render``) and ``summary.json``,
+    whose contents ``record.summary`` then holds."""
     weights = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
     atomic_write_bytes(run_dir / "model.safetensors", save(weights))
-    summary = dict(result.summary)
+    summary = record.summary
     if config.method == "learned_optimizer":  # its artifact was written after meta-training
         summary["methodology"] = str(run_dir / "methodology")
     elif trainer.methodology is not None:
@@ -206,9 +229,7 @@ def write_outputs(
             info["applied_to"] = trained_on
         trainer.methodology.save(artifact_dir, **info)
         summary["methodology"] = str(artifact_dir)
-    from slem.report.plots import write_run_plots
-
-    summary["plots"] = [str(p) for p in write_run_plots(run_dir, trainer, result)]
+    summary["plots"] = [str(p) for p in render(record, run_dir)] if render is not None else []
     atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
@@ -236,7 +257,7 @@ def meta_train_optimizer(
     meta.fit(checkpoint, progress="meta-training the optimizer" if progress else None)
     net = meta.net
     atomic_write_text(
-        run_dir / "meta_metrics.jsonl", "".join(json.dumps(row) + "\n" for row in meta.history)
+        run_dir / META_METRICS_FILE, "".join(json.dumps(row) + "\n" for row in meta.history)
     )
     net.save(
         artifact,
@@ -249,10 +270,6 @@ def meta_train_optimizer(
             "seed": config.seed,
         },
     )
-    from slem.report.plots import meta_training_curve
-
-    (run_dir / "plots").mkdir(exist_ok=True)
-    meta_training_curve(meta.history, run_dir / "plots" / "meta_training.png")
     return _frozen(net)
 
 

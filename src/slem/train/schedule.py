@@ -29,6 +29,7 @@ from slem.methodology.schedule import ScheduleState
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
+from slem.train.record import RunRecord, lr_arrays
 from slem.train.trainer import NonFiniteLoss, Trainer, TrainResult
 
 
@@ -282,6 +283,15 @@ class ScheduleTrainer(Trainer):
             lr_mean=sum(self.lr_trace) / len(self.lr_trace) if self.lr_trace else None,
         )
         return result
+
+    def record(self, result: TrainResult) -> RunRecord:
+        record = super().record(result)
+        o = self.config.optim
+        record.arrays.update(
+            lr_arrays(self.lr_trace, self.stage_trace, o.lr, o.epochs * self.steps_per_epoch)
+        )
+        record.info["lr0"] = o.lr
+        return record
 
     def state(self) -> dict[str, Any]:
         return {

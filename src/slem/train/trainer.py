@@ -59,6 +59,7 @@ from slem.train.config import (
     TrainConfig,
 )
 from slem.train.models import build_model
+from slem.train.record import RunRecord, trainer_record
 
 EVAL_BATCH = 1024
 #: artifact kinds that BundleTrainer applies
@@ -779,6 +780,11 @@ class Trainer:
             **self.task.provenance(),  # where the test labels came from: clean or as given
         }
         return TrainResult(self.history, summary, weights)
+
+    def record(self, result: TrainResult) -> RunRecord:
+        """The finished run as plain data for :mod:`slem.report`: ``result``'s history and
+        summary, and the named arrays this trainer has (see :class:`RunRecord`)."""
+        return trainer_record(self, result)
 
     def plain_step_times(self, probes: int = 5) -> list[float]:
         """Seconds of plain (ERM) training steps: those the run took (warm-up, steps between

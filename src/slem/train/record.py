@@ -1,0 +1,150 @@
+"""What a run leaves besides its model, as plain data: :class:`RunRecord`.
+
+Trainers fill a record (``Trainer.record``) and :func:`slem.train.train_run` returns it;
+:mod:`slem.report` renders records (plots). The record holds no torch modules or trainers,
+so ``report`` needs nothing from the layers below but data, and nothing below ``report``
+imports it (the layers contract in ``pyproject.toml``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slem.methodology import LossAdjusterNet
+from slem.methodology.regression import HyperWeightNet, base_loss
+
+if TYPE_CHECKING:
+    from slem.train.trainer import Trainer, TrainResult
+
+#: points of the grids the learned curves are evaluated on
+WEIGHT_GRID, MARGIN_GRID, RESIDUAL_GRID = 200, 201, 241
+
+
+@dataclass
+class RunRecord:
+    """A finished run as plain data.
+
+    Attributes:
+        history: one row per epoch (per meta-iteration for a meta-training loop), as in
+            ``metrics.jsonl``.
+        summary: the run's results, as written to ``summary.json``.
+        arrays: named NumPy arrays; each is present only when the run has it:
+
+            - ``train_weights`` (n_train,): the learned weight of every training sample;
+              ``noisy_mask`` (n_train,) bool: which of them carry a corrupted label;
+              ``weight_curve_loss`` (200,) and ``weight_curve`` (n_groups, 200): the
+              weighting net's weight against the loss, one row per class group;
+            - ``lr_trace`` (steps,): the learned learning rate at every step; ``lr_stages``
+              (k, 2) int: (global step, schedule stage) at each switch; ``lr_reference``
+              (epochs * steps per epoch,): the cosine schedule from ``optim.lr``;
+            - ``adjuster_margin`` (201,) and ``adjuster_curve`` (n_groups, 201, k): the loss
+              adjuster's k hyperparameters against the logit margin;
+            - ``transition_true`` and ``transition_estimated`` (C, C): the noise transition
+              matrix (rows: clean class, columns: observed label) and its estimate;
+            - ``hwnet_residual`` (241,) with ``hwnet_curve`` (241,) or (241, K),
+              ``hwnet_loss`` (241,) and ``hwnet_l2`` (241,): a regression HWnet's weight
+              or mixture coefficients, its loss, and ``r²/2``, against the residual
+              (robust target units);
+            - ``test_prediction`` and ``test_target`` (n_test,): regression predictions
+              against clean test targets (original units);
+            - ``meta_loss`` (iterations,): the meta loss at every meta-training iteration.
+        info: names and scalars the arrays need to be read: ``weighting_kind``,
+            ``adjuster_names``, ``adjuster_family``, ``transition_label``, ``lr0``,
+            ``hwnet_mode``, ``hwnet_losses``, ``title``.
+    """
+
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def trainer_record(trainer: Trainer, result: TrainResult) -> RunRecord:
+    """The record every trainer starts from: history, summary and, for a weighting
+    methodology, the weights of the training samples and the learned weight curve."""
+    record = RunRecord(list(result.history), dict(result.summary))
+    net = trainer.weighting
+    if net is not None and result.train_weights is not None:
+        observed = trainer.per_sample_eval_losses(trainer.train_x, trainer.train_y)
+        top = float(torch.quantile(observed, 0.99)) if len(observed) else 5.0
+        grid = torch.linspace(0, max(top, 1.0), WEIGHT_GRID, device=trainer.device)
+        n_groups = max(trainer.task.features.n_groups, 1)
+        with torch.no_grad():
+            curves = [
+                net(grid, torch.full((len(grid),), g, dtype=torch.long, device=trainer.device))
+                for g in range(n_groups)
+            ]
+        record.arrays.update(
+            train_weights=np.asarray(result.train_weights),
+            noisy_mask=np.asarray(trainer.task.train.noisy_mask, dtype=bool),
+            weight_curve_loss=grid.cpu().numpy(),
+            weight_curve=torch.stack(curves).cpu().numpy(),
+        )
+        record.info["weighting_kind"] = net.kind
+    return record
+
+
+def lr_arrays(
+    trace: Sequence[float], stages: Sequence[tuple[int, int]], lr0: float, total: int
+) -> dict[str, np.ndarray]:
+    """``lr_trace``, ``lr_stages`` and ``lr_reference`` (the cosine schedule from ``lr0``
+    over ``total`` steps) of a learned schedule; empty when it never set a rate."""
+    if not trace:
+        return {}
+    t = np.minimum(np.arange(total) / max(total, 1), 1.0)
+    return {
+        "lr_trace": np.asarray(trace, dtype=np.float64),
+        "lr_stages": np.asarray(list(stages), dtype=np.int64).reshape(-1, 2),
+        "lr_reference": lr0 * 0.5 * (1 + np.cos(np.pi * t)),
+    }
+
+
+def adjuster_arrays(adjuster: LossAdjusterNet) -> dict[str, np.ndarray]:
+    """The adjuster's hyperparameters against the margin ``m``, one slice per class group.
+    The loss fed with ``m`` is ``softplus(-m)``, the cross-entropy when one rival class holds
+    the rest of the probability."""
+    margin = torch.linspace(-10, 10, MARGIN_GRID)
+    loss = F.softplus(-margin)
+    device = next(adjuster.parameters()).device
+    with torch.no_grad():
+        curves = [
+            adjuster(
+                margin.to(device),
+                loss.to(device),
+                torch.full((len(margin),), g, dtype=torch.long, device=device),
+            ).cpu()
+            for g in range(adjuster.n_groups)
+        ]
+    return {"adjuster_margin": margin.numpy(), "adjuster_curve": torch.stack(curves).numpy()}
+
+
+def hwnet_arrays(net: HyperWeightNet, residual_range: float) -> dict[str, np.ndarray]:
+    """A regression HWnet's curve and loss on residuals in ``[-range, range]``."""
+    device = next(net.parameters()).device
+    grid = torch.linspace(-residual_range, residual_range, RESIDUAL_GRID, device=device)
+    return {
+        "hwnet_residual": grid.cpu().numpy(),
+        "hwnet_curve": net.curve(grid).cpu().numpy(),
+        "hwnet_loss": net.loss_curve(grid).cpu().numpy(),
+        "hwnet_l2": base_loss("l2", grid).cpu().numpy(),
+    }
+
+
+def meta_loss_array(history: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """``meta_loss``: the meta loss of every meta-training iteration in ``history``."""
+    return {"meta_loss": np.array([float(r["meta_loss"]) for r in history], dtype=np.float64)}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (``[]`` when it does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
