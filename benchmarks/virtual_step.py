@@ -132,10 +132,7 @@ def agreement(epochs: int, seed: int = 0) -> list[dict[str, float]]:
 
 
 def main() -> None:
-    parser = base_parser(__doc__)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = base_parser(__doc__).parse_args()  # --threads N sets torch's threads
     epochs = 3 if args.quick else 10
     out: dict[str, Any] = {"agreement": agreement(epochs)}
     cache = Cache(Path(args.cache) if args.cache else RESULTS / "virtual_step")
