@@ -148,3 +148,23 @@ def load_methodology(directory: str | Path) -> tuple[Methodology, dict[str, Any]
         ) from None
     module.eval()
     return module, meta
+
+
+def freeze(methodology: Methodology) -> Methodology:
+    """``methodology`` in eval mode with every parameter frozen (``requires_grad=False``), as
+    it is applied to a new task; returned for chaining."""
+    for p in methodology.parameters():
+        p.requires_grad_(False)
+    return methodology.eval()
+
+
+def load_frozen(directory: str | Path) -> Methodology:
+    """A saved methodology, frozen (:func:`freeze`), ready to apply to a new task: e.g. a
+    weighting rule, ``weights = rule(losses)`` (one weight in ``(0, 1)`` per loss; see
+    :func:`slem.methodology.normalize_weights` for the trainer's rescaling).
+
+    Raises:
+        SlemError: ``directory`` is not a complete, readable artifact (see
+            :func:`load_methodology`).
+    """
+    return freeze(load_methodology(directory)[0])

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 from safetensors.torch import save
+from torch import nn
 
-from slem._version import __version__
 from slem.data.task import Task, build_task
 from slem.errors import SlemError
-from slem.methodology import Methodology, load_methodology
+from slem.methodology import Methodology, freeze, load_frozen
+from slem.provenance import provenance
 from slem.rundir import atomic_write_bytes, atomic_write_text, lock_run_dir
+from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config
@@ -40,44 +38,14 @@ SUMMARY_FILE = "summary.json"
 RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, META_CHECKPOINT_FILE, SUMMARY_FILE)
 
 
-def git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
-        rev = out.stdout.strip()
-        if out.returncode != 0 or not rev:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def provenance() -> dict[str, Any]:
-    return {
-        "slem": __version__,
-        "torch": str(torch.__version__),
-        "numpy": str(np.__version__),
-        "python": platform.python_version(),
-        "git_revision": git_revision(),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
-def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
+def default_run_dir(
+    config: TrainConfig, root: str | Path = "runs", task: Task | None = None
+) -> Path:
+    """``runs/<time>-<method>-<dataset>-s<seed>``; the dataset named by ``config.data``, else
+    by ``task``."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = config.data.name.replace("/", "_").replace(":", "_")
+    data = config.data.name if config.data is not None else (task.name if task else "task")
+    name = data.replace("/", "_").replace(":", "_")
     return Path(root) / f"{stamp}-{config.method}-{Path(name).name}-s{config.seed}"
 
 
@@ -121,10 +89,11 @@ def check_new_run_dir(run_dir: Path, command: str = "slem train") -> None:
 
 
 def load_frozen_methodology(config: TrainConfig) -> Methodology | None:
+    """Method apply: the artifact ``config.methodology`` names, frozen; else None."""
     if config.method != "apply":
         return None
     assert config.methodology is not None
-    return _frozen(load_methodology(config.methodology)[0])
+    return load_frozen(config.methodology)
 
 
 def train_run(
@@ -135,22 +104,34 @@ def train_run(
     extra_callbacks: Sequence[Callback] = (),
     on_trainer: Callable[[Stoppable], None] | None = None,
     command: str = "slem train",
+    task: Task | None = None,
+    model: nn.Module | None = None,
+    methodology: Methodology | None = None,
 ) -> tuple[TrainResult, Path]:
-    """Train ``config`` into ``run_dir`` (continuing from its checkpoint with ``resume``).
+    """Train ``config`` into ``run_dir`` (continuing from its checkpoint with ``resume``): the
+    one run writer of ``slem train``, ``slem apply``, :func:`slem.train.apply` and API users.
+
+    ``task``: the task to train on (default: built from ``config.data``); ``model``: your
+    own ``nn.Module`` (default: built from ``config.model``); ``methodology``: the frozen
+    methodology of method apply (default: loaded from ``config.methodology``). Resuming
+    needs the same task and model again.
 
     Everything that can be checked is checked before the first byte is written: the device,
     the methodology artifact (method apply), the data. The directory is then locked for this
     process while it is written (:func:`slem.rundir.lock_run_dir`).
 
     Raises:
-        SlemError: a bad config, device, artifact or dataset; ``run_dir`` cannot be created,
-            already holds a run (without ``resume``), or is being written by another process.
+        SlemError: a bad config, device, artifact or dataset (no ``data`` section and no
+            ``task``); ``run_dir`` cannot be created, already holds a run (without
+            ``resume``), or is being written by another process.
     """
     run_dir = Path(run_dir)
     set_threads(config.threads)
     resolve_device(config.device)
-    methodology = load_frozen_methodology(config)
-    task = build_task(config.data)
+    if methodology is None:
+        methodology = load_frozen_methodology(config)
+    if task is None:
+        task = build_task(config.data)
     with lock_run_dir(run_dir, command):
         if not resume:
             check_new_run_dir(run_dir, command)
@@ -164,13 +145,15 @@ def train_run(
             callbacks.append(ProgressBar(f"{config.method} {task.name}"))
         if config.method == "learned_optimizer":
             methodology = meta_train_optimizer(config, run_dir, resume, progress, on_trainer)
-        trainer = make_trainer(config, task, methodology=methodology, callbacks=callbacks)
+        trainer = make_trainer(
+            config, task, model=model, methodology=methodology, callbacks=callbacks
+        )
         # a run stopped before its first checkpoint resumes from the beginning
         if resume and (run_dir / CHECKPOINT_FILE).exists():
             trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
         if on_trainer is not None:
             on_trainer(trainer)
-        result = trainer.fit()
+        result = trainer.fit(progress=False)
         write_outputs(run_dir, config, task, trainer, result)
     return result, run_dir
 
@@ -186,25 +169,19 @@ def write_outputs(
     elif trainer.methodology is not None:
         artifact_dir = run_dir / "methodology"
         trained_on = {
-            "dataset": task.name,
-            "noise": str(task.noise) if task.noise else None,
-            "imbalance": task.imbalance,
             "meta_objective": config.meta.objective if config.is_meta else None,
             "epochs": trainer.epoch,
             "seed": config.seed,
         }
-        info: dict[str, Any] = {
-            "class_groups": list(task.features.class_groups),
-            "class_counts": list(task.features.class_counts),
-            "label_correction": bool(getattr(trainer.methodology, "label_correction", False)),
-            "training_config": config.model_dump(mode="json"),
-        }
-        if config.is_meta:
-            info["meta_trained_on"] = trained_on
-        else:
-            info["meta_trained_on"] = _source_info(config)
-            info["applied_to"] = trained_on
-        trainer.methodology.save(artifact_dir, **info)
+        save_methodology(
+            trainer.methodology,
+            artifact_dir,
+            config,
+            task,
+            trained_on=trained_on,
+            applied=not config.is_meta,
+            applied_from=None if config.is_meta else _source_info(config),
+        )
         summary["methodology"] = str(artifact_dir)
     from slem.report.plots import write_run_plots
 
@@ -225,7 +202,7 @@ def meta_train_optimizer(
 
     artifact = run_dir / "methodology"
     if resume and (artifact / "methodology.json").is_file():
-        return _frozen(load_methodology(artifact)[0])
+        return load_frozen(artifact)
     cfg = config.learned_optimizer
     meta = OptimizerMetaTrainer(cfg, config.seed, resolve_device(config.device))
     checkpoint = run_dir / META_CHECKPOINT_FILE
@@ -238,10 +215,11 @@ def meta_train_optimizer(
     atomic_write_text(
         run_dir / "meta_metrics.jsonl", "".join(json.dumps(row) + "\n" for row in meta.history)
     )
-    net.save(
+    save_methodology(
+        net,
         artifact,
-        training_config=config.model_dump(mode="json"),
-        meta_trained_on={
+        config,
+        trained_on={
             "population": [o.name for o in meta.population],
             "iterations": meta.iteration,
             "unroll": cfg.unroll,
@@ -253,17 +231,13 @@ def meta_train_optimizer(
 
     (run_dir / "plots").mkdir(exist_ok=True)
     meta_training_curve(meta.history, run_dir / "plots" / "meta_training.png")
-    return _frozen(net)
-
-
-def _frozen(methodology: Methodology) -> Methodology:
-    for p in methodology.parameters():
-        p.requires_grad_(False)
-    return methodology
+    return freeze(net)
 
 
 def _source_info(config: TrainConfig) -> Any:
+    """The applied artifact's ``meta_trained_on`` (None for a methodology given in memory)."""
     from slem.methodology import read_artifact_info
 
-    assert config.methodology is not None
+    if config.methodology is None or not Path(config.methodology).exists():
+        return None
     return read_artifact_info(config.methodology).get("meta_trained_on")
