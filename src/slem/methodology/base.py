@@ -47,7 +47,8 @@ class Methodology(nn.Module, metaclass=ABCMeta):
         """Constructor arguments that rebuild this methodology (JSON-serializable)."""
 
     def save(self, directory: str | Path, **info: Any) -> Path:
-        """Write the artifact; ``info`` (e.g. ``meta_trained_on=...``) is stored in the JSON."""
+        """Write the artifact; ``info`` is stored in the JSON. Write artifacts with
+        :func:`slem.train.save_methodology`, which fills ``info`` the same way everywhere."""
         path = make_run_dir(directory)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         # weights first, JSON last and both atomic: a directory with a JSON is complete
