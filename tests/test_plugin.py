@@ -28,13 +28,16 @@ from slem.data import Task, build_task, task_from_arrays
 from slem.errors import SlemError
 from slem.methodology import CMWNet, MWNet, load_frozen, normalize_weights
 from slem.train import (
+    Callback,
     MetaWeighting,
     ProgressBar,
     TrainConfig,
+    TrainingStopped,
     apply,
     apply_config,
     make_trainer,
     parse_train_config,
+    read_run_config,
     save_methodology,
     train_run,
 )
@@ -508,3 +511,57 @@ def test_save_methodology_records_an_applied_rule(tmp_path: Path) -> None:
     info = json.loads((path / "methodology.json").read_text())
     assert info["meta_trained_on"] == {"dataset": "x"} and info["applied_to"] == {}
     assert info["training_config"] == {"method": "apply"}
+
+
+def test_the_docs_quote_the_examples_as_they_are() -> None:
+    """Every code line of docs/own-code.md is a line of the example it describes, so the
+    page shows code the suite runs."""
+    page = (ROOT / "docs" / "own-code.md").read_text()
+    code = set()
+    for path in EXAMPLES.glob("*.py"):
+        code |= {line.strip() for line in path.read_text().splitlines()}
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    lines = [ln.strip() for block in blocks for ln in block.splitlines() if ln.strip()]
+    assert len(lines) > 20
+    assert [ln for ln in lines if ln not in code] == []
+    assert page.count("# slem") >= 6
+
+
+def test_a_run_on_a_given_task_resumes_from_python_only(task: Task, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = TrainConfig(method="erm", optim={"epochs": 2})
+    torch.manual_seed(0)
+    start = mlp()
+    first = copy.deepcopy(start)
+    full, _ = train_run(config, run, progress=False, task=task, model=start)
+    with pytest.raises(SlemError, match=r"task given in Python .* task_given=True"):
+        read_run_config(run)
+    resumed_config = read_run_config(run, task_given=True)
+    assert resumed_config == config
+    # a second run stopped after its first epoch, then resumed with the same task and model
+    other = tmp_path / "other"
+    one = TrainConfig(method="erm", optim={"epochs": 2})
+
+    class StopAfterOneEpoch(Callback):
+        def on_epoch_end(self, trainer: Any, metrics: dict[str, Any]) -> None:
+            trainer.request_stop("interrupted")
+
+    with pytest.raises(TrainingStopped):
+        train_run(
+            one,
+            other,
+            progress=False,
+            task=task,
+            model=copy.deepcopy(first),
+            extra_callbacks=[StopAfterOneEpoch()],
+        )
+    again, _ = train_run(
+        read_run_config(other, task_given=True),
+        other,
+        resume=True,
+        progress=False,
+        task=task,
+        model=copy.deepcopy(first),
+    )
+    assert again.summary["test_accuracy"] == full.summary["test_accuracy"]
+    assert again.history[-1]["val_loss"] == full.history[-1]["val_loss"]

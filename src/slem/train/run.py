@@ -54,11 +54,14 @@ def write_config(run_dir: Path, config: TrainConfig) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(doc, sort_keys=False))
 
 
-def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The config a run directory was started with.
+def read_run_config(run_dir: str | Path, task_given: bool = False) -> TrainConfig:
+    """The config a run directory was started with. ``task_given``: the caller gives the
+    task again (a run that :func:`train_run` made on a task given in Python has no ``data``
+    section).
 
     Raises:
-        SlemError: ``run_dir`` is not a run directory, or its ``config.yaml`` is damaged.
+        SlemError: ``run_dir`` is not a run directory, or its ``config.yaml`` is damaged (or
+            has no data section, unless ``task_given``).
     """
     path = Path(run_dir) / CONFIG_FILE
     if not Path(run_dir).is_dir():
@@ -68,10 +71,19 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     fix = "restore it from a copy, or start the run again into a new --out"
     values = read_yaml_mapping(path, fix)
     values.pop("provenance", None)
+    if values.get("data", "") is None and not task_given:  # train_run(..., task=...) wrote it
+        raise SlemError(
+            f"{path} is from a run on a task given in Python (data: null): continue it there "
+            "with train_run(read_run_config(run_dir, task_given=True), run_dir, resume=True, "
+            "task=...)"
+        )
     try:
-        return parse_train_config(values)
+        config = parse_train_config(values)
     except SlemError as exc:
         raise SlemError(f"{path} is damaged or from another slem version ({exc}); {fix}") from None
+    if config.data is None and not task_given:
+        raise SlemError(f"{path} is damaged (it has no data section); {fix}")
+    return config
 
 
 def check_new_run_dir(run_dir: Path, command: str = "slem train") -> None:
