@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slem.provenance import provenance
 from slem.train.models import cnn2d
 
 
@@ -80,7 +81,11 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"threads": args.threads, "rows": rows, "provenance": provenance()}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

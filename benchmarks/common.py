@@ -13,12 +13,16 @@ from typing import Any
 
 from slem.data import build_task
 from slem.errors import SlemError
+from slem.provenance import provenance
 from slem.train import make_trainer, parse_train_config
+from slem.train.artifacts import save_methodology
 from slem.train.threads import set_threads
 
 
 class Cache:
-    """Finished runs in a JSON-lines file, keyed, so a long benchmark can be continued."""
+    """Finished runs in a JSON-lines file, keyed, so a long benchmark can be continued. Each
+    new row carries ``provenance`` (versions, git revision, time: :func:`slem.provenance.
+    provenance`) beside the seed its run records."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -30,10 +34,15 @@ class Cache:
         if key not in self.rows:
             start = time.perf_counter()
             row = {"key": key, **extra, **fn(), "seconds": round(time.perf_counter() - start, 1)}
+            row["provenance"] = provenance()
             self.rows[key] = row
             with self.file.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            shown = {k: v for k, v in row.items() if not (isinstance(v, list) and len(v) > 5)}
+            shown = {
+                k: v
+                for k, v in row.items()
+                if k != "provenance" and not (isinstance(v, list) and len(v) > 5)
+            }
             print(json.dumps(shown), flush=True)
         return self.rows[key]
 
@@ -41,17 +50,22 @@ class Cache:
 def train(
     values: dict[str, Any], methodology: Any = None, keys: tuple[str, ...] = (), save: Any = None
 ) -> dict[str, Any]:
-    """One run of ``slem.train``; final-epoch test and validation accuracy, the summary's
-    ``keys`` (and the learned rate, thinned, when the run has one). ``save``: a directory for
-    the run's methodology artifact."""
+    """One run of ``slem.train``; its seed, final-epoch test and validation accuracy, the
+    summary's ``keys`` (and the learned rate, thinned, when the run has one). ``save``: a
+    directory for the run's methodology artifact (written as ``slem train`` writes it)."""
     cfg = parse_train_config(values)
-    trainer = make_trainer(cfg, build_task(cfg.data), methodology=methodology)
-    s = trainer.fit().summary
+    task = build_task(cfg.data)
+    trainer = make_trainer(cfg, task, methodology=methodology)
+    s = trainer.fit(progress=False).summary
     if save is not None and trainer.methodology is not None:
-        trainer.methodology.save(
-            save, meta_trained_on={"dataset": s["dataset"], "noise": s["noise"]}
+        save_methodology(
+            trainer.methodology,
+            save,
+            cfg,
+            task,
+            trained_on={"epochs": trainer.epoch, "seed": cfg.seed},
         )
-    out = {k: s.get(k) for k in ("test_accuracy", "val_accuracy", *keys)}
+    out = {"seed": cfg.seed, **{k: s.get(k) for k in ("test_accuracy", "val_accuracy", *keys)}}
     trace = getattr(trainer, "lr_trace", None)
     if trace:
         out["lr_trace"] = trace[:: max(1, len(trace) // 200)]

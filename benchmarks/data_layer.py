@@ -17,6 +17,7 @@ from typing import Any
 
 from slem.data import BUILTIN, DataConfig, LoadOptions, load_dataset, make_task
 from slem.data.meta_features import meta_features
+from slem.provenance import provenance
 
 
 def timed(fn: Any) -> tuple[Any, float]:
@@ -107,7 +108,8 @@ def main() -> None:
     print_table(corruptions)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"datasets": datasets, "corruptions": corruptions}, fh, indent=2)
+            doc = {"datasets": datasets, "corruptions": corruptions, "provenance": provenance()}
+            json.dump(doc, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from slem.bilevel import SGD, BilevelProblem, Params, WeightedProblem, functional, hypergrad
+from slem.provenance import provenance
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -593,6 +594,7 @@ def main() -> None:
             "cost": cost,
             "step_timing": steps,
             **ratios,
+            "provenance": provenance(),
         }
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2)

@@ -33,6 +33,7 @@ from common import Cache, accuracy_table, base_parser, summarize, train, tuned_r
 from slem.data.functions import held_out
 from slem.data.sources.fashion_mnist import find_dir
 from slem.methodology import load_methodology
+from slem.train.artifacts import save_methodology
 from slem.train.bbo import BBOMetaTrainer, random_search_regret, search_regret
 from slem.train.config import BBOConfig, LearnedOptimizerConfig
 from slem.train.learned_optimizer import OptimizerMetaTrainer
@@ -97,10 +98,11 @@ def meta_train_optimizer(cache_dir: Path, iterations: int) -> Path:
         meta = OptimizerMetaTrainer(cfg, seed=0)
         start = time.perf_counter()
         meta.fit()
-        meta.net.save(
+        save_methodology(
+            meta.net,
             path,
-            training_config={"learned_optimizer": cfg.model_dump(mode="json")},
-            meta_trained_on={"population": [o.name for o in meta.population]},
+            {"learned_optimizer": cfg.model_dump(mode="json")},
+            trained_on={"population": [o.name for o in meta.population], "seed": 0},
         )
         print(f"meta-trained the LSTM optimizer in {time.perf_counter() - start:.0f} s")
     return path
@@ -145,10 +147,12 @@ def optimizer_rows(
 def meta_train_bbo(cache_dir: Path, dim: int, iterations: int) -> Any:
     path = cache_dir / "artifacts" / f"bbo-{dim}d-{iterations}"
     if not (path / "methodology.json").is_file():
-        meta = BBOMetaTrainer(BBOConfig(dim=dim, iterations=iterations, loss="oi"))
+        cfg = BBOConfig(dim=dim, iterations=iterations, loss="oi")
+        meta = BBOMetaTrainer(cfg)
         start = time.perf_counter()
         meta.fit()
-        meta.net.save(path, meta_trained_on={"families": ["gp", "quadratic", "standard"]})
+        families = {"families": ["gp", "quadratic", "standard"]}
+        save_methodology(meta.net, path, cfg, trained_on=families)
         took = time.perf_counter() - start
         print(f"meta-trained the {dim}-D black-box optimizer in {took:.0f} s")
     return load_methodology(path)[0]

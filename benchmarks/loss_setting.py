@@ -28,7 +28,7 @@ from typing import Any
 
 from common import Cache, base_parser, train, tuned_runs
 from slem.data.sources.fashion_mnist import find_dir
-from slem.methodology import load_methodology
+from slem.methodology import load_frozen
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: regression tables: (name, target column)
@@ -176,20 +176,13 @@ def transfer(cache: Cache, seeds: int) -> list[dict[str, Any]]:
             key = f"transfer|{task}|lr={meta_lr}|{seed}|{epochs}"
             row = cache.run(
                 key,
-                lambda v=values, a=artifact: train(v, methodology=_frozen(a), keys=REG_KEYS),
+                lambda v=values, a=artifact: train(v, methodology=load_frozen(a), keys=REG_KEYS),
                 task=task,
                 method="hwnet (tuned) transferred from diabetes, no meta set",
                 seed=seed,
             )
             rows.append({**row, "task": task, "seed": seed})
     return rows
-
-
-def _frozen(path: Path) -> Any:
-    m, _ = load_methodology(path)
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m
 
 
 # ---------------------------------------------------------------------- classification

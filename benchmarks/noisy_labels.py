@@ -32,7 +32,9 @@ from typing import Any
 from slem.data import build_task
 from slem.data.sources.fashion_mnist import find_dir
 from slem.methodology import load_methodology
+from slem.provenance import provenance
 from slem.train import make_trainer, parse_train_config
+from slem.train.artifacts import save_methodology as write_artifact
 
 CORRUPTIONS: dict[str, dict[str, Any]] = {
     "sym20": {"noise": "symmetric:0.2"},
@@ -137,12 +139,14 @@ def execute(
     start = time.perf_counter()
     task = build_task(config.data)
     trainer = make_trainer(config, task, methodology=methodology)
-    result = trainer.fit()
+    result = trainer.fit(progress=False)
     if save_methodology is not None and trainer.methodology is not None:
-        trainer.methodology.save(
+        write_artifact(
+            trainer.methodology,
             save_methodology,
-            training_config=config.model_dump(mode="json"),
-            meta_trained_on={"dataset": task.name, "noise": str(task.noise)},
+            config,
+            task,
+            trained_on={"epochs": trainer.epoch, "seed": config.seed},
         )
     s = result.summary
     row = {
@@ -155,11 +159,13 @@ def execute(
         "meta_step_time_ratio": s["meta_step_time_ratio"],
         "epochs": s["epochs"],
         "seconds": round(time.perf_counter() - start, 1),
+        "seed": config.seed,
+        "provenance": provenance(),
     }
     cache[key] = row
     with cache_file.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    print(json.dumps({k: v for k, v in row.items() if k != "provenance"}), flush=True)
     return row
 
 

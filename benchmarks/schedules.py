@@ -27,6 +27,7 @@ from slem.data import build_task
 from slem.data.sources.fashion_mnist import find_dir
 from slem.methodology import load_methodology
 from slem.train import make_trainer, parse_train_config
+from slem.train.artifacts import save_methodology
 
 SOURCE: dict[str, Any] = {
     "data": {"name": "mnist1d", "meta_per_class": 50},
@@ -107,14 +108,17 @@ def meta_train(cache: Cache, artifacts: Path, epochs: int) -> Path:
     path = artifacts / f"mlrsnet-mnist1d-mlp-{epochs}ep"
     if not (path / "methodology.json").is_file():
         cfg = source_config(epochs)
-        trainer = make_trainer(cfg, build_task(cfg.data))
+        task = build_task(cfg.data)
+        trainer = make_trainer(cfg, task)
         start = time.perf_counter()
-        s = trainer.fit().summary
+        s = trainer.fit(progress=False).summary
         assert trainer.methodology is not None
-        trainer.methodology.save(
+        save_methodology(
+            trainer.methodology,
             path,
-            training_config=cfg.model_dump(mode="json"),
-            meta_trained_on={"dataset": "mnist1d", "model": "mlp", "epochs": epochs},
+            cfg,
+            task,
+            trained_on={"model": "mlp", "epochs": epochs, "seed": cfg.seed},
         )
         cache.rows.pop(f"source|{epochs}", None)
         cache.run(

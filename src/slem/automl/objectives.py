@@ -128,7 +128,10 @@ class TrainTrial:
                 parse_train_config(probe)
             except SlemError as exc:
                 raise SlemError(f"search space param '{p.name}': {exc}") from None
-        self.epochs = parse_train_config(self.base).optim.epochs
+        base = parse_train_config(self.base)
+        if base.data is None:
+            raise SlemError("the base config has no data section: a trial builds its task from it")
+        self.epochs = base.optim.epochs
 
     def values_for(self, params: Mapping[str, Any]) -> dict[str, Any]:
         values = copy.deepcopy(self.base)
@@ -144,13 +147,13 @@ class TrainTrial:
         from slem.train import make_trainer, parse_train_config
 
         cfg = parse_train_config(self.values_for(values))
-        key = cfg.data.model_dump_json()
+        key = cfg.data.model_dump_json() if cfg.data is not None else ""
         if key not in self._tasks:
             self._tasks[key] = build_task(cfg.data)
         trainer = make_trainer(
             cfg, self._tasks[key], callbacks=[ReportToTrial(trial, self.config.metric)]
         )
-        result = trainer.fit()
+        result = trainer.fit(progress=False)
         trial.set_user_attr("test_accuracy", result.summary.get("test_accuracy"))
         return float(result.history[-1][self.config.metric])
 

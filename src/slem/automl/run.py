@@ -162,7 +162,7 @@ def check_fresh(run_dir: Path, storage: str | None) -> None:
 
 def write_run_file(config: HPOConfig, run_dir: Path, storage: str | None, total: int) -> None:
     """``hpo.yaml``: the config (with the study's total), provenance and the storage."""
-    from slem.train.run import provenance
+    from slem.provenance import provenance
 
     doc: dict[str, Any] = config.model_dump(mode="json")
     doc["study"]["trials"] = total

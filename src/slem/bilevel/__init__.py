@@ -32,7 +32,7 @@ from slem.bilevel.methods import (
     lookahead,
     unrolled,
 )
-from slem.bilevel.optim import SGD, Adam, InnerOptimizer
+from slem.bilevel.optim import SGD, Adam, InnerOptimizer, from_torch
 from slem.bilevel.problem import (
     BilevelProblem,
     FunctionalModel,
@@ -60,6 +60,7 @@ __all__ = [
     "finite_difference",
     "first_order",
     "forward",
+    "from_torch",
     "functional",
     "hypergrad",
     "implicit",

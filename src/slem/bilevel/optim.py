@@ -164,3 +164,48 @@ class Adam(InnerOptimizer):
 def _step_of(state: State, name: str) -> int:
     step = state["step"]
     return int(step.get(name, 0)) if isinstance(step, dict) else int(step)
+
+
+def from_torch(
+    optimizer: torch.optim.Optimizer, params: Params, lr: Setting | None = None
+) -> tuple[InnerOptimizer, State]:
+    """The differentiable twin of a ``torch.optim`` optimizer and its current state, so a
+    virtual step takes the step ``optimizer.step()`` will take (momentum, Nesterov, weight
+    decay, Adam's moments). Settings are read from the first parameter group; ``lr`` (a float
+    or a function of the hyperparameters) replaces its rate.
+
+    Raises:
+        SlemError: the optimizer is not ``torch.optim.SGD``, ``Adam`` or ``AdamW``, or uses an
+            option the twin does not follow (AMSGrad, maximize).
+    """
+    group = optimizer.param_groups[0]
+    rate: Setting = group["lr"] if lr is None else lr
+    if group.get("maximize") or group.get("amsgrad"):
+        option = "maximize" if group.get("maximize") else "amsgrad"
+        raise SlemError(
+            f"the virtual step cannot follow {type(optimizer).__name__}({option}=True); turn "
+            f"{option} off or take a plain SGD virtual step"
+        )
+    opt: InnerOptimizer
+    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        opt = Adam(
+            lr=rate,
+            betas=tuple(group["betas"]),
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled=isinstance(optimizer, torch.optim.AdamW),
+        )
+    elif isinstance(optimizer, torch.optim.SGD):
+        opt = SGD(
+            lr=rate,
+            momentum=group["momentum"],
+            weight_decay=group["weight_decay"],
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+        )
+    else:
+        raise SlemError(
+            f"the virtual step follows torch.optim.SGD, Adam and AdamW, not "
+            f"{type(optimizer).__name__}; use one of them or take a plain SGD virtual step"
+        )
+    return opt, opt.state_from_torch(optimizer, params)

@@ -251,52 +251,19 @@ def apply(
         return
     if artifact is None or data is None:
         raise SlemError("give the ARTIFACT directory and --data NAME (or --resume RUN_DIR)")
+    from slem.train.meta_test import apply_config
+
     overrides = [*(set_ or []), *([f"threads={threads}"] if threads is not None else [])]
-    cfg = apply_config(
-        artifact, data, noise, imbalance, epochs, size, target, data_dir, seed or 0, overrides
-    )
-    run_and_report(cfg, out or default_run_dir(cfg), False, quiet, "slem apply")
-
-
-def apply_config(
-    artifact: Path,
-    data: str,
-    noise: str | None,
-    imbalance: float | None,
-    epochs: int | None,
-    size: int | None,
-    target: str | None,
-    data_dir: str | None,
-    seed: int,
-    overrides: list[str],
-) -> TrainConfig:
-    """The meta-training run's model and optimizer settings on the new task; the model
-    architecture is re-chosen for the new inputs."""
-    from slem.methodology.base import artifact_dir, read_artifact_info
-
-    info = read_artifact_info(artifact)
-    artifact = artifact_dir(artifact)
-    base: dict[str, Any] = dict(info.get("training_config") or {})
-    values: dict[str, Any] = {
-        "method": "apply",
-        "methodology": str(artifact),
-        "data": {
-            "name": data,
-            "noise": noise,
-            "imbalance": imbalance,
-            "size": size,
-            "target": target,
-            "data_dir": data_dir,
-            "seed": seed,
-        },
-        "model": {**base.get("model", {}), "arch": "auto"},
-        "optim": {**base.get("optim", {}), **({"epochs": epochs} if epochs is not None else {})},
-        "meta": {**base.get("meta", {}), "objective": "selected"},
-        "loss": base.get("loss", {}),
-        "schedule": base.get("schedule", {}),
-        "seed": seed,
+    data_values = {
+        "name": data,
+        "noise": noise,
+        "imbalance": imbalance,
+        "size": size,
+        "target": target,
+        "data_dir": data_dir,
     }
-    return parse_train_config(apply_overrides(values, overrides))
+    cfg = apply_config(artifact, data_values, epochs=epochs, seed=seed or 0, overrides=overrides)
+    run_and_report(cfg, out or default_run_dir(cfg), False, quiet, "slem apply")
 
 
 def demo(

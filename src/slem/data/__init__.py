@@ -7,6 +7,7 @@ Typical use::
     X, y = task.train.tensors()
 """
 
+from slem.data.arrays import task_from_arrays
 from slem.data.config import DataConfig, NoiseSpec, parse_data_config
 from slem.data.corruption import (
     Imbalance,
@@ -57,5 +58,6 @@ __all__ = [
     "parse_data_config",
     "regression_noise",
     "symmetric_noise",
+    "task_from_arrays",
     "uniform_noise",
 ]

@@ -181,6 +181,15 @@ class Task:
     def n_classes(self) -> int:
         return len(self.class_names)
 
+    @staticmethod
+    def from_arrays(x: Any, y: Any, **options: Any) -> Task:
+        """A task from NumPy arrays or torch tensors in one call, e.g.
+        ``Task.from_arrays(x, y, x_meta=xm, y_meta=ym)``; the options and errors are those of
+        :func:`slem.data.arrays.task_from_arrays`."""
+        from slem.data.arrays import task_from_arrays
+
+        return task_from_arrays(x, y, **options)
+
     def provenance(self) -> dict[str, Any]:
         """Where the splits came from and what labels the metrics use (JSON-ready): keys
         ``splits``, ``test_labels``, ``meta_labels`` and ``synthetic_corruption``."""
@@ -250,9 +259,20 @@ def _ratio(counts: list[int]) -> float:
     return max(nonzero) / min(nonzero) if nonzero else 1.0
 
 
-def build_task(config: DataConfig) -> Task:
-    """Load ``config.name`` and make the task it describes."""
+def build_task(config: DataConfig | None) -> Task:
+    """Load ``config.name`` and make the task it describes.
+
+    Raises:
+        SlemError: ``config`` is None (a training config without a ``data`` section), or the
+            dataset cannot be loaded or split as it says.
+    """
     from slem.data.registry import LoadOptions, load_dataset
+
+    if config is None:
+        raise SlemError(
+            "data: required when no task is given; add a data section (e.g. data: {name: "
+            "mnist1d}) or pass your Task (slem.data.Task.from_arrays) to make_trainer"
+        )
 
     dataset = load_dataset(
         config.name,

@@ -7,13 +7,26 @@ from slem.methodology.adjust import (
     adjusted_loss,
     forward_corrected,
 )
-from slem.methodology.base import REGISTRY, Methodology, load_methodology, read_artifact_info
+from slem.methodology.base import (
+    REGISTRY,
+    Methodology,
+    freeze,
+    load_frozen,
+    load_methodology,
+    read_artifact_info,
+)
 from slem.methodology.bbo import RNNBlackBoxOptimizer
 from slem.methodology.bundle import ROLES, MethodologyBundle, as_bundle
 from slem.methodology.optimizer import LearnedOptimizer, LSTMOptimizerNet, preprocess_gradient
 from slem.methodology.regression import HyperWeightNet
 from slem.methodology.schedule import MLRSNet, ScheduleNet, lr_scale
-from slem.methodology.weighting import CMWNet, CMWNetSL, MWNet, build_weighting
+from slem.methodology.weighting import (
+    CMWNet,
+    CMWNetSL,
+    MWNet,
+    build_weighting,
+    normalize_weights,
+)
 
 __all__ = [
     "REGISTRY",
@@ -35,8 +48,11 @@ __all__ = [
     "as_bundle",
     "build_weighting",
     "forward_corrected",
+    "freeze",
+    "load_frozen",
     "load_methodology",
     "lr_scale",
+    "normalize_weights",
     "preprocess_gradient",
     "read_artifact_info",
 ]

@@ -47,7 +47,8 @@ class Methodology(nn.Module, metaclass=ABCMeta):
         """Constructor arguments that rebuild this methodology (JSON-serializable)."""
 
     def save(self, directory: str | Path, **info: Any) -> Path:
-        """Write the artifact; ``info`` (e.g. ``meta_trained_on=...``) is stored in the JSON."""
+        """Write the artifact; ``info`` is stored in the JSON. Write artifacts with
+        :func:`slem.train.save_methodology`, which fills ``info`` the same way everywhere."""
         path = make_run_dir(directory)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         # weights first, JSON last and both atomic: a directory with a JSON is complete
@@ -148,3 +149,23 @@ def load_methodology(directory: str | Path) -> tuple[Methodology, dict[str, Any]
         ) from None
     module.eval()
     return module, meta
+
+
+def freeze(methodology: Methodology) -> Methodology:
+    """``methodology`` in eval mode with every parameter frozen (``requires_grad=False``), as
+    it is applied to a new task; returned for chaining."""
+    for p in methodology.parameters():
+        p.requires_grad_(False)
+    return methodology.eval()
+
+
+def load_frozen(directory: str | Path) -> Methodology:
+    """A saved methodology, frozen (:func:`freeze`), ready to apply to a new task: e.g. a
+    weighting rule, ``weights = rule(losses)`` (one weight in ``(0, 1)`` per loss; see
+    :func:`slem.methodology.normalize_weights` for the trainer's rescaling).
+
+    Raises:
+        SlemError: ``directory`` is not a complete, readable artifact (see
+            :func:`load_methodology`).
+    """
+    return freeze(load_methodology(directory)[0])

@@ -1,8 +1,10 @@
 """Meta-learned sample weighting: MW-Net, CMW-Net and CMW-Net-SL.
 
 The hook into learning is ``weights = h(losses, groups)``: one weight in ``(0, 1)`` per
-training sample, multiplying that sample's loss. The trainer meta-learns ``h`` so that a step
-on the weighted loss lowers a trusted objective, then applies it frozen to new tasks.
+training sample, multiplying that sample's loss (``groups`` is optional: MW-Net ignores it,
+CMW-Net then treats every sample as one of the largest classes). The trainer meta-learns
+``h`` so that a step on the weighted loss lowers a trusted objective, then applies it frozen
+to new tasks.
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ class MWNet(Methodology):
         return 1
 
     def forward(self, losses: Tensor, groups: Tensor | None = None) -> Tensor:
-        """Weights in (0, 1), one per loss; ``groups`` is ignored (MW-Net is class-blind)."""
+        """Weights in (0, 1), shape ``(n,)``, one per loss in ``losses`` (shape ``(n,)``);
+        ``groups`` is ignored (MW-Net is class-blind). The net reads the loss *values*
+        (detached): no gradient flows through the weights into the model, so
+        ``(rule(losses) * losses).mean()`` is MW-Net's weighted loss. Raw, not normalized:
+        :func:`normalize_weights` rescales them as the trainer does."""
+        losses = losses.detach()
         if not self.monotone:
             return torch.sigmoid(self.net(losses[:, None])).squeeze(1)
         first, last = cast(nn.Linear, self.net[0]), cast(nn.Linear, self.net[2])
@@ -89,8 +96,11 @@ class CMWNet(Methodology):
         return self.groups
 
     def forward(self, losses: Tensor, groups: Tensor | None = None) -> Tensor:
-        """Weights in (0, 1); ``groups[i]`` is the size group of sample i's class (0 =
-        largest classes). Groups beyond the trained heads use the last head."""
+        """Weights in (0, 1), shape ``(n,)``, for the loss values ``losses`` (shape ``(n,)``,
+        detached as in :meth:`MWNet.forward`); ``groups[i]`` is the size group of sample i's
+        class (0 = largest classes; default: all 0). Groups beyond the trained heads use the
+        last head."""
+        losses = losses.detach()
         if groups is None:
             groups = torch.zeros(len(losses), dtype=torch.long, device=losses.device)
         g = groups.clamp(max=self.groups - 1)
@@ -112,6 +122,35 @@ class CMWNetSL(CMWNet):
 
     kind: ClassVar[str] = "cmwnet_sl"
     label_correction: ClassVar[bool] = True
+
+
+def normalize_weights(
+    weights: Tensor, mode: str = "batch", labels: Tensor | None = None, n_classes: int = 0
+) -> Tensor:
+    """Rescale a batch's weights (shape ``(n,)``) as MW-Net's trainer does before they multiply
+    the per-sample losses.
+
+    ``batch`` (MW-Net): to mean 1 over the batch, so the weighted loss has the scale of the
+    plain mean loss whatever the net's overall level. ``class``: to mean 1 within each given
+    label (``labels``, shape ``(n,)``, values in ``0..n_classes-1``), so a class whose samples
+    all have high losses keeps its share of the step. ``none``: unchanged, in ``(0, 1)``.
+
+    Raises:
+        ValueError: an unknown ``mode``, or ``class`` without ``labels`` and ``n_classes``.
+    """
+    if mode == "none":
+        return weights
+    if mode == "batch":
+        return weights * (len(weights) / weights.sum().clamp_min(1e-8))
+    if mode != "class":
+        raise ValueError(f"normalization must be batch, class or none, not {mode!r}")
+    if labels is None or n_classes < 1:
+        raise ValueError("class normalization needs the labels and the number of classes")
+    totals = torch.zeros(n_classes, dtype=weights.dtype, device=weights.device).index_add(
+        0, labels, weights
+    )
+    counts = torch.bincount(labels, minlength=n_classes).to(weights.dtype)
+    return weights * (counts / totals.clamp_min(1e-8))[labels]
 
 
 WEIGHTING_KINDS = {"mwnet": MWNet, "cmwnet": CMWNet, "cmwnet_sl": CMWNetSL}

@@ -2,8 +2,13 @@
 (meta-learning a weighting methodology with the bilevel engine), ``ScheduleTrainer``
 (MLR-SNet), the meta-training loops of the learned optimizer and the learned black-box
 optimizer (:mod:`slem.train.learned_optimizer`, :mod:`slem.train.bbo`), callbacks and run
-directories."""
+directories (:func:`train_run`).
 
+For your own code: :class:`MetaWeighting` adds meta-learned sample weighting to your own
+training loop; :func:`apply` trains on a new task with a saved, frozen methodology (what
+``slem apply`` does); :func:`save_methodology` writes an artifact with its metadata."""
+
+from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.config import (
     LossConfig,
@@ -13,7 +18,9 @@ from slem.train.config import (
     TrainConfig,
     parse_train_config,
 )
+from slem.train.meta_test import apply, apply_config
 from slem.train.models import build_model
+from slem.train.plugin import MetaWeighting
 from slem.train.record import RunRecord
 from slem.train.run import read_run_config, train_run
 from slem.train.trainer import (
@@ -32,6 +39,7 @@ __all__ = [
     "LossConfig",
     "MetaConfig",
     "MetaTrainer",
+    "MetaWeighting",
     "ModelConfig",
     "NonFiniteLoss",
     "OptimConfig",
@@ -41,9 +49,12 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingStopped",
+    "apply",
+    "apply_config",
     "build_model",
     "make_trainer",
     "parse_train_config",
     "read_run_config",
+    "save_methodology",
     "train_run",
 ]

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from slem.data.functions import training_batch
 from slem.errors import SlemError
 from slem.methodology.bbo import RNNBlackBoxOptimizer, propose_and_observe
+from slem.train.artifacts import save_methodology
 from slem.train.config import BBOConfig
 from slem.train.loop import MetaLoop
 from slem.train.record import RunRecord, meta_loss_array
@@ -152,10 +153,11 @@ def bbo_run(
         on_trainer(meta)
     meta.fit(checkpoint, progress="meta-training the black-box optimizer" if progress else None)
     net = meta.net
-    net.save(
+    save_methodology(
+        net,
         run_dir / "methodology",
-        training_config=cfg.model_dump(mode="json"),
-        meta_trained_on={"families": list(cfg.families), "loss": cfg.loss, "steps": cfg.steps},
+        cfg,
+        trained_on={"families": list(cfg.families), "loss": cfg.loss, "steps": cfg.steps},
     )
     with (run_dir / "meta_metrics.jsonl").open("w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in meta.history)

@@ -381,7 +381,11 @@ class TrainConfig(_Strict):
         "fields; fields given in the config or with --set win",
     )
     method: Method
-    data: DataConfig
+    data: DataConfig | None = Field(
+        None,
+        description="the task's data; may be left out when the Task is given "
+        "(make_trainer(config, task)), required by slem train and build_task",
+    )
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     meta: MetaConfig = MetaConfig()
@@ -411,25 +415,16 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        needs_meta = self.method == "finetune" or (
-            self.method in (*WEIGHTING_METHODS, *BUNDLE_METHODS, "hwnet")
-            and "clean" in self.meta.objective
-        )
-        if needs_meta and not self.data.has_meta_set:
-            what = (
-                "method finetune"
-                if self.method == "finetune"
-                else (f"meta.objective '{self.meta.objective}'")
-            )
+        needs = self.needs_meta_set
+        if needs is not None and self.data is not None and not self.data.has_meta_set:
+            if self.method == "lr_schedule":
+                raise ValueError(
+                    f"{needs}: set data.meta_per_class (e.g. 50) or a trusted file data.meta"
+                )
             raise ValueError(
-                f"{what} needs a clean meta set: set data.meta_per_class (e.g. 10) or a trusted "
+                f"{needs}: set data.meta_per_class (e.g. 10) or a trusted "
                 "file data.meta, or use meta.objective dac or selected"
                 + (" (regression: data.meta_size)" if self.method == "hwnet" else "")
-            )
-        if self.method == "lr_schedule" and not self.data.has_meta_set:
-            raise ValueError(
-                "method lr_schedule meta-learns on a held-out meta set: set data.meta_per_class "
-                "(e.g. 50) or a trusted file data.meta"
             )
         from slem.train.validity import check_config
 
@@ -441,6 +436,18 @@ class TrainConfig(_Strict):
     @property
     def is_meta(self) -> bool:
         return self.method in META_METHODS
+
+    @property
+    def needs_meta_set(self) -> str | None:
+        """Why this config needs a clean meta set (the start of an error message), or None."""
+        if self.method == "finetune":
+            return "method finetune needs a clean meta set"
+        meta_learned = (*WEIGHTING_METHODS, *BUNDLE_METHODS, "hwnet")
+        if self.method in meta_learned and "clean" in self.meta.objective:
+            return f"meta.objective '{self.meta.objective}' needs a clean meta set"
+        if self.method == "lr_schedule":
+            return "method lr_schedule meta-learns on a held-out meta set"
+        return None
 
 
 def parse_train_config(values: dict[str, Any]) -> TrainConfig:

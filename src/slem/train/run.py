@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 from safetensors.torch import save
+from torch import nn
 
-from slem._version import __version__
 from slem.data.task import Task, build_task
 from slem.errors import SlemError
-from slem.methodology import Methodology, load_methodology
+from slem.methodology import Methodology, freeze, load_frozen
+from slem.provenance import provenance
 from slem.rundir import atomic_write_bytes, atomic_write_text, lock_run_dir
+from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config
@@ -47,44 +45,14 @@ META_METRICS_FILE = "meta_metrics.jsonl"
 Render = Callable[[RunRecord, Path], Sequence[Path]]
 
 
-def git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
-        rev = out.stdout.strip()
-        if out.returncode != 0 or not rev:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def provenance() -> dict[str, Any]:
-    return {
-        "slem": __version__,
-        "torch": str(torch.__version__),
-        "numpy": str(np.__version__),
-        "python": platform.python_version(),
-        "git_revision": git_revision(),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
-def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
+def default_run_dir(
+    config: TrainConfig, root: str | Path = "runs", task: Task | None = None
+) -> Path:
+    """``runs/<time>-<method>-<dataset>-s<seed>``; the dataset named by ``config.data``, else
+    by ``task``."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = config.data.name.replace("/", "_").replace(":", "_")
+    data = config.data.name if config.data is not None else (task.name if task else "task")
+    name = data.replace("/", "_").replace(":", "_")
     return Path(root) / f"{stamp}-{config.method}-{Path(name).name}-s{config.seed}"
 
 
@@ -93,11 +61,14 @@ def write_config(run_dir: Path, config: TrainConfig) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(doc, sort_keys=False))
 
 
-def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The config a run directory was started with.
+def read_run_config(run_dir: str | Path, task_given: bool = False) -> TrainConfig:
+    """The config a run directory was started with. ``task_given``: the caller gives the
+    task again (a run that :func:`train_run` made on a task given in Python has no ``data``
+    section).
 
     Raises:
-        SlemError: ``run_dir`` is not a run directory, or its ``config.yaml`` is damaged.
+        SlemError: ``run_dir`` is not a run directory, or its ``config.yaml`` is damaged (or
+            has no data section, unless ``task_given``).
     """
     path = Path(run_dir) / CONFIG_FILE
     if not Path(run_dir).is_dir():
@@ -107,10 +78,19 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     fix = "restore it from a copy, or start the run again into a new --out"
     values = read_yaml_mapping(path, fix)
     values.pop("provenance", None)
+    if values.get("data", "") is None and not task_given:  # train_run(..., task=...) wrote it
+        raise SlemError(
+            f"{path} is from a run on a task given in Python (data: null): continue it there "
+            "with train_run(read_run_config(run_dir, task_given=True), run_dir, resume=True, "
+            "task=...)"
+        )
     try:
-        return parse_train_config(values)
+        config = parse_train_config(values)
     except SlemError as exc:
         raise SlemError(f"{path} is damaged or from another slem version ({exc}); {fix}") from None
+    if config.data is None and not task_given:
+        raise SlemError(f"{path} is damaged (it has no data section); {fix}")
+    return config
 
 
 def check_new_run_dir(run_dir: Path, command: str = "slem train") -> None:
@@ -128,10 +108,11 @@ def check_new_run_dir(run_dir: Path, command: str = "slem train") -> None:
 
 
 def load_frozen_methodology(config: TrainConfig) -> Methodology | None:
+    """Method apply: the artifact ``config.methodology`` names, frozen; else None."""
     if config.method != "apply":
         return None
     assert config.methodology is not None
-    return _frozen(load_methodology(config.methodology)[0])
+    return load_frozen(config.methodology)
 
 
 def train_run(
@@ -143,8 +124,17 @@ def train_run(
     on_trainer: Callable[[Stoppable], None] | None = None,
     command: str = "slem train",
     render: Render | None = None,
+    task: Task | None = None,
+    model: nn.Module | None = None,
+    methodology: Methodology | None = None,
 ) -> tuple[RunRecord, Path]:
-    """Train ``config`` into ``run_dir`` (continuing from its checkpoint with ``resume``).
+    """Train ``config`` into ``run_dir`` (continuing from its checkpoint with ``resume``): the
+    one run writer of ``slem train``, ``slem apply``, :func:`slem.train.apply` and API users.
+
+    ``task``: the task to train on (default: built from ``config.data``); ``model``: your
+    own ``nn.Module`` (default: built from ``config.model``); ``methodology``: the frozen
+    methodology of method apply (default: loaded from ``config.methodology``). Resuming
+    needs the same task and model again.
 
     Returns the run's :class:`~slem.train.record.RunRecord` (its ``summary`` as written to
     ``summary.json``) and ``run_dir``. Plots are written by ``render`` (e.g.
@@ -156,14 +146,17 @@ def train_run(
     process while it is written (:func:`slem.rundir.lock_run_dir`).
 
     Raises:
-        SlemError: a bad config, device, artifact or dataset; ``run_dir`` cannot be created,
-            already holds a run (without ``resume``), or is being written by another process.
+        SlemError: a bad config, device, artifact or dataset (no ``data`` section and no
+            ``task``); ``run_dir`` cannot be created, already holds a run (without
+            ``resume``), or is being written by another process.
     """
     run_dir = Path(run_dir)
     set_threads(config.threads)
     resolve_device(config.device)
-    methodology = load_frozen_methodology(config)
-    task = build_task(config.data)
+    if methodology is None:
+        methodology = load_frozen_methodology(config)
+    if task is None:
+        task = build_task(config.data)
     with lock_run_dir(run_dir, command):
         if not resume:
             check_new_run_dir(run_dir, command)
@@ -177,13 +170,15 @@ def train_run(
             callbacks.append(ProgressBar(f"{config.method} {task.name}"))
         if config.method == "learned_optimizer":
             methodology = meta_train_optimizer(config, run_dir, resume, progress, on_trainer)
-        trainer = make_trainer(config, task, methodology=methodology, callbacks=callbacks)
+        trainer = make_trainer(
+            config, task, model=model, methodology=methodology, callbacks=callbacks
+        )
         # a run stopped before its first checkpoint resumes from the beginning
         if resume and (run_dir / CHECKPOINT_FILE).exists():
             trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
         if on_trainer is not None:
             on_trainer(trainer)
-        record = trainer.record(trainer.fit())
+        record = trainer.record(trainer.fit(progress=False))
         meta_history = read_jsonl(run_dir / META_METRICS_FILE)  # a meta-training phase
         if meta_history:
             record.arrays.update(meta_loss_array(meta_history))
@@ -209,25 +204,19 @@ def write_outputs(
     elif trainer.methodology is not None:
         artifact_dir = run_dir / "methodology"
         trained_on = {
-            "dataset": task.name,
-            "noise": str(task.noise) if task.noise else None,
-            "imbalance": task.imbalance,
             "meta_objective": config.meta.objective if config.is_meta else None,
             "epochs": trainer.epoch,
             "seed": config.seed,
         }
-        info: dict[str, Any] = {
-            "class_groups": list(task.features.class_groups),
-            "class_counts": list(task.features.class_counts),
-            "label_correction": bool(getattr(trainer.methodology, "label_correction", False)),
-            "training_config": config.model_dump(mode="json"),
-        }
-        if config.is_meta:
-            info["meta_trained_on"] = trained_on
-        else:
-            info["meta_trained_on"] = _source_info(config)
-            info["applied_to"] = trained_on
-        trainer.methodology.save(artifact_dir, **info)
+        save_methodology(
+            trainer.methodology,
+            artifact_dir,
+            config,
+            task,
+            trained_on=trained_on,
+            applied=not config.is_meta,
+            applied_from=None if config.is_meta else _source_info(config),
+        )
         summary["methodology"] = str(artifact_dir)
     summary["plots"] = [str(p) for p in render(record, run_dir)] if render is not None else []
     atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
@@ -246,7 +235,7 @@ def meta_train_optimizer(
 
     artifact = run_dir / "methodology"
     if resume and (artifact / "methodology.json").is_file():
-        return _frozen(load_methodology(artifact)[0])
+        return load_frozen(artifact)
     cfg = config.learned_optimizer
     meta = OptimizerMetaTrainer(cfg, config.seed, resolve_device(config.device))
     checkpoint = run_dir / META_CHECKPOINT_FILE
@@ -259,10 +248,11 @@ def meta_train_optimizer(
     atomic_write_text(
         run_dir / META_METRICS_FILE, "".join(json.dumps(row) + "\n" for row in meta.history)
     )
-    net.save(
+    save_methodology(
+        net,
         artifact,
-        training_config=config.model_dump(mode="json"),
-        meta_trained_on={
+        config,
+        trained_on={
             "population": [o.name for o in meta.population],
             "iterations": meta.iteration,
             "unroll": cfg.unroll,
@@ -270,17 +260,13 @@ def meta_train_optimizer(
             "seed": config.seed,
         },
     )
-    return _frozen(net)
-
-
-def _frozen(methodology: Methodology) -> Methodology:
-    for p in methodology.parameters():
-        p.requires_grad_(False)
-    return methodology
+    return freeze(net)
 
 
 def _source_info(config: TrainConfig) -> Any:
+    """The applied artifact's ``meta_trained_on`` (None for a methodology given in memory)."""
     from slem.methodology import read_artifact_info
 
-    assert config.methodology is not None
+    if config.methodology is None or not Path(config.methodology).exists():
+        return None
     return read_artifact_info(config.methodology).get("meta_trained_on")

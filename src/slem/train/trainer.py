@@ -31,12 +31,12 @@ from torch import Tensor, nn
 
 from slem.bilevel import (
     SGD,
-    Adam,
     BilevelProblem,
     Hypergrad,
     InnerOptimizer,
     PerSample,
     WeightedProblem,
+    from_torch,
     functional,
     hypergrad,
     replay_randomness,
@@ -48,7 +48,7 @@ from slem.data.augment import augment
 from slem.data.task import Split, Task
 from slem.errors import SlemError
 from slem.methodology import LearnedOptimizer, LSTMOptimizerNet, Methodology, build_weighting
-from slem.methodology.weighting import CMWNet, MWNet
+from slem.methodology.weighting import CMWNet, MWNet, normalize_weights
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import (
@@ -139,6 +139,27 @@ def make_meta_optimizer(params: Any, meta: MetaConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(
         params, lr=meta.lr, weight_decay=meta.weight_decay, amsgrad=meta.amsgrad
     )
+
+
+def virtual_step_of(
+    optimizer: torch.optim.Optimizer, params: dict[str, Tensor], kind: str, lr: Any = None
+) -> tuple[InnerOptimizer, Any]:
+    """The virtual step of a meta step and its state: ``kind`` ``optimizer``, the step
+    ``optimizer`` will take (:func:`~slem.bilevel.from_torch`); ``sgd``, the plain step
+    ``theta - lr * grad``. ``lr``: a float or a function of the hyperparameters (default: the
+    optimizer's current rate)."""
+    if kind == "sgd":
+        return SGD(lr=optimizer.param_groups[0]["lr"] if lr is None else lr), None
+    return from_torch(optimizer, params, lr)
+
+
+def hypergrad_options(method: str, optimizer: torch.optim.Optimizer, **fast: Any) -> dict[str, Any]:
+    """The options a meta step passes to :func:`~slem.bilevel.hypergrad` for ``method``:
+    ``fast`` (the lookahead fast path's ``jvp_mode``, ``keep_graph``, ``live_forward``) for
+    ``lookahead``; for ``implicit`` five Neumann terms at the optimizer's current rate."""
+    if method == "implicit":
+        return {"solver": "neumann", "alpha": optimizer.param_groups[0]["lr"], "iterations": 5}
+    return dict(fast) if method == "lookahead" else {}
 
 
 class Trainer:
@@ -304,7 +325,30 @@ class Trainer:
         """Stop after the current step (signal handlers call this)."""
         self._stop = reason
 
-    def fit(self) -> TrainResult:
+    def fit(self, progress: bool = True) -> TrainResult:
+        """Train to ``optim.epochs`` (from where a loaded checkpoint stands) and evaluate.
+
+        ``progress``: show a progress bar on stderr (a live bar in a terminal, one line per
+        epoch elsewhere) unless a :class:`~slem.train.ProgressBar` is among the callbacks.
+
+        Raises:
+            TrainingStopped: a stop was requested (Ctrl-C, :meth:`request_stop`).
+            NonFiniteLoss: a loss, hypergradient or parameter became NaN or infinite.
+        """
+        from slem.train.callbacks import ProgressBar
+
+        callbacks = self.callbacks
+        if progress and not any(isinstance(cb, ProgressBar) for cb in callbacks):
+            from rich.console import Console
+
+            bar = ProgressBar(f"{self.config.method} {self.task.name}", Console(stderr=True))
+            self.callbacks = [*callbacks, bar]
+        try:
+            return self._fit()
+        finally:
+            self.callbacks = callbacks
+
+    def _fit(self) -> TrainResult:
         for cb in self.callbacks:
             cb.on_fit_start(self)
         started = time.perf_counter() - self.elapsed
@@ -496,20 +540,7 @@ class Trainer:
         2023). ``lr``: a float or a function of the hyperparameters (default: the real
         optimizer's current rate).
         """
-        o = self.config.optim
-        rate = self.optimizer.param_groups[0]["lr"] if lr is None else lr
-        opt: InnerOptimizer
-        if self.config.meta.virtual_step == "sgd":
-            opt = SGD(lr=rate)
-            return opt, None
-        if o.optimizer == "adam":
-            group = self.optimizer.param_groups[0]
-            opt = Adam(lr=rate, betas=group["betas"], eps=group["eps"], weight_decay=o.weight_decay)
-        else:
-            opt = SGD(
-                lr=rate, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-            )
-        return opt, opt.state_from_torch(self.optimizer, params)
+        return virtual_step_of(self.optimizer, params, self.config.meta.virtual_step, lr)
 
     def solve(
         self, problem: BilevelProblem, inner_batch: Any, outer_batch: Any, **fast: Any
@@ -518,13 +549,10 @@ class Trainer:
         epoch's ``train_hypergrad_norm``; an epoch whose every hypergradient is exactly zero
         stops the run) and passed to every callback's ``on_hypergradient``. ``fast``: the
         lookahead fast path's options (ignored by the other methods)."""
-        meta = self.config.meta
-        options: dict[str, Any] = dict(fast) if meta.hypergrad == "lookahead" else {}
-        if meta.hypergrad == "implicit":
-            lr = self.optimizer.param_groups[0]["lr"]
-            options = {"solver": "neumann", "alpha": lr, "iterations": 5}
+        method = self.config.meta.hypergrad
+        options = hypergrad_options(method, self.optimizer, **fast)
         result = hypergrad(
-            problem, meta.hypergrad, inner_batch=inner_batch, outer_batch=outer_batch, **options
+            problem, method, inner_batch=inner_batch, outer_batch=outer_batch, **options
         )
         for g in result.grads.values():
             self._check_finite(g, "hypergradient")
@@ -622,15 +650,9 @@ class Trainer:
         (``class``: a loss-only weight cannot single out the clean samples of a class the
         model has lost, all of whose losses are high; this keeps that class in the step).
         Never under label correction, where ``w`` mixes two labels and stays in (0, 1)."""
-        mode = self.normalization
-        if mode == "none" or self._label_correction:
+        if self._label_correction:
             return w
-        if mode == "batch":
-            return w * (len(w) / w.sum().clamp_min(1e-8))
-        k = self.task.n_classes
-        totals = torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, y, w)
-        counts = torch.bincount(y, minlength=k).to(w.dtype)
-        return w * (counts / totals.clamp_min(1e-8))[y]
+        return normalize_weights(w, self.normalization, y, self.task.n_classes)
 
     def update_teacher(self) -> None:
         """EMA of the model's weights, with the decay ramped up as ``t / (t + 1)`` over the
@@ -1122,16 +1144,26 @@ def make_trainer(
     methodology: Methodology | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> Trainer:
-    """The right trainer for ``config.method`` (and, for apply, the methodology's kind).
+    """The right trainer for ``config.method`` (and, for apply, the methodology's kind) on
+    ``task``; ``config.data`` may be left out (the task is given). ``model``: your own
+    ``nn.Module`` mapping a batch of inputs to ``(batch, n_classes)`` logits (default: built
+    from ``config.model``).
 
     Raises:
-        SlemError: the method does not fit the task, or the configuration cannot learn
-            (:mod:`slem.train.validity`).
+        SlemError: the method does not fit the task (or needs a meta set it lacks), or the
+            configuration cannot learn (:mod:`slem.train.validity`).
     """
     from slem.train.validity import check_methodology, check_task
 
     if config.method != "apply":
         check_task(config, task)
+    needs = config.needs_meta_set
+    if needs is not None and config.data is None and task.meta is None:
+        raise SlemError(
+            f"{needs} and task '{task.name}' has none: give it one (Task.from_arrays(..., "
+            "x_meta=..., y_meta=...) or meta_per_class=10)"
+            + ("" if config.method == "lr_schedule" else ", or use meta.objective dac or selected")
+        )
     trainer = _build_trainer(config, task, model, methodology, callbacks)
     if trainer.methodology is not None and config.method != "apply":
         check_methodology(config, sum(p.numel() for p in trainer.methodology.parameters()))
