@@ -161,7 +161,11 @@ def test_csv_parquet_npz_npy_agree(tmp_path: Path, table: pd.DataFrame) -> None:
 
 def test_file_errors(tmp_path: Path, table: pd.DataFrame) -> None:
     table.to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(SlemError, match="target column 'lable' not found; available columns: a, b"):
+    with pytest.raises(
+        SlemError,
+        match=r"target column 'lable' not found; did you mean 'label'\? the 4 columns: "
+        "a, b, color, label",
+    ):
         load_dataset(str(tmp_path / "t.csv"), LoadOptions(target="lable"))
     with pytest.raises(SlemError, match="does not exist"):
         load_dataset(str(tmp_path / "missing.csv"), LoadOptions(target="label"))
@@ -177,7 +181,7 @@ def test_missing_values_error_or_reported_imputation(tmp_path: Path, table: pd.D
     table.loc[[1, 2], "a"] = np.nan
     table.loc[5, "label"] = None
     table.to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(SlemError, match="missing values; pass --impute"):
+    with pytest.raises(SlemError, match=r"missing values; set data\.impute: true"):
         load_dataset(str(tmp_path / "t.csv"), LoadOptions(target="label"))
     d = load_dataset(str(tmp_path / "t.csv"), LoadOptions(target="label", impute=True))
     assert len(d.y) == 59

@@ -224,3 +224,13 @@ def test_table_lists_every_combination() -> None:
     assert len(rows) % per_method == 0
     assert any(r["valid"] for r in rows) and any(not r["valid"] for r in rows)
     assert torch.tensor([r["valid"] for r in rows]).sum() < len(rows)
+
+
+def test_constructing_a_config_in_python_refuses_like_yaml() -> None:
+    """``TrainConfig(...)`` resolves presets and refuses an invalid cell with the same
+    one-line SlemError as ``parse_train_config`` and ``slem train``."""
+    with pytest.raises(SlemError, match="first_order cannot learn method mwnet") as err:
+        TrainConfig(method="mwnet", meta={"hypergrad": "first_order"})
+    assert "\n" not in str(err.value)
+    cfg = TrainConfig(preset="mwnet-noise", optim={"epochs": 3})
+    assert cfg.method == "mwnet" and cfg.meta.virtual_step == "sgd" and cfg.optim.epochs == 3

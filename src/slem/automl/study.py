@@ -25,13 +25,14 @@ import socket
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import optuna
+from filelock import FileLock
 from optuna.distributions import BaseDistribution
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
@@ -398,6 +399,30 @@ def _skip(study: optuna.Study, trial: optuna.Trial, why: str) -> str:
     return "duplicate" if why.startswith("duplicate") else "surplus"
 
 
+def sqlite_file(study: optuna.Study) -> Path | None:
+    """The database file of a study stored in SQLite (None for any other storage)."""
+    storage = study._storage
+    url = getattr(getattr(storage, "_backend", storage), "url", None)
+    if isinstance(url, str) and url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return Path(url[len("sqlite:///") :].split("?", 1)[0])
+    return None
+
+
+@contextlib.contextmanager
+def ask_lock(study: optuna.Study) -> Iterator[None]:
+    """Serialize ``study.ask()`` between the processes of an SQLite study. Optuna pops an
+    enqueued (WAITING) trial with ``SELECT ... FOR UPDATE``, which SQLite ignores: two workers
+    asking at the same moment could both receive the same enqueued trial and run it twice.
+    SQLite studies are local to one machine, so a file lock next to the database makes the
+    pop atomic; server databases (PostgreSQL) lock the row themselves."""
+    path = sqlite_file(study)
+    if path is None:
+        yield
+        return
+    with FileLock(f"{path}.ask.lock"):
+        yield
+
+
 def run_trial(
     study: optuna.Study,
     objective: Any,
@@ -411,7 +436,8 @@ def run_trial(
     least one skips, so no configuration is evaluated twice). A raised error is recorded on
     the trial (``error`` and ``traceback`` user attrs) and fails it. Returns ``"done"``,
     ``"duplicate"`` or ``"surplus"``."""
-    with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we do
+    with warnings.catch_warnings(), ask_lock(study):
+        # "heartbeat is supposed to be used with optimize": we do
         warnings.filterwarnings("ignore", message=".*Heartbeat of storage.*")
         trial = study.ask()
     value: float | None = None

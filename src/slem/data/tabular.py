@@ -18,6 +18,7 @@ the same one-hot levels, the same dropped columns.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -125,6 +126,10 @@ class TableEncoder:
         return np.array([self.label_keys[k] for k in keys], dtype=np.int64)
 
 
+#: how a user turns on imputation, named in the errors about missing values
+IMPUTE = "data.impute: true in a config (--set data.impute=true; --impute on slem data show)"
+
+
 def frame_to_dataset(
     frame: pd.DataFrame,
     target: str,
@@ -161,8 +166,14 @@ def fit_table(
     with the same columns the same way."""
     frame = _drop_row_names(frame, target)
     if target not in frame.columns:
-        shown = ", ".join(map(str, list(frame.columns)[:30]))
-        raise SlemError(f"{name}: target column '{target}' not found; available columns: {shown}")
+        columns = [str(c) for c in frame.columns]
+        close = [c for c in columns if c.lower() == str(target).lower()]
+        close += [c for c in difflib.get_close_matches(str(target), columns, n=3) if c not in close]
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise SlemError(
+            f"{name}: target column '{target}' not found; {hint}the {len(columns)} columns: "
+            f"{_shown(columns, 30)}"
+        )
     frame = frame.rename(columns=str)
     frame, notes = _drop_missing_targets(frame, target, impute, name)
     if len(frame) == 0:
@@ -224,7 +235,7 @@ def _drop_missing_targets(
     if not impute:
         raise SlemError(
             f"{name}: target '{target}' has {int(missing_target.sum())} missing values; "
-            "pass --impute (impute=True) to drop those rows"
+            f"set {IMPUTE} to drop those rows"
         )
     return frame.loc[~missing_target], [
         f"dropped {int(missing_target.sum())} rows with a missing target"
@@ -252,8 +263,8 @@ def _check_missing_features(
     if n_missing and not impute:
         bad = [feature_names[j] for j in np.flatnonzero(np.isnan(X).any(axis=0))]
         raise SlemError(
-            f"{name}: {n_missing} missing feature values in columns {_shown(bad)}; pass "
-            "--impute (impute=True) to fill them with training-split medians"
+            f"{name}: {n_missing} missing feature values in columns {_shown(bad)}; set "
+            f"{IMPUTE} to fill them with training-split medians"
         )
 
 

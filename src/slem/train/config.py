@@ -413,6 +413,17 @@ class TrainConfig(_Strict):
         ">= 3), else accuracy",
     )
 
+    def __init__(self, /, **data: Any) -> None:
+        """``TrainConfig(method="mwnet", optim={...})`` validates as YAML configs do: the
+        ``preset`` is resolved and a bad value is a one-line :class:`SlemError` (not a
+        multi-line pydantic error)."""
+        from slem.train.presets import apply_preset
+
+        try:
+            super().__init__(**apply_preset(data))
+        except ValidationError as exc:
+            raise SlemError(validation_message(exc)) from None
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         needs = self.needs_meta_set
