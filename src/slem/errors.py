@@ -28,6 +28,10 @@ def validation_message(exc: object, prefix: str = "") -> str:
         return str(exc)
     parts = []
     for err in exc.errors():
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, SlemError) and not err["loc"]:  # already one line, e.g. a
+            parts.append(str(inner))  # model's own __init__ refusing (TrainConfig)
+            continue
         loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         given = err.get("input")
