@@ -292,8 +292,8 @@ def demo(
                     "seed": seed,
                 },
                 "optim": {"epochs": epochs},
-                # one ERM warm-up epoch, none when the demo is shortened to a single epoch
-                "meta": {"warmup_epochs": max(0, min(1, epochs - 1))} if method == "mwnet" else {},
+                # MW-Net: one ERM warm-up epoch, none when the demo is shortened to one epoch
+                "meta": {"warmup_epochs": max(0, min(1, epochs - 1))},
                 "seed": seed,
                 "threads": threads,
             }

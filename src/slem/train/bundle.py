@@ -47,7 +47,8 @@ from slem.methodology import (
 )
 from slem.train import losses as L
 from slem.train.callbacks import Callback
-from slem.train.config import BUNDLE_METHODS, TrainConfig
+from slem.train.config import TrainConfig
+from slem.train.methods import method_spec
 from slem.train.record import RunRecord, adjuster_arrays, lr_arrays
 from slem.train.schedule import LearnedRate
 from slem.train.trainer import EVAL_BATCH, MetaTrainer, TrainResult
@@ -63,9 +64,8 @@ def logit_margin(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def components_of(config: TrainConfig) -> list[str]:
-    if config.method == "joint":
-        return list(config.joint.components)
-    return [config.method]
+    """The methodologies ``config``'s method meta-learns together."""
+    return method_spec(config).components_of(config)
 
 
 class BundleTrainer(MetaTrainer):
@@ -81,7 +81,7 @@ class BundleTrainer(MetaTrainer):
         callbacks: Sequence[Callback] = (),
         device: torch.device | str | None = None,
     ) -> None:
-        self.meta_training = config.method in BUNDLE_METHODS
+        self.meta_training = method_spec(config).is_meta
         if methodology is None and not self.meta_training:
             raise SlemError("method apply needs the frozen methodology artifact")
         if methodology is not None:

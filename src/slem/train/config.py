@@ -8,7 +8,7 @@ which field to set.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,34 +23,9 @@ from pydantic import (
 from slem.data.config import DataConfig
 from slem.errors import SlemError, validation_message
 
-Method = Literal[
-    "erm",
-    "gce",
-    "sce",
-    "bootstrap",
-    "finetune",
-    "class_balanced",
-    "mwnet",
-    "cmwnet",
-    "cmwnet_sl",
-    "lr_schedule",
-    "learned_optimizer",
-    "forward",
-    "loss_adjuster",
-    "transition",
-    "joint",
-    "mse",
-    "l1",
-    "huber",
-    "hwnet",
-    "apply",
-]
-WEIGHTING_METHODS = ("mwnet", "cmwnet", "cmwnet_sl")
-#: methods whose methodologies one BundleTrainer meta-learns together (slem.train.bundle)
-BUNDLE_METHODS = ("loss_adjuster", "transition", "joint")
-#: regression: plain losses and the meta-learned hyper-weight net (slem.train.regression)
-REGRESSION_METHODS = ("mse", "l1", "huber", "hwnet")
-META_METHODS = (*WEIGHTING_METHODS, "lr_schedule", "learned_optimizer", *BUNDLE_METHODS, "hwnet")
+if TYPE_CHECKING:
+    from slem.train.methods import MethodSpec
+
 #: what may go into ``joint.components``
 Component = Literal["mwnet", "cmwnet", "loss_adjuster", "transition", "lr_schedule"]
 HypergradMethod = Literal[
@@ -380,7 +355,9 @@ class TrainConfig(_Strict):
         description="a published protocol (slem presets) that fills method, optim and meta "
         "fields; fields given in the config or with --set win",
     )
-    method: Method
+    method: str = Field(
+        description="the training method: a name of the method registry (slem.train.methods)"
+    )
     data: DataConfig | None = Field(
         None,
         description="the task's data; may be left out when the Task is given "
@@ -424,41 +401,48 @@ class TrainConfig(_Strict):
         except ValidationError as exc:
             raise SlemError(validation_message(exc)) from None
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from slem.train.methods import method_names
+
+        names = method_names()
+        if value not in names:
+            listed = ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}"
+            raise ValueError(f"Input should be {listed}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        needs = self.needs_meta_set
+        spec = self.spec
+        needs = spec.needs_meta_set(self)
         if needs is not None and self.data is not None and not self.data.has_meta_set:
-            if self.method == "lr_schedule":
-                raise ValueError(
-                    f"{needs}: set data.meta_per_class (e.g. 50) or a trusted file data.meta"
-                )
-            raise ValueError(
-                f"{needs}: set data.meta_per_class (e.g. 10) or a trusted "
-                "file data.meta, or use meta.objective dac or selected"
-                + (" (regression: data.meta_size)" if self.method == "hwnet" else "")
-            )
+            raise ValueError(f"{needs}: {spec.meta_set_hint}")
         from slem.train.validity import check_config
 
         check_config(self)
-        if self.method == "apply" and not self.methodology:
-            raise ValueError("method apply needs methodology: the path of a saved artifact")
+        if spec.frozen_artifact and not self.methodology:
+            raise ValueError(
+                f"method {self.method} needs methodology: the path of a saved artifact"
+            )
         return self
 
     @property
+    def spec(self) -> MethodSpec:
+        """``method``'s entry in the method registry (:mod:`slem.train.methods`)."""
+        from slem.train.methods import get_method
+
+        return get_method(self.method)
+
+    @property
     def is_meta(self) -> bool:
-        return self.method in META_METHODS
+        """The method meta-learns a methodology."""
+        return self.spec.is_meta
 
     @property
     def needs_meta_set(self) -> str | None:
         """Why this config needs a clean meta set (the start of an error message), or None."""
-        if self.method == "finetune":
-            return "method finetune needs a clean meta set"
-        meta_learned = (*WEIGHTING_METHODS, *BUNDLE_METHODS, "hwnet")
-        if self.method in meta_learned and "clean" in self.meta.objective:
-            return f"meta.objective '{self.meta.objective}' needs a clean meta set"
-        if self.method == "lr_schedule":
-            return "method lr_schedule meta-learns on a held-out meta set"
-        return None
+        return self.spec.needs_meta_set(self)
 
 
 def parse_train_config(values: dict[str, Any]) -> TrainConfig:

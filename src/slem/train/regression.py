@@ -31,6 +31,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,9 +42,10 @@ from slem.bilevel import functional
 from slem.data.task import Split, Task
 from slem.errors import SlemError
 from slem.methodology import HyperWeightNet, Methodology
-from slem.methodology.regression import base_loss, input_stats
+from slem.methodology.regression import input_stats
 from slem.train.callbacks import Callback
-from slem.train.config import REGRESSION_METHODS, TrainConfig
+from slem.train.config import TrainConfig
+from slem.train.methods import method_spec, target_error
 from slem.train.models import build_model
 from slem.train.record import RunRecord, hwnet_arrays
 from slem.train.trainer import EVAL_BATCH, Trainer, TrainResult, make_meta_optimizer
@@ -102,15 +104,14 @@ class RegressionTrainer(Trainer):
         callbacks: Sequence[Callback] = (),
         device: torch.device | str | None = None,
     ) -> None:
-        self._check_task(config, task)
-        method = config.method
-        if method == "apply":
-            if methodology is None:
-                raise SlemError(
-                    "method apply needs the frozen methodology (load it with "
-                    "slem.methodology.load_methodology)"
-                )
-        elif method == "hwnet":
+        spec = method_spec(config)
+        self.meta_training = spec.is_meta
+        if not self.meta_training and spec.target is None and methodology is None:
+            raise SlemError(
+                f"method {config.method} needs the frozen methodology (load it with "
+                "slem.methodology.load_methodology)"
+            )
+        if self.meta_training:
             if methodology is None:  # seeded here, so a run does not depend on what ran before
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(config.seed + 1_000_003)
@@ -124,14 +125,14 @@ class RegressionTrainer(Trainer):
                         signed=signed,
                         weighted_loss=h.weighted_loss,
                     )
-        elif methodology is not None:
-            raise SlemError(f"method {method} takes no methodology (use hwnet or apply)")
+        elif methodology is not None and spec.target is not None:
+            raise SlemError(f"method {config.method} takes no methodology (use hwnet or apply)")
         if methodology is not None and not isinstance(methodology, HyperWeightNet):
             raise SlemError(
                 f"cannot use a '{methodology.kind}' methodology on the regression task "
                 f"'{task.name}'; regression takes an hwnet artifact"
             )
-        if method == "hwnet" and "clean" in config.meta.objective:
+        if self.meta_training and "clean" in config.meta.objective:
             n_meta = len(task.meta) if task.meta is not None else 0
             if n_meta < 2:
                 raise SlemError(
@@ -152,7 +153,7 @@ class RegressionTrainer(Trainer):
         )
         self.meta_optimizer: torch.optim.Optimizer | None = None
         self._f_model = functional(self.model)
-        if method == "hwnet":
+        if self.meta_training:
             assert self.methodology is not None
             self.meta_optimizer = make_meta_optimizer(self.methodology.parameters(), config.meta)
             self._f_hw = functional(self.methodology)
@@ -160,16 +161,11 @@ class RegressionTrainer(Trainer):
     # ------------------------------------------------------------------ setup
 
     def _check_task(self, config: TrainConfig, task: Task) -> None:
+        spec = method_spec(config)
         if task.is_classification:
-            raise SlemError(
-                f"method {config.method} is for regression targets, but '{task.name}' has "
-                f"{task.n_classes} classes; use a classification method (erm, gce, mwnet, ...)"
-            )
-        if config.method not in (*REGRESSION_METHODS, "apply"):
-            raise SlemError(
-                f"method {config.method} needs class labels, but '{task.name}' is a regression "
-                f"task; use method {', '.join(REGRESSION_METHODS)}"
-            )
+            raise target_error(replace(spec, target="regression"), task)
+        if spec.target == "classification":
+            raise target_error(spec, task)
 
     def _setup_targets(self) -> None:
         """Robust target scaling from the noisy training targets (see the module doc)."""
@@ -220,7 +216,7 @@ class RegressionTrainer(Trainer):
 
     @property
     def in_warmup(self) -> bool:
-        return self.config.method == "hwnet" and self.epoch < self.config.meta.warmup_epochs
+        return self.meta_training and self.epoch < self.config.meta.warmup_epochs
 
     def _stats(self, x: Tensor | None) -> Tensor | None:
         net = self.hwnet
@@ -242,27 +238,16 @@ class RegressionTrainer(Trainer):
     def per_sample_losses(self, logits: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
         """Per-sample training losses of standardized predictions ``logits`` (n,) against
         targets ``y`` in original units; ``x`` is needed by an HWnet that reads inputs."""
-        r = logits.reshape(-1) - self.standardize(y)
-        m = self.config.method
-        if m == "l1":
-            return r.abs()
-        if m == "huber":
-            return huber(r, self.config.loss.huber_delta)
-        if m == "apply" or (m == "hwnet" and not self.in_warmup):
-            return self._hw_loss(r, x)
-        if m == "hwnet":  # warm-up
-            return base_loss(self.config.hwnet.warmup_loss, r)
-        return base_loss("l2", r)  # mse
+        pred, z = logits.reshape(-1), self.standardize(y)
+        if self.hwnet is not None and not self.in_warmup:
+            return self._hw_loss(pred - z, x)
+        return self.spec.loss(pred, z, self)  # the method's loss (hwnet: its warm-up loss)
 
     # ------------------------------------------------------------------ steps
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
         meta = self.config.meta
-        if (
-            self.config.method == "hwnet"
-            and not self.in_warmup
-            and self.global_step % meta.interval == 0
-        ):
+        if self.meta_training and not self.in_warmup and self.global_step % meta.interval == 0:
             return self._meta_step(x, y)
         start = time.perf_counter()
         self.model.train()

@@ -109,7 +109,7 @@ def check_new_run_dir(run_dir: Path, command: str = "slem train") -> None:
 
 def load_frozen_methodology(config: TrainConfig) -> Methodology | None:
     """Method apply: the artifact ``config.methodology`` names, frozen; else None."""
-    if config.method != "apply":
+    if not config.spec.frozen_artifact:
         return None
     assert config.methodology is not None
     return load_frozen(config.methodology)
@@ -168,8 +168,9 @@ def train_run(
         ]
         if progress:
             callbacks.append(ProgressBar(f"{config.method} {task.name}"))
-        if config.method == "learned_optimizer":
-            methodology = meta_train_optimizer(config, run_dir, resume, progress, on_trainer)
+        meta_train = config.spec.meta_train
+        if meta_train is not None:  # a first phase: meta-train the methodology, save it
+            methodology = meta_train(config, run_dir, resume, progress, on_trainer)
         trainer = make_trainer(
             config, task, model=model, methodology=methodology, callbacks=callbacks
         )
@@ -199,7 +200,7 @@ def write_outputs(
     weights = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
     atomic_write_bytes(run_dir / "model.safetensors", save(weights))
     summary = record.summary
-    if config.method == "learned_optimizer":  # its artifact was written after meta-training
+    if config.spec.meta_train is not None:  # its artifact was written after meta-training
         summary["methodology"] = str(run_dir / "methodology")
     elif trainer.methodology is not None:
         artifact_dir = run_dir / "methodology"

@@ -29,6 +29,7 @@ from slem.methodology.schedule import ScheduleState
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
+from slem.train.methods import method_spec
 from slem.train.record import RunRecord, lr_arrays
 from slem.train.trainer import NonFiniteLoss, Trainer, TrainResult
 
@@ -147,7 +148,7 @@ class ScheduleTrainer(Trainer):
         device: torch.device | str | None = None,
     ) -> None:
         s = config.schedule
-        self.meta_training = config.method == "lr_schedule"
+        self.meta_training = method_spec(config).is_meta
         if methodology is None:
             if not self.meta_training:
                 raise SlemError("method apply needs the frozen lr_schedule artifact")

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,19 +51,12 @@ from slem.methodology import LearnedOptimizer, LSTMOptimizerNet, Methodology, bu
 from slem.methodology.weighting import CMWNet, MWNet, normalize_weights
 from slem.train import losses as L
 from slem.train.callbacks import Callback
-from slem.train.config import (
-    BUNDLE_METHODS,
-    REGRESSION_METHODS,
-    WEIGHTING_METHODS,
-    MetaConfig,
-    TrainConfig,
-)
+from slem.train.config import MetaConfig, TrainConfig
+from slem.train.methods import build_trainer, method_spec, target_error
 from slem.train.models import build_model
 from slem.train.record import RunRecord, trainer_record
 
 EVAL_BATCH = 1024
-#: artifact kinds that BundleTrainer applies
-BUNDLE_KINDS = ("bundle", "loss_adjuster", "transition")
 
 
 class TrainingStopped(Exception):
@@ -177,6 +170,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         device: torch.device | str | None = None,
     ) -> None:
+        self.spec = method_spec(config)
         self._check_task(config, task)
         self.config = config
         self.task = task
@@ -220,10 +214,7 @@ class Trainer:
 
     def _check_task(self, config: TrainConfig, task: Task) -> None:
         if not task.is_classification:
-            raise SlemError(
-                f"method {config.method} needs class labels, but '{task.name}' is a regression "
-                f"task; use method {', '.join(REGRESSION_METHODS)}"
-            )
+            raise target_error(replace(self.spec, target="classification"), task)
 
     def _setup_targets(self) -> None:
         """What the losses need of the labels: class groups, class-balanced weights, prior."""
@@ -259,7 +250,7 @@ class Trainer:
     @property
     def _label_correction(self) -> bool:
         m = self.methodology
-        return bool(getattr(m, "label_correction", False)) or self.config.method == "cmwnet_sl"
+        return bool(getattr(m, "label_correction", False))
 
     def _check_model_output(self) -> None:
         self.model.eval()
@@ -287,7 +278,7 @@ class Trainer:
 
     @property
     def finetune_epochs(self) -> int:
-        return self.config.loss.finetune_epochs if self.config.method == "finetune" else 0
+        return self.config.loss.finetune_epochs if self.spec.finetune else 0
 
     @property
     def total_epochs(self) -> int:
@@ -472,18 +463,10 @@ class Trainer:
     # ------------------------------------------------------------------ steps
 
     def per_sample_losses(self, logits: Tensor, y: Tensor) -> Tensor:
-        c, m = self.config.loss, self.config.method
-        if self.epoch >= self.config.optim.epochs or m in ("erm", "finetune"):
+        """The method's per-sample training loss (cross-entropy while fine-tuning)."""
+        if self.epoch >= self.config.optim.epochs:
             return L.cross_entropy(logits, y)
-        if m == "gce":
-            return L.gce(logits, y, c.gce_q)
-        if m == "sce":
-            return L.sce(logits, y, c.sce_alpha, c.sce_beta)
-        if m == "bootstrap":
-            return L.bootstrap(logits, y, c.bootstrap_beta, c.bootstrap_mode)
-        if m == "class_balanced":
-            return L.class_balanced(logits, y, self.cb_weights)
-        return L.cross_entropy(logits, y)
+        return self.spec.loss(logits, y, self)
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
         start = time.perf_counter()
@@ -962,12 +945,9 @@ class MetaTrainer(Trainer):
 
     def new_methodology(self, config: TrainConfig, task: Task) -> Methodology:
         """The untrained methodology this trainer meta-learns."""
-        if config.method not in WEIGHTING_METHODS:
-            raise SlemError(
-                f"MetaTrainer needs method mwnet, cmwnet or cmwnet_sl, not '{config.method}'"
-            )
+        (kind,) = method_spec(config).meta_learns
         meta = config.meta
-        return build_weighting(config.method, meta.n_groups, meta.hidden, meta.monotone)
+        return build_weighting(kind, meta.n_groups, meta.hidden, meta.monotone)
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """What the meta optimizer steps."""
@@ -1155,71 +1135,17 @@ def make_trainer(
     """
     from slem.train.validity import check_methodology, check_task
 
-    if config.method != "apply":
+    spec = method_spec(config)
+    if spec.target is not None:
         check_task(config, task)
-    needs = config.needs_meta_set
+    needs = spec.needs_meta_set(config)
     if needs is not None and config.data is None and task.meta is None:
         raise SlemError(
             f"{needs} and task '{task.name}' has none: give it one (Task.from_arrays(..., "
             "x_meta=..., y_meta=...) or meta_per_class=10)"
-            + ("" if config.method == "lr_schedule" else ", or use meta.objective dac or selected")
+            + (", or use meta.objective dac or selected" if spec.meta_set == "objective" else "")
         )
-    trainer = _build_trainer(config, task, model, methodology, callbacks)
-    if trainer.methodology is not None and config.method != "apply":
+    trainer = build_trainer(config, task, model, methodology, callbacks)
+    if trainer.methodology is not None and spec.is_meta:
         check_methodology(config, sum(p.numel() for p in trainer.methodology.parameters()))
     return trainer
-
-
-def _build_trainer(
-    config: TrainConfig,
-    task: Task,
-    model: nn.Module | None,
-    methodology: Methodology | None,
-    callbacks: Sequence[Callback],
-) -> Trainer:
-    from slem.methodology import MLRSNet
-    from slem.train.schedule import ScheduleTrainer
-
-    regression_method = config.method in REGRESSION_METHODS or (
-        config.method == "apply" and methodology is not None and methodology.kind == "hwnet"
-    )
-    if regression_method:
-        if task.is_classification:
-            raise SlemError(
-                f"method {config.method} is for regression targets, but '{task.name}' has "
-                f"{task.n_classes} classes; use a classification method (erm, gce, mwnet, ...)"
-            )
-        from slem.train.regression import RegressionTrainer
-
-        return RegressionTrainer(config, task, model, methodology, callbacks)
-    if config.method in BUNDLE_METHODS or (
-        config.method == "apply" and methodology is not None and methodology.kind in BUNDLE_KINDS
-    ):
-        from slem.train.bundle import BundleTrainer
-
-        return BundleTrainer(config, task, model, methodology, callbacks)
-
-    if config.method == "lr_schedule" or (
-        config.method == "apply" and isinstance(methodology, MLRSNet)
-    ):
-        return ScheduleTrainer(config, task, model, methodology, callbacks)
-    if config.method in WEIGHTING_METHODS:
-        return MetaTrainer(config, task, model, methodology, callbacks)
-    if config.method == "forward":
-        from slem.train.forward import ForwardTrainer
-
-        return ForwardTrainer(config, task, model, None, callbacks)
-    if config.method == "apply" and methodology is None:
-        raise SlemError(
-            "method apply needs the frozen methodology (load it with "
-            "slem.methodology.load_methodology)"
-        )
-    if methodology is not None and not isinstance(methodology, MWNet | CMWNet | LSTMOptimizerNet):
-        raise SlemError(f"cannot apply a '{methodology.kind}' methodology in this trainer")
-    if config.method == "learned_optimizer" and not isinstance(methodology, LSTMOptimizerNet):
-        raise SlemError(
-            "method learned_optimizer trains with the optimizer it meta-learns first: run it "
-            "with slem train (or slem.train.train_run), or pass the trained LSTMOptimizerNet"
-        )
-    keep = methodology if config.method in ("apply", "learned_optimizer") else None
-    return Trainer(config, task, model, keep, callbacks)

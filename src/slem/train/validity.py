@@ -55,6 +55,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from slem.train.methods import get_method, method_names
+
 if TYPE_CHECKING:
     from slem.data.task import Task
     from slem.train.config import TrainConfig
@@ -66,19 +68,12 @@ OBJECTIVES = ("clean", "dac", "clean+dac", "selected")
 TASK_TYPES = ("classification", "regression")
 
 #: methods whose meta step is ``slem.train`` 's engine call, set by ``meta.*``
-ENGINE_METHODS = (
-    "mwnet",
-    "cmwnet",
-    "cmwnet_sl",
-    "loss_adjuster",
-    "transition",
-    "joint",
-    "hwnet",
-)
+ENGINE_METHODS = tuple(n for n in method_names() if get_method(n).engine)
 #: meta-learned methods that compute their own hypergradient
-OWN_METHODS = ("lr_schedule", "learned_optimizer")
-REGRESSION = ("mse", "l1", "huber", "hwnet")
-FAST_PATH = ("mwnet", "cmwnet", "cmwnet_sl")
+OWN_METHODS = tuple(n for n in method_names() if get_method(n).own_meta_step)
+REGRESSION = tuple(method_names("regression"))
+#: methods whose meta step is a WeightedProblem (lookahead's fast path: meta.order, jvp_mode)
+FAST_PATH = tuple(n for n in method_names() if get_method(n).weighted_problem)
 #: defaults of the meta-step options that only some methods read
 META_DEFAULTS = {
     "hypergrad": "lookahead",
@@ -103,13 +98,18 @@ class Cell:
     components: tuple[str, ...] = ()
 
 
+def _either(names: tuple[str, ...]) -> str:
+    """``a, b or c``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
 def _learns_rate(cell: Cell) -> bool:
-    return cell.method == "joint" and "lr_schedule" in cell.components
+    return "lr_schedule" in cell.components
 
 
 def _loss_hyper(cell: Cell) -> bool:
     """Whether the methodology has hyperparameters that enter only the inner loss."""
-    if cell.method == "joint":
+    if cell.components:
         return any(c != "lr_schedule" for c in cell.components)
     return cell.method in ENGINE_METHODS
 
@@ -161,16 +161,16 @@ def reason(cell: Cell) -> str | None:
             if value != default:
                 how = (
                     "the exact one-step hypergradient of its learning rate"
-                    if m == "lr_schedule"
+                    if get_method(m).meta_step == "rate"
                     else "truncated unrolling (learned_optimizer.unroll)"
                 )
                 return (
                     f"meta.{name} {value} would be ignored: method {m} computes its own "
                     f"hypergradient ({how}); remove meta.{name}"
                 )
-        if m == "lr_schedule" and cell.optimizer != "sgd":
+        if get_method(m).meta_step == "rate" and cell.optimizer != "sgd":
             return (
-                f"method lr_schedule learns an SGD learning rate: set optim.optimizer sgd "
+                f"method {m} learns an SGD learning rate: set optim.optimizer sgd "
                 f"(not {cell.optimizer})"
             )
         return None
@@ -185,13 +185,13 @@ def reason(cell: Cell) -> str | None:
     if cell.order != "mwnet" and not (m in FAST_PATH and cell.hypergrad == "lookahead"):
         return (
             f"meta.order {cell.order} reuses the lookahead fast path's virtual step as the real "
-            f"step: it needs meta.hypergrad lookahead and method mwnet, cmwnet or cmwnet_sl "
+            f"step: it needs meta.hypergrad lookahead and method {_either(FAST_PATH)} "
             f"(got {cell.hypergrad}, {m}); remove meta.order"
         )
     if cell.jvp_mode != "forward" and not (m in FAST_PATH and cell.hypergrad == "lookahead"):
         return (
             f"meta.jvp_mode {cell.jvp_mode} is an option of the lookahead fast path: it needs "
-            f"meta.hypergrad lookahead and method mwnet, cmwnet or cmwnet_sl (got "
+            f"meta.hypergrad lookahead and method {_either(FAST_PATH)} (got "
             f"{cell.hypergrad}, {m}); remove meta.jvp_mode"
         )
     if _learns_rate(cell) and cell.optimizer != "sgd":
@@ -215,8 +215,9 @@ def reason(cell: Cell) -> str | None:
 def cell_of(config: TrainConfig, task_type: str | None = None) -> Cell:
     """The cell of a config (``task_type`` from the method when the task is not known)."""
     method = config.method
+    spec = get_method(method)
     if task_type is None:
-        task_type = "regression" if method in REGRESSION else "classification"
+        task_type = "regression" if spec.target == "regression" else "classification"
     meta = config.meta
     return Cell(
         method=method,
@@ -227,7 +228,7 @@ def cell_of(config: TrainConfig, task_type: str | None = None) -> Cell:
         task_type=task_type,
         order=meta.order,
         jvp_mode=meta.jvp_mode,
-        components=tuple(config.joint.components) if method == "joint" else (),
+        components=tuple(spec.components_of(config)) if spec.components is not None else (),
     )
 
 
@@ -289,12 +290,16 @@ def check_methodology(config: TrainConfig, n_hyper: int) -> None:
 
 def cells() -> Iterator[Cell]:
     """Every cell of the table (joint with each component set of interest)."""
-    methods: list[tuple[str, tuple[str, ...]]] = [(m, ()) for m in ENGINE_METHODS if m != "joint"]
-    methods += [
-        ("joint", ("mwnet", "loss_adjuster", "lr_schedule")),
-        ("joint", ("mwnet", "loss_adjuster")),
-        ("joint", ("lr_schedule",)),
+    bundles = [m for m in ENGINE_METHODS if get_method(m).components is not None]
+    methods: list[tuple[str, tuple[str, ...]]] = [
+        (m, ()) for m in ENGINE_METHODS if m not in bundles
     ]
+    for m in bundles:
+        methods += [
+            (m, ("mwnet", "loss_adjuster", "lr_schedule")),
+            (m, ("mwnet", "loss_adjuster")),
+            (m, ("lr_schedule",)),
+        ]
     methods += [(m, ()) for m in OWN_METHODS]
     for method, components in methods:
         for hg in HYPERGRADS:
@@ -315,7 +320,7 @@ def markdown() -> str:
     and objectives that are valid on its task type, and the rules that refuse the rest."""
 
     def name(c: Cell) -> str:
-        return f"joint ({', '.join(c.components)})" if c.method == "joint" else c.method
+        return f"{c.method} ({', '.join(c.components)})" if c.components else c.method
 
     lines = [
         "| methodology | task | valid meta.hypergrad | valid optim.optimizer "
@@ -333,7 +338,7 @@ def markdown() -> str:
             continue
         if c.task_type == "classification" and c.method in REGRESSION:
             continue
-        if c.method == "hwnet":
+        if c.task_type == "regression" and c.method in ENGINE_METHODS:
             base = Cell(c.method, task_type="regression", objective="clean")
         hg = [h for h in HYPERGRADS if reason(replace(base, hypergrad=h)) is None]
         opt_o = [

@@ -1,0 +1,331 @@
+"""The built-in methods of :mod:`slem.train.methods`, one :func:`register` call each.
+
+Baselines (ERM, robust losses, fine-tuning, forward correction), the meta-learned
+methodologies (sample weighting: MW-Net, CMW-Net, CMW-Net-SL; a learning-rate schedule:
+MLR-SNet; a learned optimizer; loss adjuster, transition and their joint bundle; regression's
+HWnet) and ``apply``, which trains with any saved methodology frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from slem.data.task import Task
+from slem.errors import SlemError
+from slem.methodology import Methodology
+from slem.methodology.regression import base_loss
+from slem.train import losses as L
+from slem.train.callbacks import Callback
+from slem.train.config import TrainConfig
+from slem.train.methods import Loss, MethodSpec, register, spec_applying
+from slem.train.trainer import Trainer
+
+
+def _plain(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    """A baseline: no methodology (one given is not used)."""
+    return Trainer(config, task, model, None, callbacks)
+
+
+def _frozen(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    """Training with a frozen weighting net or learned optimizer."""
+    return Trainer(config, task, model, methodology, callbacks)
+
+
+def _weighting(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    from slem.train.trainer import MetaTrainer
+
+    return MetaTrainer(config, task, model, methodology, callbacks)
+
+
+def _schedule(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    from slem.train.schedule import ScheduleTrainer
+
+    return ScheduleTrainer(config, task, model, methodology, callbacks)
+
+
+def _bundle(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    from slem.train.bundle import BundleTrainer
+
+    return BundleTrainer(config, task, model, methodology, callbacks)
+
+
+def _forward(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    from slem.train.forward import ForwardTrainer
+
+    return ForwardTrainer(config, task, model, None, callbacks)
+
+
+def _regression(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    from slem.train.regression import RegressionTrainer
+
+    return RegressionTrainer(config, task, model, methodology, callbacks)
+
+
+def _learned_optimizer(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    """Phase two of method learned_optimizer: train with the meta-trained optimizer; phase
+    one (meta-training on the population, :func:`meta_train_optimizer`) runs here, in memory,
+    when no optimizer is given (the run writer runs it with checkpoints first)."""
+    if methodology is None:
+        from slem.methodology import freeze
+        from slem.train.learned_optimizer import OptimizerMetaTrainer
+        from slem.train.trainer import resolve_device
+
+        meta = OptimizerMetaTrainer(
+            config.learned_optimizer, config.seed, resolve_device(config.device)
+        )
+        meta.fit()
+        methodology = freeze(meta.net)
+    return Trainer(config, task, model, methodology, callbacks)
+
+
+def _meta_train_optimizer(*args: Any) -> Methodology:
+    from slem.train.run import meta_train_optimizer
+
+    return meta_train_optimizer(*args)
+
+
+def _apply(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    """Method apply: the trainer of the method that meta-learns the artifact's kind."""
+    if methodology is None:
+        raise SlemError(
+            "method apply needs the frozen methodology (load it with "
+            "slem.methodology.load_methodology)"
+        )
+    spec = spec_applying(methodology)
+    build = spec.apply_build or spec.build
+    return build(config, task, model, methodology, callbacks)
+
+
+def _residual(kind: str) -> Loss:
+    def loss(pred: Tensor, z: Tensor, trainer: Trainer) -> Tensor:
+        return base_loss(kind, pred - z)
+
+    return loss
+
+
+def _huber(pred: Tensor, z: Tensor, trainer: Trainer) -> Tensor:
+    from slem.train.regression import huber
+
+    return huber(pred - z, trainer.config.loss.huber_delta)
+
+
+def _hwnet_warmup(pred: Tensor, z: Tensor, trainer: Trainer) -> Tensor:
+    return base_loss(trainer.config.hwnet.warmup_loss, pred - z)
+
+
+CLEAN_OR_DAC = "set data.meta_per_class (e.g. 10) or a trusted file data.meta, or use " + (
+    "meta.objective dac or selected"
+)
+
+register(MethodSpec("erm", "empirical risk minimization: cross-entropy", "classification", _plain))
+register(
+    MethodSpec(
+        "gce",
+        "generalized cross-entropy (Zhang & Sabuncu 2018), loss.gce_q",
+        "classification",
+        _plain,
+        loss=lambda logits, y, t: L.gce(logits, y, t.config.loss.gce_q),
+    )
+)
+register(
+    MethodSpec(
+        "sce",
+        "symmetric cross-entropy (Wang et al. 2019), loss.sce_alpha and sce_beta",
+        "classification",
+        _plain,
+        loss=lambda logits, y, t: L.sce(logits, y, t.config.loss.sce_alpha, t.config.loss.sce_beta),
+    )
+)
+register(
+    MethodSpec(
+        "bootstrap",
+        "bootstrapping (Reed et al. 2015), loss.bootstrap_beta and bootstrap_mode",
+        "classification",
+        _plain,
+        loss=lambda logits, y, t: L.bootstrap(
+            logits, y, t.config.loss.bootstrap_beta, t.config.loss.bootstrap_mode
+        ),
+    )
+)
+register(
+    MethodSpec(
+        "finetune",
+        "cross-entropy, then loss.finetune_epochs on the clean meta set",
+        "classification",
+        _plain,
+        meta_set="always",
+        meta_set_reason="method finetune needs a clean meta set",
+        finetune=True,
+    )
+)
+register(
+    MethodSpec(
+        "class_balanced",
+        "class-balanced cross-entropy (Cui et al. 2019), loss.cb_beta",
+        "classification",
+        _plain,
+        loss=lambda logits, y, t: L.class_balanced(logits, y, t.cb_weights),
+    )
+)
+for _name, _summary in (
+    ("mwnet", "meta-learned sample weights from the loss (MW-Net, Shu et al. 2019)"),
+    ("cmwnet", "class-aware meta-weight net (CMW-Net, Shu et al. 2023)"),
+    ("cmwnet_sl", "CMW-Net with label correction by an EMA teacher (CMW-Net-SL)"),
+):
+    register(
+        MethodSpec(
+            _name,
+            _summary,
+            "classification",
+            _weighting,
+            meta_learns=(_name,),
+            meta_step="engine",
+            weighted_problem=True,
+            meta_set="objective",
+            meta_set_hint=CLEAN_OR_DAC,
+            applies=(_name,),
+            apply_build=_frozen,
+        )
+    )
+register(
+    MethodSpec(
+        "lr_schedule",
+        "meta-learned learning-rate schedule (MLR-SNet, Shu et al. 2022)",
+        "classification",
+        _schedule,
+        meta_learns=("lr_schedule",),
+        meta_step="rate",
+        meta_set="always",
+        meta_set_reason="method lr_schedule meta-learns on a held-out meta set",
+        meta_set_hint="set data.meta_per_class (e.g. 50) or a trusted file data.meta",
+        applies=("lr_schedule",),
+    )
+)
+register(
+    MethodSpec(
+        "learned_optimizer",
+        "coordinatewise LSTM optimizer meta-trained on a population (Andrychowicz et al. 2016)",
+        "classification",
+        _learned_optimizer,
+        meta_learns=("learned_optimizer",),
+        meta_step="truncated",
+        meta_train=_meta_train_optimizer,
+        applies=("learned_optimizer",),
+        apply_build=_frozen,
+    )
+)
+register(
+    MethodSpec(
+        "forward",
+        "forward loss correction with an estimated transition (Patrini et al. 2017)",
+        "classification",
+        _forward,
+    )
+)
+for _name, _summary, _kinds in (
+    ("loss_adjuster", "meta-learned per-sample robust-loss parameters", ("loss_adjuster",)),
+    ("transition", "meta-learned instance-dependent noise transition", ("transition",)),
+    ("joint", "several methodologies meta-learned together (joint.components)", ("bundle",)),
+):
+    register(
+        MethodSpec(
+            _name,
+            _summary,
+            "classification",
+            _bundle,
+            meta_learns=_kinds,
+            meta_step="engine",
+            meta_set="objective",
+            meta_set_hint=CLEAN_OR_DAC,
+            applies=_kinds,
+            components=(
+                (lambda config: list(config.joint.components)) if _name == "joint" else None
+            ),
+        )
+    )
+for _name, _summary, _loss in (
+    ("mse", "squared error r^2/2 in robust target units", _residual("l2")),
+    ("l1", "absolute error in robust target units", _residual("l1")),
+    ("huber", "Huber loss, loss.huber_delta in robust target units", _huber),
+):
+    register(MethodSpec(_name, _summary, "regression", _regression, loss=_loss))
+register(
+    MethodSpec(
+        "hwnet",
+        "meta-learned robust regression loss (hyper-weight net)",
+        "regression",
+        _regression,
+        meta_learns=("hwnet",),
+        meta_step="engine",
+        meta_set="objective",
+        meta_set_hint=CLEAN_OR_DAC + " (regression: data.meta_size)",
+        loss=_hwnet_warmup,
+        applies=("hwnet",),
+    )
+)
+register(
+    MethodSpec(
+        "apply",
+        "train with a saved methodology frozen (methodology: its directory); no meta set",
+        None,
+        _apply,
+        frozen_artifact=True,
+    )
+)

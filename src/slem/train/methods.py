@@ -1,0 +1,193 @@
+"""The method registry: every value of ``TrainConfig.method`` and what it means.
+
+A method is one :class:`MethodSpec`: its name, the targets it trains on, whether it meta-learns
+a methodology (and through which meta step), when it needs a clean meta set, its per-sample
+training loss, the artifact kinds it applies frozen, and the builder of its trainer. Every
+other module asks the registry (``method_spec(config)``); none compares method names. A new
+method is one :func:`register` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from torch import Tensor, nn
+
+from slem.errors import SlemError
+from slem.train import losses as L
+
+if TYPE_CHECKING:
+    from slem.data.task import Task
+    from slem.methodology import Methodology
+    from slem.train.callbacks import Callback
+    from slem.train.config import TrainConfig
+    from slem.train.trainer import Trainer
+
+#: builds a method's trainer: (config, task, model, methodology, callbacks) -> trainer
+Builder = Callable[
+    ["TrainConfig", "Task", "nn.Module | None", "Methodology | None", "Sequence[Callback]"],
+    "Trainer",
+]
+#: a per-sample training loss: (logits or predictions, targets, trainer) -> (batch,)
+Loss = Callable[[Tensor, Tensor, "Trainer"], Tensor]
+Target = Literal["classification", "regression"]
+
+
+def cross_entropy(logits: Tensor, y: Tensor, trainer: Trainer) -> Tensor:
+    return L.cross_entropy(logits, y)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One training method.
+
+    Attributes:
+        name: the value of ``TrainConfig.method``.
+        summary: one line for help texts and docs.
+        target: ``classification`` (class labels) or ``regression`` (real targets); None for
+            ``apply``, whose target is the artifact's.
+        build: the builder of the method's trainer.
+        meta_learns: the methodology kind(s) it meta-learns while training (empty: none).
+        meta_step: ``engine``: its meta step is a :class:`~slem.train.meta_step.MetaStep`
+            over ``meta.hypergrad`` (every hypergradient method applies); ``rate``: one exact
+            step of a learning-rate problem (``schedule.*``); ``truncated``: a truncated
+            unroll over a population of tasks (``learned_optimizer.*``); None: no meta step.
+        meta_set: when it needs a clean meta set: ``always``, ``objective`` (when
+            ``meta.objective`` has a clean part) or ``never``.
+        meta_set_reason: the start of the error when ``always`` and the task has none.
+        meta_set_hint: how to give it one (appended to that error).
+        loss: its per-sample training loss (default cross-entropy).
+        finetune: it fine-tunes on the meta set after training (``loss.finetune_epochs``).
+        applies: the artifact kinds method ``apply`` runs through this method's ``build``.
+        apply_build: the builder for those artifacts (default ``build``).
+        components: the methodologies a bundle method meta-learns (``joint.components``).
+        weighted_problem: its meta step is a :class:`~slem.bilevel.WeightedProblem` (the
+            lookahead fast path; ``meta.order`` and ``meta.jvp_mode`` apply).
+        frozen_artifact: it trains with the saved artifact ``config.methodology``, frozen.
+        meta_train: a first phase that meta-trains the methodology before training (the
+            learned optimizer): ``(config, run_dir, resume, progress, on_trainer)`` to the
+            frozen methodology, its artifact written into ``run_dir``.
+    """
+
+    name: str
+    summary: str
+    target: Target | None
+    build: Builder
+    meta_learns: tuple[str, ...] = ()
+    meta_step: Literal["engine", "rate", "truncated"] | None = None
+    meta_set: Literal["always", "objective", "never"] = "never"
+    meta_set_reason: str = ""
+    meta_set_hint: str = "set data.meta_per_class (e.g. 10) or a trusted file data.meta"
+    loss: Loss = cross_entropy
+    finetune: bool = False
+    applies: tuple[str, ...] = ()
+    apply_build: Builder | None = None
+    components: Callable[[TrainConfig], list[str]] | None = field(default=None, repr=False)
+    frozen_artifact: bool = False
+    weighted_problem: bool = False
+    meta_train: Callable[..., Methodology] | None = field(default=None, repr=False)
+
+    @property
+    def is_meta(self) -> bool:
+        """It meta-learns a methodology (and saves it as an artifact)."""
+        return bool(self.meta_learns)
+
+    @property
+    def own_meta_step(self) -> bool:
+        """It meta-learns with its own hypergradient (``meta.*`` does not apply)."""
+        return self.meta_step in ("rate", "truncated")
+
+    @property
+    def engine(self) -> bool:
+        """Its meta step goes through the bilevel engine: ``meta.hypergrad`` applies."""
+        return self.meta_step == "engine"
+
+    def components_of(self, config: TrainConfig) -> list[str]:
+        """The methodologies this method meta-learns in ``config`` (bundles: their parts)."""
+        return self.components(config) if self.components is not None else list(self.meta_learns)
+
+    def needs_meta_set(self, config: TrainConfig) -> str | None:
+        """Why ``config`` needs a clean meta set (the start of an error message), or None."""
+        if self.meta_set == "always":
+            return self.meta_set_reason
+        if self.meta_set == "objective" and "clean" in config.meta.objective:
+            return f"meta.objective '{config.meta.objective}' needs a clean meta set"
+        return None
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` to the registry (a name registered twice is a programming error)."""
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is registered twice")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def method_names(target: Target | None = None) -> list[str]:
+    """Every registered method name, or those that train on ``target``."""
+    _load_builtin()
+    return [n for n, s in METHODS.items() if target is None or s.target == target]
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec of method ``name``.
+
+    Raises:
+        SlemError: no method has that name (the message lists those that exist).
+    """
+    _load_builtin()
+    if name not in METHODS:
+        raise SlemError(f"method '{name}' does not exist; use one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_spec(config: TrainConfig) -> MethodSpec:
+    """The spec of ``config.method``."""
+    return get_method(config.method)
+
+
+def spec_applying(methodology: Methodology) -> MethodSpec:
+    """The method whose trainer applies a frozen ``methodology`` (by its kind).
+
+    Raises:
+        SlemError: no method applies that kind.
+    """
+    _load_builtin()
+    for spec in METHODS.values():
+        if methodology.kind in spec.applies:
+            return spec
+    raise SlemError(f"cannot apply a '{methodology.kind}' methodology: no method trains with it")
+
+
+def build_trainer(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+    callbacks: Sequence[Callback],
+) -> Trainer:
+    """The trainer ``config.method``'s builder makes (see :func:`~slem.train.make_trainer`)."""
+    return method_spec(config).build(config, task, model, methodology, callbacks)
+
+
+def _load_builtin() -> None:
+    if not METHODS:
+        from slem.train import builtin_methods  # noqa: F401 (registers the built-in methods)
+
+
+def target_error(spec: MethodSpec, task: Task) -> SlemError:
+    """The one-line refusal of a method whose target does not fit ``task`` (rule 7)."""
+    if spec.target == "regression":
+        return SlemError(
+            f"method {spec.name} is for regression targets, but '{task.name}' has "
+            f"{task.n_classes} classes; use a classification method (erm, gce, mwnet, ...)"
+        )
+    return SlemError(
+        f"method {spec.name} needs class labels, but '{task.name}' is a regression "
+        f"task; use method {', '.join(method_names('regression'))}"
+    )
