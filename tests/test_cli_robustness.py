@@ -380,7 +380,7 @@ def test_non_finite_stop_names_the_value_and_says_no_checkpoint_exists(
 
 
 def test_first_non_finite_reports_the_offending_entry() -> None:
-    from slem.train.trainer import _first_non_finite
+    from slem.train.guard import first_non_finite as _first_non_finite
 
     assert _first_non_finite(torch.tensor(float("inf"))) == "inf"
     shown = _first_non_finite(torch.tensor([[1.0, 2.0], [float("nan"), float("-inf")]]))
@@ -510,7 +510,7 @@ def test_a_stop_says_whether_a_checkpoint_exists(
     import typer
 
     from slem.cli.train_cmd import report_stopped
-    from slem.train.trainer import TrainingStopped
+    from slem.train.guard import TrainingStopped
 
     for has_checkpoint in (False, True):
         if has_checkpoint:

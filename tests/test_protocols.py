@@ -13,8 +13,8 @@ from slem.data.config import parse_data_config
 from slem.data.corruption import uniform_noise, uniform_transition
 from slem.errors import SlemError
 from slem.train.config import TrainConfig, apply_overrides, parse_train_config
+from slem.train.meta_step import make_meta_optimizer
 from slem.train.presets import PRESETS, apply_preset, get_preset, markdown_table
-from slem.train.trainer import make_meta_optimizer
 
 DATA = {"name": "digits", "meta_per_class": 5}
 

@@ -15,7 +15,8 @@ from slem.data import LoadOptions, load_dataset, make_task
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.train import Callback, NonFiniteLoss, TrainingStopped, make_trainer, parse_train_config
-from slem.train.trainer import MetaTrainer, Trainer
+from slem.train.meta_trainer import MetaTrainer
+from slem.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -201,18 +202,18 @@ def test_teacher_starts_as_the_model_and_reports_its_pseudo_labels(task: Task) -
     x, y = trainer.train_x[:64], trainer.train_y[:64]
     trainer.train_step(x, y, torch.arange(64))
     assert trainer.teacher is not None
-    for t, s in zip(trainer.teacher.parameters(), trainer.model.parameters(), strict=True):
+    for t, s in zip(trainer.teacher.net.parameters(), trainer.model.parameters(), strict=True):
         torch.testing.assert_close(t, s.detach())
     trainer.global_step = 10_000  # late in training: the configured decay
-    before = [p.clone() for p in trainer.teacher.parameters()]
+    before = [p.clone() for p in trainer.teacher.net.parameters()]
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(1.0)
     trainer.update_teacher()
     decay = trainer.config.meta.ema_decay
-    for t, b in zip(trainer.teacher.parameters(), before, strict=True):
+    for t, b in zip(trainer.teacher.net.parameters(), before, strict=True):
         torch.testing.assert_close(t, b + (1 - decay))
-    metrics = trainer.pseudo_label_metrics()
+    metrics = trainer.teacher.metrics(trainer.train_x, task.train)
     assert set(metrics) == {"pseudo_correct_noisy", "pseudo_keeps_noise", "pseudo_wrong_clean"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values() if v is not None)
     row = trainer.end_epoch()

@@ -16,7 +16,7 @@ from slem.errors import SlemError
 from slem.train import Callback, make_trainer, parse_train_config
 from slem.train import validity as V
 from slem.train.config import TrainConfig
-from slem.train.trainer import ZeroHypergradient
+from slem.train.guard import ZeroHypergradient
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,9 @@ from slem.rundir import atomic_write_text, lock_run_dir
 from slem.train.bbo import bbo_run
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import apply_overrides, load_yaml, parse_bbo_config
+from slem.train.guard import TrainingStopped
 from slem.train.run import check_new_run_dir
-from slem.train.trainer import Stoppable, TrainingStopped
+from slem.train.trainer import Stoppable
 
 app = typer.Typer(help="Learned black-box optimization (Chen et al., 2017).", no_args_is_help=True)
 

@@ -15,9 +15,10 @@ from slem.cli.console import ThreadsOption, console, err_console, styled, user_e
 from slem.data.task import corruption_text, labels_text
 from slem.errors import SlemError
 from slem.train.config import TrainConfig, apply_overrides, load_yaml, parse_train_config
+from slem.train.guard import TrainingStopped
 from slem.train.record import RunRecord
 from slem.train.run import CHECKPOINT_FILE, default_run_dir, read_run_config, train_run
-from slem.train.trainer import Stoppable, TrainingStopped
+from slem.train.trainer import Stoppable
 
 EXIT_CODES = {"interrupted": 130, "aborted": 130, "terminated": 143}
 

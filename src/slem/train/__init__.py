@@ -18,19 +18,14 @@ from slem.train.config import (
     TrainConfig,
     parse_train_config,
 )
+from slem.train.guard import NonFiniteLoss, TrainingStopped
 from slem.train.meta_test import apply, apply_config
+from slem.train.meta_trainer import MetaTrainer
 from slem.train.models import build_model
 from slem.train.plugin import MetaWeighting
 from slem.train.record import RunRecord
 from slem.train.run import read_run_config, train_run
-from slem.train.trainer import (
-    MetaTrainer,
-    NonFiniteLoss,
-    Trainer,
-    TrainingStopped,
-    TrainResult,
-    make_trainer,
-)
+from slem.train.trainer import Trainer, TrainResult, make_trainer
 
 __all__ = [
     "Callback",

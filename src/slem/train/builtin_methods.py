@@ -53,7 +53,7 @@ def _weighting(
     methodology: Methodology | None,
     callbacks: Sequence[Callback],
 ) -> Trainer:
-    from slem.train.trainer import MetaTrainer
+    from slem.train.meta_trainer import MetaTrainer
 
     return MetaTrainer(config, task, model, methodology, callbacks)
 

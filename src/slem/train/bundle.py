@@ -48,10 +48,12 @@ from slem.methodology import (
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
+from slem.train.meta_trainer import MetaTrainer
 from slem.train.methods import method_spec
+from slem.train.objective import EVAL_BATCH
 from slem.train.record import RunRecord, adjuster_arrays, lr_arrays
 from slem.train.schedule import LearnedRate
-from slem.train.trainer import EVAL_BATCH, MetaTrainer, TrainResult
+from slem.train.trainer import TrainResult
 
 Part = Callable[..., Tensor]
 
@@ -127,9 +129,9 @@ class BundleTrainer(MetaTrainer):
                 raise SlemError(f"'{name}' cannot be meta-learned in a bundle")
         return MethodologyBundle.of(*parts)
 
-    def meta_parameters(self) -> list[nn.Parameter]:
+    def meta_hyper(self) -> dict[str, nn.Parameter]:
         """Every part's parameters, except the schedule's frozen snapshots."""
-        return [p for _, p in self._hyper_items()]
+        return dict(self._hyper_items())
 
     def _hyper_items(self) -> list[tuple[str, nn.Parameter]]:
         assert isinstance(self.methodology, MethodologyBundle)
@@ -284,20 +286,10 @@ class BundleTrainer(MetaTrainer):
 
             lr = learned_lr
 
-        result = self.meta_hypergrad(
-            dict(self._hyper_items()),
-            self._inner_loss,
-            self._outer_loss,
-            (x, y),
-            self._outer_batch(),
-            lr=lr,
-        )
-        assert self.meta_optimizer is not None
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        named = dict(self._hyper_items())
-        for name, g in result.grads.items():
-            named[name].grad = g.to(named[name].dtype).clone()
-        self.meta_optimizer.step()
+        step = self.meta_step
+        assert step is not None
+        problem = step.problem(params, self._inner_loss, self._outer_loss, lr)
+        result = step(problem, (x, y), self._outer_batch())
         logits = self.forward(x)
         self._rate_input = F.cross_entropy(logits.detach(), y)
         loss = self.bundle_loss(logits, x, y, self._frozen_parts())

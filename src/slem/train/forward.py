@@ -27,8 +27,9 @@ from torch import Tensor
 
 from slem.errors import SlemError
 from slem.methodology import forward_corrected
+from slem.train.objective import EVAL_BATCH
 from slem.train.record import RunRecord
-from slem.train.trainer import EVAL_BATCH, Trainer, TrainResult
+from slem.train.trainer import Trainer, TrainResult
 
 
 def estimate_transition(probs: Tensor, quantile: float) -> Tensor:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slem.train.trainer import TrainingStopped
+from slem.train.guard import TrainingStopped
 
 
 class MetaLoop(ABC):

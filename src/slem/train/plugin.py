@@ -35,15 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import (
-    Hypergrad,
-    PerSample,
-    WeightedProblem,
-    functional,
-    hypergrad,
-    replay_randomness,
-    same_randomness,
-)
+from slem.bilevel import Hypergrad, PerSample, functional, replay_randomness, same_randomness
 from slem.bilevel.fast import inner_value, weight_input
 from slem.bilevel.problem import as_params
 from slem.data.task import group_by_size
@@ -51,12 +43,8 @@ from slem.errors import SlemError
 from slem.methodology.weighting import CMWNet, MWNet, build_weighting, normalize_weights
 from slem.train.artifacts import save_methodology
 from slem.train.config import TrainConfig, parse_train_config
-from slem.train.trainer import (
-    NonFiniteLoss,
-    hypergrad_options,
-    make_meta_optimizer,
-    virtual_step_of,
-)
+from slem.train.guard import NonFiniteLoss
+from slem.train.meta_step import MetaStep
 from slem.train.validity import check_methodology
 
 #: a per-sample loss: (model output, targets) -> losses of shape (n,)
@@ -125,7 +113,10 @@ class MetaWeighting:
                 methodology = build_weighting(kind, cfg.n_groups, cfg.hidden, cfg.monotone)
         self.methodology: MWNet | CMWNet = methodology.to(self.device)
         check_methodology(self.config, sum(p.numel() for p in self.methodology.parameters()))
-        self.meta_optimizer = make_meta_optimizer(list(self.methodology.parameters()), cfg)
+        self.meta_step = MetaStep(
+            cfg, optimizer, dict(self.methodology.named_parameters()), self._check_finite
+        )
+        self.meta_optimizer = self.meta_step.meta_optimizer
         self.n_classes = len(class_counts) if class_counts is not None else 0
         self.class_groups: Tensor | None = None
         if class_counts is not None:
@@ -183,37 +174,29 @@ class MetaWeighting:
         return self._normalize(raw, y)
 
     def _meta_step(self, x: Tensor, y: Tensor) -> PerSample | None:
-        cfg = self.config.meta
+        step = self.meta_step
         params = as_params(self.model, "params")
-        opt, state = virtual_step_of(self.optimizer, params, cfg.virtual_step)
-        problem = WeightedProblem(
-            params,
-            dict(self.methodology.named_parameters()),
-            self._per_sample,
-            self._weights,
-            self._outer_loss,
-            opt,
-            optimizer_state=state,
-        )
-        fast = cfg.hypergrad == "lookahead"
-        options = hypergrad_options(
-            cfg.hypergrad, self.optimizer, jvp_mode=cfg.jvp_mode, keep_graph=fast, live_forward=True
-        )
-        result = hypergrad(
-            problem, cfg.hypergrad, inner_batch=(x, y), outer_batch=self._meta.next(), **options
+        problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
+        fast = step.fast
+        result = step.hypergradient(
+            problem, (x, y), self._meta.next(), keep_graph=fast, live_forward=True
         )
         self._check(result)
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        result.accumulate_into(self.methodology)
-        self.meta_optimizer.step()
+        step.update(result)
         self.meta_steps += 1
         self.meta_loss = result.outer_loss
         terms: PerSample | None = result.diagnostics.get("losses") if fast else None
         return terms
 
+    def _check_finite(self, value: Tensor, what: str) -> None:
+        if not bool(torch.isfinite(value).all()):
+            raise NonFiniteLoss(
+                f"the {what} of meta step {self.meta_steps + 1} became non-finite; lower your "
+                "optimizer's learning rate or the rule's lr"
+            )
+
     def _check(self, result: Hypergrad) -> None:
-        bad = [n for n, g in result.grads.items() if not bool(torch.isfinite(g).all())]
-        if bad or not math.isfinite(result.outer_loss):
+        if not math.isfinite(result.outer_loss):
             raise NonFiniteLoss(
                 f"the meta step {self.meta_steps + 1} became non-finite (meta loss "
                 f"{result.outer_loss}); lower your optimizer's learning rate or the rule's lr"

@@ -45,10 +45,12 @@ from slem.methodology import HyperWeightNet, Methodology
 from slem.methodology.regression import input_stats
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
+from slem.train.meta_step import MetaStep
 from slem.train.methods import method_spec, target_error
 from slem.train.models import build_model
+from slem.train.objective import EVAL_BATCH
 from slem.train.record import RunRecord, hwnet_arrays
-from slem.train.trainer import EVAL_BATCH, Trainer, TrainResult, make_meta_optimizer
+from slem.train.trainer import Trainer, TrainResult
 
 #: the residual range of the learned-loss plot, in robust target units
 PLOT_RANGE = 6.0
@@ -151,11 +153,17 @@ class RegressionTrainer(Trainer):
         self.test_y_true = torch.as_tensor(
             task.test.y_true, dtype=torch.float32, device=self.device
         )
-        self.meta_optimizer: torch.optim.Optimizer | None = None
+        self.meta_step: MetaStep | None = None
         self._f_model = functional(self.model)
         if self.meta_training:
             assert self.methodology is not None
-            self.meta_optimizer = make_meta_optimizer(self.methodology.parameters(), config.meta)
+            self.meta_step = MetaStep(
+                config.meta,
+                self.optimizer,
+                dict(self.methodology.named_parameters()),
+                self._check_finite,
+                [self.observe_hypergradient],
+            )
             self._f_hw = functional(self.methodology)
 
     # ------------------------------------------------------------------ setup
@@ -298,21 +306,12 @@ class RegressionTrainer(Trainer):
 
     def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         start = time.perf_counter()
-        net, meta_opt = self.hwnet, self.meta_optimizer
-        assert net is not None and meta_opt is not None
+        step = self.meta_step
+        assert step is not None
         self.model.train()
         z = self.standardize(y)
-        stats = self._stats(x)
-        result = self.meta_hypergrad(
-            dict(net.named_parameters()),
-            self._inner_loss,
-            self._outer_loss,
-            (x, z, stats),
-            self._outer_batch(),
-        )
-        meta_opt.zero_grad(set_to_none=True)
-        result.accumulate_into(net)
-        meta_opt.step()
+        problem = step.problem(self.inner_params(), self._inner_loss, self._outer_loss)
+        result = step(problem, (x, z, self._stats(x)), self._outer_batch())
         # the real step, with the updated net
         pred = flat_predictions(self.forward(x), len(x))
         loss = self._hw_loss(pred - z, x).mean()
@@ -423,6 +422,11 @@ class RegressionTrainer(Trainer):
         return TrainResult(self.history, summary, weights)
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def meta_optimizer(self) -> torch.optim.Optimizer | None:
+        """The HWnet's optimizer (None unless it is meta-learned)."""
+        return self.meta_step.meta_optimizer if self.meta_step is not None else None
 
     def state(self) -> dict[str, Any]:
         out = super().state()

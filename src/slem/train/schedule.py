@@ -29,9 +29,10 @@ from slem.methodology.schedule import ScheduleState
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
+from slem.train.guard import NonFiniteLoss
 from slem.train.methods import method_spec
 from slem.train.record import RunRecord, lr_arrays
-from slem.train.trainer import NonFiniteLoss, Trainer, TrainResult
+from slem.train.trainer import Trainer, TrainResult
 
 
 class LearnedRate:

@@ -1,0 +1,190 @@
+"""One meta step: :class:`MetaStep`, the only caller of :func:`slem.bilevel.hypergrad` in
+``slem.train``.
+
+A meta step of a meta-learned methodology (Shu et al. 2019, Alg. 1, steps 5-7; SLeM paper,
+Eq. 6) takes a *virtual* step of the model on the training batch as the methodology sets its
+loss, evaluates the outer (meta) objective at the looked-ahead parameters, differentiates it
+with respect to the methodology's parameters by ``meta.hypergrad``, and steps the methodology
+with its optimizer. The trainers (classification, regression, bundles) and the plug-in
+:class:`~slem.train.MetaWeighting` build the bilevel problem (their inner and outer loss); this
+object does the rest the same way for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slem.bilevel import (
+    SGD,
+    BilevelProblem,
+    Hypergrad,
+    InnerOptimizer,
+    WeightedProblem,
+    from_torch,
+    hypergrad,
+)
+from slem.train.config import MetaConfig
+
+
+def make_meta_optimizer(params: Any, meta: MetaConfig) -> torch.optim.Optimizer:
+    """The methodology's optimizer as ``meta`` says: Adam (optionally AMSGrad) or SGD with
+    momentum (optionally Nesterov), at ``meta.lr`` with ``meta.weight_decay``."""
+    if meta.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=meta.lr,
+            momentum=meta.momentum,
+            nesterov=meta.nesterov and meta.momentum > 0,
+            weight_decay=meta.weight_decay,
+        )
+    return torch.optim.Adam(
+        params, lr=meta.lr, weight_decay=meta.weight_decay, amsgrad=meta.amsgrad
+    )
+
+
+def virtual_step_of(
+    optimizer: torch.optim.Optimizer, params: dict[str, Tensor], kind: str, lr: Any = None
+) -> tuple[InnerOptimizer, Any]:
+    """The virtual step of a meta step and its state: ``kind`` ``optimizer``, the step
+    ``optimizer`` will take (:func:`~slem.bilevel.from_torch`); ``sgd``, the plain step
+    ``theta - lr * grad``. ``lr``: a float or a function of the hyperparameters (default: the
+    optimizer's current rate)."""
+    if kind == "sgd":
+        return SGD(lr=optimizer.param_groups[0]["lr"] if lr is None else lr), None
+    return from_torch(optimizer, params, lr)
+
+
+def hypergrad_options(method: str, optimizer: torch.optim.Optimizer, **fast: Any) -> dict[str, Any]:
+    """The options a meta step passes to :func:`~slem.bilevel.hypergrad` for ``method``:
+    ``fast`` (the lookahead fast path's ``jvp_mode``, ``keep_graph``, ``live_forward``) for
+    ``lookahead``; for ``implicit`` five Neumann terms at the optimizer's current rate."""
+    if method == "implicit":
+        return {"solver": "neumann", "alpha": optimizer.param_groups[0]["lr"], "iterations": 5}
+    return dict(fast) if method == "lookahead" else {}
+
+
+def _finite(value: Tensor, what: str) -> None:
+    from slem.train.guard import NonFiniteLoss
+
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteLoss(f"the {what} became non-finite; lower optim.lr or meta.lr")
+
+
+class MetaStep:
+    """The meta step of one methodology.
+
+    Args:
+        meta: the ``meta`` section: ``hypergrad`` (the method), ``virtual_step``
+            (``optimizer``: the real optimizer's own update; ``sgd``: ``theta - lr * grad``),
+            ``jvp_mode``, and the methodology optimizer's settings.
+        optimizer: the model's real optimizer (the virtual step reads its rate and state).
+        hyper: the methodology's parameters the meta step learns, by name (the
+            hyperparameters of every bilevel problem built here).
+        check_finite: ``(tensor, what)`` raising on NaN or infinity (default: a plain
+            :class:`~slem.train.trainer.NonFiniteLoss`).
+        observers: called with every :class:`~slem.bilevel.Hypergrad` (statistics,
+            callbacks).
+    """
+
+    def __init__(
+        self,
+        meta: MetaConfig,
+        optimizer: torch.optim.Optimizer,
+        hyper: Mapping[str, nn.Parameter],
+        check_finite: Callable[[Tensor, str], None] = _finite,
+        observers: Iterable[Callable[[Hypergrad], None]] = (),
+    ) -> None:
+        self.meta = meta
+        self.optimizer = optimizer
+        self.hyper: dict[str, Tensor] = dict(hyper)
+        self.meta_optimizer = make_meta_optimizer(list(self.hyper.values()), meta)
+        self.check_finite = check_finite
+        self.observers = list(observers)
+
+    @property
+    def method(self) -> str:
+        """The hypergradient method (``meta.hypergrad``)."""
+        return self.meta.hypergrad
+
+    @property
+    def fast(self) -> bool:
+        """Lookahead: a :class:`~slem.bilevel.WeightedProblem` takes the structured fast path,
+        whose forward pass the real step may reuse."""
+        return self.method == "lookahead"
+
+    def virtual_optimizer(
+        self, params: dict[str, Tensor], lr: float | Any = None
+    ) -> tuple[InnerOptimizer, Any]:
+        """The differentiable update of the virtual step and its state (see
+        :func:`virtual_step_of`); ``lr``: a float or a function of the hyperparameters."""
+        return virtual_step_of(self.optimizer, params, self.meta.virtual_step, lr)
+
+    def problem(
+        self,
+        params: dict[str, Tensor],
+        inner_loss: Callable[..., Tensor],
+        outer_loss: Callable[..., Tensor],
+        lr: float | Any = None,
+    ) -> BilevelProblem:
+        """A generic bilevel problem over :attr:`hyper`: one virtual step on ``inner_loss``
+        ``(params, hyper, batch) -> scalar``, then ``outer_loss``."""
+        opt, state = self.virtual_optimizer(params, lr)
+        return BilevelProblem(
+            params, self.hyper, inner_loss, outer_loss, opt, optimizer_state=state
+        )
+
+    def weighted_problem(
+        self,
+        params: dict[str, Tensor],
+        per_sample: Callable[..., Any],
+        weights: Callable[..., Tensor],
+        outer_loss: Callable[..., Tensor],
+    ) -> WeightedProblem:
+        """A sample-weighting problem over :attr:`hyper` (inner loss ``mean(w * losses)``),
+        whose lookahead hypergradient takes the fast path (:func:`~slem.bilevel.lookahead`)."""
+        opt, state = self.virtual_optimizer(params)
+        return WeightedProblem(
+            params, self.hyper, per_sample, weights, outer_loss, opt, optimizer_state=state
+        )
+
+    def hypergradient(
+        self, problem: BilevelProblem, inner_batch: Any, outer_batch: Any, **fast: Any
+    ) -> Hypergrad:
+        """``hypergrad(problem, meta.hypergrad)``, checked finite and passed to every observer.
+        ``fast``: the lookahead fast path's options (``keep_graph``, ``live_forward``;
+        ``jvp_mode`` comes from ``meta``), ignored by the other methods."""
+        options = hypergrad_options(
+            self.method, self.optimizer, jvp_mode=self.meta.jvp_mode, **fast
+        )
+        result = hypergrad(
+            problem, self.method, inner_batch=inner_batch, outer_batch=outer_batch, **options
+        )
+        for g in result.grads.values():
+            self.check_finite(g, "hypergradient")
+        for observe in self.observers:
+            observe(result)
+        return result
+
+    def update(self, result: Hypergrad) -> None:
+        """One step of the methodology's optimizer on ``result``'s gradients."""
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        result.accumulate_into(self.hyper)
+        self.meta_optimizer.step()
+
+    def __call__(
+        self, problem: BilevelProblem, inner_batch: Any, outer_batch: Any, **fast: Any
+    ) -> Hypergrad:
+        """:meth:`hypergradient`, then :meth:`update`."""
+        result = self.hypergradient(problem, inner_batch, outer_batch, **fast)
+        self.update(result)
+        return result
+
+
+def hypergradient_norm(result: Hypergrad) -> float:
+    """The Euclidean norm of all of ``result``'s gradients, in float64."""
+    return math.sqrt(sum(float((g.double() ** 2).sum()) for g in result.grads.values()))

@@ -1,0 +1,238 @@
+"""Meta-learning a sample-weighting methodology while training: :class:`MetaTrainer`
+(MW-Net, Shu et al. 2019, Alg. 1; CMW-Net and CMW-Net-SL, Shu et al. 2023)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slem.bilevel import PerSample, functional
+from slem.bilevel.fast import inner_value, weight_input
+from slem.data.task import Task
+from slem.errors import SlemError
+from slem.methodology import Methodology, build_weighting
+from slem.train import losses as L
+from slem.train.callbacks import Callback
+from slem.train.config import TrainConfig
+from slem.train.meta_step import MetaStep
+from slem.train.methods import method_spec
+from slem.train.trainer import Trainer
+
+
+class MetaTrainer(Trainer):
+    """Meta-learns a sample-weighting methodology while training the model.
+
+    Each meta step builds a :class:`~slem.bilevel.WeightedProblem` over the current batch
+    and asks the engine for the hypergradient of the meta objective with respect to the
+    weighting net (``meta.hypergrad``; ``lookahead`` takes the structured fast path), takes
+    an Adam step on the net, then the real training step with the updated weights (or, in
+    the ``lagged`` order, reuses the virtual step as the real one).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        task: Task,
+        model: nn.Module | None = None,
+        methodology: Methodology | None = None,
+        callbacks: Sequence[Callback] = (),
+        device: torch.device | str | None = None,
+    ) -> None:
+        meta = config.meta
+        if methodology is None:  # seeded here, so a run does not depend on what ran before
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + 1_000_003)
+                methodology = self.new_methodology(config, task)
+        super().__init__(config, task, model, methodology, callbacks, device)
+        assert self.methodology is not None
+        if "clean" in meta.objective and self.meta_training:
+            n_meta = len(task.meta) if task.meta is not None else 0
+            if n_meta < task.n_classes:
+                raise SlemError(
+                    f"the meta set has {n_meta} samples, fewer than the {task.n_classes} "
+                    "classes; raise data.meta_per_class or use meta.objective dac or selected"
+                )
+        self.meta_step: MetaStep | None = None
+        if self.meta_training:
+            self.meta_step = MetaStep(
+                meta,
+                self.optimizer,
+                self.meta_hyper(),
+                self._check_finite,
+                [self.observe_hypergradient],
+            )
+        self.selected: Tensor | None = None
+        self._f_model = functional(self.model)
+        self._f_meth = functional(self.methodology)
+
+    # ------------------------------------------------------------------ state
+
+    meta_training: bool = True
+
+    def new_methodology(self, config: TrainConfig, task: Task) -> Methodology:
+        """The untrained methodology this trainer meta-learns."""
+        (kind,) = method_spec(config).meta_learns
+        meta = config.meta
+        return build_weighting(kind, meta.n_groups, meta.hidden, meta.monotone)
+
+    def meta_hyper(self) -> dict[str, nn.Parameter]:
+        """The methodology's parameters the meta step learns, by name."""
+        assert self.methodology is not None
+        return dict(self.methodology.named_parameters())
+
+    @property
+    def meta_optimizer(self) -> torch.optim.Optimizer | None:
+        """The methodology's optimizer (None when the methodology is frozen)."""
+        return self.meta_step.meta_optimizer if self.meta_step is not None else None
+
+    def state(self) -> dict[str, Any]:
+        opt = self.meta_optimizer
+        return {
+            **super().state(),
+            "meta_optimizer": opt.state_dict() if opt is not None else None,
+            "selected": self.selected,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if self.meta_optimizer is not None:
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.selected = state["selected"]
+
+    # ------------------------------------------------------------------ epochs
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.meta_training and self.epoch < self.config.meta.warmup_epochs
+
+    def on_epoch_start(self) -> None:
+        selecting = self.config.meta.objective == "selected" and self.meta_training
+        if selecting and not self.in_warmup:
+            self.selected = self.select_clean()
+
+    def select_clean(self) -> Tensor:
+        """Per class, the ``select_per_class`` training samples with the lowest loss."""
+        losses = self.per_sample_eval_losses(self.train_x, self.train_y)
+        k = self.config.meta.select_per_class
+        chosen = []
+        for c in range(self.task.n_classes):
+            idx = torch.nonzero(self.train_y == c).squeeze(1)
+            if len(idx):
+                chosen.append(idx[torch.argsort(losses[idx])[:k]])
+        return torch.cat(chosen)
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
+        if self.in_warmup:
+            return self._warmup_step(x, y)
+        if self.global_step % self.config.meta.interval == 0:
+            return self._meta_step(x, y)
+        return super().train_step(x, y, idx)
+
+    def _warmup_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        start = time.perf_counter()
+        self.model.train()
+        return self._optimize(L.cross_entropy(self.model(x), y).mean(), start)
+
+    def _per_sample(self, params: dict[str, Tensor], batch: tuple[Any, ...]) -> PerSample:
+        x, y, pseudo = batch
+        # functional: no side effects, except the fast path's live forward (the real step's
+        # forward, options live_forward/keep_graph) which moves BatchNorm statistics once
+        return self.weighted_terms(self._f_model(params, x), y, pseudo)
+
+    def _weights(self, hyper: dict[str, Tensor], losses: Tensor, batch: tuple[Any, ...]) -> Tensor:
+        return self.normalized(self._f_meth(hyper, losses, self.class_groups[batch[1]]), batch[1])
+
+    def _outer_batch(self) -> dict[str, Tensor]:
+        meta = self.config.meta
+        out: dict[str, Tensor] = {}
+        if "clean" in meta.objective or meta.objective == "selected":
+            if meta.objective == "selected":
+                assert self.selected is not None
+                pool_x, pool_y = self.train_x[self.selected], self.train_y[self.selected]
+            else:
+                assert self.meta_x is not None and self.meta_y is not None
+                pool_x, pool_y = self.meta_x, self.meta_y
+            take = torch.randperm(len(pool_y), generator=self.generator)[: meta.batch_size]
+            take = take.to(self.device)
+            out["x"], out["y"] = pool_x[take], pool_y[take]
+        if "dac" in meta.objective:
+            out.update(self.dac_views(meta.batch_size))
+        return out
+
+    def _outer_loss(
+        self, params: dict[str, Tensor], hyper: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> Tensor:
+        meta = self.config.meta
+        total = torch.zeros((), device=self.device)
+        if "y" in batch:
+            ce = F.cross_entropy(self._f_model(params, batch["x"]), batch["y"])
+            total = total + (meta.clean_weight if meta.objective == "clean+dac" else 1.0) * ce
+        if "weak" in batch:  # DAC-MR: predictions on strong views should match weak views
+            with torch.no_grad():
+                target = F.softmax(
+                    self._f_model(params, batch["weak"]).detach() / meta.dac_temperature, dim=1
+                )
+            logits = self._f_model(params, batch["strong"])
+            total = total + meta.dac_weight * L.soft_cross_entropy(logits, target).mean()
+            if meta.dac_prior_weight > 0:
+                total = total + meta.dac_prior_weight * self.prior_gap(logits)
+        return total
+
+    def prior_gap(self, logits: Tensor) -> Tensor:
+        """``KL(prior || mean softmax)``: zero when the batch's average prediction has the
+        observed label frequencies, large when the model predicts few classes."""
+        prior = self.log_prior.exp()
+        mean_log = torch.logsumexp(F.log_softmax(logits, dim=1), dim=0) - math.log(len(logits))
+        return (prior * (self.log_prior - mean_log)).sum()
+
+    def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        start = time.perf_counter()
+        meta = self.config.meta
+        assert self.methodology is not None
+        self.model.train()
+        pseudo = self.pseudo_labels(x)
+        step = self.meta_step
+        assert step is not None
+        params = self.inner_params()
+        problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
+        fast = step.fast
+        reuse = fast and meta.order == "mwnet"
+        result = step(
+            problem, (x, y, pseudo), self._outer_batch(), keep_graph=reuse, live_forward=True
+        )
+
+        if fast and meta.order == "lagged":  # the virtual step is the real step
+            inner = result.diagnostics["inner_grads"]
+            self.optimizer.zero_grad(set_to_none=True)
+            for name, p in params.items():
+                p.grad = inner[name]
+            terms_loss = float("nan")
+            self.optimizer.step()
+        else:
+            if reuse:  # the real step reuses the meta step's forward pass
+                terms: PerSample = result.diagnostics["losses"]
+            else:
+                terms = self.weighted_terms(self.forward(x), y, pseudo)
+            with torch.no_grad():
+                w = self.weights_for(self.methodology, weight_input(terms), y)
+            loss = inner_value(terms, w)
+            self._check_finite(loss, "training loss")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            terms_loss = float(loss.detach())
+        self._check_parameters()
+        self.update_teacher()
+        self.timings["meta"].append(time.perf_counter() - start)
+        return {
+            "loss": terms_loss if not math.isnan(terms_loss) else result.outer_loss,
+            "meta_loss": result.outer_loss,
+        }
