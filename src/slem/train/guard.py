@@ -3,8 +3,10 @@ exactly zero; and where a non-finite value sits."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from slem.errors import SlemError
 
@@ -36,3 +38,24 @@ def first_non_finite(value: Tensor) -> str:
     if flat.numel() == 1:
         return shown
     return f"{shown} at entry {i} of {flat.numel()}, {len(bad)} non-finite"
+
+
+def check_finite(value: Tensor, what: str, context: Callable[[], str]) -> None:
+    """Raise :class:`NonFiniteLoss` when ``value`` has a NaN or infinity; ``context()`` says
+    where and what the user can do (called only on failure)."""
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteLoss(f"the {what} became {first_non_finite(value)} at {context()}")
+
+
+def check_parameters(model: nn.Module, context: Callable[[], str]) -> None:
+    """A finite loss can still step the parameters to infinity: one device sync per step
+    checks every floating state entry of ``model``; the slow search for the culprit runs only
+    on a blow-up."""
+    state = {k: t for k, t in model.state_dict().items() if t.is_floating_point()}
+    if bool(torch.stack([t.isfinite().all() for t in state.values()]).all()):
+        return
+    for name, t in state.items():
+        if not bool(t.isfinite().all()):
+            raise NonFiniteLoss(
+                f"the model's {name} became non-finite ({first_non_finite(t)}) at {context()}"
+            )

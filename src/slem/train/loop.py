@@ -1,5 +1,12 @@
-"""The loop shared by meta-trainers that learn across many small tasks (a learned optimizer, a
-learned black-box optimizer): repeat a meta step, checkpoint, stop cleanly when asked."""
+"""The training loops.
+
+:class:`Loop` drives a :class:`~slem.train.Trainer` over its epochs and steps: the epoch's
+sample order from ``(seed, epoch)``, the scheduled rate, one draw of the model's randomness per
+step, the callbacks (progress, logging, checkpoints), and a clean stop on a request, Ctrl-C, a
+non-finite value or a zero hypergradient. :class:`MetaLoop` is the loop of meta-trainers that
+learn across many small tasks (a learned optimizer, a learned black-box optimizer): repeat a
+meta step, checkpoint, stop cleanly when asked.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,104 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from slem.train.guard import TrainingStopped
+from slem.bilevel import same_randomness
+from slem.train.guard import NonFiniteLoss, TrainingStopped, ZeroHypergradient
+
+if TYPE_CHECKING:
+    from slem.train.trainer import Trainer, TrainResult
+
+#: errors that end a run early, with the reason the callbacks' ``on_stop`` is given
+STOPS: tuple[tuple[type[Exception], str], ...] = (
+    (NonFiniteLoss, "non-finite loss"),
+    (ZeroHypergradient, "zero hypergradient"),
+)
+
+
+class Loop:
+    """One run of ``trainer`` from where it stands to the end of its epochs.
+
+    ``progress``: add a :class:`~slem.train.ProgressBar` on stderr unless the trainer's
+    callbacks have one.
+    """
+
+    def __init__(self, trainer: Trainer, progress: bool = True) -> None:
+        self.trainer = trainer
+        self.callbacks = list(trainer.callbacks)
+        from slem.train.callbacks import ProgressBar
+
+        if progress and not any(isinstance(cb, ProgressBar) for cb in self.callbacks):
+            from rich.console import Console
+
+            label = f"{trainer.config.method} {trainer.task.name}"
+            self.callbacks.append(ProgressBar(label, Console(stderr=True)))
+
+    def run(self) -> TrainResult:
+        """Train and evaluate; the callbacks see the start, every step, every epoch, the end.
+
+        Raises:
+            TrainingStopped: a stop was requested (Ctrl-C, ``request_stop``).
+            NonFiniteLoss: a loss, hypergradient or parameter became NaN or infinite.
+            ZeroHypergradient: an epoch's every hypergradient was exactly 0.
+        """
+        t = self.trainer
+        saved, t.callbacks = t.callbacks, self.callbacks  # the trainer's hooks see them too
+        try:
+            for cb in self.callbacks:
+                cb.on_fit_start(t)
+            try:
+                self._epochs()
+            except KeyboardInterrupt:  # may land mid-step: the last checkpoint is kept
+                self._stopped("aborted")
+                raise TrainingStopped("aborted") from None
+            except TrainingStopped as exc:
+                self._stopped(exc.reason)
+                raise
+            except (NonFiniteLoss, ZeroHypergradient) as exc:
+                self._stopped(next(r for kind, r in STOPS if isinstance(exc, kind)))
+                raise
+            result = t.finish()
+            for cb in self.callbacks:
+                cb.on_fit_end(t, result)
+            return result
+        finally:
+            t.callbacks = saved
+
+    def _epochs(self) -> None:
+        t = self.trainer
+        started = time.perf_counter() - t.elapsed
+        while t.epoch < t.total_epochs:
+            if t.step_in_epoch == 0:  # not again when resuming mid-epoch
+                t.on_epoch_start()
+            x, y, steps, bs = t.epoch_data()
+            seed = t.config.seed * 100_003 + t.epoch
+            perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+            perm = perm.to(t.device)
+            while t.step_in_epoch < steps:
+                idx = perm[t.step_in_epoch * bs : (t.step_in_epoch + 1) * bs]
+                for g in t.optimizer.param_groups:
+                    g["lr"] = t.lr_at(t.global_step)
+                with same_randomness():  # one draw of the model's randomness per step
+                    stats = t.train_step(x[idx], y[idx], idx)
+                t.step_in_epoch += 1
+                t.global_step += 1
+                t.elapsed = time.perf_counter() - started
+                t.record_step(stats)
+                for cb in self.callbacks:
+                    cb.on_step_end(t, stats)
+                if t.stop_reason is not None:
+                    raise TrainingStopped(t.stop_reason)
+            metrics = t.end_epoch()
+            for cb in self.callbacks:
+                cb.on_epoch_end(t, metrics)
+
+    def _stopped(self, reason: str) -> None:
+        for cb in self.callbacks:
+            cb.on_stop(self.trainer, reason)
 
 
 class MetaLoop(ABC):

@@ -15,7 +15,6 @@ sample order comes from ``(seed, epoch)`` and every random state is saved.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -32,28 +31,25 @@ from slem.bilevel import (
     Hypergrad,
     PerSample,
     replay_randomness,
-    same_randomness,
 )
 from slem.bilevel.fast import inner_value, weight_input
 from slem.bilevel.problem import as_params
 from slem.data.augment import augment
 from slem.data.task import Split, Task
 from slem.errors import SlemError
-from slem.methodology import LearnedOptimizer, LSTMOptimizerNet, Methodology
+from slem.methodology import Methodology
 from slem.methodology.weighting import CMWNet, MWNet
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
-from slem.train.guard import (
-    NonFiniteLoss,
-    TrainingStopped,
-    ZeroHypergradient,
-    first_non_finite,
-)
+from slem.train.diagnostics import plain_step_times, weight_auc
+from slem.train.guard import ZeroHypergradient, check_finite, check_parameters
+from slem.train.loop import Loop
 from slem.train.meta_step import hypergradient_norm
 from slem.train.methods import build_trainer, method_spec, target_error
 from slem.train.models import build_model
 from slem.train.objective import Classification
+from slem.train.optimizers import make_optimizer, scheduled_lr
 from slem.train.record import RunRecord, trainer_record
 from slem.train.teacher import Teacher, weighted_terms
 
@@ -80,25 +76,6 @@ class Stoppable(Protocol):
     _stop: str | None
 
     def request_stop(self, reason: str) -> None: ...
-
-
-def make_optimizer(
-    params: Any, config: TrainConfig, methodology: Methodology | None = None
-) -> torch.optim.Optimizer:
-    """The real optimizer: a learned one when ``methodology`` is a learned optimizer, else
-    ``config.optim``'s (its rate is set every step from the schedule)."""
-    if isinstance(methodology, LSTMOptimizerNet):
-        return LearnedOptimizer(params, methodology)
-    o = config.optim
-    if o.optimizer == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    if o.optimizer == "rmsprop":
-        return torch.optim.RMSprop(
-            params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-        )
-    return torch.optim.SGD(
-        params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
-    )
 
 
 class Trainer:
@@ -224,20 +201,12 @@ class Trainer:
         return max(1, n // min(32, n))
 
     def lr_at(self, step: int) -> float:
+        """The scheduled learning rate at ``step`` (``optim.schedule``; the fine-tuning rate
+        after ``optim.epochs``)."""
         o = self.config.optim
         if self.epoch >= o.epochs:  # fine-tuning phase
             return o.lr * self.config.loss.finetune_lr_factor
-        total = o.epochs * self.steps_per_epoch
-        t = min(step / max(total, 1), 1.0)
-        if o.schedule == "cosine":
-            return o.lr * 0.5 * (1.0 + math.cos(math.pi * t))
-        if o.schedule == "step":
-            return o.lr * o.gamma ** sum(t >= m for m in o.milestones)
-        if o.schedule == "onecycle":
-            if t < 0.3:
-                return o.lr * (1 / 25 + (1 - 1 / 25) * t / 0.3)
-            return o.lr * (1e-4 + (1 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * (t - 0.3) / 0.7)))
-        return o.lr
+        return scheduled_lr(o, step / max(o.epochs * self.steps_per_epoch, 1))
 
     # ------------------------------------------------------------------ loop
 
@@ -246,7 +215,8 @@ class Trainer:
         self._stop = reason
 
     def fit(self, progress: bool = True) -> TrainResult:
-        """Train to ``optim.epochs`` (from where a loaded checkpoint stands) and evaluate.
+        """Train to ``optim.epochs`` (from where a loaded checkpoint stands) and evaluate
+        (:class:`~slem.train.loop.Loop`).
 
         ``progress``: show a progress bar on stderr (a live bar in a terminal, one line per
         epoch elsewhere) unless a :class:`~slem.train.ProgressBar` is among the callbacks.
@@ -255,74 +225,22 @@ class Trainer:
             TrainingStopped: a stop was requested (Ctrl-C, :meth:`request_stop`).
             NonFiniteLoss: a loss, hypergradient or parameter became NaN or infinite.
         """
-        from slem.train.callbacks import ProgressBar
+        return Loop(self, progress).run()
 
-        callbacks = self.callbacks
-        if progress and not any(isinstance(cb, ProgressBar) for cb in callbacks):
-            from rich.console import Console
+    @property
+    def stop_reason(self) -> str | None:
+        """Why a stop was requested (None: none was)."""
+        return self._stop
 
-            bar = ProgressBar(f"{self.config.method} {self.task.name}", Console(stderr=True))
-            self.callbacks = [*callbacks, bar]
-        try:
-            return self._fit()
-        finally:
-            self.callbacks = callbacks
+    def record_step(self, stats: dict[str, float]) -> None:
+        """Add a step's statistics to the epoch's (their means are the epoch row's
+        ``train_*``)."""
+        for name, value in stats.items():
+            self._epoch_stats.setdefault(name, []).append(value)
 
-    def _fit(self) -> TrainResult:
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
-        started = time.perf_counter() - self.elapsed
-        try:
-            while self.epoch < self.total_epochs:
-                if self.step_in_epoch == 0:  # not again when resuming mid-epoch
-                    self.on_epoch_start()
-                x, y, steps, bs = self._epoch_data()
-                perm = torch.randperm(
-                    len(y),
-                    generator=torch.Generator().manual_seed(
-                        self.config.seed * 100_003 + self.epoch
-                    ),
-                ).to(self.device)
-                while self.step_in_epoch < steps:
-                    idx = perm[self.step_in_epoch * bs : (self.step_in_epoch + 1) * bs]
-                    for g in self.optimizer.param_groups:
-                        g["lr"] = self.lr_at(self.global_step)
-                    with same_randomness():  # one draw of the model's randomness per step
-                        stats = self.train_step(x[idx], y[idx], idx)
-                    self.step_in_epoch += 1
-                    self.global_step += 1
-                    self.elapsed = time.perf_counter() - started
-                    for name, value in stats.items():
-                        self._epoch_stats.setdefault(name, []).append(value)
-                    for cb in self.callbacks:
-                        cb.on_step_end(self, stats)
-                    if self._stop is not None:
-                        raise TrainingStopped(self._stop)
-                metrics = self.end_epoch()
-                for cb in self.callbacks:
-                    cb.on_epoch_end(self, metrics)
-        except KeyboardInterrupt:  # a hard interrupt may land mid-step: keep the last checkpoint
-            self._stopped("aborted")
-            raise TrainingStopped("aborted") from None
-        except TrainingStopped as exc:
-            self._stopped(exc.reason)
-            raise
-        except NonFiniteLoss:
-            self._stopped("non-finite loss")
-            raise
-        except ZeroHypergradient:
-            self._stopped("zero hypergradient")
-            raise
-        result = self.finish()
-        for cb in self.callbacks:
-            cb.on_fit_end(self, result)
-        return result
-
-    def _stopped(self, reason: str) -> None:
-        for cb in self.callbacks:
-            cb.on_stop(self, reason)
-
-    def _epoch_data(self) -> tuple[Tensor, Tensor, int, int]:
+    def epoch_data(self) -> tuple[Tensor, Tensor, int, int]:
+        """The epoch's ``(inputs, targets, steps, batch size)``: the training split, or the
+        clean meta set in fine-tuning epochs."""
         if self.epoch >= self.config.optim.epochs:  # fine-tuning on the clean meta set
             assert self.meta_x is not None and self.meta_y is not None
             bs = min(32, len(self.meta_y))
@@ -455,22 +373,13 @@ class Trainer:
     def _check_parameters(self) -> None:
         """A finite loss can still step the parameters to infinity: catch it right here, before
         any checkpoint can record that state."""
-        state = {k: t for k, t in self.model.state_dict().items() if t.is_floating_point()}
-        if bool(torch.stack([t.isfinite().all() for t in state.values()]).all()):
-            return  # one device sync per step; the slow search below runs only on a blow-up
-        for name, t in state.items():
-            if not bool(t.isfinite().all()):
-                raise NonFiniteLoss(
-                    f"the model's {name} became non-finite ({first_non_finite(t)}) at "
-                    f"{self._where()}; {self._recovery()}"
-                )
+        check_parameters(self.model, self._context)
 
     def _check_finite(self, value: Tensor, what: str) -> None:
-        if not bool(torch.isfinite(value).all()):
-            raise NonFiniteLoss(
-                f"the {what} became {first_non_finite(value)} at {self._where()}; "
-                f"{self._recovery()}"
-            )
+        check_finite(value, what, self._context)
+
+    def _context(self) -> str:
+        return f"{self._where()}; {self._recovery()}"
 
     def _where(self) -> str:
         return f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}"
@@ -515,13 +424,8 @@ class Trainer:
         return w.cpu().numpy()
 
     def weight_auc(self, weights: np.ndarray) -> float | None:
-        """AUC of the weights for telling truly clean (positive) from truly noisy samples."""
-        noisy = self.task.train.noisy_mask
-        if noisy.all() or not noisy.any():
-            return None
-        from sklearn.metrics import roc_auc_score
-
-        return float(roc_auc_score(~noisy, weights))
+        """AUC of ``weights`` for telling truly clean from truly noisy training samples."""
+        return weight_auc(self.task.train.noisy_mask, weights)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -581,30 +485,9 @@ class Trainer:
         return trainer_record(self, result)
 
     def plain_step_times(self, probes: int = 5) -> list[float]:
-        """Seconds of plain (ERM) training steps: those the run took (warm-up, steps between
-        meta steps), or, when it took fewer than 3 (``meta.warmup_epochs: 0``,
-        ``meta.interval: 1``), ``probes`` ERM steps timed now on a copy of the model and
-        optimizer (the run's model, optimizer and random state are untouched)."""
-        if len(self.timings["plain"]) >= 3:
-            return self.timings["plain"]
-        model = copy.deepcopy(self.model).train()
-        optimizer = make_optimizer(model.parameters(), self.config)
-        optimizer.load_state_dict(self.optimizer.state_dict())
-        pick = torch.Generator().manual_seed(self.config.seed)
-        times = []
-        with torch.random.fork_rng(devices=[]):
-            for _ in range(probes + 1):
-                idx = torch.randint(0, len(self.train_y), (self.batch_size,), generator=pick)
-                idx = idx.to(self.device)
-                start = time.perf_counter()
-                loss = L.cross_entropy(model(self.train_x[idx]), self.train_y[idx]).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                times.append(time.perf_counter() - start)
-        return times[1:]  # the first is a warm-up (allocations)
+        """Seconds of plain (ERM) training steps (see
+        :func:`~slem.train.diagnostics.plain_step_times`)."""
+        return plain_step_times(self, probes)
 
     # ------------------------------------------------------------------ checkpoints
 
