@@ -91,3 +91,35 @@ def read_yaml_mapping(path: str | Path, fix: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise damaged(p, f"holds a {type(values).__name__}, not a mapping of config fields", fix)
     return values
+
+
+#: a trainer's progress, saved and restored as it is
+PROGRESS = ("epoch", "step_in_epoch", "global_step", "history", "best", "timings", "elapsed")
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """The random states a run draws from: its own ``generator``, torch's CPU and CUDA."""
+    return {
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Restore :func:`rng_state` (RNG states are CPU byte tensors, whatever map_location moved
+    them to)."""
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` through a temporary file and a rename: a kill during the write leaves
+    the previous checkpoint intact."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path

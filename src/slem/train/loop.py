@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from slem.bilevel import same_randomness
+from slem.train.checkpoint_io import load_checkpoint_into, save_atomic
 from slem.train.guard import NonFiniteLoss, TrainingStopped, ZeroHypergradient
 
 if TYPE_CHECKING:
@@ -198,14 +199,10 @@ class MetaLoop(ABC):
 
     def save_checkpoint(self, path: Path) -> None:
         """Atomic: a kill during the write leaves the previous checkpoint intact."""
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
+        save_atomic(self.state(), path)
 
     def load_checkpoint(self, path: Path) -> None:
         """Continue from ``path``; a damaged or foreign file is a one-line SlemError."""
-        from slem.train.checkpoint_io import load_checkpoint_into
-
         load_checkpoint_into(path, self.load_state, "cpu", ("net", "meta_optimizer", "iteration"))
 
 

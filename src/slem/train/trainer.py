@@ -16,7 +16,6 @@ sample order comes from ``(seed, epoch)`` and every random state is saved.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -41,6 +40,13 @@ from slem.methodology import Methodology
 from slem.methodology.weighting import CMWNet, MWNet
 from slem.train import losses as L
 from slem.train.callbacks import Callback
+from slem.train.checkpoint_io import (
+    PROGRESS,
+    load_checkpoint_into,
+    restore_rng,
+    rng_state,
+    save_atomic,
+)
 from slem.train.config import TrainConfig
 from slem.train.diagnostics import plain_step_times, weight_auc
 from slem.train.guard import ZeroHypergradient, check_finite, check_parameters
@@ -498,17 +504,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "methodology": self.methodology.state_dict() if self.methodology is not None else None,
             "teacher": self.teacher.net.state_dict() if self.teacher is not None else None,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "history": self.history,
-            "best": self.best,
-            "timings": self.timings,
-            "elapsed": self.elapsed,
+            **{name: getattr(self, name) for name in PROGRESS},
             "epoch_stats": self._epoch_stats,
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            **rng_state(self.generator),
             "config": self.config.model_dump(mode="json"),
         }
 
@@ -519,31 +517,15 @@ class Trainer:
             self.methodology.load_state_dict(state["methodology"])
         if self.teacher is not None and state["teacher"] is not None:
             self.teacher.net.load_state_dict(state["teacher"])
-        for name in (
-            "epoch",
-            "step_in_epoch",
-            "global_step",
-            "history",
-            "best",
-            "timings",
-            "elapsed",
-        ):
+        for name in PROGRESS:
             setattr(self, name, state[name])
         self._epoch_stats = state["epoch_stats"]
-        # RNG states are CPU byte tensors, whatever map_location moved them to
-        self.generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        restore_rng(state, self.generator)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Atomic write: a kill during the write leaves the previous checkpoint intact."""
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
-        self.last_checkpoint = path
-        return path
+        self.last_checkpoint = save_atomic(self.state(), path)
+        return self.last_checkpoint
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue from ``path``.
@@ -551,8 +533,6 @@ class Trainer:
         Raises:
             SlemError: the file is missing, damaged, or from a different model or method.
         """
-        from slem.train.checkpoint_io import load_checkpoint_into
-
         path = Path(path)
         load_checkpoint_into(path, self.load_state, self.device, ("model", "optimizer", "epoch"))
         self.last_checkpoint = path
