@@ -158,3 +158,12 @@ def test_readme_tensor_quickstart_runs(capsys: pytest.CaptureFixture[str]) -> No
     exec(compile(block.group(1), "README.md", "exec"), {"__name__": "readme"})
     printed = capsys.readouterr().out.strip().splitlines()
     assert 0.5 < float(printed[-1]) <= 1.0
+
+
+def test_architecture_names_at_most_four_files_for_one_meta_step() -> None:
+    """The MW-Net meta step section names the files a reader needs: at most four, all real."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## One MW-Net meta step", 1)[1].split("\n## ", 1)[0]
+    files = set(re.findall(r"`(src/slem/[\w/]+\.py)`", section))
+    assert 1 <= len(files) <= 4, files
+    assert all((ROOT / f).is_file() for f in files)

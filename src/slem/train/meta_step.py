@@ -59,13 +59,16 @@ def virtual_step_of(
     return from_torch(optimizer, params, lr)
 
 
-def hypergrad_options(method: str, optimizer: torch.optim.Optimizer, **fast: Any) -> dict[str, Any]:
-    """The options a meta step passes to :func:`~slem.bilevel.hypergrad` for ``method``:
+def hypergrad_options(
+    hypergrad_method: str, optimizer: torch.optim.Optimizer, **fast: Any
+) -> dict[str, Any]:
+    """The options a meta step passes to :func:`~slem.bilevel.hypergrad` for
+    ``hypergrad_method``:
     ``fast`` (the lookahead fast path's ``jvp_mode``, ``keep_graph``, ``live_forward``) for
     ``lookahead``; for ``implicit`` five Neumann terms at the optimizer's current rate."""
-    if method == "implicit":
+    if hypergrad_method == "implicit":
         return {"solver": "neumann", "alpha": optimizer.param_groups[0]["lr"], "iterations": 5}
-    return dict(fast) if method == "lookahead" else {}
+    return dict(fast) if hypergrad_method == "lookahead" else {}
 
 
 def _finite(value: Tensor, what: str) -> None:
@@ -115,7 +118,7 @@ class MetaStep:
     def fast(self) -> bool:
         """Lookahead: a :class:`~slem.bilevel.WeightedProblem` takes the structured fast path,
         whose forward pass the real step may reuse."""
-        return self.method == "lookahead"
+        return self.meta.hypergrad == "lookahead"
 
     def virtual_optimizer(
         self, params: dict[str, Tensor], lr: float | Any = None
