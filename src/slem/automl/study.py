@@ -11,13 +11,17 @@ died) are replaced, every trial's sampler seed is derived from the study's seed 
 trial's number (workers never share a random stream), and a configuration already finished
 or running in the study is skipped, not evaluated again. A space (or grid) with fewer
 distinct configurations than N ends with all of them, each once.
+
+This module holds the worker loop (:func:`work`, :func:`run_trial`); the rest lives beside it
+and is re-exported here: samplers, pruner and :func:`create_study` in
+:mod:`slem.automl.study_setup`, storage and locking in :mod:`slem.automl.study_storage`, and
+the tally of trials in :mod:`slem.automl.study_tally`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib
 import math
 import os
 import random
@@ -25,255 +29,44 @@ import socket
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import optuna
-from filelock import FileLock
-from optuna.distributions import BaseDistribution
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from slem.automl.config import HPOConfig, StudyConfig
 from slem.automl.space import SearchSpace
+from slem.automl.study_setup import PerTrialSeed as PerTrialSeed
+from slem.automl.study_setup import UnseenSampler as UnseenSampler
+from slem.automl.study_setup import config_key as config_key
+from slem.automl.study_setup import create_study as create_study
+from slem.automl.study_setup import derived_seed as derived_seed
+from slem.automl.study_setup import make_pruner as make_pruner
+from slem.automl.study_setup import make_sampler as make_sampler
+from slem.automl.study_storage import PSYCOPG as PSYCOPG
+from slem.automl.study_storage import STUDY_DB as STUDY_DB
+from slem.automl.study_storage import ask_lock as ask_lock
+from slem.automl.study_storage import default_storage as default_storage
+from slem.automl.study_storage import open_storage as open_storage
+from slem.automl.study_storage import redact_url as redact_url
+from slem.automl.study_storage import sqlite_file as sqlite_file
+from slem.automl.study_storage import storage_problem as storage_problem
+from slem.automl.study_tally import ERROR as ERROR
+from slem.automl.study_tally import FINISHED as FINISHED
+from slem.automl.study_tally import LIVE as LIVE
+from slem.automl.study_tally import SKIPPED as SKIPPED
+from slem.automl.study_tally import WORKER as WORKER
+from slem.automl.study_tally import Tally as Tally
+from slem.automl.study_tally import best_rows as best_rows
+from slem.automl.study_tally import counted as counted
+from slem.automl.study_tally import tally as tally
 from slem.errors import SlemError
 
-STUDY_DB = "study.db"
-PSYCOPG = ("postgresql+psycopg://", "postgresql+psycopg2://")
 # the features used here (TPE's group, heartbeats) are marked experimental in Optuna
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message=".*independent sampl.*", module="optuna")
 
-
-def derived_seed(seed: int, number: int) -> int:
-    """The sampler seed of trial ``number`` of a study seeded ``seed``: distinct per trial, so
-    workers that share a study never propose the same configuration from the same seed."""
-    return int(np.random.SeedSequence([seed % 2**32, number]).generate_state(1)[0])
-
-
-def _base_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-
-
-class PerTrialSeed(optuna.samplers.BaseSampler):
-    """A sampler made afresh for every trial, seeded from the study's seed and the trial's
-    number (:func:`derived_seed`). Optuna's samplers keep their model in the study, not in
-    the sampler object, so this changes nothing but the random stream: trial ``n`` draws the
-    same values whichever worker, process or machine runs it."""
-
-    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
-        self.make = make
-        self.seed = seed
-        self.inner = make(seed)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.inner = self.make(derived_seed(self.seed, trial.number))
-        self.inner.before_trial(study, trial)
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return self.inner.infer_relative_search_space(study, trial)
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return self.inner.sample_relative(study, trial, search_space)
-
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return self.inner.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self.inner.after_trial(study, trial, state, values)
-
-
-def config_key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """A hashable form of a configuration (its params, sorted by name)."""
-    return tuple(sorted(params.items()))
-
-
-class UnseenSampler(optuna.samplers.BaseSampler):
-    """Picks, for every trial, one of ``configs`` that no finished or running trial of the
-    study holds (at random, seeded per trial), and suggests exactly its values; once every
-    configuration is taken it picks among all. Used for the grid (the distinct active
-    configurations of a conditional space, :meth:`SearchSpace.grid_configurations`) and to
-    get past a sampler that keeps proposing configurations the study already holds."""
-
-    def __init__(self, configs: Sequence[Mapping[str, Any]], seed: int) -> None:
-        if not configs:
-            raise SlemError("the search space has no configuration to try")
-        self.configs = [dict(c) for c in configs]
-        self.seed = seed
-        self.chosen: dict[int, dict[str, Any]] = {}
-        self.fallback = optuna.samplers.RandomSampler(seed=seed)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        taken = {config_key(t.params) for t in study.get_trials(deepcopy=False, states=LIVE)}
-        unseen = [c for c in self.configs if config_key(c) not in taken] or self.configs
-        rng = np.random.default_rng(derived_seed(self.seed, trial.number))
-        self.chosen = {trial.number: unseen[int(rng.integers(len(unseen)))]}
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        config = self.chosen.get(trial.number, {})
-        if param_name in config:
-            return config[param_name]
-        return self.fallback.sample_independent(study, trial, param_name, param_distribution)
-
-
-def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The configured sampler, seeded per trial from ``cfg.seed`` (:class:`PerTrialSeed`).
-    TPE models the conditional space jointly (``group``); ``bohb`` is TPE (its pruner is
-    Hyperband); the grid is the distinct active configurations of the space, each tried once
-    (:class:`UnseenSampler`).
-
-    Raises:
-        SlemError: a grid of more than 100,000 points.
-    """
-    if cfg.sampler == "grid":
-        return UnseenSampler(space.grid_configurations(cfg.grid_points), cfg.seed)
-    name = cfg.sampler
-    return PerTrialSeed(lambda seed: _base_sampler(name, seed), cfg.seed)
-
-
-def make_pruner(cfg: StudyConfig, budgets: Sequence[int]) -> optuna.pruners.BasePruner:
-    """The configured pruner over the objective's budgets (epochs or data percentages)."""
-    name = cfg.pruner_name
-    if name == "none" or len(budgets) < 2:
-        return optuna.pruners.NopPruner()
-    low = max(cfg.min_resource, budgets[0])
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=low)
-    if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=low, reduction_factor=cfg.reduction_factor
-        )
-    return optuna.pruners.HyperbandPruner(
-        min_resource=low, max_resource=budgets[-1], reduction_factor=cfg.reduction_factor
-    )
-
-
-def open_storage(url: str, cfg: StudyConfig) -> optuna.storages.BaseStorage:
-    """An RDB storage (SQLite, PostgreSQL, MySQL) with heartbeats, or a journal file
-    (``journal:PATH``); an unreachable database is a one-line error."""
-    if url.startswith("journal:"):
-        path = url.removeprefix("journal:")
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(path))
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    try:
-        target = _with_driver(url)
-        if target.startswith(PSYCOPG) and "connect_timeout=" not in target:
-            engine_kwargs["connect_args"] = {"connect_timeout": 10}  # seconds, not minutes
-        return optuna.storages.RDBStorage(
-            target,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=cfg.heartbeat,
-            grace_period=cfg.grace_period or 3 * cfg.heartbeat,
-        )
-    except SlemError:
-        raise
-    except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use it"
-        raise SlemError(storage_problem(url, exc)) from None
-
-
-def storage_problem(url: str, exc: BaseException) -> str:
-    """One line on a storage that cannot be used: for an SQLite file, that it is damaged
-    and what to do."""
-    first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        return (
-            f"the study database {path} cannot be used ({first}): it is damaged or not an "
-            "SQLite file; restore it from a copy, or start the study again with another --out"
-        )
-    return f"cannot open the study storage '{redact_url(url)}': {first}"
-
-
-def _with_driver(url: str) -> str:
-    """A PostgreSQL URL names the driver that is installed: SQLAlchemy 2.1 reads
-    ``postgresql://`` as psycopg (3), 2.0 as psycopg2."""
-    scheme, sep, rest = url.partition("://")
-    if scheme not in ("postgresql", "postgres") or not sep:
-        return url
-    for driver in ("psycopg", "psycopg2"):
-        try:
-            importlib.import_module(driver)
-        except ImportError:
-            continue
-        return f"postgresql+{driver}://{rest}"
-    raise SlemError("a PostgreSQL storage needs the driver: pip install 'slem[postgres]'")
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
-
-
-def create_study(
-    config: HPOConfig,
-    storage: optuna.storages.BaseStorage,
-    space: SearchSpace,
-    budgets: Sequence[int],
-) -> optuna.Study:
-    """Create the study, or join it when the storage already holds one of that name."""
-    return optuna.create_study(
-        study_name=config.study.name,
-        storage=storage,
-        sampler=make_sampler(config.study, space),
-        pruner=make_pruner(config.study, budgets),
-        direction=config.direction,
-        load_if_exists=True,
-    )
-
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-ERROR = "error"  # user attr of a trial whose objective raised (or returned no number)
-SKIPPED = "skipped"  # user attr of a trial that was never evaluated (duplicate, surplus)
-WORKER = "worker"  # user attr: host:pid of the process that ran the trial
 FINITE_LIMIT = 100_000  # enumerate finite spaces up to this many configurations
 MAX_SKIPS_IN_ROW = 50
 
@@ -290,48 +83,6 @@ class SpaceObjective(Protocol):
     space: SearchSpace
 
     def run(self, trial: Any, values: dict[str, Any]) -> float: ...
-
-
-@dataclass(frozen=True)
-class Tally:
-    """A study's trials by what became of them. ``finished`` (complete or pruned) is what
-    counts toward the study's total; ``failed`` raised an error (``error`` user attr),
-    ``lost`` belonged to a worker that stopped sending heartbeats, ``skipped`` were never
-    evaluated (a duplicate configuration, or a trial beyond the total)."""
-
-    complete: int
-    pruned: int
-    running: int
-    waiting: int
-    failed: int
-    lost: int
-    skipped: int
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned
-
-
-def tally(study: optuna.Study) -> Tally:
-    counts = dict.fromkeys(("complete", "pruned", "running", "waiting"), 0)
-    failed = lost = skipped = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.FAIL:
-            if SKIPPED in t.user_attrs:
-                skipped += 1
-            elif ERROR in t.user_attrs:
-                failed += 1
-            else:
-                lost += 1
-        else:
-            counts[t.state.name.lower()] += 1
-    return Tally(failed=failed, lost=lost, skipped=skipped, **counts)
-
-
-def counted(study: optuna.Study) -> int:
-    """Trials that count toward the study's total: the finished ones (complete or pruned).
-    Failed trials are replaced, running ones may still fail."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def planned(study: optuna.Study, objective: Any, total: int) -> int:
@@ -397,30 +148,6 @@ def _skip(study: optuna.Study, trial: optuna.Trial, why: str) -> str:
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
         study.tell(trial, state=TrialState.FAIL)
     return "duplicate" if why.startswith("duplicate") else "surplus"
-
-
-def sqlite_file(study: optuna.Study) -> Path | None:
-    """The database file of a study stored in SQLite (None for any other storage)."""
-    storage = study._storage
-    url = getattr(getattr(storage, "_backend", storage), "url", None)
-    if isinstance(url, str) and url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        return Path(url[len("sqlite:///") :].split("?", 1)[0])
-    return None
-
-
-@contextlib.contextmanager
-def ask_lock(study: optuna.Study) -> Iterator[None]:
-    """Serialize ``study.ask()`` between the processes of an SQLite study. Optuna pops an
-    enqueued (WAITING) trial with ``SELECT ... FOR UPDATE``, which SQLite ignores: two workers
-    asking at the same moment could both receive the same enqueued trial and run it twice.
-    SQLite studies are local to one machine, so a file lock next to the database makes the
-    pop atomic; server databases (PostgreSQL) lock the row themselves."""
-    path = sqlite_file(study)
-    if path is None:
-        yield
-        return
-    with FileLock(f"{path}.ask.lock"):
-        yield
 
 
 def run_trial(
@@ -556,14 +283,3 @@ def work(
             next_sampler = _fallback_sampler(objective, seed + skips)
         else:
             time.sleep(random.uniform(0.0, poll))  # another worker took the last trial
-
-
-def best_rows(study: optuna.Study, k: int = 5) -> list[optuna.trial.FrozenTrial]:
-    """The ``k`` best complete trials, best first."""
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return sorted(done, key=lambda t: sign * float(t.value or 0.0))[:k]
-
-
-def default_storage(run_dir: Path) -> str:
-    return f"sqlite:///{(run_dir / STUDY_DB).resolve()}"
