@@ -92,3 +92,14 @@ def _table(x: Tensor, strength: Strength, g: torch.Generator) -> Tensor:
     if strength == "strong":
         out = out * (_rand(tuple(x.shape), x, g) >= 0.2)
     return out
+
+
+def dac_views(x: Tensor, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """DAC-MR's unlabeled batch (Shu et al. 2023): ``n`` rows of ``x`` drawn with
+    ``generator``, under a weak (``weak``) and a strong (``strong``) augmentation."""
+    pick = torch.randint(0, len(x), (n,), generator=generator).to(x.device)
+    unlabeled = x[pick]
+    return {
+        "weak": augment(unlabeled, "weak", generator),
+        "strong": augment(unlabeled, "strong", generator),
+    }

@@ -7,10 +7,8 @@ which field to set.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +20,9 @@ from pydantic import (
 
 from slem.data.config import DataConfig
 from slem.errors import SlemError, validation_message
+from slem.train.config_io import apply_overrides as apply_overrides
+from slem.train.config_io import load_yaml as load_yaml
+from slem.train.config_io import set_dotted as set_dotted
 
 if TYPE_CHECKING:
     from slem.train.methods import MethodSpec
@@ -455,51 +456,3 @@ def parse_train_config(values: dict[str, Any]) -> TrainConfig:
         return TrainConfig.model_validate(values)
     except ValidationError as exc:
         raise SlemError(validation_message(exc)) from None
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if p.is_dir():
-        raise SlemError(f"config file '{p}' is a directory; pass a YAML file (see examples/)")
-    if not p.is_file():
-        raise SlemError(f"config file '{p}' does not exist")
-    try:
-        values = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SlemError(f"config file '{p}' could not be read as YAML text: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SlemError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise SlemError(f"{p} must hold a mapping of config fields, not {type(values).__name__}")
-    return values
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``--set a.b=value`` overrides; values are parsed as YAML (numbers, booleans, lists)."""
-    out = dict(values)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SlemError(f"--set '{item}' must look like key=value, e.g. optim.lr=0.1")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        set_dotted(out, key, value, f"--set {key}")
-    return out
-
-
-def set_dotted(values: dict[str, Any], key: str, value: Any, what: str) -> None:
-    """Set ``values[a][b][c] = value`` for ``key`` ``a.b.c``, copying the sections on the way
-    (the caller's nested dicts are not modified); ``what`` names the key in errors."""
-    node = values
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = {}
-        elif not isinstance(child, dict):
-            raise SlemError(f"{what}: '{part}' is not a config section")
-        node[part] = dict(child)
-        node = node[part]
-    node[parts[-1]] = value

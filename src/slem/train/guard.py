@@ -4,6 +4,7 @@ exactly zero; and where a non-finite value sits."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -59,3 +60,11 @@ def check_parameters(model: nn.Module, context: Callable[[], str]) -> None:
             raise NonFiniteLoss(
                 f"the model's {name} became non-finite ({first_non_finite(t)}) at {context()}"
             )
+
+
+class Stoppable(Protocol):
+    """Anything a Ctrl-C handler can ask to stop after its current step."""
+
+    _stop: str | None
+
+    def request_stop(self, reason: str) -> None: ...

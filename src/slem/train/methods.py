@@ -191,3 +191,37 @@ def target_error(spec: MethodSpec, task: Task) -> SlemError:
         f"method {spec.name} needs class labels, but '{task.name}' is a regression "
         f"task; use method {', '.join(method_names('regression'))}"
     )
+
+
+def make_trainer(
+    config: TrainConfig,
+    task: Task,
+    model: nn.Module | None = None,
+    methodology: Methodology | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Trainer:
+    """The right trainer for ``config.method`` (and, for apply, the methodology's kind) on
+    ``task``; ``config.data`` may be left out (the task is given). ``model``: your own
+    ``nn.Module`` mapping a batch of inputs to ``(batch, n_classes)`` logits (default: built
+    from ``config.model``).
+
+    Raises:
+        SlemError: the method does not fit the task (or needs a meta set it lacks), or the
+            configuration cannot learn (:mod:`slem.train.validity`).
+    """
+    from slem.train.validity import check_methodology, check_task
+
+    spec = method_spec(config)
+    if spec.target is not None:
+        check_task(config, task)
+    needs = spec.needs_meta_set(config)
+    if needs is not None and config.data is None and task.meta is None:
+        raise SlemError(
+            f"{needs} and task '{task.name}' has none: give it one (Task.from_arrays(..., "
+            "x_meta=..., y_meta=...) or meta_per_class=10)"
+            + (", or use meta.objective dac or selected" if spec.meta_set == "objective" else "")
+        )
+    trainer = build_trainer(config, task, model, methodology, callbacks)
+    if trainer.methodology is not None and spec.is_meta:
+        check_methodology(config, sum(p.numel() for p in trainer.methodology.parameters()))
+    return trainer

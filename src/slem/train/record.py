@@ -22,10 +22,22 @@ from slem.methodology import LossAdjusterNet
 from slem.methodology.regression import HyperWeightNet, base_loss
 
 if TYPE_CHECKING:
-    from slem.train.trainer import Trainer, TrainResult
+    from slem.train.trainer import Trainer
 
 #: points of the grids the learned curves are evaluated on
 WEIGHT_GRID, MARGIN_GRID, RESIDUAL_GRID = 200, 201, 241
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`~slem.train.Trainer.fit` returns: the per-epoch ``history`` rows, the
+    run's ``summary``, the learned weight of every training sample ``(n_train,)`` (None
+    without sample weights) and method-specific ``extra`` data."""
+
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    train_weights: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

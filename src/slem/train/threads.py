@@ -51,3 +51,16 @@ def set_threads(threads: int | None = None) -> int:
     if n is not None and n != torch.get_num_threads():
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when torch sees a device, else the CPU; ``cpu`` or ``cuda``.
+
+    Raises:
+        SlemError: ``cuda`` was asked for and torch sees no CUDA device.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SlemError("device cuda requested but torch sees no CUDA device; use device cpu")
+    return torch.device(name)

@@ -1,16 +1,9 @@
-"""The training loops: :class:`Trainer` and :class:`MetaTrainer`.
-
-``Trainer`` trains a model on a :class:`~slem.data.Task` with ERM, a robust-loss baseline
-(GCE, SCE, bootstrapping, class-balanced), fine-tuning on the meta set, SGD / Adam / RMSprop,
-or a *frozen* weighting methodology or learned optimizer (meta-test: no meta set, about the
-cost of plain training). Learned schedules run in :mod:`slem.train.schedule`, a subclass.
-``MetaTrainer`` meta-learns the weighting methodology (MW-Net, CMW-Net, CMW-Net-SL) with the
-bilevel engine: ERM warm-up epochs, then a meta step every ``meta.interval`` steps whose
-objective is a clean meta set, DAC-MR consistency on unlabeled samples, both, or samples the
-model selects as clean (lowest loss per class).
-
-Both are deterministic given the seed and resume exactly from a checkpoint: each epoch's
-sample order comes from ``(seed, epoch)`` and every random state is saved.
+""":class:`Trainer`: a model trained on a :class:`~slem.data.Task` by a registered method
+(:mod:`slem.train.methods`): ERM, a robust-loss baseline, fine-tuning on the meta set, or a
+*frozen* methodology (meta-test: no meta set, about the cost of plain training). Meta-learning
+trainers build on it (:mod:`slem.train.meta_trainer`, ``bundle``, ``schedule``,
+``regression``). Deterministic given the seed; resumes exactly from a checkpoint (each
+epoch's sample order comes from ``(seed, epoch)`` and every random state is saved).
 """
 
 from __future__ import annotations
@@ -18,9 +11,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,9 +26,8 @@ from slem.bilevel import (
 )
 from slem.bilevel.fast import inner_value, weight_input
 from slem.bilevel.problem import as_params
-from slem.data.augment import augment
+from slem.data.augment import dac_views
 from slem.data.task import Split, Task
-from slem.errors import SlemError
 from slem.methodology import Methodology
 from slem.methodology.weighting import CMWNet, MWNet
 from slem.train import losses as L
@@ -49,39 +41,19 @@ from slem.train.checkpoint_io import (
 )
 from slem.train.config import TrainConfig
 from slem.train.diagnostics import plain_step_times, weight_auc
+from slem.train.guard import Stoppable as Stoppable
 from slem.train.guard import ZeroHypergradient, check_finite, check_parameters
 from slem.train.loop import Loop
 from slem.train.meta_step import hypergradient_norm
-from slem.train.methods import build_trainer, method_spec, target_error
+from slem.train.methods import make_trainer as make_trainer
+from slem.train.methods import method_spec, target_error
 from slem.train.models import build_model
 from slem.train.objective import Classification
 from slem.train.optimizers import make_optimizer, scheduled_lr
 from slem.train.record import RunRecord, trainer_record
+from slem.train.record import TrainResult as TrainResult
 from slem.train.teacher import Teacher, weighted_terms
-
-
-@dataclass
-class TrainResult:
-    history: list[dict[str, Any]]
-    summary: dict[str, Any]
-    train_weights: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SlemError("device cuda requested but torch sees no CUDA device; use device cpu")
-    return torch.device(name)
-
-
-class Stoppable(Protocol):
-    """Anything a Ctrl-C handler can ask to stop after its current step."""
-
-    _stop: str | None
-
-    def request_stop(self, reason: str) -> None: ...
+from slem.train.threads import resolve_device as resolve_device
 
 
 class Trainer:
@@ -139,8 +111,6 @@ class Trainer:
         self._epoch_stats: dict[str, list[float]] = {}
         self._check_model_output()
 
-    # ------------------------------------------------------------------ setup
-
     def _check_task(self, config: TrainConfig, task: Task) -> None:
         if not task.is_classification:
             raise target_error(replace(self.spec, target="classification"), task)
@@ -178,8 +148,6 @@ class Trainer:
     def _check_model_output(self) -> None:
         self.objective.check_output(self.model, self.train_x)
 
-    # ------------------------------------------------------------------ schedule
-
     @property
     def batch_size(self) -> int:
         return min(self.config.optim.batch_size, len(self.train_y))
@@ -213,8 +181,6 @@ class Trainer:
         if self.epoch >= o.epochs:  # fine-tuning phase
             return o.lr * self.config.loss.finetune_lr_factor
         return scheduled_lr(o, step / max(o.epochs * self.steps_per_epoch, 1))
-
-    # ------------------------------------------------------------------ loop
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step (signal handlers call this)."""
@@ -307,8 +273,6 @@ class Trainer:
         self._epoch_stats = {}
         return row
 
-    # ------------------------------------------------------------------ steps
-
     def per_sample_losses(self, logits: Tensor, y: Tensor) -> Tensor:
         """The method's per-sample training loss (cross-entropy while fine-tuning)."""
         if self.epoch >= self.config.optim.epochs:
@@ -369,12 +333,7 @@ class Trainer:
     def dac_views(self, n: int) -> dict[str, Tensor]:
         """DAC-MR's unlabeled batch: ``n`` training inputs (labels unused) under a weak and a
         strong augmentation."""
-        pick = torch.randint(0, len(self.train_y), (n,), generator=self.generator).to(self.device)
-        unlabeled = self.train_x[pick]
-        return {
-            "weak": augment(unlabeled, "weak", self.generator),
-            "strong": augment(unlabeled, "strong", self.generator),
-        }
+        return dac_views(self.train_x, n, self.generator)
 
     def _check_parameters(self) -> None:
         """A finite loss can still step the parameters to infinity: catch it right here, before
@@ -398,8 +357,6 @@ class Trainer:
                 "optim.lr (or meta.lr) and resume, or restart"
             )
         return "no checkpoint was written yet: lower optim.lr (or meta.lr) and start again"
-
-    # ------------------------------------------------------------------ weighting
 
     def pseudo_labels(self, x: Tensor) -> Tensor | None:
         """CMW-Net-SL's pseudo-labels of ``x`` (None without label correction)."""
@@ -432,8 +389,6 @@ class Trainer:
     def weight_auc(self, weights: np.ndarray) -> float | None:
         """AUC of ``weights`` for telling truly clean from truly noisy training samples."""
         return weight_auc(self.task.train.noisy_mask, weights)
-
-    # ------------------------------------------------------------------ evaluation
 
     def per_sample_eval_losses(self, x: Tensor, y: Tensor) -> Tensor:
         return self.objective.eval_losses(self.model, x, y)
@@ -495,8 +450,6 @@ class Trainer:
         :func:`~slem.train.diagnostics.plain_step_times`)."""
         return plain_step_times(self, probes)
 
-    # ------------------------------------------------------------------ checkpoints
-
     def state(self) -> dict[str, Any]:
         """Everything needed to continue exactly where training stands."""
         return {
@@ -536,37 +489,3 @@ class Trainer:
         path = Path(path)
         load_checkpoint_into(path, self.load_state, self.device, ("model", "optimizer", "epoch"))
         self.last_checkpoint = path
-
-
-def make_trainer(
-    config: TrainConfig,
-    task: Task,
-    model: nn.Module | None = None,
-    methodology: Methodology | None = None,
-    callbacks: Sequence[Callback] = (),
-) -> Trainer:
-    """The right trainer for ``config.method`` (and, for apply, the methodology's kind) on
-    ``task``; ``config.data`` may be left out (the task is given). ``model``: your own
-    ``nn.Module`` mapping a batch of inputs to ``(batch, n_classes)`` logits (default: built
-    from ``config.model``).
-
-    Raises:
-        SlemError: the method does not fit the task (or needs a meta set it lacks), or the
-            configuration cannot learn (:mod:`slem.train.validity`).
-    """
-    from slem.train.validity import check_methodology, check_task
-
-    spec = method_spec(config)
-    if spec.target is not None:
-        check_task(config, task)
-    needs = spec.needs_meta_set(config)
-    if needs is not None and config.data is None and task.meta is None:
-        raise SlemError(
-            f"{needs} and task '{task.name}' has none: give it one (Task.from_arrays(..., "
-            "x_meta=..., y_meta=...) or meta_per_class=10)"
-            + (", or use meta.objective dac or selected" if spec.meta_set == "objective" else "")
-        )
-    trainer = build_trainer(config, task, model, methodology, callbacks)
-    if trainer.methodology is not None and spec.is_meta:
-        check_methodology(config, sum(p.numel() for p in trainer.methodology.parameters()))
-    return trainer

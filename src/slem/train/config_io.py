@@ -1,0 +1,59 @@
+"""Config files and ``--set`` overrides: YAML read with one-line errors, dotted keys set on
+nested sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slem.errors import SlemError
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        raise SlemError(f"config file '{p}' is a directory; pass a YAML file (see examples/)")
+    if not p.is_file():
+        raise SlemError(f"config file '{p}' does not exist")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SlemError(f"config file '{p}' could not be read as YAML text: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise SlemError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise SlemError(f"{p} must hold a mapping of config fields, not {type(values).__name__}")
+    return values
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``--set a.b=value`` overrides; values are parsed as YAML (numbers, booleans, lists)."""
+    out = dict(values)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SlemError(f"--set '{item}' must look like key=value, e.g. optim.lr=0.1")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(out, key, value, f"--set {key}")
+    return out
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """Set ``values[a][b][c] = value`` for ``key`` ``a.b.c``, copying the sections on the way
+    (the caller's nested dicts are not modified); ``what`` names the key in errors."""
+    node = values
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise SlemError(f"{what}: '{part}' is not a config section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
