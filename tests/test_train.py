@@ -190,7 +190,8 @@ def test_runs_do_not_depend_on_what_ran_before_in_the_process(task: Task) -> Non
 def test_label_correction_mixes_with_weights_in_unit_interval(task: Task) -> None:
     trainer = make_trainer(config("cmwnet_sl", epochs=2), task)
     losses = torch.rand(64) * 5
-    w = trainer.weights_for(trainer.methodology, losses, trainer.train_y[:64])  # type: ignore[arg-type]
+    assert trainer.sample_weights is not None
+    w = trainer.sample_weights.weights(losses, trainer.train_y[:64])
     assert float(w.detach().min()) >= 0.0 and float(w.detach().max()) <= 1.0
 
 
@@ -209,7 +210,8 @@ def test_teacher_starts_as_the_model_and_reports_its_pseudo_labels(task: Task) -
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(1.0)
-    trainer.update_teacher()
+    assert trainer.sample_weights is not None
+    trainer.sample_weights.after_step(trainer.model, trainer.global_step)
     decay = trainer.config.meta.ema_decay
     for t, b in zip(trainer.teacher.net.parameters(), before, strict=True):
         torch.testing.assert_close(t, b + (1 - decay))
@@ -307,12 +309,12 @@ def test_auto_normalization_is_per_label_only_on_balanced_labels(task: Task) -> 
     observed labels) and leaves the re-weighting of an imbalanced task alone (per batch)."""
     assert config("mwnet").meta.normalize_weights == "auto"
     balanced = make_trainer(config("mwnet"), task)
-    assert balanced.normalization == "class"
+    assert balanced.objective.normalization == "class"
     data = load_dataset("mnist1d", LoadOptions(size=2500))
     long_tail = make_task(data, imbalance=10, meta_per_class=10, seed=0)
-    assert make_trainer(config("mwnet"), long_tail).normalization == "batch"
+    assert make_trainer(config("mwnet"), long_tail).objective.normalization == "batch"
     pinned = make_trainer(config("mwnet", meta={"normalize_weights": "batch"}), task)
-    assert pinned.normalization == "batch"
+    assert pinned.objective.normalization == "batch"
     w, y = torch.tensor([0.2, 0.2, 0.9, 0.1]), torch.tensor([0, 0, 1, 1])
     torch.testing.assert_close(balanced.normalized(w, y)[:2], torch.ones(2))
 

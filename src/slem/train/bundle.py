@@ -48,6 +48,7 @@ from slem.methodology import (
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
+from slem.train.hooks import SampleWeights
 from slem.train.meta_trainer import MetaTrainer
 from slem.train.methods import method_spec
 from slem.train.objective import EVAL_BATCH
@@ -95,6 +96,9 @@ class BundleTrainer(MetaTrainer):
         super().__init__(config, task, model, methodology, callbacks, device)
         assert isinstance(self.methodology, MethodologyBundle)
         self.bundle: MethodologyBundle = self.methodology
+        weighting = self.bundle.part("weighting")
+        if isinstance(weighting, MWNet | CMWNet):  # the weighting part's sample weights
+            self.sample_weights = SampleWeights(weighting, self.objective, self.model, config.meta)
         transition = self.bundle.part("transition")
         if isinstance(transition, TransitionNet):
             transition.check_task(int(np.prod(task.features.input_shape)), task.n_classes)
@@ -148,15 +152,6 @@ class BundleTrainer(MetaTrainer):
         ]
 
     @property
-    def weighting(self) -> MWNet | CMWNet | None:
-        w = (
-            self.methodology.part("weighting")
-            if isinstance(self.methodology, MethodologyBundle)
-            else None
-        )
-        return w if isinstance(w, MWNet | CMWNet) else None
-
-    @property
     def adjuster(self) -> LossAdjusterNet | None:
         a = self.bundle.part("loss")
         return a if isinstance(a, LossAdjusterNet) else None
@@ -189,7 +184,8 @@ class BundleTrainer(MetaTrainer):
         else:
             per = ce
         if "weighting" in parts:
-            w = self.normalized(parts["weighting"](ce.detach(), groups), y)
+            assert self.sample_weights is not None
+            w = self.sample_weights.normalized(parts["weighting"](ce.detach(), groups), y)
             return (w * per).mean()
         return per.mean()
 

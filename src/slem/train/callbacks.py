@@ -184,7 +184,7 @@ def validation_text(trainer: Trainer, row: dict[str, Any]) -> str:
     empty when the row has none. "noisy" when the validation targets carry injected noise."""
     val = getattr(getattr(trainer, "task", None), "val", None)
     noisy = "noisy " if val is not None and bool(val.noisy_mask.any()) else ""
-    select = getattr(trainer, "select_on", "accuracy")
+    select = getattr(getattr(trainer, "objective", None), "select_on", "accuracy")
     for key, label in (
         ("val_balanced_accuracy" if select == "balanced_accuracy" else "val_accuracy", "acc"),
         ("val_accuracy", "acc"),

@@ -27,6 +27,16 @@ def weight_auc(noisy: np.ndarray, weights: np.ndarray) -> float | None:
     return float(roc_auc_score(~noisy, weights))
 
 
+def weight_metrics(weights: np.ndarray, noisy: np.ndarray) -> dict[str, float | None]:
+    """What each epoch logs about the learned weights ``(n,)``: their AUC for telling clean
+    from noisy (``noisy`` ``(n,)`` bool) samples, and their means on each."""
+    return {
+        "weight_auc": weight_auc(noisy, weights),
+        "weight_mean_clean": float(weights[~noisy].mean()) if (~noisy).any() else None,
+        "weight_mean_noisy": float(weights[noisy].mean()) if noisy.any() else None,
+    }
+
+
 def plain_step_times(trainer: Trainer, probes: int = 5) -> list[float]:
     """Seconds of plain (ERM) training steps: those the run took (warm-up, steps between
     meta steps), or, when it took fewer than 3 (``meta.warmup_epochs: 0``,

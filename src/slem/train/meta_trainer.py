@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slem.bilevel import PerSample, functional
-from slem.bilevel.fast import inner_value, weight_input
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import Methodology, build_weighting
@@ -22,6 +21,7 @@ from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
 from slem.train.meta_step import MetaStep
 from slem.train.methods import method_spec
+from slem.train.teacher import weighted_terms
 from slem.train.trainer import Trainer
 
 
@@ -145,10 +145,13 @@ class MetaTrainer(Trainer):
         x, y, pseudo = batch
         # functional: no side effects, except the fast path's live forward (the real step's
         # forward, options live_forward/keep_graph) which moves BatchNorm statistics once
-        return self.weighted_terms(self._f_model(params, x), y, pseudo)
+        return weighted_terms(self._f_model(params, x), y, pseudo)
 
     def _weights(self, hyper: dict[str, Tensor], losses: Tensor, batch: tuple[Any, ...]) -> Tensor:
-        return self.normalized(self._f_meth(hyper, losses, self.class_groups[batch[1]]), batch[1])
+        assert self.sample_weights is not None
+        return self.sample_weights.weights(
+            losses, batch[1], lambda loss, groups: self._f_meth(hyper, loss, groups)
+        )
 
     def _outer_batch(self) -> dict[str, Tensor]:
         meta = self.config.meta
@@ -195,44 +198,29 @@ class MetaTrainer(Trainer):
 
     def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         start = time.perf_counter()
-        meta = self.config.meta
-        assert self.methodology is not None
+        meta, sw, step = self.config.meta, self.sample_weights, self.meta_step
+        assert sw is not None and step is not None
         self.model.train()
-        pseudo = self.pseudo_labels(x)
-        step = self.meta_step
-        assert step is not None
+        pseudo = sw.pseudo_labels(x)
         params = self.inner_params()
         problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
-        fast = step.fast
-        reuse = fast and meta.order == "mwnet"
+        reuse = step.fast and meta.order == "mwnet"
         result = step(
             problem, (x, y, pseudo), self._outer_batch(), keep_graph=reuse, live_forward=True
         )
-
-        if fast and meta.order == "lagged":  # the virtual step is the real step
+        if step.fast and meta.order == "lagged":  # the virtual step is the real step
             inner = result.diagnostics["inner_grads"]
             self.optimizer.zero_grad(set_to_none=True)
             for name, p in params.items():
                 p.grad = inner[name]
-            terms_loss = float("nan")
             self.optimizer.step()
-        else:
-            if reuse:  # the real step reuses the meta step's forward pass
-                terms: PerSample = result.diagnostics["losses"]
-            else:
-                terms = self.weighted_terms(self.forward(x), y, pseudo)
-            with torch.no_grad():
-                w = self.weights_for(self.methodology, weight_input(terms), y)
-            loss = inner_value(terms, w)
-            self._check_finite(loss, "training loss")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            terms_loss = float(loss.detach())
-        self._check_parameters()
-        self.update_teacher()
+            self._check_parameters()
+            sw.after_step(self.model, self.global_step)
+            loss_value = result.outer_loss
+        else:  # the real step, with the updated net (reusing the meta step's forward pass)
+            terms = result.diagnostics["losses"] if reuse else sw.terms(self.forward(x), y, pseudo)
+            loss = sw.loss(terms, y)
+            self._apply_step(loss)
+            loss_value = float(loss.detach())
         self.timings["meta"].append(time.perf_counter() - start)
-        return {
-            "loss": terms_loss if not math.isnan(terms_loss) else result.outer_loss,
-            "meta_loss": result.outer_loss,
-        }
+        return {"loss": loss_value, "meta_loss": result.outer_loss}

@@ -21,10 +21,8 @@ from torch import Tensor, nn
 
 from slem.bilevel import (
     Hypergrad,
-    PerSample,
     replay_randomness,
 )
-from slem.bilevel.fast import inner_value, weight_input
 from slem.bilevel.problem import as_params
 from slem.data.augment import dac_views
 from slem.data.task import Split, Task
@@ -40,9 +38,10 @@ from slem.train.checkpoint_io import (
     save_atomic,
 )
 from slem.train.config import TrainConfig
-from slem.train.diagnostics import plain_step_times, weight_auc
+from slem.train.diagnostics import plain_step_times, weight_auc, weight_metrics
 from slem.train.guard import Stoppable as Stoppable
 from slem.train.guard import ZeroHypergradient, check_finite, check_parameters
+from slem.train.hooks import SampleWeights
 from slem.train.loop import Loop
 from slem.train.meta_step import hypergradient_norm
 from slem.train.methods import make_trainer as make_trainer
@@ -52,7 +51,7 @@ from slem.train.objective import Classification
 from slem.train.optimizers import make_optimizer, scheduled_lr
 from slem.train.record import RunRecord, trainer_record
 from slem.train.record import TrainResult as TrainResult
-from slem.train.teacher import Teacher, weighted_terms
+from slem.train.teacher import Teacher
 from slem.train.threads import resolve_device as resolve_device
 
 
@@ -98,7 +97,12 @@ class Trainer:
         if task.meta is not None:
             self.meta_x, self.meta_y = self._tensors(task.meta)
         self.optimizer = make_optimizer(self.model.parameters(), config, self.methodology)
-        self.teacher = self._make_teacher()
+        net = self.methodology
+        self.sample_weights = (
+            SampleWeights(net, self.objective, self.model, config.meta)
+            if isinstance(net, MWNet | CMWNet)
+            else None
+        )
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.epoch = 0
         self.step_in_epoch = 0
@@ -129,21 +133,15 @@ class Trainer:
     def _tensors(self, split: Split) -> tuple[Tensor, Tensor]:
         return self.objective.tensors(split)
 
-    def _make_teacher(self) -> Teacher | None:
-        if not self._label_correction:
-            return None
-        return Teacher(self.model, self.config.meta, self.log_prior)
-
     @property
     def weighting(self) -> MWNet | CMWNet | None:
-        """The methodology when it is a sample-weighting net (else None)."""
-        m = self.methodology
-        return m if isinstance(m, MWNet | CMWNet) else None
+        """The sample-weighting net, if the run has one."""
+        return self.sample_weights.net if self.sample_weights is not None else None
 
     @property
-    def _label_correction(self) -> bool:
-        m = self.methodology
-        return bool(getattr(m, "label_correction", False))
+    def teacher(self) -> Teacher | None:
+        """Label correction's EMA teacher, if the run has one."""
+        return self.sample_weights.teacher if self.sample_weights is not None else None
 
     def _check_model_output(self) -> None:
         self.objective.check_output(self.model, self.train_x)
@@ -252,11 +250,7 @@ class Trainer:
         for name, values in self._epoch_stats.items():
             row[f"train_{name}"] = float(np.mean(values)) if values else None
         if self.has_sample_weights():
-            weights = self.train_weights()
-            row["weight_auc"] = self.weight_auc(weights)
-            noisy = self.task.train.noisy_mask
-            row["weight_mean_clean"] = float(weights[~noisy].mean()) if (~noisy).any() else None
-            row["weight_mean_noisy"] = float(weights[noisy].mean()) if noisy.any() else None
+            row.update(weight_metrics(self.train_weights(), self.task.train.noisy_mask))
         if self.teacher is not None:
             row.update(self.teacher.metrics(self.train_x, self.task.train))
         self.history.append(row)
@@ -283,11 +277,9 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         logits = self.model(x)
-        if self.weighting is not None and self.epoch < self.config.optim.epochs:
-            terms = self.weighted_terms(logits, y, self.pseudo_labels(x))
-            with torch.no_grad():
-                w = self.weights_for(self.weighting, weight_input(terms), y)
-            loss = inner_value(terms, w)
+        sw = self.sample_weights
+        if sw is not None and self.epoch < self.config.optim.epochs:
+            loss = sw.loss(sw.terms(logits, y, sw.pseudo_labels(x)), y)
         else:
             loss = self.per_sample_losses(logits, y).mean()
         return self._optimize(loss, start)
@@ -305,7 +297,8 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self._check_parameters()
-        self.update_teacher()
+        if self.sample_weights is not None:
+            self.sample_weights.after_step(self.model, self.global_step)
 
     def forward(self, x: Tensor) -> Tensor:
         """The real step's forward pass, with the random state the step's meta step used
@@ -358,33 +351,10 @@ class Trainer:
             )
         return "no checkpoint was written yet: lower optim.lr (or meta.lr) and start again"
 
-    def pseudo_labels(self, x: Tensor) -> Tensor | None:
-        """CMW-Net-SL's pseudo-labels of ``x`` (None without label correction)."""
-        return self.teacher.pseudo_labels(x) if self.teacher is not None else None
-
-    def weighted_terms(self, logits: Tensor, y: Tensor, pseudo: Tensor | None) -> PerSample:
-        return weighted_terms(logits, y, pseudo)
-
-    def weights_for(self, methodology: nn.Module, losses: Tensor, y: Tensor) -> Tensor:
-        return self.normalized(methodology(losses, self.class_groups[y]), y)
-
-    def normalized(self, w: Tensor, y: Tensor) -> Tensor:
-        """Sample weights normalized as ``meta.normalize_weights`` says (never under label
-        correction, where ``w`` mixes two labels and stays in (0, 1))."""
-        return w if self._label_correction else self.objective.normalized(w, y)
-
-    def update_teacher(self) -> None:
-        """The EMA teacher follows the model after each real step (label correction)."""
-        if self.teacher is not None:
-            self.teacher.update(self.model, self.global_step)
-
     def train_weights(self) -> np.ndarray:
-        """The methodology's (unnormalized) weight of every training sample, in eval mode."""
-        assert self.weighting is not None
-        losses = self.per_sample_eval_losses(self.train_x, self.train_y)
-        with torch.no_grad():
-            w = self.weighting(losses, self.class_groups[self.train_y])
-        return w.cpu().numpy()
+        """The weighting net's (unnormalized) weight of every training sample, in eval mode."""
+        assert self.sample_weights is not None
+        return self.sample_weights.train_weights(self.model, self.train_x, self.train_y)
 
     def weight_auc(self, weights: np.ndarray) -> float | None:
         """AUC of ``weights`` for telling truly clean from truly noisy training samples."""
@@ -392,16 +362,6 @@ class Trainer:
 
     def per_sample_eval_losses(self, x: Tensor, y: Tensor) -> Tensor:
         return self.objective.eval_losses(self.model, x, y)
-
-    @property
-    def select_on(self) -> str:
-        """The validation metric that picks the best epoch (see ``TrainConfig.select_on``)."""
-        return self.objective.select_on
-
-    @property
-    def normalization(self) -> str:
-        """``meta.normalize_weights`` with ``auto`` resolved (see :class:`Classification`)."""
-        return self.objective.normalization
 
     def evaluate(
         self, x: Tensor, y: Tensor, model: nn.Module | None = None
