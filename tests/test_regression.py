@@ -1,9 +1,10 @@
-"""Regression with noisy targets: the HWnet methodology, RegressionTrainer's methods, the
+"""Regression with noisy targets: the HWnet methodology, HWNetTrainer's methods, the
 meta-learned loss beating plain MSE on outliers, exact resume, the CLI, and bad inputs."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from slem.bilevel import SGD, BilevelProblem, hypergrad
+from slem.bilevel import SGD, hypergrad
 from slem.data import load_dataset, make_task
 from slem.data.task import Task
 from slem.errors import SlemError
@@ -26,7 +27,8 @@ from slem.train import (
     make_trainer,
     parse_train_config,
 )
-from slem.train.regression import RegressionTrainer, robust_scaling
+from slem.train.objective import Regression
+from slem.train.regression import HWNetTrainer, robust_scaling
 from slem.train.trainer import Trainer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -153,12 +155,12 @@ def test_mse_and_huber_run(diabetes: Task) -> None:
         assert s["best_epoch"] == best + 1
     assert results["mse"].summary["test_mse"] != results["huber"].summary["test_mse"]
     trainer = make_trainer(config("mse", epochs=1), diabetes)
-    assert isinstance(trainer, RegressionTrainer)
-    assert trainer.y_center == float(np.median(diabetes.train.y))
+    assert isinstance(trainer.objective, Regression)  # the plain losses: Trainer + objective
+    assert trainer.objective.y_center == float(np.median(diabetes.train.y))
 
 
 def _frozen_initial_hwnet(seed: int) -> HyperWeightNet:
-    with torch.random.fork_rng(devices=[]):  # the net hwnet starts from (see RegressionTrainer)
+    with torch.random.fork_rng(devices=[]):  # the net hwnet starts from (see new_hwnet)
         torch.manual_seed(seed + 1_000_003)
         net = HyperWeightNet("mix", ["l2", "l1", "huber", "cauchy"], hidden=100)
     for p in net.parameters():
@@ -194,24 +196,22 @@ def test_hwnet_hypergradient_is_exact(diabetes: Task) -> None:
     the engine's lookahead hypergradient equals a central difference of the looked-ahead
     meta loss, in float64."""
     trainer = make_trainer(config("hwnet"), diabetes)
-    assert isinstance(trainer, RegressionTrainer)
+    assert isinstance(trainer, HWNetTrainer)
     trainer.model.double()
-    assert trainer.methodology is not None
-    trainer.methodology.double()
+    trainer.hwnet.double()
     x, y = trainer.train_x[:32].double(), trainer.train_y[:32].double()
     assert trainer.meta_x is not None and trainer.meta_y is not None
     trainer.meta_x, trainer.meta_y = trainer.meta_x.double(), trainer.meta_y.double()
-    z, outer = trainer.standardize(y), trainer._outer_batch()
-    params = dict(trainer.model.named_parameters())
-    hyper = dict(trainer.methodology.named_parameters())
-    problem = BilevelProblem(params, hyper, trainer._inner_loss, trainer._outer_loss, SGD(lr=0.05))
-    result = hypergrad(problem, "lookahead", inner_batch=(x, z, None), outer_batch=outer)
+    problem, inner, outer = trainer.meta_problem(x, y)
+    problem = replace(problem, optimizer=SGD(lr=0.05), optimizer_state=None)  # a plain step
+    params, hyper = problem.params, problem.hyper
+    result = hypergrad(problem, "lookahead", inner_batch=inner, outer_batch=outer)
 
     def looked_ahead(h: dict[str, torch.Tensor]) -> float:
         p = {k: t.detach().requires_grad_(True) for k, t in params.items()}
-        grads = torch.autograd.grad(trainer._inner_loss(p, h, (x, z, None)), list(p.values()))
+        grads = torch.autograd.grad(problem.inner_loss(p, h, inner), list(p.values()))
         stepped = {k: p[k] - 0.05 * g for k, g in zip(p, grads, strict=True)}
-        return float(trainer._outer_loss(stepped, h, outer).detach())
+        return float(problem.outer_loss(stepped, h, outer).detach())
 
     gen = torch.Generator().manual_seed(0)
     d = {k: torch.randn(t.shape, generator=gen, dtype=t.dtype) for k, t in hyper.items()}
@@ -287,7 +287,7 @@ def test_bad_inputs(diabetes: Task) -> None:
     with pytest.raises(SlemError, match="is for regression targets, but 'wine' has 3 classes"):
         make_trainer(config("hwnet", data={"name": "wine"}), wine)
     with pytest.raises(SlemError, match="is for regression targets"):
-        RegressionTrainer(config("mse"), wine)
+        Trainer(config("mse"), wine)
     wide = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
     with pytest.raises(SlemError, match=r"model output has shape \(2, 3\).*\(batch, 1\)"):
         make_trainer(config("mse"), diabetes, model=wide)
@@ -297,11 +297,11 @@ def test_bad_inputs(diabetes: Task) -> None:
     with pytest.raises(SlemError, match=r"regression: data\.meta_size"):
         parse_train_config({"method": "hwnet", "data": {"name": "diabetes"}})
     with pytest.raises(SlemError, match="takes no methodology"):
-        RegressionTrainer(config("mse"), diabetes, methodology=HyperWeightNet(hidden=4))
+        make_trainer(config("mse"), diabetes, methodology=HyperWeightNet(hidden=4))
     from slem.methodology import MWNet
 
     with pytest.raises(SlemError, match="cannot use a 'mwnet' methodology"):
-        RegressionTrainer(config("apply", methodology="x"), diabetes, methodology=MWNet(4))
+        HWNetTrainer(config("apply", methodology="x"), diabetes, methodology=MWNet(4))
     # a stock module with a (batch,) output is fine
     flat = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 1), nn.Flatten(0))
     assert np.isfinite(

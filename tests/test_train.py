@@ -293,7 +293,8 @@ def test_weight_normalization_modes(task: Task) -> None:
     y = torch.tensor([0, 0, 1, 2, 2, 2])
     for mode in ("batch", "class", "none"):
         trainer = make_trainer(config("mwnet", meta={"normalize_weights": mode}), task)
-        out = trainer.normalized(w, y)
+        assert trainer.sample_weights is not None
+        out = trainer.sample_weights.normalized(w, y)
         if mode == "batch":
             torch.testing.assert_close(out.mean(), torch.tensor(1.0))
         elif mode == "class":
@@ -327,8 +328,8 @@ def test_dac_prior_term_penalizes_a_collapsed_model(task: Task) -> None:
         config("mwnet", meta={"objective": "dac", "dac_prior_weight": 1.0}), task
     )
     assert isinstance(trainer, MetaTrainer)
-    prior = trainer.log_prior.exp()
-    matching = trainer.log_prior.expand(50, -1)  # every row predicts the prior
+    prior = trainer.labels.log_prior.exp()
+    matching = trainer.labels.log_prior.expand(50, -1)  # every row predicts the prior
     torch.testing.assert_close(trainer.prior_gap(matching), torch.tensor(0.0), atol=1e-6, rtol=0)
     collapsed = torch.full((50, task.n_classes), -20.0)
     collapsed[:, 0] = 20.0

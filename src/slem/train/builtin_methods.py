@@ -21,6 +21,7 @@ from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
 from slem.train.methods import Loss, MethodSpec, register, spec_applying
+from slem.train.objective import Classification
 from slem.train.trainer import Trainer
 
 
@@ -31,7 +32,12 @@ def _plain(
     methodology: Methodology | None,
     callbacks: Sequence[Callback],
 ) -> Trainer:
-    """A baseline: no methodology (one given is not used)."""
+    """A baseline: no methodology."""
+    if methodology is not None:
+        raise SlemError(
+            f"method {config.method} takes no methodology; use method apply to train with a "
+            "saved one"
+        )
     return Trainer(config, task, model, None, callbacks)
 
 
@@ -94,16 +100,16 @@ def _forward(
     return ForwardTrainer(config, task, model, None, callbacks)
 
 
-def _regression(
+def _hwnet(
     config: TrainConfig,
     task: Task,
     model: nn.Module | None,
     methodology: Methodology | None,
     callbacks: Sequence[Callback],
 ) -> Trainer:
-    from slem.train.regression import RegressionTrainer
+    from slem.train.regression import HWNetTrainer
 
-    return RegressionTrainer(config, task, model, methodology, callbacks)
+    return HWNetTrainer(config, task, model, methodology, callbacks)
 
 
 def _learned_optimizer(
@@ -151,6 +157,11 @@ def _apply(
     spec = spec_applying(methodology)
     build = spec.apply_build or spec.build
     return build(config, task, model, methodology, callbacks)
+
+
+def _labels(trainer: Trainer) -> Classification:
+    assert isinstance(trainer.objective, Classification)
+    return trainer.objective
 
 
 def _residual(kind: str) -> Loss:
@@ -221,7 +232,7 @@ register(
         "class-balanced cross-entropy (Cui et al. 2019), loss.cb_beta",
         "classification",
         _plain,
-        loss=lambda logits, y, t: L.class_balanced(logits, y, t.cb_weights),
+        loss=lambda logits, y, t: L.class_balanced(logits, y, _labels(t).cb_weights),
     )
 )
 for _name, _summary in (
@@ -305,13 +316,13 @@ for _name, _summary, _loss in (
     ("l1", "absolute error in robust target units", _residual("l1")),
     ("huber", "Huber loss, loss.huber_delta in robust target units", _huber),
 ):
-    register(MethodSpec(_name, _summary, "regression", _regression, loss=_loss))
+    register(MethodSpec(_name, _summary, "regression", _plain, loss=_loss))
 register(
     MethodSpec(
         "hwnet",
         "meta-learned robust regression loss (hyper-weight net)",
         "regression",
-        _regression,
+        _hwnet,
         meta_learns=("hwnet",),
         meta_step="engine",
         meta_set="objective",

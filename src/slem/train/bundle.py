@@ -53,7 +53,7 @@ from slem.train.meta_trainer import MetaTrainer
 from slem.train.methods import method_spec
 from slem.train.objective import EVAL_BATCH
 from slem.train.record import RunRecord, adjuster_arrays, lr_arrays
-from slem.train.schedule import LearnedRate
+from slem.train.schedule import LearnedRate, training_loss
 from slem.train.trainer import TrainResult
 
 Part = Callable[..., Tensor]
@@ -98,7 +98,7 @@ class BundleTrainer(MetaTrainer):
         self.bundle: MethodologyBundle = self.methodology
         weighting = self.bundle.part("weighting")
         if isinstance(weighting, MWNet | CMWNet):  # the weighting part's sample weights
-            self.sample_weights = SampleWeights(weighting, self.objective, self.model, config.meta)
+            self.sample_weights = SampleWeights(weighting, self.labels, self.model, config.meta)
         transition = self.bundle.part("transition")
         if isinstance(transition, TransitionNet):
             transition.check_task(int(np.prod(task.features.input_shape)), task.n_classes)
@@ -168,7 +168,7 @@ class BundleTrainer(MetaTrainer):
     ) -> Tensor:
         """The training loss of a batch given callables for the bundle's parts."""
         ce = L.cross_entropy(logits, y)
-        groups = self.class_groups[y]
+        groups = self.labels.class_groups[y]
         probs = F.softmax(logits, dim=1)
         corrected = "transition" in parts
         if corrected:
@@ -222,11 +222,7 @@ class BundleTrainer(MetaTrainer):
         super().on_epoch_start()
         if self.rate is not None:
             if self.rate.scale is None:
-                self.rate.rescale(
-                    float(
-                        self.per_sample_eval_losses(self.train_x[:4096], self.train_y[:4096]).mean()
-                    )
-                )
+                self.rate.rescale(training_loss(self))
             self.rate.on_epoch_start(self.epoch, self.global_step)
 
     def end_epoch(self) -> dict[str, Any]:
@@ -306,7 +302,7 @@ class BundleTrainer(MetaTrainer):
                 x, y = self.train_x[i : i + EVAL_BATCH], self.train_y[i : i + EVAL_BATCH]
                 logits = self.model(x)
                 ce = L.cross_entropy(logits, y)
-                out.append(adjuster(logit_margin(logits, y), ce, self.class_groups[y]))
+                out.append(adjuster(logit_margin(logits, y), ce, self.labels.class_groups[y]))
         return torch.cat(out).cpu().numpy()
 
     def mean_transition(self) -> np.ndarray:

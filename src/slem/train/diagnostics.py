@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from slem.train import losses as L
-
 if TYPE_CHECKING:
     from slem.train.trainer import Trainer
 
@@ -56,7 +54,7 @@ def plain_step_times(trainer: Trainer, probes: int = 5) -> list[float]:
         for _ in range(probes + 1):
             idx = torch.randint(0, len(y), (trainer.batch_size,), generator=pick).to(device)
             start = time.perf_counter()
-            loss = L.cross_entropy(model(x[idx]), y[idx]).mean()
+            loss = trainer.objective.plain_loss(model(x[idx]), y[idx]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

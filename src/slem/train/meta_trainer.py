@@ -118,7 +118,7 @@ class MetaTrainer(Trainer):
 
     def select_clean(self) -> Tensor:
         """Per class, the ``select_per_class`` training samples with the lowest loss."""
-        losses = self.per_sample_eval_losses(self.train_x, self.train_y)
+        losses = self.labels.eval_losses(self.model, self.train_x, self.train_y)
         k = self.config.meta.select_per_class
         chosen = []
         for c in range(self.task.n_classes):
@@ -192,9 +192,9 @@ class MetaTrainer(Trainer):
     def prior_gap(self, logits: Tensor) -> Tensor:
         """``KL(prior || mean softmax)``: zero when the batch's average prediction has the
         observed label frequencies, large when the model predicts few classes."""
-        prior = self.log_prior.exp()
+        prior = self.labels.log_prior.exp()
         mean_log = torch.logsumexp(F.log_softmax(logits, dim=1), dim=0) - math.log(len(logits))
-        return (prior * (self.log_prior - mean_log)).sum()
+        return (prior * (self.labels.log_prior - mean_log)).sum()
 
     def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         start = time.perf_counter()

@@ -85,7 +85,7 @@ def trainer_record(trainer: Trainer, result: TrainResult) -> RunRecord:
     record = RunRecord(list(result.history), dict(result.summary))
     net = trainer.weighting
     if net is not None and result.train_weights is not None:
-        observed = trainer.per_sample_eval_losses(trainer.train_x, trainer.train_y)
+        observed = trainer.labels.eval_losses(trainer.model, trainer.train_x, trainer.train_y)
         top = float(torch.quantile(observed, 0.99)) if len(observed) else 5.0
         grid = torch.linspace(0, max(top, 1.0), WEIGHT_GRID, device=trainer.device)
         n_groups = max(trainer.task.features.n_groups, 1)

@@ -35,6 +35,13 @@ from slem.train.record import RunRecord, lr_arrays
 from slem.train.trainer import Trainer, TrainResult
 
 
+def training_loss(trainer: Trainer) -> float:
+    """Mean cross-entropy on (up to 4096 of) the training samples, in eval mode: the initial
+    loss that scales a learned schedule's rates (:func:`~slem.methodology.lr_scale`)."""
+    x, y = trainer.train_x[:4096], trainer.train_y[:4096]
+    return float(trainer.labels.eval_losses(trainer.model, x, y).mean())
+
+
 class LearnedRate:
     """The learning rate an MLR-SNet gives a run, step by step: its scale (from the initial
     loss), the stage driving each part of the run, the LSTM memory and the trace of rates.
@@ -206,13 +213,9 @@ class ScheduleTrainer(Trainer):
     def lr_at(self, step: int) -> float:
         return self.rate.current
 
-    def training_loss(self) -> float:
-        """Mean cross-entropy on (up to 4096 of) the training samples, in eval mode."""
-        return float(self.per_sample_eval_losses(self.train_x[:4096], self.train_y[:4096]).mean())
-
     def on_epoch_start(self) -> None:
         if self.rate.scale is None:
-            self.rate.rescale(self.training_loss())
+            self.rate.rescale(training_loss(self))
         self.rate.on_epoch_start(self.epoch, self.global_step)
 
     def end_epoch(self) -> dict[str, Any]:

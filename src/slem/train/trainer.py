@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from slem.data.augment import dac_views
 from slem.data.task import Split, Task
 from slem.methodology import Methodology
 from slem.methodology.weighting import CMWNet, MWNet
-from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.checkpoint_io import (
     PROGRESS,
@@ -47,7 +45,7 @@ from slem.train.meta_step import hypergradient_norm
 from slem.train.methods import make_trainer as make_trainer
 from slem.train.methods import method_spec, target_error
 from slem.train.models import build_model
-from slem.train.objective import Classification
+from slem.train.objective import Classification, objective_for
 from slem.train.optimizers import make_optimizer, scheduled_lr
 from slem.train.record import RunRecord, trainer_record
 from slem.train.record import TrainResult as TrainResult
@@ -75,20 +73,21 @@ class Trainer:
         self.config = config
         self.task = task
         self.device = torch.device(device) if device is not None else resolve_device(config.device)
+        self.objective = objective_for(task, config, self.device)
         torch.manual_seed(config.seed)
+        m = config.model
         self.model = model or build_model(
             task.features.input_shape,
-            task.n_classes,
-            config.model.arch,
-            config.model.width,
-            config.model.depth,
-            config.model.dropout,
-            config.model.activation,
+            self.objective.n_outputs,
+            m.arch,
+            m.width,
+            m.depth,
+            m.dropout,
+            m.activation,
         )
         self.model.to(self.device)
         self.methodology = methodology.to(self.device) if methodology is not None else None
         self.callbacks = list(callbacks)
-        self._setup_targets()
         self.train_x, self.train_y = self._tensors(task.train)
         self.val_x, self.val_y = self._tensors(task.val)
         self.test_x, self.test_y = self._tensors(task.test)
@@ -97,10 +96,10 @@ class Trainer:
         if task.meta is not None:
             self.meta_x, self.meta_y = self._tensors(task.meta)
         self.optimizer = make_optimizer(self.model.parameters(), config, self.methodology)
-        net = self.methodology
+        net, o = self.methodology, self.objective
         self.sample_weights = (
-            SampleWeights(net, self.objective, self.model, config.meta)
-            if isinstance(net, MWNet | CMWNet)
+            SampleWeights(net, o, self.model, config.meta)
+            if isinstance(net, MWNet | CMWNet) and isinstance(o, Classification)
             else None
         )
         self.generator = torch.Generator().manual_seed(config.seed + 1)
@@ -108,7 +107,11 @@ class Trainer:
         self.step_in_epoch = 0
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"val_score": -1.0, "epoch": -1, "state": None}
+        self.best: dict[str, Any] = {
+            "val_score": self.objective.initial_best,
+            "epoch": -1,
+            "state": None,
+        }
         self.timings: dict[str, list[float]] = {"plain": [], "meta": []}
         self.elapsed = 0.0
         self._stop: str | None = None
@@ -116,22 +119,19 @@ class Trainer:
         self._check_model_output()
 
     def _check_task(self, config: TrainConfig, task: Task) -> None:
-        if not task.is_classification:
-            raise target_error(replace(self.spec, target="classification"), task)
-
-    def _setup_targets(self) -> None:
-        """The objective and what the losses need of the labels (class groups, class-balanced
-        weights, the log prior)."""
-        self.objective = Classification(self.task, self.config, self.device)
-        o = self.objective
-        self.class_groups, self.cb_weights, self.log_prior = (
-            o.class_groups,
-            o.cb_weights,
-            o.log_prior,
-        )
+        """Refuse a method whose targets (its registry entry) are not the task's."""
+        kind = "classification" if task.is_classification else "regression"
+        if self.spec.target is not None and self.spec.target != kind:
+            raise target_error(self.spec, task)
 
     def _tensors(self, split: Split) -> tuple[Tensor, Tensor]:
         return self.objective.tensors(split)
+
+    @property
+    def labels(self) -> Classification:
+        """The classification objective of a run on class labels."""
+        assert isinstance(self.objective, Classification), "a classification run"
+        return self.objective
 
     @property
     def weighting(self) -> MWNet | CMWNet | None:
@@ -268,10 +268,11 @@ class Trainer:
         return row
 
     def per_sample_losses(self, logits: Tensor, y: Tensor) -> Tensor:
-        """The method's per-sample training loss (cross-entropy while fine-tuning)."""
+        """The method's per-sample training loss of the model's output (the plain loss while
+        fine-tuning)."""
         if self.epoch >= self.config.optim.epochs:
-            return L.cross_entropy(logits, y)
-        return self.spec.loss(logits, y, self)
+            return self.objective.plain_loss(logits, y)
+        return self.objective.training_losses(self.spec.loss, logits, y, self)
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
         start = time.perf_counter()
@@ -360,22 +361,20 @@ class Trainer:
         """AUC of ``weights`` for telling truly clean from truly noisy training samples."""
         return weight_auc(self.task.train.noisy_mask, weights)
 
-    def per_sample_eval_losses(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.objective.eval_losses(self.model, x, y)
-
     def evaluate(
         self, x: Tensor, y: Tensor, model: nn.Module | None = None
     ) -> tuple[float, float, float]:
-        """(mean cross-entropy, accuracy, balanced accuracy) of ``model`` (default: the
-        trained one) in eval mode."""
+        """The objective's three evaluation numbers of ``model`` (default: the trained one) on
+        ``(x, y)`` in eval mode (classification: cross-entropy, accuracy, balanced accuracy;
+        regression: MSE, MAE, mean ``r²/2``)."""
         return self.objective.evaluate(model or self.model, x, y)
 
     def finish(self) -> TrainResult:
+        """Evaluate on the test split (at the end and at the best validation epoch) and
+        summarize the run."""
         final = self.history[-1] if self.history else {}
-        metrics = self.objective.test_summary(
-            self.model, self.best["state"], self.test_x, self.test_y, final
-        )
-        weights = self.train_weights() if self.weighting is not None else None
+        metrics = self.objective.test_summary(self.model, self.best, self.test_x, final)
+        weights = self.train_weights() if self.has_sample_weights() else None
         meta = self.timings["meta"]
         summary = {
             "method": self.config.method,
@@ -387,7 +386,6 @@ class Trainer:
             "steps": self.global_step,
             "seconds": round(self.elapsed, 2),
             **metrics,
-            "best_val_score": self.best["val_score"],
             "best_epoch": self.best["epoch"],
             "weight_auc": self.weight_auc(weights) if weights is not None else None,
             "noise_rate_realized": self.task.train.noise_rate,
@@ -402,8 +400,14 @@ class Trainer:
 
     def record(self, result: TrainResult) -> RunRecord:
         """The finished run as plain data for :mod:`slem.report`: ``result``'s history and
-        summary, and the named arrays this trainer has (see :class:`RunRecord`)."""
-        return trainer_record(self, result)
+        summary, and the named arrays this trainer and its objective have (see
+        :class:`RunRecord`)."""
+        record = trainer_record(self, result)
+        title = f"{self.config.method} on {self.task.name}"
+        arrays, info = self.objective.record(self.model, self.test_x, title)
+        record.arrays.update(arrays)
+        record.info.update(info)
+        return record
 
     def plain_step_times(self, probes: int = 5) -> list[float]:
         """Seconds of plain (ERM) training steps (see
