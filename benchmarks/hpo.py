@@ -81,8 +81,10 @@ def regret_run(task: str, method: str, seed: int, units: int) -> dict[str, Any]:
     sampler, pruner = METHODS[method]
     space = SearchSpace.from_mapping(tb.space(task, relaxed=True))
     cfg = StudyConfig.model_validate({"sampler": sampler, "pruner": pruner, "seed": seed})
-    study = optuna.create_study(
-        sampler=make_sampler(cfg, space), pruner=make_pruner(cfg, tb.budgets(task))
+    study = optuna.create_study(  # a fixed name: Hyperband's brackets hash it (else a uuid)
+        study_name=f"{task}|{method}|{seed}",
+        sampler=make_sampler(cfg, space),
+        pruner=make_pruner(cfg, tb.budgets(task)),
     )
     objective = tb.optuna_objective(task, with_pruning=pruner != "none", relaxed=True)
     trials = units * (3 if pruner != "none" else 1)  # pruned trials cost less than a unit

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import functional
+from slem.bilevel import BilevelProblem, functional
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import (
@@ -236,7 +236,7 @@ class BundleTrainer(MetaTrainer):
             if self.in_warmup:
                 return self._warmup_step(x, y)
             if self.global_step % self.config.meta.interval == 0:
-                return self._meta_step(x, y)
+                return self.meta_train_step(x, y)
         start = time.perf_counter()
         self.model.train()
         logits = self.model(x)
@@ -259,9 +259,10 @@ class BundleTrainer(MetaTrainer):
         x, y = batch
         return self.bundle_loss(self._f_model(params, x), x, y, self._functional_parts(hyper))
 
-    def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        start = time.perf_counter()
-        self.model.train()
+    def meta_problem(self, x: Tensor, y: Tensor) -> tuple[BilevelProblem, Any, Any]:
+        """The bilevel problem of a meta step on the batch ``(x, y)`` over every part's
+        parameters (:meth:`meta_hyper`), with its inner and outer batch: one virtual step on
+        the bundle's training loss, at the learned schedule's rate when it has one."""
         params = self.inner_params()
         lr: float | Callable[[dict[str, Tensor]], Tensor] = self.optimizer.param_groups[0]["lr"]
         if self.rate is not None:
@@ -281,7 +282,16 @@ class BundleTrainer(MetaTrainer):
         step = self.meta_step
         assert step is not None
         problem = step.problem(params, self._inner_loss, self._outer_loss, lr)
-        result = step(problem, (x, y), self._outer_batch())
+        return problem, (x, y), self._outer_batch()
+
+    def meta_train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """A meta step on the batch (every part moves), then the real step with the updated
+        parts; returns the step's ``loss`` and ``meta_loss``."""
+        start = time.perf_counter()
+        self.model.train()
+        step = self.meta_step
+        assert step is not None
+        result = step(*self.meta_problem(x, y))
         logits = self.forward(x)
         self._rate_input = F.cross_entropy(logits.detach(), y)
         loss = self.bundle_loss(logits, x, y, self._frozen_parts())

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import PerSample, functional
+from slem.bilevel import BilevelProblem, PerSample, functional
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import Methodology, build_weighting
@@ -133,7 +133,7 @@ class MetaTrainer(Trainer):
         if self.in_warmup:
             return self._warmup_step(x, y)
         if self.global_step % self.config.meta.interval == 0:
-            return self._meta_step(x, y)
+            return self.meta_train_step(x, y)
         return super().train_step(x, y, idx)
 
     def _warmup_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
@@ -196,18 +196,29 @@ class MetaTrainer(Trainer):
         mean_log = torch.logsumexp(F.log_softmax(logits, dim=1), dim=0) - math.log(len(logits))
         return (prior * (self.labels.log_prior - mean_log)).sum()
 
-    def _meta_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+    def meta_problem(self, x: Tensor, y: Tensor) -> tuple[BilevelProblem, Any, Any]:
+        """The bilevel problem of a meta step on the batch ``(x, y)``, with its inner and
+        outer batch: one virtual step on ``mean(w * l)`` (the weights from the net, with the
+        teacher's pseudo-labels under label correction), then the meta objective."""
+        sw, step = self.sample_weights, self.meta_step
+        assert sw is not None and step is not None
+        pseudo = sw.pseudo_labels(x)
+        params = self.inner_params()
+        problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
+        return problem, (x, y, pseudo), self._outer_batch()
+
+    def meta_train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """A meta step on the batch (the net moves), then the real step with the updated
+        net (reusing the meta step's forward pass, or, in the ``lagged`` order, its virtual
+        step); returns the step's ``loss`` and ``meta_loss``."""
         start = time.perf_counter()
         meta, sw, step = self.config.meta, self.sample_weights, self.meta_step
         assert sw is not None and step is not None
         self.model.train()
-        pseudo = sw.pseudo_labels(x)
-        params = self.inner_params()
-        problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
+        problem, inner, outer = self.meta_problem(x, y)
+        params, pseudo = problem.params, inner[2]
         reuse = step.fast and meta.order == "mwnet"
-        result = step(
-            problem, (x, y, pseudo), self._outer_batch(), keep_graph=reuse, live_forward=True
-        )
+        result = step(problem, inner, outer, keep_graph=reuse, live_forward=True)
         if step.fast and meta.order == "lagged":  # the virtual step is the real step
             inner = result.diagnostics["inner_grads"]
             self.optimizer.zero_grad(set_to_none=True)
