@@ -131,15 +131,16 @@ def test_joint_hypergradient_is_the_exact_one_step_gradient(task: Task) -> None:
     trainer.rate.rescale(2.3)
     x, y = trainer.train_x[:32], trainer.train_y[:32]
     mx, my = trainer.meta_x[:20], trainer.meta_y[:20]
-    hyper = dict(trainer._hyper_items())
+    trainer.model.train()  # as in the meta step: BatchNorm on batch statistics
+    problem, inner_batch, _ = trainer.meta_problem(x, y)
+    hyper = problem.hyper  # every part's parameters but the schedule's frozen snapshots
     params = dict(trainer.model.named_parameters())
     f = functional(trainer.model)
-    trainer.model.train()  # as in the meta step: BatchNorm on batch statistics
 
     # reference: autograd through one SGD step
     ce = F.cross_entropy(f(params, x), y).detach()
     rate = trainer.rate.differentiable(ce)
-    inner = trainer._inner_loss(params, hyper, (x, y))
+    inner = problem.inner_loss(params, hyper, inner_batch)
     grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
     stepped = {n: p - rate * g for (n, p), g in zip(params.items(), grads, strict=True)}
     meta_loss = F.cross_entropy(f(stepped, mx), my)
@@ -154,7 +155,7 @@ def test_joint_hypergradient_is_the_exact_one_step_gradient(task: Task) -> None:
         captured.update({n: p.grad.clone() for n, p in hyper.items() if p.grad is not None})
 
     trainer.meta_optimizer.step = capture  # type: ignore[method-assign]
-    trainer._meta_step(x, y)
+    trainer.meta_train_step(x, y)
     trainer.meta_optimizer.step = original  # type: ignore[method-assign]
     checked = 0
     for (name, _), ref in zip(hyper.items(), reference, strict=True):

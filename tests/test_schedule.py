@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from slem.bilevel import RateProblem
 from slem.cli.app import app
 from slem.data import LoadOptions, load_dataset, make_task
 from slem.data.task import Task
@@ -98,7 +99,11 @@ def test_meta_step_is_the_exact_one_step_hypergradient(task: Task) -> None:
     loss = F.cross_entropy(model(x), y)
     params = dict(model.named_parameters())
     grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
-    trainer._meta_step(loss.detach(), params, grads)
+    assert trainer.meta_step is not None
+    problem, inner, outer = trainer.meta_problem(x, y, loss.detach(), grads)
+    assert isinstance(problem, RateProblem)  # one backward, no second derivative
+    result = trainer.meta_step(problem, inner, outer)
+    assert result.diagnostics["path"] == "rate"
     got = trainer.schedule.live.out.bias.grad.clone()
 
     # reference: torch's SGD gives the direction d; L(alpha) at w - alpha * d by autograd

@@ -44,6 +44,7 @@ from slem.bilevel.problem import (
     replay_randomness,
     same_randomness,
 )
+from slem.bilevel.rate import RateProblem, rate_lookahead
 
 __all__ = [
     "METHODS",
@@ -56,6 +57,7 @@ __all__ = [
     "Params",
     "PerSample",
     "RandomState",
+    "RateProblem",
     "WeightedProblem",
     "finite_difference",
     "first_order",
@@ -66,6 +68,7 @@ __all__ = [
     "implicit",
     "live_forward",
     "lookahead",
+    "rate_lookahead",
     "replay_randomness",
     "same_randomness",
     "unrolled",

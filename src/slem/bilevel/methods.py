@@ -85,6 +85,8 @@ def lookahead(
 ) -> Hypergrad:
     """One virtual step, then the outer loss (MW-Net, Shu et al. 2019; second-order DARTS,
     Liu et al. 2019). Exact gradient of ``L_out(theta - lr * grad L_in(theta, phi))``.
+    A :class:`~slem.bilevel.rate.RateProblem` (``phi`` sets the rate only) takes its
+    structured path, one backward and no second derivative (``fast=False``: generic).
 
     Cost: about 3-4 steps of time (a double backward) and the memory of one step's graph
     twice. When ``problem`` is a :class:`~slem.bilevel.WeightedProblem` (``phi`` enters only
@@ -94,10 +96,13 @@ def lookahead(
     Use it for online meta-learning that interleaves meta steps with training.
     """
     from slem.bilevel.fast import WeightedProblem, weighted_lookahead
+    from slem.bilevel.rate import RateProblem, rate_lookahead
 
     if inner_batches is not None and len(inner_batches) != 1:
         raise SlemError("lookahead takes one step on one batch; use unrolled for several")
     batches = schedule(inner_batch, inner_batches, 1)
+    if fast and isinstance(problem, RateProblem):
+        return rate_lookahead(problem, batches[0], outer_batch)
     if fast and isinstance(problem, WeightedProblem):
         return weighted_lookahead(
             problem, batches[0], outer_batch, jvp_mode, keep_graph, epsilon, live_forward

@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import SGD, functional
+from slem.bilevel import RateProblem, functional
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import Methodology, MLRSNet, lr_scale
 from slem.methodology.schedule import ScheduleState
 from slem.train import losses as L
 from slem.train.callbacks import Callback
-from slem.train.config import TrainConfig
+from slem.train.config import MetaConfig, TrainConfig
 from slem.train.guard import NonFiniteLoss
+from slem.train.meta_step import MetaStep
 from slem.train.methods import method_spec
 from slem.train.record import RunRecord, lr_arrays
 from slem.train.trainer import Trainer, TrainResult
@@ -167,10 +168,7 @@ class ScheduleTrainer(Trainer):
             raise SlemError(f"a '{methodology.kind}' methodology is not a learning-rate schedule")
         super().__init__(config, task, model, methodology, callbacks, device)
         self.schedule: MLRSNet = methodology.to(self.device)
-        o = config.optim
-        self._inner_opt = SGD(
-            lr=0.0, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-        )
+        self.meta_step: MetaStep | None = None
         if self.meta_training:
             n_meta = len(task.meta) if task.meta is not None else 0
             if n_meta < task.n_classes:
@@ -178,11 +176,12 @@ class ScheduleTrainer(Trainer):
                     f"the meta set has {n_meta} samples, fewer than the {task.n_classes} "
                     "classes; raise data.meta_per_class"
                 )
-            self.meta_optimizer: torch.optim.Optimizer | None = torch.optim.Adam(
-                self.schedule.live.parameters(), lr=s.lr, weight_decay=s.weight_decay
+            # the exact one-step hypergradient (lookahead of a RateProblem), Adam on the net
+            meta = MetaConfig(lr=s.lr, weight_decay=s.weight_decay)
+            live = dict(self.schedule.live.named_parameters())
+            self.meta_step = MetaStep(
+                meta, self.optimizer, live, self._check_finite, [self.observe_hypergradient]
             )
-        else:
-            self.meta_optimizer = None
         self._f_model = functional(self.model)
         self.rate = LearnedRate(
             self.schedule, config, task.n_classes, self.meta_training, self.device
@@ -213,6 +212,11 @@ class ScheduleTrainer(Trainer):
     def lr_at(self, step: int) -> float:
         return self.rate.current
 
+    @property
+    def meta_optimizer(self) -> torch.optim.Optimizer | None:
+        """The schedule net's optimizer (None when it is frozen)."""
+        return self.meta_step.meta_optimizer if self.meta_step is not None else None
+
     def on_epoch_start(self) -> None:
         if self.rate.scale is None:
             self.rate.rescale(training_loss(self))
@@ -230,52 +234,65 @@ class ScheduleTrainer(Trainer):
         self.model.train()
         loss = L.cross_entropy(self.model(x), y).mean()
         self._check_finite(loss, "training loss")
-        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        grads = torch.autograd.grad(loss, list(params.values()))
+        params = self.inner_params()
+        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
         stats: dict[str, float] = {"loss": float(loss.detach())}
         meta = self.meta_training and self.global_step % self.config.schedule.interval == 0
         if meta:
-            named = dict(zip(params, grads, strict=True))
-            stats["meta_loss"] = self._meta_step(loss.detach(), params, named)
+            assert self.meta_step is not None
+            result = self.meta_step(*self.meta_problem(x, y, loss.detach(), grads))
+            stats["meta_loss"] = result.outer_loss
         lr = self.rate.next(loss.detach(), self.epoch, self.step_in_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for p, g in zip(params.values(), grads, strict=True):
-            p.grad = g
+        for name, p in params.items():
+            p.grad = grads[name]
         self.optimizer.step()
         self._check_parameters()
         self.timings["meta" if meta else "plain"].append(time.perf_counter() - start)
         stats["lr"] = lr
         return stats
 
-    def _meta_step(
-        self, loss: Tensor, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]
-    ) -> float:
-        """One exact one-step hypergradient step on the live schedule net."""
-        assert self.meta_optimizer is not None
-        assert self.meta_x is not None and self.meta_y is not None
-        alpha = self.rate.differentiable(loss)
-        o = self.config.optim
-        step = SGD(
-            lr=lambda _: alpha,
-            momentum=o.momentum,
-            weight_decay=o.weight_decay,
-            nesterov=o.nesterov,
+    def meta_problem(
+        self, x: Tensor, y: Tensor, loss: Tensor, grads: dict[str, Tensor]
+    ) -> tuple[RateProblem, Any, Any]:
+        """The bilevel problem of a meta step on the batch ``(x, y)`` whose training loss is
+        ``loss`` and gradient ``grads`` (the real step's), with its inner and outer batch: the
+        virtual step ``w - lr(theta) * d`` (``d`` the real optimizer's direction, momentum and
+        weight decay included) at the rate the live schedule net gives for ``loss``, then the
+        cross-entropy of a meta batch. The direction does not depend on ``theta``: the
+        hypergradient is exact for one step and needs no second derivative
+        (:class:`~slem.bilevel.RateProblem`)."""
+        step = self.meta_step
+        assert step is not None and self.meta_x is not None and self.meta_y is not None
+        rate, live = self.rate, functional(self.schedule.live)
+
+        def lr(hyper: dict[str, Tensor]) -> Tensor:
+            return rate.differentiable(loss, live=lambda value, state: live(hyper, value, state))
+
+        params = self.inner_params()
+        opt, state = step.virtual_optimizer(params, lr)
+        problem = RateProblem(
+            params,
+            step.hyper,
+            self._meta_set_loss,
+            self._meta_set_loss,
+            opt,
+            optimizer_state=state,
+            grads=grads,
         )
-        detached = {n: p.detach() for n, p in params.items()}
-        state = self._inner_opt.state_from_torch(self.optimizer, dict(params))
-        virtual, _ = step.update(detached, {n: g.detach() for n, g in grads.items()}, state, {})
         take = torch.randperm(len(self.meta_y), generator=self.generator)
         take = take[: self.config.schedule.batch_size].to(self.device)
-        meta_loss = F.cross_entropy(self._f_model(virtual, self.meta_x[take]), self.meta_y[take])
-        self._check_finite(meta_loss, "meta loss")
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        meta_loss.backward()
-        for p in self.schedule.live.parameters():
-            if p.grad is not None:
-                self._check_finite(p.grad, "hypergradient")
-        self.meta_optimizer.step()
-        return float(meta_loss.detach())
+        return problem, (x, y), (self.meta_x[take], self.meta_y[take])
+
+    def _meta_set_loss(
+        self, params: dict[str, Tensor], hyper: dict[str, Tensor], batch: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        """Cross-entropy of a batch at ``params`` (the inner loss on a training batch, the
+        outer loss on a meta batch)."""
+        loss = F.cross_entropy(self._f_model(params, batch[0]), batch[1])
+        self._check_finite(loss, "meta loss")
+        return loss
 
     # ------------------------------------------------------------------ results and state
 
