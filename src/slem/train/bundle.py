@@ -48,22 +48,15 @@ from slem.methodology import (
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
+from slem.train.diagnostics import adjuster_values, logit_margin, mean_transition, row_error
 from slem.train.hooks import SampleWeights
 from slem.train.meta_trainer import MetaTrainer
 from slem.train.methods import method_spec
-from slem.train.objective import EVAL_BATCH
 from slem.train.record import RunRecord, adjuster_arrays, lr_arrays
 from slem.train.schedule import LearnedRate, training_loss
 from slem.train.trainer import TrainResult
 
 Part = Callable[..., Tensor]
-
-
-def logit_margin(logits: Tensor, y: Tensor) -> Tensor:
-    """``z_y - max_{j != y} z_j``: positive when the model agrees with the label."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return z_y - others.max(1).values
 
 
 def components_of(config: TrainConfig) -> list[str]:
@@ -303,48 +296,14 @@ class BundleTrainer(MetaTrainer):
 
     def adjuster_values(self) -> np.ndarray:
         """The adjuster's hyperparameters for every training sample ``(n, k)``, in eval mode."""
-        adjuster = self.adjuster
-        assert adjuster is not None
-        self.model.eval()
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(self.train_y), EVAL_BATCH):
-                x, y = self.train_x[i : i + EVAL_BATCH], self.train_y[i : i + EVAL_BATCH]
-                logits = self.model(x)
-                ce = L.cross_entropy(logits, y)
-                out.append(adjuster(logit_margin(logits, y), ce, self.labels.class_groups[y]))
-        return torch.cat(out).cpu().numpy()
+        assert self.adjuster is not None
+        groups = self.labels.class_groups
+        return adjuster_values(self.adjuster, self.model, self.train_x, self.train_y, groups)
 
     def mean_transition(self) -> np.ndarray:
-        """Row ``i``: the predicted ``T(x)[i]`` averaged over the training samples of clean
-        class ``i`` (comparable with the task's true matrix)."""
-        net = self.transition_net
-        assert net is not None
-        c = self.task.n_classes
-        total = torch.zeros(c, c, device=self.device)
-        y_true = torch.as_tensor(self.task.train.y_true, dtype=torch.long, device=self.device)
-        with torch.no_grad():
-            for i in range(0, len(y_true), EVAL_BATCH):
-                yb = y_true[i : i + EVAL_BATCH]
-                rows = net(self.train_x[i : i + EVAL_BATCH])[torch.arange(len(yb)), yb]
-                total.index_add_(0, yb, rows)
-        counts = torch.bincount(y_true, minlength=c).clamp_min(1)[:, None]
-        return (total / counts).cpu().numpy()
-
-    def row_error(self) -> float:
-        """Instance-dependent noise: the mean total-variation distance between the predicted
-        row ``T(x_k)[clean class of k]`` and the distribution sample k's label was drawn from."""
-        net = self.transition_net
-        assert net is not None and self.task.transition_rows is not None
-        rows = torch.as_tensor(self.task.transition_rows, dtype=torch.float32, device=self.device)
-        y_true = torch.as_tensor(self.task.train.y_true, dtype=torch.long, device=self.device)
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, len(y_true), EVAL_BATCH):
-                yb = y_true[i : i + EVAL_BATCH]
-                pred = net(self.train_x[i : i + EVAL_BATCH])[torch.arange(len(yb)), yb]
-                total += float((pred - rows[i : i + EVAL_BATCH]).abs().sum() / 2)
-        return total / max(len(y_true), 1)
+        """The transition net's mean row per clean class ``(C, C)``."""
+        assert self.transition_net is not None
+        return mean_transition(self.transition_net, self.train_x, self.task.train.y_true)
 
     def finish(self) -> TrainResult:
         result = super().finish()
@@ -361,7 +320,9 @@ class BundleTrainer(MetaTrainer):
                     float(values[noisy, j].mean()) if noisy.any() else None
                 )
         if self.transition_net is not None and self.task.transition_rows is not None:
-            s["transition_row_error"] = self.row_error()
+            s["transition_row_error"] = row_error(
+                self.transition_net, self.train_x, self.task.train.y_true, self.task.transition_rows
+            )
         if self.transition_net is not None and self.task.transition is not None:
             predicted = self.mean_transition()
             s["transition_error"] = float(

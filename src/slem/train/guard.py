@@ -4,12 +4,15 @@ exactly zero; and where a non-finite value sits."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from slem.errors import SlemError
+
+if TYPE_CHECKING:
+    from slem.train.config import TrainConfig
 
 
 class TrainingStopped(Exception):
@@ -68,3 +71,15 @@ class Stoppable(Protocol):
     _stop: str | None
 
     def request_stop(self, reason: str) -> None: ...
+
+
+def check_hypergradients(norms: list[float] | None, epoch: int, config: TrainConfig) -> None:
+    """Raise :class:`ZeroHypergradient` when every meta step of ``epoch`` (0-based) had an
+    exactly zero hypergradient (``norms``: their norms; None or empty: no meta step)."""
+    if norms and max(norms) == 0.0:
+        raise ZeroHypergradient(
+            f"the hypergradient was exactly 0 in all {len(norms)} meta steps of epoch "
+            f"{epoch + 1}: the methodology learns nothing with meta.hypergrad "
+            f"'{config.meta.hypergrad}' here; use meta.hypergrad lookahead (see "
+            "slem.train.validity)"
+        )

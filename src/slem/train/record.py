@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from slem.methodology import LossAdjusterNet
 from slem.methodology.regression import HyperWeightNet, base_loss
+from slem.train.diagnostics import plain_step_times, weight_auc
 
 if TYPE_CHECKING:
     from slem.train.trainer import Trainer
@@ -77,6 +78,37 @@ class RunRecord:
     summary: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def run_summary(
+    trainer: Trainer, metrics: dict[str, Any], weights: np.ndarray | None
+) -> dict[str, Any]:
+    """The summary of a finished run (``summary.json``): the method, task and seed, how long
+    it ran, the objective's test and selection ``metrics``, the learned ``weights``' AUC for
+    clean vs noisy samples, the meta step's time relative to a plain step, and where the
+    test labels came from."""
+    task, meta = trainer.task, trainer.timings["meta"]
+    auc = weight_auc(task.train.noisy_mask, weights) if weights is not None else None
+    return {
+        "method": trainer.config.method,
+        "dataset": task.name,
+        "noise": str(task.noise) if task.noise else None,
+        "imbalance": task.imbalance,
+        "seed": trainer.config.seed,
+        "epochs": trainer.epoch,
+        "steps": trainer.global_step,
+        "seconds": round(trainer.elapsed, 2),
+        **metrics,
+        "best_epoch": trainer.best["epoch"],
+        "weight_auc": auc,
+        "noise_rate_realized": task.train.noise_rate,
+        "n_train": len(task.train),
+        "n_meta": len(task.meta) if task.meta is not None else 0,
+        "meta_step_time_ratio": (
+            float(np.median(meta) / np.median(plain_step_times(trainer))) if meta else None
+        ),
+        **task.provenance(),  # where the test labels came from: clean or as given
+    }
 
 
 def trainer_record(trainer: Trainer, result: TrainResult) -> RunRecord:

@@ -36,9 +36,9 @@ from slem.train.checkpoint_io import (
     save_atomic,
 )
 from slem.train.config import TrainConfig
-from slem.train.diagnostics import plain_step_times, weight_auc, weight_metrics
+from slem.train.diagnostics import weight_metrics
 from slem.train.guard import Stoppable as Stoppable
-from slem.train.guard import ZeroHypergradient, check_finite, check_parameters
+from slem.train.guard import check_finite, check_hypergradients, check_parameters
 from slem.train.hooks import SampleWeights
 from slem.train.loop import Loop
 from slem.train.meta_step import hypergradient_norm
@@ -46,8 +46,9 @@ from slem.train.methods import make_trainer as make_trainer
 from slem.train.methods import method_spec, target_error
 from slem.train.models import build_model
 from slem.train.objective import Classification, objective_for
-from slem.train.optimizers import make_optimizer, scheduled_lr
-from slem.train.record import RunRecord, trainer_record
+from slem.train.optimizers import make_optimizer
+from slem.train.plan import Plan
+from slem.train.record import RunRecord, run_summary, trainer_record
 from slem.train.record import TrainResult as TrainResult
 from slem.train.teacher import Teacher
 from slem.train.threads import resolve_device as resolve_device
@@ -95,6 +96,8 @@ class Trainer:
         self.meta_y: Tensor | None = None
         if task.meta is not None:
             self.meta_x, self.meta_y = self._tensors(task.meta)
+        n_meta = len(self.meta_y) if self.meta_y is not None else 0
+        self.plan = Plan(config, self.spec, len(self.train_y), n_meta)
         self.optimizer = make_optimizer(self.model.parameters(), config, self.methodology)
         net, o = self.methodology, self.objective
         self.sample_weights = (
@@ -148,37 +151,23 @@ class Trainer:
 
     @property
     def batch_size(self) -> int:
-        return min(self.config.optim.batch_size, len(self.train_y))
+        return self.plan.batch_size
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, len(self.train_y) // self.batch_size)
-
-    @property
-    def finetune_epochs(self) -> int:
-        return self.config.loss.finetune_epochs if self.spec.finetune else 0
+        return self.plan.steps_per_epoch
 
     @property
     def total_epochs(self) -> int:
-        return self.config.optim.epochs + self.finetune_epochs
+        return self.plan.total_epochs
 
     @property
     def total_steps(self) -> int:
-        ft = self.finetune_epochs * self._finetune_steps
-        return self.config.optim.epochs * self.steps_per_epoch + ft
-
-    @property
-    def _finetune_steps(self) -> int:
-        n = len(self.meta_y) if self.meta_y is not None else 1
-        return max(1, n // min(32, n))
+        return self.plan.total_steps
 
     def lr_at(self, step: int) -> float:
-        """The scheduled learning rate at ``step`` (``optim.schedule``; the fine-tuning rate
-        after ``optim.epochs``)."""
-        o = self.config.optim
-        if self.epoch >= o.epochs:  # fine-tuning phase
-            return o.lr * self.config.loss.finetune_lr_factor
-        return scheduled_lr(o, step / max(o.epochs * self.steps_per_epoch, 1))
+        """The learning rate at global ``step`` (the plan's; learned schedules override)."""
+        return self.plan.lr(self.epoch, step)
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step (signal handlers call this)."""
@@ -209,13 +198,10 @@ class Trainer:
             self._epoch_stats.setdefault(name, []).append(value)
 
     def epoch_data(self) -> tuple[Tensor, Tensor, int, int]:
-        """The epoch's ``(inputs, targets, steps, batch size)``: the training split, or the
-        clean meta set in fine-tuning epochs."""
-        if self.epoch >= self.config.optim.epochs:  # fine-tuning on the clean meta set
-            assert self.meta_x is not None and self.meta_y is not None
-            bs = min(32, len(self.meta_y))
-            return self.meta_x, self.meta_y, self._finetune_steps, bs
-        return self.train_x, self.train_y, self.steps_per_epoch, self.batch_size
+        """The epoch's ``(inputs, targets, steps, batch size)`` (see :meth:`Plan.batches`)."""
+        mx, my = self.meta_x, self.meta_y
+        meta = (mx, my) if mx is not None and my is not None else None
+        return self.plan.batches(self.epoch, (self.train_x, self.train_y), meta)
 
     def on_epoch_start(self) -> None:
         """Per-epoch preparation (MetaTrainer refreshes its self-selected meta set here)."""
@@ -232,14 +218,7 @@ class Trainer:
         return self.weighting is not None
 
     def end_epoch(self) -> dict[str, Any]:
-        norms = self._epoch_stats.get("hypergrad_norm")
-        if norms and max(norms) == 0.0:
-            raise ZeroHypergradient(
-                f"the hypergradient was exactly 0 in all {len(norms)} meta steps of epoch "
-                f"{self.epoch + 1}: the methodology learns nothing with meta.hypergrad "
-                f"'{self.config.meta.hypergrad}' here; use meta.hypergrad lookahead (see "
-                "slem.train.validity)"
-            )
+        check_hypergradients(self._epoch_stats.get("hypergrad_norm"), self.epoch, self.config)
         row: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "step": self.global_step,
@@ -338,65 +317,30 @@ class Trainer:
         check_finite(value, what, self._context)
 
     def _context(self) -> str:
-        return f"{self._where()}; {self._recovery()}"
-
-    def _where(self) -> str:
-        return f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}"
-
-    def _recovery(self) -> str:
-        """What the user can do after a blow-up: resume from a checkpoint only if one exists."""
+        """Where a blow-up happened and what the user can do: resume from a checkpoint only
+        if one exists."""
+        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}"
         if self.last_checkpoint is not None and self.last_checkpoint.is_file():
             return (
-                f"the last checkpoint before it is kept ({self.last_checkpoint}): lower "
+                f"{where}; the last checkpoint before it is kept ({self.last_checkpoint}): lower "
                 "optim.lr (or meta.lr) and resume, or restart"
             )
-        return "no checkpoint was written yet: lower optim.lr (or meta.lr) and start again"
+        return (
+            f"{where}; no checkpoint was written yet: lower optim.lr (or meta.lr) and start again"
+        )
 
     def train_weights(self) -> np.ndarray:
         """The weighting net's (unnormalized) weight of every training sample, in eval mode."""
         assert self.sample_weights is not None
         return self.sample_weights.train_weights(self.model, self.train_x, self.train_y)
 
-    def weight_auc(self, weights: np.ndarray) -> float | None:
-        """AUC of ``weights`` for telling truly clean from truly noisy training samples."""
-        return weight_auc(self.task.train.noisy_mask, weights)
-
-    def evaluate(
-        self, x: Tensor, y: Tensor, model: nn.Module | None = None
-    ) -> tuple[float, float, float]:
-        """The objective's three evaluation numbers of ``model`` (default: the trained one) on
-        ``(x, y)`` in eval mode (classification: cross-entropy, accuracy, balanced accuracy;
-        regression: MSE, MAE, mean ``r²/2``)."""
-        return self.objective.evaluate(model or self.model, x, y)
-
     def finish(self) -> TrainResult:
         """Evaluate on the test split (at the end and at the best validation epoch) and
-        summarize the run."""
+        summarize the run (:func:`~slem.train.record.run_summary`)."""
         final = self.history[-1] if self.history else {}
         metrics = self.objective.test_summary(self.model, self.best, self.test_x, final)
         weights = self.train_weights() if self.has_sample_weights() else None
-        meta = self.timings["meta"]
-        summary = {
-            "method": self.config.method,
-            "dataset": self.task.name,
-            "noise": str(self.task.noise) if self.task.noise else None,
-            "imbalance": self.task.imbalance,
-            "seed": self.config.seed,
-            "epochs": self.epoch,
-            "steps": self.global_step,
-            "seconds": round(self.elapsed, 2),
-            **metrics,
-            "best_epoch": self.best["epoch"],
-            "weight_auc": self.weight_auc(weights) if weights is not None else None,
-            "noise_rate_realized": self.task.train.noise_rate,
-            "n_train": len(self.task.train),
-            "n_meta": len(self.task.meta) if self.task.meta is not None else 0,
-            "meta_step_time_ratio": (
-                float(np.median(meta) / np.median(self.plain_step_times())) if meta else None
-            ),
-            **self.task.provenance(),  # where the test labels came from: clean or as given
-        }
-        return TrainResult(self.history, summary, weights)
+        return TrainResult(self.history, run_summary(self, metrics, weights), weights)
 
     def record(self, result: TrainResult) -> RunRecord:
         """The finished run as plain data for :mod:`slem.report`: ``result``'s history and
@@ -408,11 +352,6 @@ class Trainer:
         record.arrays.update(arrays)
         record.info.update(info)
         return record
-
-    def plain_step_times(self, probes: int = 5) -> list[float]:
-        """Seconds of plain (ERM) training steps (see
-        :func:`~slem.train.diagnostics.plain_step_times`)."""
-        return plain_step_times(self, probes)
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue exactly where training stands."""
