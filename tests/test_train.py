@@ -317,7 +317,8 @@ def test_auto_normalization_is_per_label_only_on_balanced_labels(task: Task) -> 
     pinned = make_trainer(config("mwnet", meta={"normalize_weights": "batch"}), task)
     assert pinned.objective.normalization == "batch"
     w, y = torch.tensor([0.2, 0.2, 0.9, 0.1]), torch.tensor([0, 0, 1, 1])
-    torch.testing.assert_close(balanced.normalized(w, y)[:2], torch.ones(2))
+    assert balanced.sample_weights is not None
+    torch.testing.assert_close(balanced.sample_weights.normalized(w, y)[:2], torch.ones(2))
 
 
 def test_dac_prior_term_penalizes_a_collapsed_model(task: Task) -> None:
