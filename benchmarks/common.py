@@ -63,7 +63,7 @@ def train(
             save,
             cfg,
             task,
-            trained_on={"epochs": trainer.epoch, "seed": cfg.seed},
+            trained_on={"epochs": trainer.progress.epoch, "seed": cfg.seed},
         )
     out = {"seed": cfg.seed, **{k: s.get(k) for k in ("test_accuracy", "val_accuracy", *keys)}}
     trace = getattr(trainer, "lr_trace", None)

@@ -146,7 +146,7 @@ def execute(
             save_methodology,
             config,
             task,
-            trained_on={"epochs": trainer.epoch, "seed": config.seed},
+            trained_on={"epochs": trainer.progress.epoch, "seed": config.seed},
         )
     s = result.summary
     row = {

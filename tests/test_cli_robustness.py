@@ -424,7 +424,7 @@ def test_progress_in_a_terminal_shows_the_last_epoch_and_says_noisy(
     trainer = _tiny_trainer(name, noise, 3, [bar])
     trainer.fit()
     text = buffer.getvalue()
-    last = validation_text(trainer, trainer.history[-1])
+    last = validation_text(trainer, trainer.progress.history[-1])
     assert last.startswith(label + " ") and last in text
     assert "epoch 3/3" in text and "erm [/x]" in text and "nan" not in text
     assert (label == "val acc") == (not last.startswith("noisy"))
@@ -441,7 +441,7 @@ def test_progress_outside_a_terminal_is_one_plain_line_per_epoch() -> None:
     trainer.fit()
     lines = buffer.getvalue().splitlines()
     assert [line.split("  ")[1] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
-    final = trainer.history[-1]["val_accuracy"]
+    final = trainer.progress.history[-1]["val_accuracy"]
     assert f"noisy val acc {final:.3f}" in lines[-1] and "…" not in buffer.getvalue()
 
 

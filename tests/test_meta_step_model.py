@@ -240,7 +240,7 @@ def test_trainer_keeps_frozen_weights_and_moves_batchnorm_once(task, meta: dict)
     trainer = make_trainer(config(meta), task, model=model)
     trainer.fit()
     assert torch.equal(model[1].weight, frozen)
-    assert int(model[2].num_batches_tracked) == trainer.global_step > 0
+    assert int(model[2].num_batches_tracked) == trainer.progress.global_step > 0
 
 
 class Probe(Callback):
@@ -271,10 +271,10 @@ def test_trainer_fast_and_generic_agree_with_dropout(task) -> None:  # type: ign
 def test_meta_step_time_ratio_without_warmup(task) -> None:  # type: ignore[no-untyped-def]
     trainer = make_trainer(config({}), task, model=bn_model())
     result = trainer.fit()
-    assert trainer.timings["plain"] == []
+    assert trainer.progress.timings["plain"] == []
     ratio = result.summary["meta_step_time_ratio"]
     assert ratio is not None and ratio > 0
-    assert trainer.timings["plain"] == []  # timing the probe changed nothing of the run
+    assert trainer.progress.timings["plain"] == []  # timing the probe changed nothing of the run
 
 
 def test_virtual_step_option_reaches_the_meta_step(task) -> None:  # type: ignore[no-untyped-def]

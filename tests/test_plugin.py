@@ -153,7 +153,7 @@ def test_meta_weighting_equals_meta_trainer_bit_for_bit(task: Task, optimizer: s
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert weighting.meta_steps == trainer.global_step == len(y) // bs
+    assert weighting.meta_steps == trainer.progress.global_step == len(y) // bs
     for a, b in zip(trainer.model.parameters(), mine.parameters(), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(model[0].bias, mine[0].bias)

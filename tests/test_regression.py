@@ -255,7 +255,7 @@ class StopAt(Callback):
         self.step = step
 
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
-        if trainer.global_step == self.step:
+        if trainer.progress.global_step == self.step:
             trainer.request_stop("interrupted")
 
 
@@ -269,7 +269,11 @@ def test_resume_continues_exactly(diabetes: Task, tmp_path: Path) -> None:
         first.fit()
     second = make_trainer(cfg, diabetes)
     second.load_checkpoint(ckpt)
-    assert second.global_step == 13 and second.epoch == 1 and second.step_in_epoch == 4
+    assert (
+        second.progress.global_step == 13
+        and second.progress.epoch == 1
+        and second.progress.step_in_epoch == 4
+    )
     resumed = second.fit()
     assert resumed.summary["test_mse"] == full.summary["test_mse"]
     assert [r["val_mae"] for r in resumed.history] == [r["val_mae"] for r in full.history]

@@ -191,7 +191,7 @@ class PoisonScheduleAt(Callback):
         self.step = step
 
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
-        if trainer.global_step == self.step:
+        if trainer.progress.global_step == self.step:
             assert isinstance(trainer, ScheduleTrainer)
             with torch.no_grad():
                 for stage in trainer.schedule.stages:

@@ -69,7 +69,9 @@ def test_meta_methods_run(task: Task, method: str, meta: dict[str, Any]) -> None
     assert result.summary["weight_auc"] is not None
     assert result.summary["meta_step_time_ratio"] is not None
     bn = next(m for m in trainer.model.modules() if isinstance(m, nn.BatchNorm1d))
-    assert int(bn.num_batches_tracked) == trainer.global_step  # running stats: once per step
+    assert (
+        int(bn.num_batches_tracked) == trainer.progress.global_step
+    )  # running stats: once per step
 
 
 def test_mwnet_learns_to_downweight_noisy_labels(task: Task) -> None:
@@ -93,7 +95,7 @@ class StopAt(Callback):
         self.step = step
 
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
-        if trainer.global_step == self.step:
+        if trainer.progress.global_step == self.step:
             trainer.request_stop("interrupted")
 
 
@@ -110,7 +112,7 @@ def test_resume_continues_exactly(task: Task, tmp_path: Path, method: str) -> No
     assert ckpt.is_file()
     second = make_trainer(cfg, task)
     second.load_checkpoint(ckpt)
-    assert second.global_step == 50 and second.epoch == 1
+    assert second.progress.global_step == 50 and second.progress.epoch == 1
     resumed = second.fit()
     assert resumed.summary["test_accuracy"] == full.summary["test_accuracy"]
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
@@ -205,13 +207,13 @@ def test_teacher_starts_as_the_model_and_reports_its_pseudo_labels(task: Task) -
     assert trainer.teacher is not None
     for t, s in zip(trainer.teacher.net.parameters(), trainer.model.parameters(), strict=True):
         torch.testing.assert_close(t, s.detach())
-    trainer.global_step = 10_000  # late in training: the configured decay
+    trainer.progress.global_step = 10_000  # late in training: the configured decay
     before = [p.clone() for p in trainer.teacher.net.parameters()]
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(1.0)
     assert trainer.sample_weights is not None
-    trainer.sample_weights.after_step(trainer.model, trainer.global_step)
+    trainer.sample_weights.after_step(trainer.model, trainer.progress.global_step)
     decay = trainer.config.meta.ema_decay
     for t, b in zip(trainer.teacher.net.parameters(), before, strict=True):
         torch.testing.assert_close(t, b + (1 - decay))
@@ -224,7 +226,7 @@ def test_teacher_starts_as_the_model_and_reports_its_pseudo_labels(task: Task) -
 
 class HardInterrupt(Callback):
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
-        if trainer.global_step == 15:
+        if trainer.progress.global_step == 15:
             raise KeyboardInterrupt
 
 

@@ -50,10 +50,13 @@ def stop_on_signals(trainers: list[Stoppable]) -> Iterator[None]:
     """SIGINT/SIGTERM ask the trainer to stop after the current step (it then checkpoints);
     a second Ctrl-C interrupts at once."""
 
+    asked: set[int] = set()  # the trainers already asked to stop
+
     def handler(signum: int, frame: Any) -> None:
         reason = "interrupted" if signum == signal.SIGINT else "terminated"
-        if not trainers or trainers[-1]._stop is not None:
+        if not trainers or id(trainers[-1]) in asked:
             raise KeyboardInterrupt
+        asked.add(id(trainers[-1]))
         trainers[-1].request_stop(reason)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

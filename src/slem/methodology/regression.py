@@ -3,7 +3,7 @@
 The hook into learning is ``loss_i = h(r_i) ⋅ (the loss family at r_i)``: from a training
 sample's residual ``r`` (prediction minus observed target, in robust target units: the
 target minus its median, divided by 1.4826 ⋅ MAD) the net decides how that sample is
-penalized. The trainer (:class:`slem.train.regression.RegressionTrainer`) meta-learns ``h`` so
+penalized. The trainer (:class:`slem.train.regression.HWNetTrainer`) meta-learns ``h`` so
 that a step on the ``h``-set loss lowers a trusted objective (a small clean meta set, or
 DAC-MR consistency), then applies it frozen to new regression tasks.
 """

@@ -216,19 +216,19 @@ class BundleTrainer(MetaTrainer):
         if self.rate is not None:
             if self.rate.scale is None:
                 self.rate.rescale(training_loss(self))
-            self.rate.on_epoch_start(self.epoch, self.global_step)
+            self.rate.on_epoch_start(self.progress.epoch, self.progress.global_step)
 
     def end_epoch(self) -> dict[str, Any]:
         row = super().end_epoch()
         if self.rate is not None:
-            self.rate.on_epoch_end(self.epoch)
+            self.rate.on_epoch_end(self.progress.epoch)
         return row
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
         if self.meta_training:
             if self.in_warmup:
                 return self._warmup_step(x, y)
-            if self.global_step % self.config.meta.interval == 0:
+            if self.progress.global_step % self.config.meta.interval == 0:
                 return self.meta_train_step(x, y)
         start = time.perf_counter()
         self.model.train()
@@ -240,7 +240,7 @@ class BundleTrainer(MetaTrainer):
         """The learned schedule, if any, sets the rate from the batch's cross-entropy first."""
         if self.rate is not None:
             seen = self._rate_input if self._rate_input is not None else loss.detach()
-            lr = self.rate.next(seen, self.epoch, self.step_in_epoch)
+            lr = self.rate.next(seen, self.progress.epoch, self.progress.step_in_epoch)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
         self._rate_input = None
@@ -289,7 +289,7 @@ class BundleTrainer(MetaTrainer):
         self._rate_input = F.cross_entropy(logits.detach(), y)
         loss = self.bundle_loss(logits, x, y, self._frozen_parts())
         self._apply_step(loss)
-        self.timings["meta"].append(time.perf_counter() - start)
+        self.progress.timings["meta"].append(time.perf_counter() - start)
         return {"loss": float(loss.detach()), "meta_loss": result.outer_loss}
 
     # ------------------------------------------------------------------ diagnostics

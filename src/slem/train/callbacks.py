@@ -44,7 +44,7 @@ class CheckpointCallback(Callback):
         self.every = every
 
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
-        if trainer.global_step % self.every == 0:
+        if trainer.progress.global_step % self.every == 0:
             trainer.save_checkpoint(self.path)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
@@ -65,7 +65,7 @@ class JsonlLogger(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         with self.path.open("w") as fh:
-            for row in trainer.history:
+            for row in trainer.progress.history:
                 fh.write(json.dumps(row) + "\n")
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
@@ -111,10 +111,10 @@ class ProgressBar(Callback):
 
         self.console = self.console or get_console()
         self._plain = not self.console.is_terminal
-        self._start_step = trainer.global_step
+        self._start_step = trainer.progress.global_step
         self._start_time = time.perf_counter()
-        if trainer.history:
-            self._val = validation_text(trainer, trainer.history[-1])
+        if trainer.progress.history:
+            self._val = validation_text(trainer, trainer.progress.history[-1])
         if self._plain:
             return
         self._progress = Progress(
@@ -132,7 +132,7 @@ class ProgressBar(Callback):
         self._task = self._progress.add_task(
             self.description,
             total=trainer.total_steps,
-            completed=trainer.global_step,
+            completed=trainer.progress.global_step,
             status="",
         )
 
@@ -144,8 +144,8 @@ class ProgressBar(Callback):
         if "loss" in stats:
             self._loss = f"train loss {stats['loss']:.3f}"
         if self._progress is not None:
-            status = self._status(trainer, trainer.epoch + 1)
-            self._progress.update(self._task, completed=trainer.global_step, status=status)
+            status = self._status(trainer, trainer.progress.epoch + 1)
+            self._progress.update(self._task, completed=trainer.progress.global_step, status=status)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         import time
@@ -153,16 +153,17 @@ class ProgressBar(Callback):
         self._val = validation_text(trainer, metrics)
         if "train_loss" in metrics and metrics["train_loss"] is not None:
             self._loss = f"train loss {metrics['train_loss']:.3f}"
-        status = self._status(trainer, int(metrics.get("epoch", trainer.epoch)))
+        status = self._status(trainer, int(metrics.get("epoch", trainer.progress.epoch)))
         if self._progress is not None:
-            self._progress.update(self._task, completed=trainer.global_step, status=status)
+            self._progress.update(self._task, completed=trainer.progress.global_step, status=status)
             return
-        done = trainer.global_step - self._start_step
+        done = trainer.progress.global_step - self._start_step
         elapsed = time.perf_counter() - self._start_time
-        left = elapsed / done * (trainer.total_steps - trainer.global_step) if done else 0.0
-        line = (
-            f"{self.description}  {status}  elapsed {_clock(trainer.elapsed)}  ETA {_clock(left)}"
+        left = (
+            elapsed / done * (trainer.total_steps - trainer.progress.global_step) if done else 0.0
         )
+        spent = _clock(trainer.progress.elapsed)
+        line = f"{self.description}  {status}  elapsed {spent}  ETA {_clock(left)}"
         from rich.text import Text
 
         self.console.print(Text(line), soft_wrap=True, highlight=False)

@@ -93,10 +93,6 @@ def read_yaml_mapping(path: str | Path, fix: str) -> dict[str, Any]:
     return values
 
 
-#: a trainer's progress, saved and restored as it is
-PROGRESS = ("epoch", "step_in_epoch", "global_step", "history", "best", "timings", "elapsed")
-
-
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """The random states a run draws from: its own ``generator``, torch's CPU and CUDA."""
     return {

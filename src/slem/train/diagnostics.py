@@ -47,8 +47,8 @@ def plain_step_times(trainer: Trainer, probes: int = 5) -> list[float]:
     optimizer (the run's model, optimizer and random state are untouched)."""
     from slem.train.optimizers import make_optimizer
 
-    if len(trainer.timings["plain"]) >= 3:
-        return trainer.timings["plain"]
+    if len(trainer.progress.timings["plain"]) >= 3:
+        return trainer.progress.timings["plain"]
     model = copy.deepcopy(trainer.model).train()
     optimizer = make_optimizer(model.parameters(), trainer.config)
     optimizer.load_state_dict(trainer.optimizer.state_dict())

@@ -76,7 +76,7 @@ class ForwardTrainer(Trainer):
 
     def on_epoch_start(self) -> None:
         c = self.config.loss
-        if c.forward_transition == "anchor" and self.epoch == c.forward_warmup_epochs:
+        if c.forward_transition == "anchor" and self.progress.epoch == c.forward_warmup_epochs:
             self.transition = estimate_transition(self.train_probabilities(), c.anchor_quantile)
 
     def train_probabilities(self) -> Tensor:

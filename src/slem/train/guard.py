@@ -68,8 +68,6 @@ def check_parameters(model: nn.Module, context: Callable[[], str]) -> None:
 class Stoppable(Protocol):
     """Anything a Ctrl-C handler can ask to stop after its current step."""
 
-    _stop: str | None
-
     def request_stop(self, reason: str) -> None: ...
 
 

@@ -84,28 +84,28 @@ class Loop:
 
     def _epochs(self) -> None:
         t = self.trainer
-        started = time.perf_counter() - t.elapsed
-        while t.epoch < t.total_epochs:
-            if t.step_in_epoch == 0:  # not again when resuming mid-epoch
+        started = time.perf_counter() - t.progress.elapsed
+        while t.progress.epoch < t.total_epochs:
+            if t.progress.step_in_epoch == 0:  # not again when resuming mid-epoch
                 t.on_epoch_start()
             x, y, steps, bs = t.epoch_data()
-            seed = t.config.seed * 100_003 + t.epoch
+            seed = t.config.seed * 100_003 + t.progress.epoch
             perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
             perm = perm.to(t.device)
-            while t.step_in_epoch < steps:
-                idx = perm[t.step_in_epoch * bs : (t.step_in_epoch + 1) * bs]
+            while t.progress.step_in_epoch < steps:
+                idx = perm[t.progress.step_in_epoch * bs : (t.progress.step_in_epoch + 1) * bs]
                 for g in t.optimizer.param_groups:
-                    g["lr"] = t.lr_at(t.global_step)
+                    g["lr"] = t.lr_at(t.progress.global_step)
                 with same_randomness():  # one draw of the model's randomness per step
                     stats = t.train_step(x[idx], y[idx], idx)
-                t.step_in_epoch += 1
-                t.global_step += 1
-                t.elapsed = time.perf_counter() - started
-                t.record_step(stats)
+                t.progress.step_in_epoch += 1
+                t.progress.global_step += 1
+                t.progress.elapsed = time.perf_counter() - started
+                t.progress.record(stats)
                 for cb in self.callbacks:
                     cb.on_step_end(t, stats)
-                if t.stop_reason is not None:
-                    raise TrainingStopped(t.stop_reason)
+                if t.progress.stop is not None:
+                    raise TrainingStopped(t.progress.stop)
             metrics = t.end_epoch()
             for cb in self.callbacks:
                 cb.on_epoch_end(t, metrics)

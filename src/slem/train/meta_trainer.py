@@ -109,7 +109,7 @@ class MetaTrainer(Trainer):
 
     @property
     def in_warmup(self) -> bool:
-        return self.meta_training and self.epoch < self.config.meta.warmup_epochs
+        return self.meta_training and self.progress.epoch < self.config.meta.warmup_epochs
 
     def on_epoch_start(self) -> None:
         selecting = self.config.meta.objective == "selected" and self.meta_training
@@ -132,7 +132,7 @@ class MetaTrainer(Trainer):
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
         if self.in_warmup:
             return self._warmup_step(x, y)
-        if self.global_step % self.config.meta.interval == 0:
+        if self.progress.global_step % self.config.meta.interval == 0:
             return self.meta_train_step(x, y)
         return super().train_step(x, y, idx)
 
@@ -226,12 +226,12 @@ class MetaTrainer(Trainer):
                 p.grad = inner[name]
             self.optimizer.step()
             self._check_parameters()
-            sw.after_step(self.model, self.global_step)
+            sw.after_step(self.model, self.progress.global_step)
             loss_value = result.outer_loss
         else:  # the real step, with the updated net (reusing the meta step's forward pass)
             terms = result.diagnostics["losses"] if reuse else sw.terms(self.forward(x), y, pseudo)
             loss = sw.loss(terms, y)
             self._apply_step(loss)
             loss_value = float(loss.detach())
-        self.timings["meta"].append(time.perf_counter() - start)
+        self.progress.timings["meta"].append(time.perf_counter() - start)
         return {"loss": loss_value, "meta_loss": result.outer_loss}

@@ -87,7 +87,7 @@ def run_summary(
     it ran, the objective's test and selection ``metrics``, the learned ``weights``' AUC for
     clean vs noisy samples, the meta step's time relative to a plain step, and where the
     test labels came from."""
-    task, meta = trainer.task, trainer.timings["meta"]
+    task, meta = trainer.task, trainer.progress.timings["meta"]
     auc = weight_auc(task.train.noisy_mask, weights) if weights is not None else None
     return {
         "method": trainer.config.method,
@@ -95,11 +95,11 @@ def run_summary(
         "noise": str(task.noise) if task.noise else None,
         "imbalance": task.imbalance,
         "seed": trainer.config.seed,
-        "epochs": trainer.epoch,
-        "steps": trainer.global_step,
-        "seconds": round(trainer.elapsed, 2),
+        "epochs": trainer.progress.epoch,
+        "steps": trainer.progress.global_step,
+        "seconds": round(trainer.progress.elapsed, 2),
         **metrics,
-        "best_epoch": trainer.best["epoch"],
+        "best_epoch": trainer.progress.best["epoch"],
         "weight_auc": auc,
         "noise_rate_realized": task.train.noise_rate,
         "n_train": len(task.train),

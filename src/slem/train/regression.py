@@ -114,7 +114,7 @@ class HWNetTrainer(Trainer):
 
     @property
     def in_warmup(self) -> bool:
-        return self.meta_training and self.epoch < self.config.meta.warmup_epochs
+        return self.meta_training and self.progress.epoch < self.config.meta.warmup_epochs
 
     def _stats(self, x: Tensor | None) -> Tensor | None:
         if not self.hwnet.use_inputs:
@@ -133,7 +133,7 @@ class HWNetTrainer(Trainer):
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
         if self.in_warmup:  # the method's own loss: hwnet.warmup_loss
             return super().train_step(x, y, idx)
-        if self.meta_training and self.global_step % self.config.meta.interval == 0:
+        if self.meta_training and self.progress.global_step % self.config.meta.interval == 0:
             return self.meta_train_step(x, y)
         start = time.perf_counter()
         self.model.train()
@@ -210,7 +210,7 @@ class HWNetTrainer(Trainer):
         loss.backward()
         self.optimizer.step()
         self._check_parameters()
-        self.timings["meta"].append(time.perf_counter() - start)
+        self.progress.timings["meta"].append(time.perf_counter() - start)
         return {"loss": float(loss.detach()), "meta_loss": result.outer_loss}
 
     def has_sample_weights(self) -> bool:

@@ -206,7 +206,7 @@ def write_outputs(
         artifact_dir = run_dir / "methodology"
         trained_on = {
             "meta_objective": config.meta.objective if config.is_meta else None,
-            "epochs": trainer.epoch,
+            "epochs": trainer.progress.epoch,
             "seed": config.seed,
         }
         save_methodology(

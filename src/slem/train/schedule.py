@@ -220,11 +220,11 @@ class ScheduleTrainer(Trainer):
     def on_epoch_start(self) -> None:
         if self.rate.scale is None:
             self.rate.rescale(training_loss(self))
-        self.rate.on_epoch_start(self.epoch, self.global_step)
+        self.rate.on_epoch_start(self.progress.epoch, self.progress.global_step)
 
     def end_epoch(self) -> dict[str, Any]:
         row = super().end_epoch()
-        self.rate.on_epoch_end(self.epoch)
+        self.rate.on_epoch_end(self.progress.epoch)
         return row
 
     # ------------------------------------------------------------------ steps
@@ -237,19 +237,19 @@ class ScheduleTrainer(Trainer):
         params = self.inner_params()
         grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
         stats: dict[str, float] = {"loss": float(loss.detach())}
-        meta = self.meta_training and self.global_step % self.config.schedule.interval == 0
+        meta = self.meta_training and self.progress.global_step % self.config.schedule.interval == 0
         if meta:
             assert self.meta_step is not None
             result = self.meta_step(*self.meta_problem(x, y, loss.detach(), grads))
             stats["meta_loss"] = result.outer_loss
-        lr = self.rate.next(loss.detach(), self.epoch, self.step_in_epoch)
+        lr = self.rate.next(loss.detach(), self.progress.epoch, self.progress.step_in_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         for name, p in params.items():
             p.grad = grads[name]
         self.optimizer.step()
         self._check_parameters()
-        self.timings["meta" if meta else "plain"].append(time.perf_counter() - start)
+        self.progress.timings["meta" if meta else "plain"].append(time.perf_counter() - start)
         stats["lr"] = lr
         return stats
 

@@ -8,7 +8,6 @@ epoch's sample order comes from ``(seed, epoch)`` and every random state is save
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,6 @@ from slem.methodology import Methodology
 from slem.methodology.weighting import CMWNet, MWNet
 from slem.train.callbacks import Callback
 from slem.train.checkpoint_io import (
-    PROGRESS,
     load_checkpoint_into,
     restore_rng,
     rng_state,
@@ -48,6 +46,7 @@ from slem.train.models import build_model
 from slem.train.objective import Classification, objective_for
 from slem.train.optimizers import make_optimizer
 from slem.train.plan import Plan
+from slem.train.progress import Progress
 from slem.train.record import RunRecord, run_summary, trainer_record
 from slem.train.record import TrainResult as TrainResult
 from slem.train.teacher import Teacher
@@ -106,19 +105,7 @@ class Trainer:
             else None
         )
         self.generator = torch.Generator().manual_seed(config.seed + 1)
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {
-            "val_score": self.objective.initial_best,
-            "epoch": -1,
-            "state": None,
-        }
-        self.timings: dict[str, list[float]] = {"plain": [], "meta": []}
-        self.elapsed = 0.0
-        self._stop: str | None = None
-        self._epoch_stats: dict[str, list[float]] = {}
+        self.progress = Progress.start(self.objective.initial_best)
         self._check_model_output()
 
     def _check_task(self, config: TrainConfig, task: Task) -> None:
@@ -167,11 +154,11 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         """The learning rate at global ``step`` (the plan's; learned schedules override)."""
-        return self.plan.lr(self.epoch, step)
+        return self.plan.lr(self.progress.epoch, step)
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step (signal handlers call this)."""
-        self._stop = reason
+        self.progress.stop = reason
 
     def fit(self, progress: bool = True) -> TrainResult:
         """Train to ``optim.epochs`` (from where a loaded checkpoint stands) and evaluate
@@ -186,70 +173,40 @@ class Trainer:
         """
         return Loop(self, progress).run()
 
-    @property
-    def stop_reason(self) -> str | None:
-        """Why a stop was requested (None: none was)."""
-        return self._stop
-
-    def record_step(self, stats: dict[str, float]) -> None:
-        """Add a step's statistics to the epoch's (their means are the epoch row's
-        ``train_*``)."""
-        for name, value in stats.items():
-            self._epoch_stats.setdefault(name, []).append(value)
-
     def epoch_data(self) -> tuple[Tensor, Tensor, int, int]:
         """The epoch's ``(inputs, targets, steps, batch size)`` (see :meth:`Plan.batches`)."""
         mx, my = self.meta_x, self.meta_y
         meta = (mx, my) if mx is not None and my is not None else None
-        return self.plan.batches(self.epoch, (self.train_x, self.train_y), meta)
+        return self.plan.batches(self.progress.epoch, (self.train_x, self.train_y), meta)
 
     def on_epoch_start(self) -> None:
         """Per-epoch preparation (MetaTrainer refreshes its self-selected meta set here)."""
-
-    def validation_metrics(self) -> dict[str, float]:
-        """What each epoch logs about the validation split."""
-        return self.objective.validation_metrics(self.model, self.val_x, self.val_y)
-
-    def selection_score(self, row: dict[str, Any]) -> float:
-        """Higher is better: the validation metric that picks the best epoch."""
-        return self.objective.selection_score(row)
 
     def has_sample_weights(self) -> bool:
         return self.weighting is not None
 
     def end_epoch(self) -> dict[str, Any]:
-        check_hypergradients(self._epoch_stats.get("hypergrad_norm"), self.epoch, self.config)
+        """The epoch's row (validation metrics, learned weights' quality, label correction's
+        pseudo-labels) into the history; the best epoch by the objective's selection score."""
+        p = self.progress
+        check_hypergradients(p.epoch_stats.get("hypergrad_norm"), p.epoch, self.config)
         row: dict[str, Any] = {
-            "epoch": self.epoch + 1,
-            "step": self.global_step,
-            "lr": self.lr_at(self.global_step - 1),
-            "seconds": round(self.elapsed, 2),
-            **self.validation_metrics(),
+            "epoch": p.epoch + 1,
+            "step": p.global_step,
+            "lr": self.lr_at(p.global_step - 1),
+            "seconds": round(p.elapsed, 2),
+            **self.objective.validation_metrics(self.model, self.val_x, self.val_y),
         }
-        for name, values in self._epoch_stats.items():
-            row[f"train_{name}"] = float(np.mean(values)) if values else None
         if self.has_sample_weights():
             row.update(weight_metrics(self.train_weights(), self.task.train.noisy_mask))
         if self.teacher is not None:
             row.update(self.teacher.metrics(self.train_x, self.task.train))
-        self.history.append(row)
-        score = self.selection_score(row)
-        best = self.best["val_score"]
-        if math.isfinite(score) and (best is None or score > best):
-            self.best = {
-                "val_score": score,
-                "epoch": self.epoch + 1,
-                "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            }
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self._epoch_stats = {}
-        return row
+        return p.close_epoch(row, self.objective.selection_score(row), self.model)
 
     def per_sample_losses(self, logits: Tensor, y: Tensor) -> Tensor:
         """The method's per-sample training loss of the model's output (the plain loss while
         fine-tuning)."""
-        if self.epoch >= self.config.optim.epochs:
+        if self.progress.epoch >= self.config.optim.epochs:
             return self.objective.plain_loss(logits, y)
         return self.objective.training_losses(self.spec.loss, logits, y, self)
 
@@ -258,7 +215,7 @@ class Trainer:
         self.model.train()
         logits = self.model(x)
         sw = self.sample_weights
-        if sw is not None and self.epoch < self.config.optim.epochs:
+        if sw is not None and self.progress.epoch < self.config.optim.epochs:
             loss = sw.loss(sw.terms(logits, y, sw.pseudo_labels(x)), y)
         else:
             loss = self.per_sample_losses(logits, y).mean()
@@ -267,7 +224,7 @@ class Trainer:
     def _optimize(self, loss: Tensor, start: float) -> dict[str, float]:
         """The real step on ``loss``, timed as a plain step."""
         self._apply_step(loss)
-        self.timings["plain"].append(time.perf_counter() - start)
+        self.progress.timings["plain"].append(time.perf_counter() - start)
         return {"loss": float(loss.detach())}
 
     def _apply_step(self, loss: Tensor) -> None:
@@ -278,7 +235,7 @@ class Trainer:
         self.optimizer.step()
         self._check_parameters()
         if self.sample_weights is not None:
-            self.sample_weights.after_step(self.model, self.global_step)
+            self.sample_weights.after_step(self.model, self.progress.global_step)
 
     def forward(self, x: Tensor) -> Tensor:
         """The real step's forward pass, with the random state the step's meta step used
@@ -299,7 +256,7 @@ class Trainer:
         """Record a meta step's hypergradient: its norm is the epoch's
         ``train_hypergrad_norm`` (an epoch whose every hypergradient is exactly zero stops the
         run), and every callback's ``on_hypergradient`` sees it."""
-        self._epoch_stats.setdefault("hypergrad_norm", []).append(hypergradient_norm(result))
+        self.progress.record({"hypergrad_norm": hypergradient_norm(result)})
         for cb in self.callbacks:
             cb.on_hypergradient(self, result)
 
@@ -319,7 +276,7 @@ class Trainer:
     def _context(self) -> str:
         """Where a blow-up happened and what the user can do: resume from a checkpoint only
         if one exists."""
-        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}"
+        where = f"epoch {self.progress.epoch + 1}, step {self.progress.step_in_epoch + 1}"
         if self.last_checkpoint is not None and self.last_checkpoint.is_file():
             return (
                 f"{where}; the last checkpoint before it is kept ({self.last_checkpoint}): lower "
@@ -337,10 +294,10 @@ class Trainer:
     def finish(self) -> TrainResult:
         """Evaluate on the test split (at the end and at the best validation epoch) and
         summarize the run (:func:`~slem.train.record.run_summary`)."""
-        final = self.history[-1] if self.history else {}
-        metrics = self.objective.test_summary(self.model, self.best, self.test_x, final)
+        final = self.progress.history[-1] if self.progress.history else {}
+        metrics = self.objective.test_summary(self.model, self.progress.best, self.test_x, final)
         weights = self.train_weights() if self.has_sample_weights() else None
-        return TrainResult(self.history, run_summary(self, metrics, weights), weights)
+        return TrainResult(self.progress.history, run_summary(self, metrics, weights), weights)
 
     def record(self, result: TrainResult) -> RunRecord:
         """The finished run as plain data for :mod:`slem.report`: ``result``'s history and
@@ -360,8 +317,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "methodology": self.methodology.state_dict() if self.methodology is not None else None,
             "teacher": self.teacher.net.state_dict() if self.teacher is not None else None,
-            **{name: getattr(self, name) for name in PROGRESS},
-            "epoch_stats": self._epoch_stats,
+            **self.progress.state_dict(),
             **rng_state(self.generator),
             "config": self.config.model_dump(mode="json"),
         }
@@ -373,9 +329,7 @@ class Trainer:
             self.methodology.load_state_dict(state["methodology"])
         if self.teacher is not None and state["teacher"] is not None:
             self.teacher.net.load_state_dict(state["teacher"])
-        for name in PROGRESS:
-            setattr(self, name, state[name])
-        self._epoch_stats = state["epoch_stats"]
+        self.progress.load_state_dict(state)
         restore_rng(state, self.generator)
 
     def save_checkpoint(self, path: str | Path) -> Path:
