@@ -174,7 +174,7 @@ def test_apply_frozen_cmwnet_sl_with_label_correction(task: Task, tmp_path: Path
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
     cfg = config("apply", methodology=str(tmp_path / "art"))
     trainer = make_trainer(cfg, task, methodology=frozen)
-    assert trainer.teacher is not None  # label correction needs the EMA teacher
+    assert trainer.sample_weights.teacher is not None  # label correction needs the EMA teacher
     result = trainer.fit()
     assert result.summary["weight_auc"] is not None
     for k, v in frozen.state_dict().items():
@@ -204,20 +204,22 @@ def test_teacher_starts_as_the_model_and_reports_its_pseudo_labels(task: Task) -
     trainer = make_trainer(config("cmwnet_sl", epochs=2), task)
     x, y = trainer.train_x[:64], trainer.train_y[:64]
     trainer.train_step(x, y, torch.arange(64))
-    assert trainer.teacher is not None
-    for t, s in zip(trainer.teacher.net.parameters(), trainer.model.parameters(), strict=True):
+    assert trainer.sample_weights.teacher is not None
+    for t, s in zip(
+        trainer.sample_weights.teacher.net.parameters(), trainer.model.parameters(), strict=True
+    ):
         torch.testing.assert_close(t, s.detach())
     trainer.progress.global_step = 10_000  # late in training: the configured decay
-    before = [p.clone() for p in trainer.teacher.net.parameters()]
+    before = [p.clone() for p in trainer.sample_weights.teacher.net.parameters()]
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(1.0)
     assert trainer.sample_weights is not None
     trainer.sample_weights.after_step(trainer.model, trainer.progress.global_step)
     decay = trainer.config.meta.ema_decay
-    for t, b in zip(trainer.teacher.net.parameters(), before, strict=True):
+    for t, b in zip(trainer.sample_weights.teacher.net.parameters(), before, strict=True):
         torch.testing.assert_close(t, b + (1 - decay))
-    metrics = trainer.teacher.metrics(trainer.train_x, task.train)
+    metrics = trainer.sample_weights.teacher.metrics(trainer.train_x, task.train)
     assert set(metrics) == {"pseudo_correct_noisy", "pseudo_keeps_noise", "pseudo_wrong_clean"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values() if v is not None)
     row = trainer.end_epoch()

@@ -155,6 +155,7 @@ def _apply(
             "slem.methodology.load_methodology)"
         )
     spec = spec_applying(methodology)
+    spec.check_target(task)  # the artifact's method's targets
     build = spec.apply_build or spec.build
     return build(config, task, model, methodology, callbacks)
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import BilevelProblem, functional
+from slem.bilevel import BilevelProblem, FunctionalModel, functional
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import (
@@ -57,6 +57,87 @@ from slem.train.schedule import LearnedRate, training_loss
 from slem.train.trainer import TrainResult
 
 Part = Callable[..., Tensor]
+
+
+def new_bundle(config: TrainConfig, task: Task) -> MethodologyBundle:
+    """The untrained parts ``config``'s method meta-learns together, as one bundle."""
+    meta = config.meta
+    parts: list[Methodology] = []
+    for name in components_of(config):
+        if name in ("mwnet", "cmwnet"):
+            parts.append(build_weighting(name, meta.n_groups, meta.hidden, meta.monotone))
+        elif name == "loss_adjuster":
+            a = config.adjuster
+            parts.append(LossAdjusterNet(a.family, meta.n_groups, a.hidden))
+        elif name == "transition":
+            t = config.transition
+            n_inputs = int(np.prod(task.features.input_shape))
+            parts.append(TransitionNet(n_inputs, task.n_classes, t.hidden, t.init_diagonal))
+        elif name == "lr_schedule":
+            s = config.schedule
+            parts.append(MLRSNet(s.hidden, s.stages, s.switch_at))
+        else:
+            raise SlemError(f"'{name}' cannot be meta-learned in a bundle")
+    return MethodologyBundle.of(*parts)
+
+
+def parts_summary(trainer: BundleTrainer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a bundle's parts learned, for the run's summary (and its ``extra``): the
+    adjuster's mean hyperparameters on clean and noisy samples, the transition net's error
+    against the true matrix (and, under instance-dependent noise, per row), the first and last
+    learned rate."""
+    task, noisy = trainer.task, trainer.task.train.noisy_mask
+    s: dict[str, Any] = {"components": list(trainer.bundle.parts)}
+    extra: dict[str, Any] = {}
+    if trainer.adjuster is not None:
+        values = trainer.adjuster_values()
+        for j, name in enumerate(trainer.adjuster.names):
+            clean, bad = values[~noisy, j], values[noisy, j]
+            s[f"adjuster_{name}_clean"] = float(clean.mean()) if len(clean) else None
+            s[f"adjuster_{name}_noisy"] = float(bad.mean()) if len(bad) else None
+    net = trainer.transition_net
+    if net is not None and task.transition_rows is not None:
+        s["transition_row_error"] = row_error(
+            net, trainer.train_x, task.train.y_true, task.transition_rows
+        )
+    if net is not None and task.transition is not None:
+        predicted = trainer.mean_transition()
+        s["transition_error"] = float(np.abs(predicted - task.transition).sum(1).mean() / 2)
+        extra["transition"] = predicted.tolist()
+    if trainer.rate is not None:
+        trace = trainer.rate.trace
+        s.update(lr_first=trace[0] if trace else None, lr_last=trace[-1] if trace else None)
+    return s, extra
+
+
+def frozen_parts(bundle: MethodologyBundle) -> dict[str, Part]:
+    """The parts as they are, their outputs constants of the real training step (the
+    schedule sets the rate, not the loss)."""
+
+    def frozen(module: nn.Module) -> Part:
+        def call(*args: Any) -> Tensor:
+            with torch.no_grad():
+                out: Tensor = module(*args)
+            return out
+
+        return call
+
+    return {role: frozen(m) for role, m in bundle.parts.items() if role != "schedule"}
+
+
+def functional_parts(
+    functionals: Mapping[str, FunctionalModel], hyper: Mapping[str, Tensor]
+) -> dict[str, Part]:
+    """The parts as functions of the hyperparameters ``hyper`` (named ``parts.<role>.*``),
+    for the hypergradient."""
+    out: dict[str, Part] = {}
+    for role, f in functionals.items():
+        if role == "schedule":
+            continue
+        prefix = f"parts.{role}."
+        sub = {k[len(prefix) :]: v for k, v in hyper.items() if k.startswith(prefix)}
+        out[role] = lambda *args, f=f, sub=sub: f(sub, *args)
+    return out
 
 
 def components_of(config: TrainConfig) -> list[str]:
@@ -107,24 +188,7 @@ class BundleTrainer(MetaTrainer):
     # ------------------------------------------------------------------ setup
 
     def new_methodology(self, config: TrainConfig, task: Task) -> Methodology:
-        meta = config.meta
-        parts: list[Methodology] = []
-        for name in components_of(config):
-            if name in ("mwnet", "cmwnet"):
-                parts.append(build_weighting(name, meta.n_groups, meta.hidden, meta.monotone))
-            elif name == "loss_adjuster":
-                a = config.adjuster
-                parts.append(LossAdjusterNet(a.family, meta.n_groups, a.hidden))
-            elif name == "transition":
-                t = config.transition
-                n_inputs = int(np.prod(task.features.input_shape))
-                parts.append(TransitionNet(n_inputs, task.n_classes, t.hidden, t.init_diagonal))
-            elif name == "lr_schedule":
-                s = config.schedule
-                parts.append(MLRSNet(s.hidden, s.stages, s.switch_at))
-            else:
-                raise SlemError(f"'{name}' cannot be meta-learned in a bundle")
-        return MethodologyBundle.of(*parts)
+        return new_bundle(config, task)
 
     def meta_hyper(self) -> dict[str, nn.Parameter]:
         """Every part's parameters, except the schedule's frozen snapshots."""
@@ -182,32 +246,6 @@ class BundleTrainer(MetaTrainer):
             return (w * per).mean()
         return per.mean()
 
-    def _frozen_parts(self) -> dict[str, Part]:
-        """The parts as they are, their outputs constants of the real training step."""
-
-        def frozen(module: nn.Module) -> Part:
-            def call(*args: Any) -> Tensor:
-                with torch.no_grad():
-                    out: Tensor = module(*args)
-                return out
-
-            return call
-
-        return {role: frozen(m) for role, m in self.bundle.parts.items() if role != "schedule"}
-
-    def _functional_parts(self, hyper: Mapping[str, Tensor]) -> dict[str, Part]:
-        """The parts as functions of the hyperparameters (for the hypergradient)."""
-        out: dict[str, Part] = {}
-        for role, f in self._functional.items():
-            if role == "schedule":
-                continue
-            prefix = f"parts.{role}."
-            sub = {k[len(prefix) :]: v for k, v in hyper.items() if k.startswith(prefix)}
-            out[role] = lambda *args, f=f, sub=sub: f(sub, *args)
-        return out
-
-    # ------------------------------------------------------------------ steps
-
     def lr_at(self, step: int) -> float:
         return self.rate.current if self.rate is not None else super().lr_at(step)
 
@@ -234,7 +272,7 @@ class BundleTrainer(MetaTrainer):
         self.model.train()
         logits = self.model(x)
         self._rate_input = F.cross_entropy(logits.detach(), y)
-        return self._optimize(self.bundle_loss(logits, x, y, self._frozen_parts()), start)
+        return self._optimize(self.bundle_loss(logits, x, y, frozen_parts(self.bundle)), start)
 
     def _apply_step(self, loss: Tensor) -> None:
         """The learned schedule, if any, sets the rate from the batch's cross-entropy first."""
@@ -250,7 +288,9 @@ class BundleTrainer(MetaTrainer):
         self, params: dict[str, Tensor], hyper: dict[str, Tensor], batch: Any
     ) -> Tensor:
         x, y = batch
-        return self.bundle_loss(self._f_model(params, x), x, y, self._functional_parts(hyper))
+        return self.bundle_loss(
+            self._f_model(params, x), x, y, functional_parts(self._functional, hyper)
+        )
 
     def meta_problem(self, x: Tensor, y: Tensor) -> tuple[BilevelProblem, Any, Any]:
         """The bilevel problem of a meta step on the batch ``(x, y)`` over every part's
@@ -287,7 +327,7 @@ class BundleTrainer(MetaTrainer):
         result = step(*self.meta_problem(x, y))
         logits = self.forward(x)
         self._rate_input = F.cross_entropy(logits.detach(), y)
-        loss = self.bundle_loss(logits, x, y, self._frozen_parts())
+        loss = self.bundle_loss(logits, x, y, frozen_parts(self.bundle))
         self._apply_step(loss)
         self.progress.timings["meta"].append(time.perf_counter() - start)
         return {"loss": float(loss.detach()), "meta_loss": result.outer_loss}
@@ -306,32 +346,11 @@ class BundleTrainer(MetaTrainer):
         return mean_transition(self.transition_net, self.train_x, self.task.train.y_true)
 
     def finish(self) -> TrainResult:
+        """The summary adds what the parts learned (:func:`parts_summary`)."""
         result = super().finish()
-        s = result.summary
-        s["components"] = list(self.bundle.parts)
-        noisy = self.task.train.noisy_mask
-        if self.adjuster is not None:
-            values = self.adjuster_values()
-            for j, name in enumerate(self.adjuster.names):
-                s[f"adjuster_{name}_clean"] = (
-                    float(values[~noisy, j].mean()) if (~noisy).any() else None
-                )
-                s[f"adjuster_{name}_noisy"] = (
-                    float(values[noisy, j].mean()) if noisy.any() else None
-                )
-        if self.transition_net is not None and self.task.transition_rows is not None:
-            s["transition_row_error"] = row_error(
-                self.transition_net, self.train_x, self.task.train.y_true, self.task.transition_rows
-            )
-        if self.transition_net is not None and self.task.transition is not None:
-            predicted = self.mean_transition()
-            s["transition_error"] = float(
-                np.abs(predicted - self.task.transition).sum(1).mean() / 2
-            )
-            result.extra["transition"] = predicted.tolist()
-        if self.rate is not None:
-            trace = self.rate.trace
-            s.update(lr_first=trace[0] if trace else None, lr_last=trace[-1] if trace else None)
+        summary, extra = parts_summary(self)
+        result.summary.update(summary)
+        result.extra.update(extra)
         return result
 
     @property
@@ -357,7 +376,7 @@ class BundleTrainer(MetaTrainer):
             record.info["transition_label"] = "meta-learned (mean over samples)"
         o = self.config.optim
         record.arrays.update(
-            lr_arrays(self.lr_trace, self.stage_trace, o.lr, o.epochs * self.steps_per_epoch)
+            lr_arrays(self.lr_trace, self.stage_trace, o.lr, o.epochs * self.plan.steps_per_epoch)
         )
         record.info["lr0"] = o.lr
         return record

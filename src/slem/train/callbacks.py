@@ -131,13 +131,13 @@ class ProgressBar(Callback):
         self._progress.start()
         self._task = self._progress.add_task(
             self.description,
-            total=trainer.total_steps,
+            total=trainer.plan.total_steps,
             completed=trainer.progress.global_step,
             status="",
         )
 
     def _status(self, trainer: Trainer, epoch: int) -> str:
-        parts = [f"epoch {epoch}/{trainer.total_epochs}", self._loss, self._val]
+        parts = [f"epoch {epoch}/{trainer.plan.total_epochs}", self._loss, self._val]
         return "  ".join(p for p in parts if p)
 
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
@@ -160,7 +160,9 @@ class ProgressBar(Callback):
         done = trainer.progress.global_step - self._start_step
         elapsed = time.perf_counter() - self._start_time
         left = (
-            elapsed / done * (trainer.total_steps - trainer.progress.global_step) if done else 0.0
+            elapsed / done * (trainer.plan.total_steps - trainer.progress.global_step)
+            if done
+            else 0.0
         )
         spent = _clock(trainer.progress.elapsed)
         line = f"{self.description}  {status}  elapsed {spent}  ETA {_clock(left)}"

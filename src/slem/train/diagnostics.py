@@ -57,7 +57,7 @@ def plain_step_times(trainer: Trainer, probes: int = 5) -> list[float]:
     times = []
     with torch.random.fork_rng(devices=[]):
         for _ in range(probes + 1):
-            idx = torch.randint(0, len(y), (trainer.batch_size,), generator=pick).to(device)
+            idx = torch.randint(0, len(y), (trainer.plan.batch_size,), generator=pick).to(device)
             start = time.perf_counter()
             loss = trainer.objective.plain_loss(model(x[idx]), y[idx]).mean()
             optimizer.zero_grad(set_to_none=True)

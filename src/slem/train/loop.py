@@ -85,7 +85,7 @@ class Loop:
     def _epochs(self) -> None:
         t = self.trainer
         started = time.perf_counter() - t.progress.elapsed
-        while t.progress.epoch < t.total_epochs:
+        while t.progress.epoch < t.plan.total_epochs:
             if t.progress.step_in_epoch == 0:  # not again when resuming mid-epoch
                 t.on_epoch_start()
             x, y, steps, bs = t.epoch_data()

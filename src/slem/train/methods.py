@@ -108,6 +108,16 @@ class MethodSpec:
         """The methodologies this method meta-learns in ``config`` (bundles: their parts)."""
         return self.components(config) if self.components is not None else list(self.meta_learns)
 
+    def check_target(self, task: Task) -> None:
+        """Refuse a ``task`` whose targets are not this method's (rule 7).
+
+        Raises:
+            SlemError: one line naming the method, the task and the methods that fit.
+        """
+        kind = "classification" if task.is_classification else "regression"
+        if self.target is not None and self.target != kind:
+            raise target_error(self, task)
+
     def needs_meta_set(self, config: TrainConfig) -> str | None:
         """Why ``config`` needs a clean meta set (the start of an error message), or None."""
         if self.meta_set == "always":

@@ -30,7 +30,7 @@ from slem.methodology.regression import input_stats
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
 from slem.train.meta_step import MetaStep
-from slem.train.methods import method_spec
+from slem.train.methods import get_method, method_spec
 from slem.train.objective import Regression, flat_predictions
 from slem.train.objective import robust_scaling as robust_scaling
 from slem.train.record import RunRecord, hwnet_arrays
@@ -76,6 +76,7 @@ class HWNetTrainer(Trainer):
         device: torch.device | str | None = None,
     ) -> None:
         self.meta_training = method_spec(config).is_meta
+        get_method("hwnet").check_target(task)
         if methodology is None:
             if not self.meta_training:
                 raise SlemError(

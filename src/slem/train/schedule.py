@@ -310,7 +310,7 @@ class ScheduleTrainer(Trainer):
         record = super().record(result)
         o = self.config.optim
         record.arrays.update(
-            lr_arrays(self.lr_trace, self.stage_trace, o.lr, o.epochs * self.steps_per_epoch)
+            lr_arrays(self.lr_trace, self.stage_trace, o.lr, o.epochs * self.plan.steps_per_epoch)
         )
         record.info["lr0"] = o.lr
         return record

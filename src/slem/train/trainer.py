@@ -23,7 +23,7 @@ from slem.bilevel import (
 )
 from slem.bilevel.problem import as_params
 from slem.data.augment import dac_views
-from slem.data.task import Split, Task
+from slem.data.task import Task
 from slem.methodology import Methodology
 from slem.methodology.weighting import CMWNet, MWNet
 from slem.train.callbacks import Callback
@@ -41,7 +41,7 @@ from slem.train.hooks import SampleWeights
 from slem.train.loop import Loop
 from slem.train.meta_step import hypergradient_norm
 from slem.train.methods import make_trainer as make_trainer
-from slem.train.methods import method_spec, target_error
+from slem.train.methods import method_spec
 from slem.train.models import build_model
 from slem.train.objective import Classification, objective_for
 from slem.train.optimizers import make_optimizer
@@ -49,7 +49,6 @@ from slem.train.plan import Plan
 from slem.train.progress import Progress
 from slem.train.record import RunRecord, run_summary, trainer_record
 from slem.train.record import TrainResult as TrainResult
-from slem.train.teacher import Teacher
 from slem.train.threads import resolve_device as resolve_device
 
 
@@ -69,32 +68,24 @@ class Trainer:
         device: torch.device | str | None = None,
     ) -> None:
         self.spec = method_spec(config)
-        self._check_task(config, task)
+        self.spec.check_target(task)
         self.config = config
         self.task = task
         self.device = torch.device(device) if device is not None else resolve_device(config.device)
         self.objective = objective_for(task, config, self.device)
         torch.manual_seed(config.seed)
-        m = config.model
-        self.model = model or build_model(
-            task.features.input_shape,
-            self.objective.n_outputs,
-            m.arch,
-            m.width,
-            m.depth,
-            m.dropout,
-            m.activation,
-        )
+        shape, n_out = task.features.input_shape, self.objective.n_outputs
+        self.model = model or build_model(shape, n_out, **config.model.model_dump())
         self.model.to(self.device)
         self.methodology = methodology.to(self.device) if methodology is not None else None
         self.callbacks = list(callbacks)
-        self.train_x, self.train_y = self._tensors(task.train)
-        self.val_x, self.val_y = self._tensors(task.val)
-        self.test_x, self.test_y = self._tensors(task.test)
+        self.train_x, self.train_y = self.objective.tensors(task.train)
+        self.val_x, self.val_y = self.objective.tensors(task.val)
+        self.test_x, self.test_y = self.objective.tensors(task.test)
         self.meta_x: Tensor | None = None
         self.meta_y: Tensor | None = None
         if task.meta is not None:
-            self.meta_x, self.meta_y = self._tensors(task.meta)
+            self.meta_x, self.meta_y = self.objective.tensors(task.meta)
         n_meta = len(self.meta_y) if self.meta_y is not None else 0
         self.plan = Plan(config, self.spec, len(self.train_y), n_meta)
         self.optimizer = make_optimizer(self.model.parameters(), config, self.methodology)
@@ -106,16 +97,7 @@ class Trainer:
         )
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.progress = Progress.start(self.objective.initial_best)
-        self._check_model_output()
-
-    def _check_task(self, config: TrainConfig, task: Task) -> None:
-        """Refuse a method whose targets (its registry entry) are not the task's."""
-        kind = "classification" if task.is_classification else "regression"
-        if self.spec.target is not None and self.spec.target != kind:
-            raise target_error(self.spec, task)
-
-    def _tensors(self, split: Split) -> tuple[Tensor, Tensor]:
-        return self.objective.tensors(split)
+        self.objective.check_output(self.model, self.train_x)
 
     @property
     def labels(self) -> Classification:
@@ -128,30 +110,6 @@ class Trainer:
         """The sample-weighting net, if the run has one."""
         return self.sample_weights.net if self.sample_weights is not None else None
 
-    @property
-    def teacher(self) -> Teacher | None:
-        """Label correction's EMA teacher, if the run has one."""
-        return self.sample_weights.teacher if self.sample_weights is not None else None
-
-    def _check_model_output(self) -> None:
-        self.objective.check_output(self.model, self.train_x)
-
-    @property
-    def batch_size(self) -> int:
-        return self.plan.batch_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.plan.steps_per_epoch
-
-    @property
-    def total_epochs(self) -> int:
-        return self.plan.total_epochs
-
-    @property
-    def total_steps(self) -> int:
-        return self.plan.total_steps
-
     def lr_at(self, step: int) -> float:
         """The learning rate at global ``step`` (the plan's; learned schedules override)."""
         return self.plan.lr(self.progress.epoch, step)
@@ -161,11 +119,9 @@ class Trainer:
         self.progress.stop = reason
 
     def fit(self, progress: bool = True) -> TrainResult:
-        """Train to ``optim.epochs`` (from where a loaded checkpoint stands) and evaluate
-        (:class:`~slem.train.loop.Loop`).
-
-        ``progress``: show a progress bar on stderr (a live bar in a terminal, one line per
-        epoch elsewhere) unless a :class:`~slem.train.ProgressBar` is among the callbacks.
+        """Train to the end of the plan (from where a loaded checkpoint stands) and evaluate,
+        in a :class:`~slem.train.loop.Loop`; ``progress``: a progress bar on stderr unless a
+        :class:`~slem.train.ProgressBar` is among the callbacks.
 
         Raises:
             TrainingStopped: a stop was requested (Ctrl-C, :meth:`request_stop`).
@@ -199,8 +155,8 @@ class Trainer:
         }
         if self.has_sample_weights():
             row.update(weight_metrics(self.train_weights(), self.task.train.noisy_mask))
-        if self.teacher is not None:
-            row.update(self.teacher.metrics(self.train_x, self.task.train))
+        if self.sample_weights is not None and self.sample_weights.teacher is not None:
+            row.update(self.sample_weights.teacher.metrics(self.train_x, self.task.train))
         return p.close_epoch(row, self.objective.selection_score(row), self.model)
 
     def per_sample_losses(self, logits: Tensor, y: Tensor) -> Tensor:
@@ -300,9 +256,8 @@ class Trainer:
         return TrainResult(self.progress.history, run_summary(self, metrics, weights), weights)
 
     def record(self, result: TrainResult) -> RunRecord:
-        """The finished run as plain data for :mod:`slem.report`: ``result``'s history and
-        summary, and the named arrays this trainer and its objective have (see
-        :class:`RunRecord`)."""
+        """The finished run as plain data for :mod:`slem.report` (:class:`RunRecord`): history,
+        summary, and the named arrays of the trainer and its objective."""
         record = trainer_record(self, result)
         title = f"{self.config.method} on {self.task.name}"
         arrays, info = self.objective.record(self.model, self.test_x, title)
@@ -312,11 +267,12 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue exactly where training stands."""
+        teacher = self.sample_weights.teacher if self.sample_weights is not None else None
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "methodology": self.methodology.state_dict() if self.methodology is not None else None,
-            "teacher": self.teacher.net.state_dict() if self.teacher is not None else None,
+            "teacher": teacher.net.state_dict() if teacher is not None else None,
             **self.progress.state_dict(),
             **rng_state(self.generator),
             "config": self.config.model_dump(mode="json"),
@@ -327,8 +283,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.methodology is not None and state["methodology"] is not None:
             self.methodology.load_state_dict(state["methodology"])
-        if self.teacher is not None and state["teacher"] is not None:
-            self.teacher.net.load_state_dict(state["teacher"])
+        if self.sample_weights is not None and self.sample_weights.teacher is not None:
+            self.sample_weights.teacher.net.load_state_dict(state["teacher"])
         self.progress.load_state_dict(state)
         restore_rng(state, self.generator)
 
