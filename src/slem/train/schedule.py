@@ -176,8 +176,8 @@ class ScheduleTrainer(Trainer):
                     f"the meta set has {n_meta} samples, fewer than the {task.n_classes} "
                     "classes; raise data.meta_per_class"
                 )
-            # the exact one-step hypergradient (lookahead of a RateProblem), Adam on the net
-            meta = MetaConfig(lr=s.lr, weight_decay=s.weight_decay)
+            # lookahead of a RateProblem: the exact one-step hypergradient; Adam on the net
+            meta = MetaConfig(hypergrad=config.meta.hypergrad, lr=s.lr, weight_decay=s.weight_decay)
             live = dict(self.schedule.live.named_parameters())
             self.meta_step = MetaStep(
                 meta, self.optimizer, live, self._check_finite, [self.observe_hypergradient]

@@ -26,12 +26,15 @@ Rules (why):
    hyperparameters of the update itself (a learning rate: ``joint`` with only
    ``lr_schedule``).
 2. ``implicit`` differentiates the inner *optimum* (Lorraine et al. 2020): a learning rate does
-   not move a stationary point, so a learned rate's hypergradient is exactly 0 (``joint``
-   with ``lr_schedule``).
-3. ``lr_schedule`` (MLR-SNet) and ``learned_optimizer`` compute their own hypergradient (the
-   exact one-step hypergradient of the rate; truncated unrolling of the LSTM optimizer): a
-   ``meta.hypergrad``, ``meta.order``, ``meta.jvp_mode`` or ``meta.virtual_step`` other than
-   the default would be ignored, so it is refused.
+   not move a stationary point, so a learned rate's hypergradient is exactly 0
+   (``lr_schedule``, ``joint`` with ``lr_schedule``).
+3. ``lr_schedule`` (MLR-SNet) meta-learns a rate: its meta step is a
+   :class:`~slem.bilevel.RateProblem` on its own meta batches (``schedule.*``), which takes
+   ``meta.hypergrad`` (``lookahead``, the exact one-step hypergradient with no second
+   derivative, by default) but not ``meta.order``, ``meta.jvp_mode`` or
+   ``meta.virtual_step`` (fast-path and virtual-step options it would ignore: refused).
+   ``learned_optimizer`` computes its own hypergradient (truncated unrolling of the LSTM
+   optimizer): any of the four other than the default would be ignored, so it is refused.
 4. ``meta.order: lagged`` and ``meta.jvp_mode: difference`` are options of the ``lookahead``
    fast path for sample weighting (mwnet, cmwnet, cmwnet_sl); elsewhere they would be ignored.
 5. Inner optimizer: the virtual step is the real optimizer's update (``meta.virtual_step:
@@ -104,7 +107,7 @@ def _either(names: tuple[str, ...]) -> str:
 
 
 def _learns_rate(cell: Cell) -> bool:
-    return "lr_schedule" in cell.components
+    return "lr_schedule" in cell.components or get_method(cell.method).meta_step == "rate"
 
 
 def _loss_hyper(cell: Cell) -> bool:
@@ -156,22 +159,31 @@ def reason(cell: Cell) -> str | None:
     if why is not None:
         return why
     if m in OWN_METHODS:
+        rate = get_method(m).meta_step == "rate"
         for name, default in META_DEFAULTS.items():
             value = getattr(cell, name)
-            if value != default:
-                how = (
-                    "the exact one-step hypergradient of its learning rate"
-                    if get_method(m).meta_step == "rate"
-                    else "truncated unrolling (learned_optimizer.unroll)"
-                )
+            if value != default and not (rate and name == "hypergrad"):
+                if rate:
+                    return (
+                        f"meta.{name} {value} would be ignored: method {m}'s meta step is a "
+                        "learning-rate problem on its own meta set (schedule.*), not the "
+                        f"sample-weighting fast path; remove meta.{name}"
+                    )
                 return (
                     f"meta.{name} {value} would be ignored: method {m} computes its own "
-                    f"hypergradient ({how}); remove meta.{name}"
+                    f"hypergradient (truncated unrolling, learned_optimizer.unroll); remove "
+                    f"meta.{name}"
                 )
-        if get_method(m).meta_step == "rate" and cell.optimizer != "sgd":
+        if rate and cell.optimizer != "sgd":
             return (
                 f"method {m} learns an SGD learning rate: set optim.optimizer sgd "
                 f"(not {cell.optimizer})"
+            )
+        if rate and cell.hypergrad == "implicit":
+            return (
+                f"meta.hypergrad implicit cannot learn method {m}: a learning rate does not "
+                "move the inner optimum, so its implicit hypergradient is exactly 0; use "
+                "lookahead, unrolled, forward, finite_difference or first_order"
             )
         return None
     if m not in ENGINE_METHODS:
@@ -278,7 +290,10 @@ def check_methodology(config: TrainConfig, n_hyper: int) -> None:
     """
     from slem.errors import SlemError
 
-    forward = config.method in ENGINE_METHODS and config.meta.hypergrad == "forward"
+    takes_hypergrad = (
+        config.method in ENGINE_METHODS or get_method(config.method).meta_step == "rate"
+    )
+    forward = takes_hypergrad and config.meta.hypergrad == "forward"
     if forward and n_hyper > MAX_FORWARD_DIRECTIONS:
         raise SlemError(
             f"meta.hypergrad forward needs one pass per hyperparameter and method "
@@ -350,7 +365,11 @@ def markdown() -> str:
             o for o in OPTIMIZERS if reason(replace(base, optimizer=o, virtual_step="sgd")) is None
         ]
         objs = [o for o in OBJECTIVES if reason(replace(base, objective=o)) is None]
-        if c.method in OWN_METHODS:
+        if c.method in OWN_METHODS and get_method(c.method).meta_step == "rate":
+            hg_text = ", ".join(hg)
+            objs_text = "its own meta set (meta.objective unused)"
+            sgd_text = ", ".join(opt_o)
+        elif c.method in OWN_METHODS:
             hg_text = "its own (meta.hypergrad must stay at its default)"
             objs_text = "its own meta set (meta.objective unused)"
             sgd_text = ", ".join(opt_o)
