@@ -167,3 +167,24 @@ def test_config_errors() -> None:
         parse_train_config({**base, "learned_optimizer": {"widths": []}})
     with pytest.raises(SlemError, match="'diabetes' is a regression set"):
         build_population(LearnedOptimizerConfig(datasets=["diabetes"]), 0, torch.device("cpu"))
+
+
+def test_both_phases_run_through_make_trainer() -> None:
+    """Method learned_optimizer is one method like the others: make_trainer meta-trains the
+    optimizer on its population (phase one, in memory) and trains with it (phase two), so the
+    Python API and slem hpo run it without the run writer."""
+    from slem.data import build_task
+    from slem.train import make_trainer
+
+    cfg = parse_train_config(
+        {
+            "method": "learned_optimizer",
+            "data": {"name": "digits", "size": 400},
+            "optim": {"epochs": 1, "batch_size": 64},
+            "learned_optimizer": {**SMALL, "iterations": 3},
+        }
+    )
+    trainer = make_trainer(cfg, build_task(cfg.data))
+    assert isinstance(trainer.optimizer, LearnedOptimizer)
+    summary = trainer.fit(progress=False).summary
+    assert summary["method"] == "learned_optimizer" and 0.0 <= summary["test_accuracy"] <= 1.0
