@@ -18,98 +18,37 @@ from slem.errors import SlemError
 from slem.methodology import Methodology
 from slem.methodology.regression import base_loss
 from slem.train import losses as L
+from slem.train.bundle import BundleTrainer
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
-from slem.train.methods import Loss, MethodSpec, register, spec_applying
+from slem.train.forward import ForwardTrainer
+from slem.train.meta_trainer import MetaTrainer
+from slem.train.methods import Builder, Loss, MethodSpec, register, spec_applying
 from slem.train.objective import Classification
+from slem.train.regression import HWNetTrainer
+from slem.train.schedule import ScheduleTrainer
+from slem.train.threads import resolve_device
 from slem.train.trainer import Trainer
 
 
-def _plain(
-    config: TrainConfig,
-    task: Task,
-    model: nn.Module | None,
-    methodology: Methodology | None,
-    callbacks: Sequence[Callback],
-) -> Trainer:
-    """A baseline: no methodology."""
-    if methodology is not None:
-        raise SlemError(
-            f"method {config.method} takes no methodology; use method apply to train with a "
-            "saved one"
-        )
-    return Trainer(config, task, model, None, callbacks)
+def _baseline(cls: type[Trainer]) -> Builder:
+    """The builder of a baseline trained by ``cls``: it takes no methodology."""
 
+    def build(
+        config: TrainConfig,
+        task: Task,
+        model: nn.Module | None,
+        methodology: Methodology | None,
+        callbacks: Sequence[Callback],
+    ) -> Trainer:
+        if methodology is not None:
+            raise SlemError(
+                f"method {config.method} takes no methodology; use method apply to train "
+                "with a saved one"
+            )
+        return cls(config, task, model, None, callbacks)
 
-def _frozen(
-    config: TrainConfig,
-    task: Task,
-    model: nn.Module | None,
-    methodology: Methodology | None,
-    callbacks: Sequence[Callback],
-) -> Trainer:
-    """Training with a frozen weighting net or learned optimizer."""
-    return Trainer(config, task, model, methodology, callbacks)
-
-
-def _weighting(
-    config: TrainConfig,
-    task: Task,
-    model: nn.Module | None,
-    methodology: Methodology | None,
-    callbacks: Sequence[Callback],
-) -> Trainer:
-    from slem.train.meta_trainer import MetaTrainer
-
-    return MetaTrainer(config, task, model, methodology, callbacks)
-
-
-def _schedule(
-    config: TrainConfig,
-    task: Task,
-    model: nn.Module | None,
-    methodology: Methodology | None,
-    callbacks: Sequence[Callback],
-) -> Trainer:
-    from slem.train.schedule import ScheduleTrainer
-
-    return ScheduleTrainer(config, task, model, methodology, callbacks)
-
-
-def _bundle(
-    config: TrainConfig,
-    task: Task,
-    model: nn.Module | None,
-    methodology: Methodology | None,
-    callbacks: Sequence[Callback],
-) -> Trainer:
-    from slem.train.bundle import BundleTrainer
-
-    return BundleTrainer(config, task, model, methodology, callbacks)
-
-
-def _forward(
-    config: TrainConfig,
-    task: Task,
-    model: nn.Module | None,
-    methodology: Methodology | None,
-    callbacks: Sequence[Callback],
-) -> Trainer:
-    from slem.train.forward import ForwardTrainer
-
-    return ForwardTrainer(config, task, model, None, callbacks)
-
-
-def _hwnet(
-    config: TrainConfig,
-    task: Task,
-    model: nn.Module | None,
-    methodology: Methodology | None,
-    callbacks: Sequence[Callback],
-) -> Trainer:
-    from slem.train.regression import HWNetTrainer
-
-    return HWNetTrainer(config, task, model, methodology, callbacks)
+    return build
 
 
 def _learned_optimizer(
@@ -125,7 +64,6 @@ def _learned_optimizer(
     if methodology is None:
         from slem.methodology import freeze
         from slem.train.learned_optimizer import OptimizerMetaTrainer
-        from slem.train.trainer import resolve_device
 
         meta = OptimizerMetaTrainer(
             config.learned_optimizer, config.seed, resolve_device(config.device)
@@ -186,13 +124,17 @@ CLEAN_OR_DAC = "set data.meta_per_class (e.g. 10) or a trusted file data.meta, o
     "meta.objective dac or selected"
 )
 
-register(MethodSpec("erm", "empirical risk minimization: cross-entropy", "classification", _plain))
+register(
+    MethodSpec(
+        "erm", "empirical risk minimization: cross-entropy", "classification", _baseline(Trainer)
+    )
+)
 register(
     MethodSpec(
         "gce",
         "generalized cross-entropy (Zhang & Sabuncu 2018), loss.gce_q",
         "classification",
-        _plain,
+        _baseline(Trainer),
         loss=lambda logits, y, t: L.gce(logits, y, t.config.loss.gce_q),
     )
 )
@@ -201,7 +143,7 @@ register(
         "sce",
         "symmetric cross-entropy (Wang et al. 2019), loss.sce_alpha and sce_beta",
         "classification",
-        _plain,
+        _baseline(Trainer),
         loss=lambda logits, y, t: L.sce(logits, y, t.config.loss.sce_alpha, t.config.loss.sce_beta),
     )
 )
@@ -210,7 +152,7 @@ register(
         "bootstrap",
         "bootstrapping (Reed et al. 2015), loss.bootstrap_beta and bootstrap_mode",
         "classification",
-        _plain,
+        _baseline(Trainer),
         loss=lambda logits, y, t: L.bootstrap(
             logits, y, t.config.loss.bootstrap_beta, t.config.loss.bootstrap_mode
         ),
@@ -221,7 +163,7 @@ register(
         "finetune",
         "cross-entropy, then loss.finetune_epochs on the clean meta set",
         "classification",
-        _plain,
+        _baseline(Trainer),
         meta_set="always",
         meta_set_reason="method finetune needs a clean meta set",
         finetune=True,
@@ -232,7 +174,7 @@ register(
         "class_balanced",
         "class-balanced cross-entropy (Cui et al. 2019), loss.cb_beta",
         "classification",
-        _plain,
+        _baseline(Trainer),
         loss=lambda logits, y, t: L.class_balanced(logits, y, _labels(t).cb_weights),
     )
 )
@@ -246,14 +188,14 @@ for _name, _summary in (
             _name,
             _summary,
             "classification",
-            _weighting,
+            MetaTrainer,
             meta_learns=(_name,),
             meta_step="engine",
             weighted_problem=True,
             meta_set="objective",
             meta_set_hint=CLEAN_OR_DAC,
             applies=(_name,),
-            apply_build=_frozen,
+            apply_build=Trainer,
         )
     )
 register(
@@ -261,7 +203,7 @@ register(
         "lr_schedule",
         "meta-learned learning-rate schedule (MLR-SNet, Shu et al. 2022)",
         "classification",
-        _schedule,
+        ScheduleTrainer,
         meta_learns=("lr_schedule",),
         meta_step="rate",
         meta_set="always",
@@ -280,7 +222,7 @@ register(
         meta_step="truncated",
         meta_train=_meta_train_optimizer,
         applies=("learned_optimizer",),
-        apply_build=_frozen,
+        apply_build=Trainer,
     )
 )
 register(
@@ -288,7 +230,7 @@ register(
         "forward",
         "forward loss correction with an estimated transition (Patrini et al. 2017)",
         "classification",
-        _forward,
+        _baseline(ForwardTrainer),
     )
 )
 for _name, _summary, _kinds in (
@@ -301,7 +243,7 @@ for _name, _summary, _kinds in (
             _name,
             _summary,
             "classification",
-            _bundle,
+            BundleTrainer,
             meta_learns=_kinds,
             meta_step="engine",
             meta_set="objective",
@@ -317,13 +259,13 @@ for _name, _summary, _loss in (
     ("l1", "absolute error in robust target units", _residual("l1")),
     ("huber", "Huber loss, loss.huber_delta in robust target units", _huber),
 ):
-    register(MethodSpec(_name, _summary, "regression", _plain, loss=_loss))
+    register(MethodSpec(_name, _summary, "regression", _baseline(Trainer), loss=_loss))
 register(
     MethodSpec(
         "hwnet",
         "meta-learned robust regression loss (hyper-weight net)",
         "regression",
-        _hwnet,
+        HWNetTrainer,
         meta_learns=("hwnet",),
         meta_step="engine",
         meta_set="objective",
