@@ -68,3 +68,16 @@ def test_no_module_outside_the_registry_compares_method_names() -> None:
             if re.search(r"\bmethod\s*(==|!=)\s*[\"']", line):
                 offenders.append(f"{path.name}:{number}: {line.strip()}")
     assert not offenders, offenders
+
+
+def test_cli_lists_the_registry() -> None:
+    from typer.testing import CliRunner
+
+    from slem.cli.app import app
+
+    result = CliRunner().invoke(app, ["methods", "--target", "regression"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert all(m in result.stdout for m in ("mse", "huber", "hwnet", "apply"))
+    assert "mwnet" not in result.stdout
+    bad = CliRunner().invoke(app, ["methods", "--target", "images"])
+    assert bad.exit_code == 2 and "--target must be classification or regression" in bad.stderr

@@ -206,6 +206,40 @@ def presets(
         console.print(f"- deviation: {d}", highlight=False, markup=False)
 
 
+def methods(
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target", help="Only methods for this target: classification or regression."
+        ),
+    ] = None,
+) -> None:
+    """List the training methods (the registry, slem.train.methods): what each trains on,
+    what it meta-learns and how."""
+    from rich.table import Table
+
+    from slem.errors import SlemError
+    from slem.train.methods import get_method, method_names
+
+    if target not in (None, "classification", "regression"):
+        raise SlemError(f"--target must be classification or regression, not '{target}'")
+    needs = {"always": "needed", "objective": "for a clean objective", "never": "-"}
+    table = Table("method", "targets", "meta-learns", "meta step", "meta set", "what it is")
+    for name in method_names():
+        spec = get_method(name)
+        if target is not None and spec.target not in (target, None):
+            continue
+        table.add_row(
+            name,
+            spec.target or "the artifact's",
+            ", ".join(spec.meta_learns) or "-",
+            spec.meta_step or "-",
+            needs[spec.meta_set],
+            spec.summary,
+        )
+    console.print(table)
+
+
 def apply(
     artifact: Annotated[
         Path | None,
@@ -322,5 +356,5 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (train, apply, demo, presets):
+    for fn in (train, apply, demo, presets, methods):
         app.command(fn.__name__)(user_errors(fn))
