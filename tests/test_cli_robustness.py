@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from slem.cli.app import app
+from slem.errors import SlemError
 from slem.rundir import lock_run_dir
 from slem.train.config import parse_train_config
 from slem.train.run import train_run
@@ -133,6 +134,34 @@ def test_apply_with_a_bad_artifact_writes_nothing(runner: CliRunner, tmp_path: P
     out = tmp_path / "applied"
     result = runner.invoke(app, ["apply", str(tmp_path), "--data", "iris", "--out", str(out)])
     one_line_error(result, "not a methodology artifact")
+    assert not out.exists()
+
+
+def test_a_method_that_does_not_fit_the_task_writes_nothing(
+    runner: CliRunner, tmp_path: Path, erm_config: Path, trained_run: Path
+) -> None:
+    """Refused before a byte is written (the method's targets, the artifact's targets), and
+    the same --out can then be used for a run that fits."""
+    out = tmp_path / "run"
+    wrong = runner.invoke(app, ["train", str(erm_config), "--out", str(out), "--set", "method=mse"])
+    one_line_error(wrong, "is for regression targets")
+    assert not out.exists()
+    applied = runner.invoke(
+        app, ["apply", str(trained_run), "--data", "diabetes", "--out", str(out)]
+    )
+    one_line_error(applied, "'mwnet' methodology applies to classification tasks", "--data")
+    assert not out.exists()
+    fits = runner.invoke(app, ["train", str(erm_config), "--out", str(out)])
+    assert fits.exit_code == 0, fits.stderr
+
+
+def test_a_refusal_after_the_config_is_written_leaves_no_run(tmp_path: Path) -> None:
+    """A method refused once the trainer is built (here forward correction whose warm-up takes
+    every epoch) removes the config it wrote: the directory holds no run to resume."""
+    out = tmp_path / "run"
+    cfg = parse_train_config({**TINY, "method": "forward", "data": {"name": "iris"}})
+    with pytest.raises(SlemError, match="forward_warmup_epochs"):
+        train_run(cfg, out, progress=False)
     assert not out.exists()
 
 

@@ -36,7 +36,7 @@ def test_registering_a_name_twice_is_refused() -> None:
 
 
 def test_unknown_method_is_one_line_listing_the_methods() -> None:
-    with pytest.raises(SlemError, match="does not exist; use one of erm, gce"):
+    with pytest.raises(SlemError, match=r"does not exist .*; use one of erm, gce"):
         get_method("mw-net")
     with pytest.raises(SlemError, match=r"method: Input should be 'erm', 'gce'.*'apply'"):
         TrainConfig(method="mw-net")
@@ -81,3 +81,24 @@ def test_cli_lists_the_registry() -> None:
     assert "mwnet" not in result.stdout
     bad = CliRunner().invoke(app, ["methods", "--target", "images"])
     assert bad.exit_code == 2 and "--target must be classification or regression" in bad.stderr
+
+
+def test_a_method_typo_suggests_the_method() -> None:
+    with pytest.raises(SlemError, match="did you mean 'mwnet'"):
+        TrainConfig(method="mwnett")
+    with pytest.raises(SlemError, match="did you mean 'hwnet'"):
+        get_method("hw-net")
+
+
+def test_an_artifact_no_training_method_applies_says_where_it_is_used(tmp_path: Path) -> None:
+    from slem.methodology import RNNBlackBoxOptimizer, load_frozen
+    from slem.methodology.weighting import MWNet
+    from slem.train.methods import spec_applying
+
+    bbo = RNNBlackBoxOptimizer(dim=2, hidden=4)
+    with pytest.raises(SlemError, match=r"'learned_bbo'.*slem bbo run"):
+        spec_applying(bbo)
+    MWNet(hidden=4).save(tmp_path / "rule")
+    assert load_frozen(tmp_path / "rule", kinds=("mwnet", "cmwnet")).kind == "mwnet"
+    with pytest.raises(SlemError, match="holds a 'mwnet' methodology; this needs one of lr_sch"):
+        load_frozen(tmp_path / "rule", kinds=("lr_schedule",))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import runpy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from slem.errors import SlemError
 from slem.methodology import load_frozen, normalize_weights  # slem
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     loader = DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True)
-    rule = load_frozen(args.rule)  # slem
+    rule = load_frozen(args.rule, kinds=("mwnet", "cmwnet"))  # slem: a sample-weighting rule
 
     for epoch in range(args.epochs):
         model.train()
@@ -77,4 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SlemError as exc:  # a missing or wrong artifact: one line, exit code 2
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

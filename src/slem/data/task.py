@@ -117,6 +117,17 @@ class Task:
             "synthetic_corruption": self.synthetic_corruption,
         }
 
+    def __repr__(self) -> str:
+        """One line: name, target kind, split sizes and corruption (not the arrays)."""
+        f = self.features
+        kind = f"{self.n_classes} classes" if self.is_classification else "regression"
+        extra = f", noise {self.noise}" if self.noise else ""
+        extra += f", imbalance {self.imbalance:g}" if self.imbalance else ""
+        return (
+            f"Task({self.name!r}, {kind}, train {f.n_train}, meta {f.n_meta}, val {f.n_val}, "
+            f"test {f.n_test}{extra})"
+        )
+
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description: sizes, class counts, realized corruption."""
         f = self.features

@@ -36,6 +36,8 @@ class Methodology(nn.Module, metaclass=ABCMeta):
 
     kind: ClassVar[str] = ""
     input_features: ClassVar[tuple[str, ...]] = ()
+    #: how to use an artifact of this kind when it is not applied in training (e.g. a CLI)
+    used_with: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -159,13 +161,20 @@ def freeze(methodology: Methodology) -> Methodology:
     return methodology.eval()
 
 
-def load_frozen(directory: str | Path) -> Methodology:
+def load_frozen(directory: str | Path, kinds: tuple[str, ...] = ()) -> Methodology:
     """A saved methodology, frozen (:func:`freeze`), ready to apply to a new task: e.g. a
     weighting rule, ``weights = rule(losses)`` (one weight in ``(0, 1)`` per loss; see
-    :func:`slem.methodology.normalize_weights` for the trainer's rescaling).
+    :func:`slem.methodology.normalize_weights` for the trainer's rescaling). ``kinds``: the
+    kinds the caller can use (e.g. ``("mwnet", "cmwnet", "cmwnet_sl")``; empty: any).
 
     Raises:
         SlemError: ``directory`` is not a complete, readable artifact (see
-            :func:`load_methodology`).
+            :func:`load_methodology`), or its kind is not one of ``kinds``.
     """
-    return freeze(load_methodology(directory)[0])
+    methodology = load_methodology(directory)[0]
+    if kinds and methodology.kind not in kinds:
+        raise SlemError(
+            f"{directory} holds a '{methodology.kind}' methodology; this needs one of "
+            f"{', '.join(kinds)}"
+        )
+    return freeze(methodology)

@@ -23,7 +23,7 @@ from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
 from slem.train.forward import ForwardTrainer
 from slem.train.meta_trainer import MetaTrainer
-from slem.train.methods import Builder, Loss, MethodSpec, register, spec_applying
+from slem.train.methods import Builder, Loss, MethodSpec, check_fits, register, spec_applying
 from slem.train.objective import Classification
 from slem.train.regression import HWNetTrainer
 from slem.train.schedule import ScheduleTrainer
@@ -92,8 +92,8 @@ def _apply(
             "method apply needs the frozen methodology (load it with "
             "slem.methodology.load_methodology)"
         )
+    check_fits(config, task, methodology)  # the artifact's method's targets
     spec = spec_applying(methodology)
-    spec.check_target(task)  # the artifact's method's targets
     build = spec.apply_build or spec.build
     return build(config, task, model, methodology, callbacks)
 

@@ -7,6 +7,7 @@ which field to set.
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
@@ -410,7 +411,9 @@ class TrainConfig(_Strict):
         names = method_names()
         if value not in names:
             listed = ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}"
-            raise ValueError(f"Input should be {listed}")
+            close = difflib.get_close_matches(str(value), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"Input should be {listed}{hint}")
         return value
 
     @model_validator(mode="after")

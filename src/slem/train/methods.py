@@ -9,6 +9,7 @@ method is one :func:`register` call.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -152,7 +153,9 @@ def get_method(name: str) -> MethodSpec:
     """
     _load_builtin()
     if name not in METHODS:
-        raise SlemError(f"method '{name}' does not exist; use one of {', '.join(METHODS)}")
+        close = difflib.get_close_matches(name, list(METHODS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise SlemError(f"method '{name}' does not exist{hint}; use one of {', '.join(METHODS)}")
     return METHODS[name]
 
 
@@ -171,7 +174,36 @@ def spec_applying(methodology: Methodology) -> MethodSpec:
     for spec in METHODS.values():
         if methodology.kind in spec.applies:
             return spec
-    raise SlemError(f"cannot apply a '{methodology.kind}' methodology: no method trains with it")
+    use = f"; use it with '{methodology.used_with}'" if methodology.used_with else ""
+    kinds = ", ".join(k for s in METHODS.values() for k in s.applies)
+    raise SlemError(
+        f"cannot train with a '{methodology.kind}' methodology: training applies {kinds}{use}"
+    )
+
+
+def check_fits(config: TrainConfig, task: Task, methodology: Methodology | None = None) -> None:
+    """Refuse a method, or for ``apply`` a ``methodology``, that does not fit ``task``'s
+    targets (rule 7), before anything is built or written.
+
+    Raises:
+        SlemError: one line naming the method (or the artifact's kind), the task, and what
+            fits.
+    """
+    spec = method_spec(config)
+    if not spec.frozen_artifact:
+        from slem.train.validity import check_task
+
+        check_task(config, task)
+        return
+    if methodology is None:
+        return
+    applied = spec_applying(methodology)
+    kind = "classification" if task.is_classification else "regression"
+    if applied.target not in (None, kind):
+        raise SlemError(
+            f"the '{methodology.kind}' methodology applies to {applied.target} tasks, but "
+            f"'{task.name}' is a {kind} task; choose {applied.target} data (--data)"
+        )
 
 
 def build_trainer(
@@ -219,11 +251,10 @@ def make_trainer(
         SlemError: the method does not fit the task (or needs a meta set it lacks), or the
             configuration cannot learn (:mod:`slem.train.validity`).
     """
-    from slem.train.validity import check_methodology, check_task
+    from slem.train.validity import check_methodology
 
     spec = method_spec(config)
-    if spec.target is not None:
-        check_task(config, task)
+    check_fits(config, task, methodology)
     needs = spec.needs_meta_set(config)
     if needs is not None and config.data is None and task.meta is None:
         raise SlemError(

@@ -88,6 +88,9 @@ class Classification:
         prior = counts.clamp_min(1.0) / counts.clamp_min(1.0).sum()
         self.log_prior = prior.log().to(device, torch.float32)
 
+    def __repr__(self) -> str:
+        return f"Classification({self.n_classes} classes, select on val {self.select_on})"
+
     def tensors(self, split: Split) -> tuple[Tensor, Tensor]:
         """A split's inputs (float32) and labels (int64) on the device."""
         return (
@@ -261,6 +264,11 @@ class Regression:
     def __init__(self, task: Task, device: torch.device) -> None:
         self.task, self.device = task, device
         self.y_center, self.y_scale = robust_scaling(task.train.y)
+
+    def __repr__(self) -> str:
+        return (
+            f"Regression(center {self.y_center:.4g}, scale {self.y_scale:.4g}, select on val mae)"
+        )
 
     def tensors(self, split: Split) -> tuple[Tensor, Tensor]:
         """A split's inputs and targets (float32; targets as a vector) on the device."""

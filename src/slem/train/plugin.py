@@ -112,6 +112,11 @@ class MetaWeighting:
                 torch.manual_seed(seed + 1_000_003)
                 methodology = build_weighting(kind, cfg.n_groups, cfg.hidden, cfg.monotone)
         self.methodology: MWNet | CMWNet = methodology.to(self.device)
+        if isinstance(self.methodology, CMWNet) and class_counts is None:
+            raise SlemError(
+                f"a {self.methodology.kind} rule weighs each class size group apart: give "
+                "class_counts=[training samples per class], or use methodology='mwnet'"
+            )
         check_methodology(self.config, sum(p.numel() for p in self.methodology.parameters()))
         self.meta_step = MetaStep(
             cfg, optimizer, dict(self.methodology.named_parameters()), self._check_finite

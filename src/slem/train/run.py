@@ -23,11 +23,12 @@ from slem.data.task import Task, build_task
 from slem.errors import SlemError
 from slem.methodology import Methodology, freeze, load_frozen
 from slem.provenance import provenance
-from slem.rundir import atomic_write_bytes, atomic_write_text, lock_run_dir
+from slem.rundir import LOCK_NAME, atomic_write_bytes, atomic_write_text, lock_run_dir
 from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config
+from slem.train.methods import check_fits
 from slem.train.record import RunRecord, meta_loss_array, read_jsonl
 from slem.train.threads import set_threads
 from slem.train.trainer import Stoppable, Trainer, make_trainer, resolve_device
@@ -157,6 +158,53 @@ def train_run(
         methodology = load_frozen_methodology(config)
     if task is None:
         task = build_task(config.data)
+    check_fits(config, task, methodology)  # nothing is written for a method that cannot run
+    fresh = not resume and not run_dir.exists()
+    try:
+        return _train_into(
+            config,
+            run_dir,
+            resume,
+            progress,
+            extra_callbacks,
+            on_trainer,
+            command,
+            render,
+            task,
+            model,
+            methodology,
+        )
+    except SlemError:
+        if not resume:
+            _discard_unstarted(run_dir, fresh)  # a refusal before training leaves no run
+        raise
+
+
+def _discard_unstarted(run_dir: Path, created: bool) -> None:
+    """Remove what a new run wrote before a refusal: its ``config.yaml`` when nothing else
+    was written (no checkpoint, no meta-training), and the directory if this run created it
+    and it is now empty but for the lock file."""
+    left = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if left <= {CONFIG_FILE, LOCK_NAME}:
+        (run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        if created:
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            run_dir.rmdir()
+
+
+def _train_into(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    extra_callbacks: Sequence[Callback],
+    on_trainer: Callable[[Stoppable], None] | None,
+    command: str,
+    render: Render | None,
+    task: Task,
+    model: nn.Module | None,
+    methodology: Methodology | None,
+) -> tuple[RunRecord, Path]:
     with lock_run_dir(run_dir, command):
         if not resume:
             check_new_run_dir(run_dir, command)

@@ -57,6 +57,10 @@ class Trainer:
 
     #: the checkpoint last written or loaded (None: training has no checkpoint yet)
     last_checkpoint: Path | None = None
+    # where training stands, for reading (the counters live in ``progress``)
+    epoch = property(lambda self: self.progress.epoch, doc="Epochs finished.")
+    global_step = property(lambda self: self.progress.global_step, doc="Steps taken.")
+    history = property(lambda self: self.progress.history, doc="One row per finished epoch.")
 
     def __init__(
         self,
@@ -119,9 +123,8 @@ class Trainer:
         self.progress.stop = reason
 
     def fit(self, progress: bool = True) -> TrainResult:
-        """Train to the end of the plan (from where a loaded checkpoint stands) and evaluate,
-        in a :class:`~slem.train.loop.Loop`; ``progress``: a progress bar on stderr unless a
-        :class:`~slem.train.ProgressBar` is among the callbacks.
+        """Train to the end of the plan (from a loaded checkpoint) and evaluate, in a
+        :class:`~slem.train.loop.Loop`; ``progress``: a bar on stderr unless one is a callback.
 
         Raises:
             TrainingStopped: a stop was requested (Ctrl-C, :meth:`request_stop`).
@@ -160,8 +163,7 @@ class Trainer:
         return p.close_epoch(row, self.objective.selection_score(row), self.model)
 
     def per_sample_losses(self, logits: Tensor, y: Tensor) -> Tensor:
-        """The method's per-sample training loss of the model's output (the plain loss while
-        fine-tuning)."""
+        """The method's per-sample loss of the output (the plain loss while fine-tuning)."""
         if self.progress.epoch >= self.config.optim.epochs:
             return self.objective.plain_loss(logits, y)
         return self.objective.training_losses(self.spec.loss, logits, y, self)
@@ -217,13 +219,11 @@ class Trainer:
             cb.on_hypergradient(self, result)
 
     def dac_views(self, n: int) -> dict[str, Tensor]:
-        """DAC-MR's unlabeled batch: ``n`` training inputs (labels unused) under a weak and a
-        strong augmentation."""
+        """DAC-MR's unlabeled batch: ``n`` training inputs, weakly and strongly augmented."""
         return dac_views(self.train_x, n, self.generator)
 
     def _check_parameters(self) -> None:
-        """A finite loss can still step the parameters to infinity: catch it right here, before
-        any checkpoint can record that state."""
+        """A finite loss can still step the parameters to infinity: caught before any save."""
         check_parameters(self.model, self._context)
 
     def _check_finite(self, value: Tensor, what: str) -> None:
