@@ -145,9 +145,9 @@ def test_meta_weighting_equals_meta_trainer_bit_for_bit(task: Task, optimizer: s
     assert task.meta is not None
     weighting = MetaWeighting(mine, opt, (task.meta.X, task.meta.y), normalize_weights="batch")
     x, y = task.train.tensors()
-    bs = trainer.batch_size
+    bs = trainer.plan.batch_size
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # epoch 0, seed 0
-    for i in range(trainer.steps_per_epoch):
+    for i in range(trainer.plan.steps_per_epoch):
         idx = perm[i * bs : (i + 1) * bs]
         loss = weighting.step(x[idx], y[idx])
         opt.zero_grad()

@@ -225,7 +225,7 @@ def test_baseline_optimizers_and_onecycle(task: Task, optimizer: str) -> None:
     cfg = config("erm", epochs=2, optim=optim)
     trainer = make_trainer(cfg, task)
     assert type(trainer.optimizer).__name__.lower() == optimizer
-    total = trainer.config.optim.epochs * trainer.steps_per_epoch
+    total = trainer.config.optim.epochs * trainer.plan.steps_per_epoch
     rates = [trainer.lr_at(s) for s in range(total)]
     peak = max(range(total), key=rates.__getitem__)
     assert rates[0] == pytest.approx(1e-2 / 25) and abs(peak - 0.3 * total) <= 1
