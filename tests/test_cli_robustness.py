@@ -156,11 +156,13 @@ def test_a_method_that_does_not_fit_the_task_writes_nothing(
 
 
 def test_a_refusal_after_the_config_is_written_leaves_no_run(tmp_path: Path) -> None:
-    """A method refused once the trainer is built (here forward correction whose warm-up takes
-    every epoch) removes the config it wrote: the directory holds no run to resume."""
+    """A method refused once the trainer is built (here an HWnet whose clean meta set has a
+    single sample) removes the config it wrote: the directory holds no run to resume."""
     out = tmp_path / "run"
-    cfg = parse_train_config({**TINY, "method": "forward", "data": {"name": "iris"}})
-    with pytest.raises(SlemError, match="forward_warmup_epochs"):
+    cfg = parse_train_config(
+        {**TINY, "method": "hwnet", "data": {"name": "diabetes", "meta_size": 1}}
+    )
+    with pytest.raises(SlemError, match="at least 2 samples"):
         train_run(cfg, out, progress=False)
     assert not out.exists()
 

@@ -103,6 +103,17 @@ def _labels(trainer: Trainer) -> Classification:
     return trainer.objective
 
 
+def _forward_epochs(config: TrainConfig) -> str | None:
+    """Forward correction from anchors needs epochs after its warm-up."""
+    c, epochs = config.loss, config.optim.epochs
+    if c.forward_transition == "anchor" and c.forward_warmup_epochs >= epochs:
+        return (
+            f"loss.forward_warmup_epochs ({c.forward_warmup_epochs}) must be below "
+            f"optim.epochs ({epochs}) so the corrected loss gets epochs"
+        )
+    return None
+
+
 def _residual(kind: str) -> Loss:
     def loss(pred: Tensor, z: Tensor, trainer: Trainer) -> Tensor:
         return base_loss(kind, pred - z)
@@ -231,6 +242,7 @@ register(
         "forward loss correction with an estimated transition (Patrini et al. 2017)",
         "classification",
         _baseline(ForwardTrainer),
+        check=_forward_epochs,
     )
 )
 for _name, _summary, _kinds in (

@@ -425,6 +425,9 @@ class TrainConfig(_Strict):
         from slem.train.validity import check_config
 
         check_config(self)
+        why = spec.check(self) if spec.check is not None else None
+        if why is not None:
+            raise ValueError(why)
         if spec.frozen_artifact and not self.methodology:
             raise ValueError(
                 f"method {self.method} needs methodology: the path of a saved artifact"

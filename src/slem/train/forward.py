@@ -64,11 +64,6 @@ class ForwardTrainer(Trainer):
             self.transition = torch.as_tensor(
                 self.task.transition, dtype=torch.float32, device=self.device
             )
-        elif c.forward_warmup_epochs >= self.config.optim.epochs:
-            raise SlemError(
-                f"loss.forward_warmup_epochs ({c.forward_warmup_epochs}) must be below "
-                f"optim.epochs ({self.config.optim.epochs}) so the corrected loss gets epochs"
-            )
 
     @property
     def correcting(self) -> bool:

@@ -66,6 +66,7 @@ class MethodSpec:
         components: the methodologies a bundle method meta-learns (``joint.components``).
         weighted_problem: its meta step is a :class:`~slem.bilevel.WeightedProblem` (the
             lookahead fast path; ``meta.order`` and ``meta.jvp_mode`` apply).
+        check: the method's own config rule: why a config cannot run (one line), or None.
         frozen_artifact: it trains with the saved artifact ``config.methodology``, frozen.
         meta_train: a first phase that meta-trains the methodology before training (the
             learned optimizer): ``(config, run_dir, resume, progress, on_trainer)`` to the
@@ -88,6 +89,7 @@ class MethodSpec:
     components: Callable[[TrainConfig], list[str]] | None = field(default=None, repr=False)
     frozen_artifact: bool = False
     weighted_problem: bool = False
+    check: Callable[[TrainConfig], str | None] | None = field(default=None, repr=False)
     meta_train: Callable[..., Methodology] | None = field(default=None, repr=False)
 
     @property
