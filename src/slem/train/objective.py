@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -20,13 +19,12 @@ from slem.errors import SlemError
 from slem.methodology.weighting import normalize_weights
 from slem.train import losses as L
 from slem.train.config import TrainConfig
+from slem.train.methods import Loss
 
 if TYPE_CHECKING:
     from slem.train.trainer import Trainer
 
 EVAL_BATCH = 1024
-#: a method's per-sample loss: (output, targets, trainer) -> (batch,)
-Loss = Callable[[Tensor, Tensor, "Trainer"], Tensor]
 
 
 class Objective(Protocol):
