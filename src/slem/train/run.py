@@ -159,37 +159,45 @@ def train_run(
     if task is None:
         task = build_task(config.data)
     check_fits(config, task, methodology)  # nothing is written for a method that cannot run
-    fresh = not resume and not run_dir.exists()
+    created = not run_dir.exists()
     try:
-        return _train_into(
-            config,
-            run_dir,
-            resume,
-            progress,
-            extra_callbacks,
-            on_trainer,
-            command,
-            render,
-            task,
-            model,
-            methodology,
-        )
+        with lock_run_dir(run_dir, command):
+            if not resume:
+                check_new_run_dir(run_dir, command)
+                write_config(run_dir, config)
+            try:
+                return _train_into(
+                    config,
+                    run_dir,
+                    resume,
+                    progress,
+                    extra_callbacks,
+                    on_trainer,
+                    render,
+                    task,
+                    model,
+                    methodology,
+                )
+            except SlemError:
+                if not resume:  # refused before training wrote anything: no run to resume
+                    _discard(run_dir, {CONFIG_FILE, LOCK_NAME}, (CONFIG_FILE,))
+                raise
     except SlemError:
-        if not resume:
-            _discard_unstarted(run_dir, fresh)  # a refusal before training leaves no run
+        if created:  # and nothing but the lock is left in it
+            _discard(run_dir, {LOCK_NAME}, (LOCK_NAME, "."))
         raise
 
 
-def _discard_unstarted(run_dir: Path, created: bool) -> None:
-    """Remove what a new run wrote before a refusal: its ``config.yaml`` when nothing else
-    was written (no checkpoint, no meta-training), and the directory if this run created it
-    and it is now empty but for the lock file."""
-    left = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-    if left <= {CONFIG_FILE, LOCK_NAME}:
-        (run_dir / CONFIG_FILE).unlink(missing_ok=True)
-        if created:
-            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+def _discard(run_dir: Path, only: set[str], remove: tuple[str, ...]) -> None:
+    """Remove ``remove`` (``"."``: the directory itself) from ``run_dir`` when it holds
+    nothing but ``only``."""
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= only:
+        return
+    for name in remove:
+        if name == ".":
             run_dir.rmdir()
+        else:
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def _train_into(
@@ -199,39 +207,33 @@ def _train_into(
     progress: bool,
     extra_callbacks: Sequence[Callback],
     on_trainer: Callable[[Stoppable], None] | None,
-    command: str,
     render: Render | None,
     task: Task,
     model: nn.Module | None,
     methodology: Methodology | None,
 ) -> tuple[RunRecord, Path]:
-    with lock_run_dir(run_dir, command):
-        if not resume:
-            check_new_run_dir(run_dir, command)
-            write_config(run_dir, config)
-        callbacks: list[Callback] = [
-            CheckpointCallback(run_dir / CHECKPOINT_FILE, config.checkpoint_every),
-            JsonlLogger(run_dir / "metrics.jsonl"),
-            *extra_callbacks,
-        ]
-        if progress:
-            callbacks.append(ProgressBar(f"{config.method} {task.name}"))
-        meta_train = config.spec.meta_train
-        if meta_train is not None:  # a first phase: meta-train the methodology, save it
-            methodology = meta_train(config, run_dir, resume, progress, on_trainer)
-        trainer = make_trainer(
-            config, task, model=model, methodology=methodology, callbacks=callbacks
-        )
-        # a run stopped before its first checkpoint resumes from the beginning
-        if resume and (run_dir / CHECKPOINT_FILE).exists():
-            trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
-        if on_trainer is not None:
-            on_trainer(trainer)
-        record = trainer.record(trainer.fit(progress=False))
-        meta_history = read_jsonl(run_dir / META_METRICS_FILE)  # a meta-training phase
-        if meta_history:
-            record.arrays.update(meta_loss_array(meta_history))
-        write_outputs(run_dir, config, task, trainer, record, render)
+    """The run itself, in the locked ``run_dir`` (see :func:`train_run`)."""
+    callbacks: list[Callback] = [
+        CheckpointCallback(run_dir / CHECKPOINT_FILE, config.checkpoint_every),
+        JsonlLogger(run_dir / "metrics.jsonl"),
+        *extra_callbacks,
+    ]
+    if progress:
+        callbacks.append(ProgressBar(f"{config.method} {task.name}"))
+    meta_train = config.spec.meta_train
+    if meta_train is not None:  # a first phase: meta-train the methodology, save it
+        methodology = meta_train(config, run_dir, resume, progress, on_trainer)
+    trainer = make_trainer(config, task, model=model, methodology=methodology, callbacks=callbacks)
+    # a run stopped before its first checkpoint resumes from the beginning
+    if resume and (run_dir / CHECKPOINT_FILE).exists():
+        trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
+    if on_trainer is not None:
+        on_trainer(trainer)
+    record = trainer.record(trainer.fit(progress=False))
+    meta_history = read_jsonl(run_dir / META_METRICS_FILE)  # a meta-training phase
+    if meta_history:
+        record.arrays.update(meta_loss_array(meta_history))
+    write_outputs(run_dir, config, task, trainer, record, render)
     return record, run_dir
 
 
