@@ -104,7 +104,7 @@ def test_loss_setting_benchmark_configs_are_valid() -> None:
             assert cfg.data.noise is not None and cfg.data.noise.kind == "mixture"
     for noise in bench.CLASS_NOISES:
         for method, extra, dac in bench.CLS_METHODS.values():
-            values = {**bench.cls_values("mnist1d", noise, method, 0, 2, dac), **extra}
+            values = {**bench.cls_values("mnist1d", noise, method, 0, 10, dac), **extra}
             cfg = parse_train_config(values)
             assert (cfg.data.meta_per_class is None) == dac
     rows = [
