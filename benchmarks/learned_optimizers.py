@@ -97,7 +97,7 @@ def meta_train_optimizer(cache_dir: Path, iterations: int) -> Path:
         cfg = LearnedOptimizerConfig(iterations=iterations)
         meta = OptimizerMetaTrainer(cfg, seed=0)
         start = time.perf_counter()
-        meta.fit()
+        meta.fit(progress=False)
         save_methodology(
             meta.net,
             path,
@@ -150,7 +150,7 @@ def meta_train_bbo(cache_dir: Path, dim: int, iterations: int) -> Any:
         cfg = BBOConfig(dim=dim, iterations=iterations, loss="oi")
         meta = BBOMetaTrainer(cfg)
         start = time.perf_counter()
-        meta.fit()
+        meta.fit(progress=False)
         families = {"families": ["gp", "quadratic", "standard"]}
         save_methodology(meta.net, path, cfg, trained_on=families)
         took = time.perf_counter() - start

@@ -560,16 +560,19 @@ def test_a_stop_says_whether_a_checkpoint_exists(
 def test_meta_training_progress_outside_a_terminal_is_ten_plain_lines(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from types import SimpleNamespace
+    """A meta-trainer runs in the same Loop as every trainer: outside a terminal its
+    progress is one plain line per tenth of the iterations, with the mean meta loss."""
+    from slem.train import ProgressBar
+    from slem.train.bbo import BBOMetaTrainer
+    from slem.train.config import BBOConfig
 
-    from slem.train.loop import MetaProgress
-
-    bar = MetaProgress(20, "meta-training [x]")
-    for i in range(1, 21):
-        bar.update(SimpleNamespace(iteration=i, history=[{"meta_loss": 1.0 / i}]))
-    bar.close()
+    cfg = BBOConfig(dim=2, iterations=20, batch_size=4, steps=4)
+    meta = BBOMetaTrainer(cfg, [ProgressBar("meta-training [x]")])
+    meta.fit()
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 10 and lines[-1].startswith("meta-training [x]  20/20  meta loss 0.050")
+    assert len(lines) == 10, lines
+    assert lines[-1].startswith("meta-training [x]  iteration 20/20  meta loss ")
+    assert "ETA 0:00:00" in lines[-1]
 
 
 @pytest.mark.parametrize(

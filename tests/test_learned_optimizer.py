@@ -17,7 +17,7 @@ from torch import nn
 from slem.cli.app import app
 from slem.errors import SlemError
 from slem.methodology import LearnedOptimizer, LSTMOptimizerNet, preprocess_gradient
-from slem.train import TrainingStopped, parse_train_config
+from slem.train import Callback, CheckpointCallback, TrainingStopped, parse_train_config
 from slem.train.config import LearnedOptimizerConfig
 from slem.train.learned_optimizer import OptimizerMetaTrainer, build_population
 
@@ -98,23 +98,30 @@ def test_meta_training_learns_to_optimize_a_held_out_optimizee() -> None:
 
 
 def test_meta_training_resumes_exactly(tmp_path: Path) -> None:
+    """Stopped at iteration 7 (mid-epoch of the Loop's 10), then continued from the
+    checkpoint the stop wrote: the same meta losses as one uninterrupted run."""
     cfg = LearnedOptimizerConfig(**{**SMALL, "iterations": 12})
     full = OptimizerMetaTrainer(cfg, seed=0)
-    full.fit()
+    full.fit(progress=False)
     ckpt = tmp_path / "meta.pt"
-    first = OptimizerMetaTrainer(cfg, seed=0)
 
-    def stop_at_7(m: OptimizerMetaTrainer) -> None:
-        if m.iteration == 7:
-            m.request_stop("interrupted")
+    class StopAt7(Callback):
+        def on_step_end(self, trainer: Any, stats: dict[str, float]) -> None:
+            if trainer.progress.global_step == 7:
+                trainer.request_stop("interrupted")
 
+    saver = CheckpointCallback(ckpt, every=5)
+    first = OptimizerMetaTrainer(cfg, seed=0, callbacks=[saver, StopAt7()])
     with pytest.raises(TrainingStopped):
-        first.fit(ckpt, on_iteration=stop_at_7)
+        first.fit(progress=False)
     second = OptimizerMetaTrainer(cfg, seed=0)
     second.load_checkpoint(ckpt)
-    assert second.iteration == 7
-    second.fit()
+    assert second.iteration == 7 and second.progress.step_in_epoch == 1
+    second.fit(progress=False)
     assert [r["meta_loss"] for r in second.history] == [r["meta_loss"] for r in full.history]
+    assert [r["train_meta_loss"] for r in second.progress.history] == [
+        r["train_meta_loss"] for r in full.progress.history
+    ]
 
 
 def test_cli_train_then_apply_to_a_larger_network(tmp_path: Path, runner: Any) -> None:

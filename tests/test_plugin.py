@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
@@ -252,6 +252,38 @@ def test_meta_weighting_refuses_bad_settings_in_one_line(
     with pytest.raises(SlemError) as exc:
         MetaWeighting(model, opt, meta, **kwargs)
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_meta_weighting_checks_the_meta_set_against_the_training_batch() -> None:
+    """A meta set unlike the training data is one line at the first meta step (not an error
+    inside torch); float class indices, as numpy and pandas give them, are taken as they are
+    meant, with the same result as integer labels."""
+    x, y, _ = blobs(64, 0.4, 0)
+    xm, ym, _ = blobs(16, 0.0, 1)
+
+    def first_weights(meta: tuple[Any, Any]) -> Tensor:
+        torch.manual_seed(0)
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        weighting = MetaWeighting(model, opt, meta)
+        weighting.step(x[:32], y[:32])
+        assert weighting.weights is not None
+        return weighting.weights
+
+    torch.testing.assert_close(
+        first_weights((xm.numpy(), ym.numpy().astype(np.float64))), first_weights((xm, ym))
+    )
+    for meta, message in [
+        (
+            (xm[:, :10], ym),
+            "meta: inputs of shape (10,) per row, but the training batch's are (20,)",
+        ),
+        ((xm, ym.float() + 0.5), "meta: labels are fractional"),
+        ((xm, torch.nn.functional.one_hot(ym, 4)), "labels like the training labels"),
+    ]:
+        with pytest.raises(SlemError) as exc:
+            first_weights(meta)
+        assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
 @pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam", "adamw"])

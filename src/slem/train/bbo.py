@@ -26,8 +26,10 @@ from slem.data.functions import training_batch
 from slem.errors import SlemError
 from slem.methodology.bbo import RNNBlackBoxOptimizer, propose_and_observe
 from slem.train.artifacts import save_methodology
+from slem.train.callbacks import Callback, CheckpointCallback
 from slem.train.config import BBOConfig
-from slem.train.loop import MetaLoop
+from slem.train.guard import NonFiniteLoss
+from slem.train.loop import Iterations, MetaLearner
 from slem.train.record import RunRecord, meta_loss_array
 
 
@@ -63,15 +65,16 @@ def expected_improvement(xs: Tensor, ys: Tensor, lengthscale: float) -> Tensor:
     return total
 
 
-class BBOMetaTrainer(MetaLoop):
-    """Meta-trains an :class:`RNNBlackBoxOptimizer` for ``cfg.dim`` dimensions."""
+class BBOMetaTrainer(MetaLearner):
+    """Meta-trains an :class:`RNNBlackBoxOptimizer` for ``cfg.dim`` dimensions, run by
+    :class:`~slem.train.loop.Loop`."""
 
     net: RNNBlackBoxOptimizer
 
-    def __init__(self, cfg: BBOConfig) -> None:
-        super().__init__()
+    def __init__(self, cfg: BBOConfig, callbacks: Sequence[Callback] = ()) -> None:
+        super().__init__(callbacks)
         self.cfg = cfg
-        self.iterations, self.checkpoint_every = cfg.iterations, cfg.checkpoint_every
+        self.plan, self.label = Iterations(cfg.iterations), "meta-training the black-box optimizer"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1_000_003)
             self.net = RNNBlackBoxOptimizer(cfg.dim, cfg.hidden, cfg.layers)
@@ -97,7 +100,7 @@ class BBOMetaTrainer(MetaLoop):
             best = ys.min(0).values.mean()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise SlemError(
+            raise NonFiniteLoss(
                 f"the black-box optimizer's meta loss became {value} at iteration "
                 f"{self.iteration + 1}; lower lr"
             )
@@ -145,13 +148,13 @@ def bbo_run(
     summary and the ``meta_loss`` curve."""
     from slem.data.functions import held_out
 
-    meta = BBOMetaTrainer(cfg)
     checkpoint = run_dir / "meta_checkpoint.pt"
+    meta = BBOMetaTrainer(cfg, [CheckpointCallback(checkpoint, cfg.checkpoint_every)])
     if resume and checkpoint.is_file():
         meta.load_checkpoint(checkpoint)
     if on_trainer is not None:
         on_trainer(meta)
-    meta.fit(checkpoint, progress="meta-training the black-box optimizer" if progress else None)
+    meta.fit(progress)
     net = meta.net
     save_methodology(
         net,

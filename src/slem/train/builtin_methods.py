@@ -68,7 +68,7 @@ def _learned_optimizer(
         meta = OptimizerMetaTrainer(
             config.learned_optimizer, config.seed, resolve_device(config.device)
         )
-        meta.fit()
+        meta.fit(progress=False)
         methodology = freeze(meta.net)
     return Trainer(config, task, model, methodology, callbacks)
 

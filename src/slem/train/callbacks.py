@@ -8,16 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slem.bilevel import Hypergrad
-    from slem.train.trainer import Trainer, TrainResult
+    from slem.train.loop import Learner
+    from slem.train.trainer import Trainer
 
 
 class Callback:
-    """Hooks a trainer calls; every hook is optional."""
+    """Hooks the :class:`~slem.train.loop.Loop` calls on its learner (a
+    :class:`~slem.train.Trainer` or a :class:`~slem.train.loop.MetaLearner`); every hook is
+    optional."""
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: Learner) -> None:
         """Training (or resumed training) begins."""
 
-    def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
+    def on_step_end(self, trainer: Learner, stats: dict[str, float]) -> None:
         """One optimizer step is done; the trainer is in a consistent state."""
 
     def on_hypergradient(self, trainer: Trainer, result: Hypergrad) -> None:
@@ -25,14 +28,15 @@ class Callback:
         hyperparameter name, ``outer_loss``, ``diagnostics``), before the meta optimizer
         steps on it. ``grads`` are the trainer's own tensors: copy what you keep."""
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Learner, metrics: dict[str, Any]) -> None:
         """An epoch is done and evaluated; ``metrics`` is its row of the history."""
 
-    def on_stop(self, trainer: Trainer, reason: str) -> None:
+    def on_stop(self, trainer: Learner, reason: str) -> None:
         """Training stops early (interrupt, kill, non-finite loss) in a consistent state."""
 
-    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None:
-        """Training finished."""
+    def on_fit_end(self, trainer: Learner, result: Any) -> None:
+        """Training finished; ``result``: what the run returns (a
+        :class:`~slem.train.TrainResult`, a meta-trainer's net)."""
 
 
 class CheckpointCallback(Callback):
@@ -43,14 +47,14 @@ class CheckpointCallback(Callback):
         self.path = Path(path)
         self.every = every
 
-    def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
+    def on_step_end(self, trainer: Learner, stats: dict[str, float]) -> None:
         if trainer.progress.global_step % self.every == 0:
             trainer.save_checkpoint(self.path)
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Learner, metrics: dict[str, Any]) -> None:
         trainer.save_checkpoint(self.path)
 
-    def on_stop(self, trainer: Trainer, reason: str) -> None:
+    def on_stop(self, trainer: Learner, reason: str) -> None:
         # after a blow-up or a hard interrupt (possibly mid-step) the last checkpoint is the
         # last consistent state; a requested stop happens between steps and is saved
         if reason not in ("non-finite loss", "aborted"):
@@ -63,12 +67,12 @@ class JsonlLogger(Callback):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: Learner) -> None:
         with self.path.open("w") as fh:
             for row in trainer.progress.history:
                 fh.write(json.dumps(row) + "\n")
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Learner, metrics: dict[str, Any]) -> None:
         with self.path.open("a") as fh:
             fh.write(json.dumps(metrics) + "\n")
 
@@ -96,7 +100,7 @@ class ProgressBar(Callback):
         self._start_step = 0
         self._start_time = 0.0
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: Learner) -> None:
         import time
 
         from rich import get_console
@@ -136,23 +140,22 @@ class ProgressBar(Callback):
             status="",
         )
 
-    def _status(self, trainer: Trainer, epoch: int) -> str:
-        parts = [f"epoch {epoch}/{trainer.plan.total_epochs}", self._loss, self._val]
+    def _status(self, trainer: Learner, epoch: int) -> str:
+        where = trainer.plan.position(epoch, trainer.progress.global_step)
+        parts = [where, self._loss, self._val]
         return "  ".join(p for p in parts if p)
 
-    def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
-        if "loss" in stats:
-            self._loss = f"train loss {stats['loss']:.3f}"
+    def on_step_end(self, trainer: Learner, stats: dict[str, float]) -> None:
+        self._loss = loss_text(stats, "") or self._loss
         if self._progress is not None:
             status = self._status(trainer, trainer.progress.epoch + 1)
             self._progress.update(self._task, completed=trainer.progress.global_step, status=status)
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Learner, metrics: dict[str, Any]) -> None:
         import time
 
         self._val = validation_text(trainer, metrics)
-        if "train_loss" in metrics and metrics["train_loss"] is not None:
-            self._loss = f"train loss {metrics['train_loss']:.3f}"
+        self._loss = loss_text(metrics, "train_") or self._loss
         status = self._status(trainer, int(metrics.get("epoch", trainer.progress.epoch)))
         if self._progress is not None:
             self._progress.update(self._task, completed=trainer.progress.global_step, status=status)
@@ -175,14 +178,24 @@ class ProgressBar(Callback):
             self._progress.stop()
             self._progress = None
 
-    def on_stop(self, trainer: Trainer, reason: str) -> None:
+    def on_stop(self, trainer: Learner, reason: str) -> None:
         self._close()
 
-    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None:
+    def on_fit_end(self, trainer: Learner, result: Any) -> None:
         self._close()
 
 
-def validation_text(trainer: Trainer, row: dict[str, Any]) -> str:
+def loss_text(row: dict[str, Any], prefix: str) -> str:
+    """``train loss 0.412`` or ``meta loss 0.050`` from a step's statistics (``prefix`` "")
+    or an epoch's row (``prefix`` ``train_``: the epoch's means); empty when it has none."""
+    for key, label in (("loss", "train loss"), ("meta_loss", "meta loss")):
+        value = row.get(prefix + key)
+        if isinstance(value, int | float):
+            return f"{label} {value:.3f}"
+    return ""
+
+
+def validation_text(trainer: Learner, row: dict[str, Any]) -> str:
     """The row's validation metric as the progress shows it, e.g. ``noisy val acc 0.481``;
     empty when the row has none. "noisy" when the validation targets carry injected noise."""
     val = getattr(getattr(trainer, "task", None), "val", None)

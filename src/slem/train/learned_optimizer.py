@@ -12,9 +12,9 @@ classes do not dominate.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,12 @@ from slem.data import LoadOptions, load_dataset, make_task
 from slem.errors import SlemError
 from slem.methodology import LSTMOptimizerNet
 from slem.train.config import LearnedOptimizerConfig
-from slem.train.loop import MetaLoop
+from slem.train.guard import NonFiniteLoss
+from slem.train.loop import Iterations, MetaLearner
 from slem.train.models import build_model
+
+if TYPE_CHECKING:
+    from slem.train.callbacks import Callback
 
 
 @dataclass
@@ -71,8 +75,10 @@ def build_population(
     return population
 
 
-class OptimizerMetaTrainer(MetaLoop):
-    """Truncated unrolled meta-training of an :class:`LSTMOptimizerNet`; checkpointable."""
+class OptimizerMetaTrainer(MetaLearner):
+    """Truncated unrolled meta-training of an :class:`LSTMOptimizerNet` on a population of
+    optimizees, run by :class:`~slem.train.loop.Loop` (checkpoint it with a
+    :class:`~slem.train.CheckpointCallback` in ``callbacks``)."""
 
     net: LSTMOptimizerNet
 
@@ -82,10 +88,11 @@ class OptimizerMetaTrainer(MetaLoop):
         seed: int = 0,
         device: torch.device | str = "cpu",
         population: list[Optimizee] | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
-        super().__init__()
+        super().__init__(callbacks)
         self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
-        self.iterations, self.checkpoint_every = cfg.iterations, cfg.checkpoint_every
+        self.plan, self.label = Iterations(cfg.iterations), "meta-training the optimizer"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1_000_003)
             self.net = LSTMOptimizerNet(cfg.hidden, cfg.layers, cfg.output_scale, cfg.p)
@@ -148,7 +155,7 @@ class OptimizerMetaTrainer(MetaLoop):
             }
         meta_loss = total / sum(weights)
         if not bool(torch.isfinite(meta_loss)):
-            raise SlemError(
+            raise NonFiniteLoss(
                 f"the learned optimizer's meta loss became {float(meta_loss)} at iteration "
                 f"{self.iteration + 1}; lower learned_optimizer.lr or output_scale"
             )

@@ -1,30 +1,33 @@
-"""The training loops.
+"""One training loop for every learner.
 
-:class:`Loop` drives a :class:`~slem.train.Trainer` over its epochs and steps: the epoch's
-sample order from ``(seed, epoch)``, the scheduled rate, one draw of the model's randomness per
-step, the callbacks (progress, logging, checkpoints), and a clean stop on a request, Ctrl-C, a
-non-finite value or a zero hypergradient. :class:`MetaLoop` is the loop of meta-trainers that
-learn across many small tasks (a learned optimizer, a learned black-box optimizer): repeat a
-meta step, checkpoint, stop cleanly when asked.
+:class:`Loop` drives a :class:`Learner` over its epochs: each epoch's steps come from the
+learner's source (:meth:`Learner.epoch_steps`: the batches of one task, or the iterations of a
+meta-trainer that samples its own tasks), and progress, logging and checkpoints are callbacks
+(:mod:`slem.train.callbacks`). It stops cleanly on a request, Ctrl-C, a non-finite value or a
+zero hypergradient. The learners: :class:`~slem.train.Trainer` (one task; every method) and
+:class:`MetaLearner` (meta-training across many small tasks: the learned optimizer, the learned
+black-box optimizer).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
-from slem.bilevel import same_randomness
-from slem.train.checkpoint_io import load_checkpoint_into, save_atomic
+from slem.train.checkpoint_io import load_checkpoint_into, restore_rng, rng_state, save_atomic
 from slem.train.guard import NonFiniteLoss, TrainingStopped, ZeroHypergradient
+from slem.train.progress import Progress
 
 if TYPE_CHECKING:
-    from slem.train.trainer import Trainer, TrainResult
+    from slem.train.callbacks import Callback
 
 #: errors that end a run early, with the reason the callbacks' ``on_stop`` is given
 STOPS: tuple[tuple[type[Exception], str], ...] = (
@@ -33,34 +36,91 @@ STOPS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-class Loop:
-    """One run of ``trainer`` from where it stands to the end of its epochs.
+class Schedule(Protocol):
+    """How long a learner runs (a trainer's :class:`~slem.train.plan.Plan`, :class:`Iterations`)."""
 
-    ``progress``: add a :class:`~slem.train.ProgressBar` on stderr unless the trainer's
+    @property
+    def total_epochs(self) -> int: ...
+
+    @property
+    def total_steps(self) -> int: ...
+
+    def position(self, epoch: int, step: int) -> str:
+        """Where a run stands for a progress line, e.g. ``epoch 3/30`` (``epoch``: 1-based)."""
+        ...
+
+
+class Learner(Protocol):
+    """What :class:`Loop` drives.
+
+    Attributes:
+        label: names the run in progress lines.
+        plan: epochs and steps in all.
+        progress: counters, per-epoch history, elapsed time (saved in checkpoints).
+        callbacks: called at the start, after every step and epoch, on a stop, at the end.
+    """
+
+    progress: Progress
+    callbacks: list[Callback]
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def plan(self) -> Schedule: ...
+
+    def on_epoch_start(self) -> None:
+        """Before the first step of an epoch (not again when resuming mid-epoch)."""
+
+    def epoch_steps(self) -> Sequence[Any]:
+        """The current epoch's steps, the same on every call for a given epoch (a resumed run
+        continues at ``progress.step_in_epoch``)."""
+        ...
+
+    def step(self, batch: Any) -> dict[str, float]:
+        """One step on an item of :meth:`epoch_steps`; its statistics (e.g. ``loss``)."""
+        ...
+
+    def end_epoch(self) -> dict[str, Any]:
+        """Close the epoch (:meth:`Progress.close_epoch`); its row of the history."""
+        ...
+
+    def finish(self) -> Any:
+        """What the run returns when every epoch is done."""
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write everything needed to continue exactly (atomic)."""
+        ...
+
+
+class Loop:
+    """One run of a :class:`Learner` from where it stands to the end of its plan.
+
+    ``progress``: add a :class:`~slem.train.ProgressBar` on stderr unless the learner's
     callbacks have one.
     """
 
-    def __init__(self, trainer: Trainer, progress: bool = True) -> None:
-        self.trainer = trainer
-        self.callbacks = list(trainer.callbacks)
+    def __init__(self, learner: Learner, progress: bool = True) -> None:
+        self.learner = learner
+        self.callbacks = list(learner.callbacks)
         from slem.train.callbacks import ProgressBar
 
         if progress and not any(isinstance(cb, ProgressBar) for cb in self.callbacks):
             from rich.console import Console
 
-            label = f"{trainer.config.method} {trainer.task.name}"
-            self.callbacks.append(ProgressBar(label, Console(stderr=True)))
+            self.callbacks.append(ProgressBar(learner.label, Console(stderr=True)))
 
-    def run(self) -> TrainResult:
-        """Train and evaluate; the callbacks see the start, every step, every epoch, the end.
+    def run(self) -> Any:
+        """Run to the end; the callbacks see the start, every step, every epoch, the end.
+        Returns the learner's :meth:`~Learner.finish`.
 
         Raises:
             TrainingStopped: a stop was requested (Ctrl-C, ``request_stop``).
             NonFiniteLoss: a loss, hypergradient or parameter became NaN or infinite.
             ZeroHypergradient: an epoch's every hypergradient was exactly 0.
         """
-        t = self.trainer
-        saved, t.callbacks = t.callbacks, self.callbacks  # the trainer's hooks see them too
+        t = self.learner
+        saved, t.callbacks = t.callbacks, self.callbacks  # the learner's hooks see them too
         try:
             for cb in self.callbacks:
                 cb.on_fit_start(t)
@@ -83,177 +143,167 @@ class Loop:
             t.callbacks = saved
 
     def _epochs(self) -> None:
-        t = self.trainer
-        started = time.perf_counter() - t.progress.elapsed
-        while t.progress.epoch < t.plan.total_epochs:
-            if t.progress.step_in_epoch == 0:  # not again when resuming mid-epoch
+        t, p = self.learner, self.learner.progress
+        started = time.perf_counter() - p.elapsed
+        while p.epoch < t.plan.total_epochs:
+            if p.step_in_epoch == 0:  # not again when resuming mid-epoch
                 t.on_epoch_start()
-            x, y, steps, bs = t.epoch_data()
-            seed = t.config.seed * 100_003 + t.progress.epoch
-            perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-            perm = perm.to(t.device)
-            while t.progress.step_in_epoch < steps:
-                idx = perm[t.progress.step_in_epoch * bs : (t.progress.step_in_epoch + 1) * bs]
-                for g in t.optimizer.param_groups:
-                    g["lr"] = t.lr_at(t.progress.global_step)
-                with same_randomness():  # one draw of the model's randomness per step
-                    stats = t.train_step(x[idx], y[idx], idx)
-                t.progress.step_in_epoch += 1
-                t.progress.global_step += 1
-                t.progress.elapsed = time.perf_counter() - started
-                t.progress.record(stats)
+            steps = t.epoch_steps()
+            while p.step_in_epoch < len(steps):
+                stats = t.step(steps[p.step_in_epoch])
+                p.step_in_epoch += 1
+                p.global_step += 1
+                p.elapsed = time.perf_counter() - started
+                p.record(stats)
                 for cb in self.callbacks:
                     cb.on_step_end(t, stats)
-                if t.progress.stop is not None:
-                    raise TrainingStopped(t.progress.stop)
+                if p.stop is not None:
+                    raise TrainingStopped(p.stop)
             metrics = t.end_epoch()
             for cb in self.callbacks:
                 cb.on_epoch_end(t, metrics)
 
     def _stopped(self, reason: str) -> None:
         for cb in self.callbacks:
-            cb.on_stop(self.trainer, reason)
+            cb.on_stop(self.learner, reason)
 
 
-class MetaLoop(ABC):
-    """Subclasses set ``net``, ``meta_optimizer``, ``generator`` and ``iterations`` and
-    implement :meth:`meta_step`; the loop, history, checkpoints and resume are here."""
+@dataclass(frozen=True)
+class Iterations:
+    """The plan of a meta-trainer: ``total`` meta steps in (about) ten epochs, so a progress
+    line outside a terminal comes every tenth of the run."""
+
+    total: int
+
+    @property
+    def per_epoch(self) -> int:
+        return max(1, math.ceil(self.total / 10))
+
+    @property
+    def total_epochs(self) -> int:
+        return math.ceil(self.total / self.per_epoch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.total
+
+    def epoch(self, epoch: int) -> range:
+        """The meta steps (0-based iteration numbers) of ``epoch``."""
+        return range(epoch * self.per_epoch, min((epoch + 1) * self.per_epoch, self.total))
+
+    def position(self, epoch: int, step: int) -> str:
+        return f"iteration {step}/{self.total}"
+
+
+class MetaLearner(ABC):
+    """A meta-trainer that learns one methodology across many small tasks it samples itself
+    (a population of optimizees, a family of functions), run by :class:`Loop`.
+
+    Subclasses set ``net``, ``meta_optimizer``, ``generator`` (every task draw comes from it),
+    ``label`` and ``plan`` (:class:`Iterations`) and implement :meth:`meta_step`; progress,
+    checkpoints (:class:`~slem.train.CheckpointCallback`), exact resume and clean stops are
+    shared with every trainer.
+
+    Attributes:
+        history: one row per meta step (``iteration``, ``meta_loss``, ...).
+    """
 
     net: nn.Module
     meta_optimizer: torch.optim.Optimizer
     generator: torch.Generator
-    iterations: int
-    checkpoint_every: int
+    label: str
+    plan: Iterations
 
-    def __init__(self) -> None:
-        self.iteration = 0
+    def __init__(self, callbacks: Sequence[Callback] = ()) -> None:
+        self.callbacks = list(callbacks)
+        self.progress = Progress.start(None)
         self.history: list[dict[str, Any]] = []
-        self.elapsed = 0.0
-        self._stop: str | None = None
 
     @abstractmethod
     def meta_step(self) -> float:
-        """One meta-gradient step; appends a row to ``history``; returns the meta loss."""
+        """One meta-gradient step; appends a row to ``history``; returns the meta loss.
+
+        Raises:
+            NonFiniteLoss: the meta loss is NaN or infinite.
+        """
+
+    @property
+    def iteration(self) -> int:
+        """Meta steps taken."""
+        return self.progress.global_step
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of meta-training so far."""
+        return self.progress.elapsed
 
     def request_stop(self, reason: str) -> None:
-        self._stop = reason
+        """Stop after the current meta step (signal handlers call this)."""
+        self.progress.stop = reason
 
-    def fit(
-        self,
-        checkpoint: Path | None = None,
-        on_iteration: Callable[[Any], None] | None = None,
-        progress: str | None = None,
-    ) -> nn.Module:
-        """Meta-train up to ``iterations``; checkpoints every ``checkpoint_every`` and when
-        asked to stop (then raises TrainingStopped). ``progress``: a bar with this label."""
-        bar = MetaProgress(self.iterations, progress) if progress else None
-        started = time.perf_counter() - self.elapsed
-        try:
-            while self.iteration < self.iterations:
-                self.meta_step()
-                self.iteration += 1
-                self.elapsed = time.perf_counter() - started
-                if on_iteration is not None:
-                    on_iteration(self)
-                if bar is not None:
-                    bar.update(self)
-                due = self.iteration % self.checkpoint_every == 0
-                if checkpoint is not None and (due or self._stop is not None):
-                    self.save_checkpoint(checkpoint)
-                if self._stop is not None:
-                    raise TrainingStopped(self._stop)
-        finally:
-            if bar is not None:
-                bar.close()
-        if checkpoint is not None:
-            self.save_checkpoint(checkpoint)
+    def fit(self, progress: bool = True) -> nn.Module:
+        """Meta-train to ``plan.total_steps`` (from a loaded checkpoint); returns the net.
+
+        Raises:
+            TrainingStopped: a stop was requested (Ctrl-C, :meth:`request_stop`).
+            NonFiniteLoss: the meta loss became NaN or infinite.
+        """
+        result: nn.Module = Loop(self, progress).run()
+        return result
+
+    # what Loop drives
+    def on_epoch_start(self) -> None:  # noqa: B027 (nothing to prepare)
+        """Nothing to prepare: every task is drawn in :meth:`meta_step`."""
+
+    def epoch_steps(self) -> range:
+        return self.plan.epoch(self.progress.epoch)
+
+    def step(self, batch: Any) -> dict[str, float]:
+        return {"meta_loss": self.meta_step()}
+
+    def end_epoch(self) -> dict[str, Any]:
+        row = {"epoch": self.progress.epoch + 1, "iteration": self.iteration}
+        return self.progress.close_epoch(row, math.nan, self.net)  # no best-epoch selection
+
+    def finish(self) -> nn.Module:
         return self.net
 
     def extra_state(self) -> dict[str, Any]:
-        """Subclass state beyond the net, optimizer, history and RNGs."""
+        """Subclass state beyond the net, optimizer, progress, history and RNGs."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore :meth:`extra_state`."""
 
     def state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where meta-training stands."""
         return {
             "net": self.net.state_dict(),
             "meta_optimizer": self.meta_optimizer.state_dict(),
-            "iteration": self.iteration,
-            "history": self.history,
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "elapsed": self.elapsed,
+            **self.progress.state_dict(),
+            "meta_history": self.history,
+            **rng_state(self.generator),
             "extra": self.extra_state(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        self.iteration, self.history = state["iteration"], state["history"]
-        self.elapsed = state["elapsed"]
-        self.generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
+        self.progress.load_state_dict(state)
+        self.history = state["meta_history"]
+        restore_rng(state, self.generator)
         self.load_extra_state(state["extra"])
 
-    def save_checkpoint(self, path: Path) -> None:
+    def save_checkpoint(self, path: str | Path) -> Path:
         """Atomic: a kill during the write leaves the previous checkpoint intact."""
-        save_atomic(self.state(), path)
+        return save_atomic(self.state(), path)
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Continue from ``path``; a damaged or foreign file is a one-line SlemError."""
-        load_checkpoint_into(path, self.load_state, "cpu", ("net", "meta_optimizer", "iteration"))
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from ``path``.
 
-
-class MetaProgress:
-    """Progress of a meta-training loop: iterations, meta loss, time left. A live bar in a
-    terminal; elsewhere (a pipe, a log) one plain line per tenth of the iterations."""
-
-    def __init__(self, total: int, label: str) -> None:
-        from rich import get_console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.total, self.label = total, label
-        self.console = get_console()
-        self.progress: Any = None
-        self.every = max(1, total // 10)
-        self.started = time.perf_counter()
-        self.first: int | None = None
-        if not self.console.is_terminal:
-            return
-        self.progress = Progress(
-            TextColumn(label, markup=False),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}  meta loss {task.fields[loss]}"),
-            TimeRemainingColumn(),
-            console=self.console,
+        Raises:
+            SlemError: the file is missing, damaged or not a checkpoint of this meta-trainer.
+        """
+        load_checkpoint_into(
+            Path(path), self.load_state, "cpu", ("net", "meta_optimizer", "meta_history")
         )
-        self.task = self.progress.add_task("meta", total=total, loss="-")
-        self.progress.start()
-
-    def update(self, meta: Any) -> None:
-        loss = meta.history[-1]["meta_loss"]
-        if self.progress is not None:
-            self.progress.update(self.task, completed=meta.iteration, loss=f"{loss:.3f}")
-            return
-        if self.first is None:
-            self.first = meta.iteration - 1
-        if meta.iteration % self.every and meta.iteration != self.total:
-            return
-        from rich.text import Text
-
-        done = meta.iteration - self.first
-        left = (time.perf_counter() - self.started) / done * (self.total - meta.iteration)
-        self.console.print(
-            Text(
-                f"{self.label}  {meta.iteration}/{self.total}  meta loss {loss:.3f}  "
-                f"ETA {int(left) // 60}:{int(left) % 60:02d}"
-            ),
-            soft_wrap=True,
-            highlight=False,
-        )
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()

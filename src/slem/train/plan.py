@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor
 
 from slem.train.config import TrainConfig
 from slem.train.methods import MethodSpec
 from slem.train.optimizers import scheduled_lr
+
+
+@dataclass(frozen=True)
+class Batches(Sequence[tuple[Tensor, Tensor, Tensor]]):
+    """The minibatches of one epoch: item ``k`` is ``(inputs, targets, indices)`` of the
+    ``k``-th ``size`` entries of ``order`` (a permutation of the rows)."""
+
+    x: Tensor
+    y: Tensor
+    order: Tensor
+    size: int
+    steps: int
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, k: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        if not 0 <= k < self.steps:
+            raise IndexError(k)
+        idx = self.order[k * self.size : (k + 1) * self.size]
+        return self.x[idx], self.y[idx], idx
 
 
 class Plan:
@@ -36,6 +61,10 @@ class Plan:
     def total_steps(self) -> int:
         return self.optim.epochs * self.steps_per_epoch + self.finetune_epochs * self.finetune_steps
 
+    def position(self, epoch: int, step: int) -> str:
+        """``epoch 3/30`` (``epoch`` 1-based)."""
+        return f"epoch {epoch}/{self.total_epochs}"
+
     def lr(self, epoch: int, step: int) -> float:
         """The scheduled rate at global ``step`` (``optim.schedule``), or the fine-tuning rate
         (``optim.lr * loss.finetune_lr_factor``) after ``optim.epochs``."""
@@ -53,3 +82,17 @@ class Plan:
             assert meta is not None
             return meta[0], meta[1], self.finetune_steps, self.finetune_batch
         return train[0], train[1], self.steps_per_epoch, self.batch_size
+
+    def epoch_batches(
+        self,
+        epoch: int,
+        seed: int,
+        train: tuple[Tensor, Tensor],
+        meta: tuple[Tensor, Tensor] | None,
+    ) -> Batches:
+        """The minibatches of ``epoch`` (:meth:`batches`) in the order drawn from
+        ``(seed, epoch)`` alone, so a resumed run continues with the same order."""
+        x, y, steps, size = self.batches(epoch, train, meta)
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(y), generator=g).to(y.device)
+        return Batches(x, y, order, size, steps)

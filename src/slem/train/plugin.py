@@ -183,9 +183,8 @@ class MetaWeighting:
         params = as_params(self.model, "params")
         problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
         fast = step.fast
-        result = step.hypergradient(
-            problem, (x, y), self._meta.next(), keep_graph=fast, live_forward=True
-        )
+        meta_batch = _like_training(self._meta.next(), x, y)
+        result = step.hypergradient(problem, (x, y), meta_batch, keep_graph=fast, live_forward=True)
         self._check(result)
         step.update(result)
         self.meta_steps += 1
@@ -360,6 +359,36 @@ class _MetaSource:
             except StopIteration:
                 self._it = None
         raise SlemError("meta: the iterable of meta batches is empty")
+
+
+def _like_training(meta: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The meta batch checked against the training batch ``(x, y)``: the same features per
+    row, and labels of the same kind (float class indices, as pandas or numpy give them, are
+    taken as integers when the training labels are integers).
+
+    Raises:
+        SlemError: the features or the label kind differ (one line saying which).
+    """
+    xm, ym = meta
+    if xm.shape[1:] != x.shape[1:]:
+        raise SlemError(
+            f"meta: inputs of shape {tuple(xm.shape[1:])} per row, but the training batch's "
+            f"are {tuple(x.shape[1:])}; give meta inputs with the training inputs' features"
+        )
+    if ym.is_floating_point() and not y.is_floating_point():
+        if not bool(torch.all(ym == ym.round())):
+            raise SlemError(
+                f"meta: labels are fractional ({ym.dtype}) but the training labels are class "
+                f"indices ({y.dtype}); give the meta set's class indices"
+            )
+        ym = ym.to(y.dtype)
+    elif y.is_floating_point() != ym.is_floating_point() or ym.shape[1:] != y.shape[1:]:
+        raise SlemError(
+            f"meta: labels of dtype {ym.dtype} and shape {tuple(ym.shape[1:])} per row, but "
+            f"the training labels are {y.dtype} of shape {tuple(y.shape[1:])}; give meta "
+            "labels like the training labels"
+        )
+    return xm, ym
 
 
 def _is_array(value: Any) -> bool:

@@ -288,13 +288,14 @@ def meta_train_optimizer(
     if resume and (artifact / "methodology.json").is_file():
         return load_frozen(artifact)
     cfg = config.learned_optimizer
-    meta = OptimizerMetaTrainer(cfg, config.seed, resolve_device(config.device))
     checkpoint = run_dir / META_CHECKPOINT_FILE
+    saver = CheckpointCallback(checkpoint, cfg.checkpoint_every)
+    meta = OptimizerMetaTrainer(cfg, config.seed, resolve_device(config.device), callbacks=[saver])
     if resume and checkpoint.is_file():
         meta.load_checkpoint(checkpoint)
     if on_trainer is not None:
         on_trainer(meta)
-    meta.fit(checkpoint, progress="meta-training the optimizer" if progress else None)
+    meta.fit(progress)
     net = meta.net
     atomic_write_text(
         run_dir / META_METRICS_FILE, "".join(json.dumps(row) + "\n" for row in meta.history)

@@ -17,10 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from slem.bilevel import (
-    Hypergrad,
-    replay_randomness,
-)
+from slem.bilevel import Hypergrad, replay_randomness, same_randomness
 from slem.bilevel.problem import as_params
 from slem.data.augment import dac_views
 from slem.data.task import Task
@@ -45,7 +42,7 @@ from slem.train.methods import method_spec
 from slem.train.models import build_model
 from slem.train.objective import Classification, objective_for
 from slem.train.optimizers import make_optimizer
-from slem.train.plan import Plan
+from slem.train.plan import Batches, Plan
 from slem.train.progress import Progress
 from slem.train.record import RunRecord, run_summary, trainer_record
 from slem.train.record import TrainResult as TrainResult
@@ -132,11 +129,25 @@ class Trainer:
         """
         return Loop(self, progress).run()
 
-    def epoch_data(self) -> tuple[Tensor, Tensor, int, int]:
-        """The epoch's ``(inputs, targets, steps, batch size)`` (see :meth:`Plan.batches`)."""
+    @property
+    def label(self) -> str:
+        """The run's name in progress lines: method and task."""
+        return f"{self.config.method} {self.task.name}"
+
+    def epoch_steps(self) -> Batches:
+        """The current epoch's minibatches (:meth:`Plan.epoch_batches`)."""
         mx, my = self.meta_x, self.meta_y
         meta = (mx, my) if mx is not None and my is not None else None
-        return self.plan.batches(self.progress.epoch, (self.train_x, self.train_y), meta)
+        train = (self.train_x, self.train_y)
+        return self.plan.epoch_batches(self.progress.epoch, self.config.seed, train, meta)
+
+    def step(self, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, float]:
+        """One training step on ``(inputs, targets, indices)`` at the scheduled rate, with one
+        draw of the model's randomness (:func:`~slem.bilevel.same_randomness`)."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(self.progress.global_step)
+        with same_randomness():
+            return self.train_step(*batch)
 
     def on_epoch_start(self) -> None:
         """Per-epoch preparation (MetaTrainer refreshes its self-selected meta set here)."""
