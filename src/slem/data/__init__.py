@@ -22,6 +22,7 @@ from slem.data.corruption import (
     uniform_noise,
 )
 from slem.data.dataset import Dataset, TaskType
+from slem.data.family import TaskFamily, parse_task_family
 from slem.data.registry import BUILTIN, LoadOptions, load_dataset
 from slem.data.task import (
     Normalizer,
@@ -45,6 +46,7 @@ __all__ = [
     "Split",
     "TargetNoise",
     "Task",
+    "TaskFamily",
     "TaskFeatures",
     "TaskType",
     "build_task",
@@ -56,6 +58,7 @@ __all__ = [
     "make_task",
     "pairflip_noise",
     "parse_data_config",
+    "parse_task_family",
     "regression_noise",
     "symmetric_noise",
     "task_from_arrays",
