@@ -99,23 +99,33 @@ class StopAt(Callback):
             trainer.request_stop("interrupted")
 
 
-@pytest.mark.parametrize("method", ["erm", "cmwnet_sl"])
-def test_resume_continues_exactly(task: Task, tmp_path: Path, method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "where"), [("erm", "mid-epoch"), ("cmwnet_sl", "mid-epoch"), ("erm", "epoch end")]
+)
+def test_resume_continues_exactly(task: Task, tmp_path: Path, method: str, where: str) -> None:
+    """Stopped mid-epoch, or after an epoch's last step before the epoch was closed (the
+    resumed Loop closes it first), the run goes on as if never stopped."""
     cfg = config(method, epochs=3, meta={"objective": "selected"} if method != "erm" else {})
     full = make_trainer(cfg, task).fit()
     from slem.train import CheckpointCallback
 
     ckpt = tmp_path / "checkpoint.pt"
-    first = make_trainer(cfg, task, callbacks=[CheckpointCallback(ckpt), StopAt(50)])
+    per_epoch = make_trainer(cfg, task).plan.steps_per_epoch
+    stop = 50 if where == "mid-epoch" else per_epoch
+    first = make_trainer(cfg, task, callbacks=[CheckpointCallback(ckpt), StopAt(stop)])
     with pytest.raises(TrainingStopped):
         first.fit()
     assert ckpt.is_file()
     second = make_trainer(cfg, task)
     second.load_checkpoint(ckpt)
-    assert second.progress.global_step == 50 and second.progress.epoch == 1
+    assert second.progress.global_step == stop
+    assert (second.progress.epoch, second.progress.step_in_epoch) == (
+        (1, 50 - per_epoch) if where == "mid-epoch" else (0, per_epoch)
+    )
     resumed = second.fit()
     assert resumed.summary["test_accuracy"] == full.summary["test_accuracy"]
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
 
 
 def test_bad_inputs(task: Task, tmp_path: Path) -> None:

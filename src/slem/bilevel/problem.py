@@ -56,17 +56,18 @@ _SNAPSHOT: ContextVar[RandomState | None] = ContextVar("slem_random_snapshot", d
 
 
 @contextmanager
-def same_randomness() -> Iterator[RandomState]:
+def same_randomness(snapshot: RandomState | None = None) -> Iterator[RandomState]:
     """Within this context every :class:`FunctionalModel` call starts from one snapshot of
     torch's random state (taken on entry; a nested context keeps the outer snapshot), so all
     forward passes of one meta step see one draw of the model's randomness (dropout, ...).
     :func:`replay_randomness` restores it for a forward that does not go through
-    :class:`FunctionalModel` (a trainer's real step)."""
+    :class:`FunctionalModel` (a trainer's real step). ``snapshot``: re-enter the snapshot an
+    earlier context yielded (a step split in phases, with other work between them)."""
     current = _SNAPSHOT.get()
     if current is not None:
         yield current
         return
-    snapshot = RandomState()
+    snapshot = snapshot if snapshot is not None else RandomState()
     token = _SNAPSHOT.set(snapshot)
     try:
         yield snapshot

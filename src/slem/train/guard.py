@@ -4,6 +4,7 @@ exactly zero; and where a non-finite value sits."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -42,6 +43,18 @@ def first_non_finite(value: Tensor) -> str:
     if flat.numel() == 1:
         return shown
     return f"{shown} at entry {i} of {flat.numel()}, {len(bad)} non-finite"
+
+
+def blowup_context(epoch: int, step_in_epoch: int, checkpoint: Path | None) -> str:
+    """Where a blow-up happened (0-based counters) and what the user can do: resume from a
+    checkpoint only if one exists."""
+    where = f"epoch {epoch + 1}, step {step_in_epoch + 1}"
+    if checkpoint is not None and checkpoint.is_file():
+        return (
+            f"{where}; the last checkpoint before it is kept ({checkpoint}): lower "
+            "optim.lr (or meta.lr) and resume, or restart"
+        )
+    return f"{where}; no checkpoint was written yet: lower optim.lr (or meta.lr) and start again"
 
 
 def check_finite(value: Tensor, what: str, context: Callable[[], str]) -> None:

@@ -109,6 +109,8 @@ class Loop:
             from rich.console import Console
 
             self.callbacks.append(ProgressBar(learner.label, Console(stderr=True)))
+        self._steps: Sequence[Any] | None = None  # the current epoch's, once it has begun
+        self._started = 0.0
 
     def run(self) -> Any:
         """Run to the end; the callbacks see the start, every step, every epoch, the end.
@@ -122,10 +124,10 @@ class Loop:
         t = self.learner
         saved, t.callbacks = t.callbacks, self.callbacks  # the learner's hooks see them too
         try:
-            for cb in self.callbacks:
-                cb.on_fit_start(t)
+            self.start()
             try:
-                self._epochs()
+                while not self.done:
+                    self.after_step(t.step(self.next_batch()))
             except KeyboardInterrupt:  # may land mid-step: the last checkpoint is kept
                 self._stopped("aborted")
                 raise TrainingStopped("aborted") from None
@@ -135,33 +137,67 @@ class Loop:
             except (NonFiniteLoss, ZeroHypergradient) as exc:
                 self._stopped(next(r for kind, r in STOPS if isinstance(exc, kind)))
                 raise
-            result = t.finish()
-            for cb in self.callbacks:
-                cb.on_fit_end(t, result)
-            return result
+            return self.end()
         finally:
             t.callbacks = saved
 
-    def _epochs(self) -> None:
+    # the parts of :meth:`run`, for a driver that interleaves several learners' steps
+    def start(self) -> None:
+        """The run (or its resumption) begins: the callbacks' ``on_fit_start``."""
         t, p = self.learner, self.learner.progress
-        started = time.perf_counter() - p.elapsed
-        while p.epoch < t.plan.total_epochs:
+        self._started = time.perf_counter() - p.elapsed
+        for cb in self.callbacks:
+            cb.on_fit_start(t)
+        if p.step_in_epoch > 0 and not self.done:  # resumed mid-epoch
+            self._steps = t.epoch_steps()
+            if p.step_in_epoch >= len(self._steps):  # saved after the last step, before the end
+                self._close_epoch()
+
+    @property
+    def done(self) -> bool:
+        """Every epoch of the plan is finished."""
+        return self.learner.progress.epoch >= self.learner.plan.total_epochs
+
+    def next_batch(self) -> Any:
+        """The next step's item of the learner's epoch (the epoch starts here)."""
+        p = self.learner.progress
+        if self._steps is None:
             if p.step_in_epoch == 0:  # not again when resuming mid-epoch
-                t.on_epoch_start()
-            steps = t.epoch_steps()
-            while p.step_in_epoch < len(steps):
-                stats = t.step(steps[p.step_in_epoch])
-                p.step_in_epoch += 1
-                p.global_step += 1
-                p.elapsed = time.perf_counter() - started
-                p.record(stats)
-                for cb in self.callbacks:
-                    cb.on_step_end(t, stats)
-                if p.stop is not None:
-                    raise TrainingStopped(p.stop)
-            metrics = t.end_epoch()
-            for cb in self.callbacks:
-                cb.on_epoch_end(t, metrics)
+                self.learner.on_epoch_start()
+            self._steps = self.learner.epoch_steps()
+        return self._steps[p.step_in_epoch]
+
+    def after_step(self, stats: dict[str, float]) -> None:
+        """Count the step, record its ``stats``, call the callbacks, close a finished epoch.
+
+        Raises:
+            TrainingStopped: a stop was requested during the step.
+        """
+        t, p = self.learner, self.learner.progress
+        assert self._steps is not None, "after_step follows next_batch"
+        p.step_in_epoch += 1
+        p.global_step += 1
+        p.elapsed = time.perf_counter() - self._started
+        p.record(stats)
+        for cb in self.callbacks:
+            cb.on_step_end(t, stats)
+        if p.stop is not None:
+            raise TrainingStopped(p.stop)
+        if p.step_in_epoch >= len(self._steps):
+            self._close_epoch()
+
+    def _close_epoch(self) -> None:
+        self._steps = None
+        metrics = self.learner.end_epoch()
+        for cb in self.callbacks:
+            cb.on_epoch_end(self.learner, metrics)
+
+    def end(self) -> Any:
+        """The learner's :meth:`~Learner.finish`, passed to the callbacks' ``on_fit_end``."""
+        result = self.learner.finish()
+        for cb in self.callbacks:
+            cb.on_fit_end(self.learner, result)
+        return result
 
     def _stopped(self, reason: str) -> None:
         for cb in self.callbacks:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import BilevelProblem, PerSample, functional
+from slem.bilevel import BilevelProblem, Hypergrad, PerSample, functional
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import Methodology, build_weighting
@@ -132,7 +133,7 @@ class MetaTrainer(Trainer):
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
         if self.in_warmup:
             return self._warmup_step(x, y)
-        if self.progress.global_step % self.config.meta.interval == 0:
+        if self.meta_step_due:
             return self.meta_train_step(x, y)
         return super().train_step(x, y, idx)
 
@@ -207,31 +208,68 @@ class MetaTrainer(Trainer):
         problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
         return problem, (x, y, pseudo), self._outer_batch()
 
-    def meta_train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        """A meta step on the batch (the net moves), then the real step with the updated
-        net (reusing the meta step's forward pass, or, in the ``lagged`` order, its virtual
-        step); returns the step's ``loss`` and ``meta_loss``."""
+    @property
+    def meta_step_due(self) -> bool:
+        """The next training step is a meta step (past the warm-up, every ``meta.interval``
+        steps)."""
+        interval = self.config.meta.interval
+        return not self.in_warmup and self.progress.global_step % interval == 0
+
+    def meta_hypergradient(self, x: Tensor, y: Tensor) -> PendingStep:
+        """Phase one of a meta step on the batch ``(x, y)``: the hypergradient of the meta
+        objective at the current methodology (:meth:`meta_problem`); nothing moves yet."""
         start = time.perf_counter()
-        meta, sw, step = self.config.meta, self.sample_weights, self.meta_step
-        assert sw is not None and step is not None
+        step = self.meta_step
+        assert step is not None
         self.model.train()
         problem, inner, outer = self.meta_problem(x, y)
-        params, pseudo = problem.params, inner[2]
-        reuse = step.fast and meta.order == "mwnet"
-        result = step(problem, inner, outer, keep_graph=reuse, live_forward=True)
-        if step.fast and meta.order == "lagged":  # the virtual step is the real step
+        reuse = step.fast and self.config.meta.order == "mwnet"
+        result = step.hypergradient(problem, inner, outer, keep_graph=reuse, live_forward=True)
+        return PendingStep(result, problem.params, x, y, inner[2], reuse, start)
+
+    def real_step(self, pending: PendingStep) -> dict[str, float]:
+        """Phase two: the real training step with the methodology as it stands now (after
+        the meta update), reusing phase one's forward pass, or, in the ``lagged`` order, its
+        virtual step; returns the step's ``loss`` and ``meta_loss``."""
+        sw, step, result = self.sample_weights, self.meta_step, pending.result
+        assert sw is not None and step is not None
+        if step.fast and self.config.meta.order == "lagged":  # the virtual step is the real one
             inner = result.diagnostics["inner_grads"]
             self.optimizer.zero_grad(set_to_none=True)
-            for name, p in params.items():
+            for name, p in pending.params.items():
                 p.grad = inner[name]
             self.optimizer.step()
             self._check_parameters()
             sw.after_step(self.model, self.progress.global_step)
             loss_value = result.outer_loss
-        else:  # the real step, with the updated net (reusing the meta step's forward pass)
-            terms = result.diagnostics["losses"] if reuse else sw.terms(self.forward(x), y, pseudo)
-            loss = sw.loss(terms, y)
+        else:
+            x, y, pseudo = pending.x, pending.y, pending.pseudo
+            terms = result.diagnostics["losses"] if pending.reuse else None
+            loss = sw.loss(terms if terms is not None else sw.terms(self.forward(x), y, pseudo), y)
             self._apply_step(loss)
             loss_value = float(loss.detach())
-        self.progress.timings["meta"].append(time.perf_counter() - start)
+        self.progress.timings["meta"].append(time.perf_counter() - pending.start)
         return {"loss": loss_value, "meta_loss": result.outer_loss}
+
+    def meta_train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """A meta step on the batch: :meth:`meta_hypergradient`, one step of the
+        methodology's optimizer, :meth:`real_step` with the updated methodology."""
+        pending = self.meta_hypergradient(x, y)
+        assert self.meta_step is not None
+        self.meta_step.update(pending.result)
+        return self.real_step(pending)
+
+
+@dataclass
+class PendingStep:
+    """A meta step between its two phases: the hypergradient ``result`` and what the real
+    step needs (the inner ``params``, the batch, the teacher's ``pseudo`` labels, whether
+    the forward pass is reused, the start time)."""
+
+    result: Hypergrad
+    params: dict[str, Tensor]
+    x: Tensor
+    y: Tensor
+    pseudo: Tensor | None
+    reuse: bool
+    start: float

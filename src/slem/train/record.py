@@ -112,9 +112,14 @@ def run_summary(
 
 
 def trainer_record(trainer: Trainer, result: TrainResult) -> RunRecord:
-    """The record every trainer starts from: history, summary and, for a weighting
-    methodology, the weights of the training samples and the learned weight curve."""
+    """The record every trainer starts from: history, summary, the named arrays of the
+    objective (e.g. the confusion matrix) and, for a weighting methodology, the weights of the
+    training samples and the learned weight curve."""
     record = RunRecord(list(result.history), dict(result.summary))
+    title = f"{trainer.config.method} on {trainer.task.name}"
+    arrays, info = trainer.objective.record(trainer.model, trainer.test_x, title)
+    record.arrays.update(arrays)
+    record.info.update(info)
     net = trainer.weighting
     if net is not None and result.train_weights is not None:
         observed = trainer.labels.eval_losses(trainer.model, trainer.train_x, trainer.train_y)

@@ -33,7 +33,12 @@ from slem.train.checkpoint_io import (
 from slem.train.config import TrainConfig
 from slem.train.diagnostics import weight_metrics
 from slem.train.guard import Stoppable as Stoppable
-from slem.train.guard import check_finite, check_hypergradients, check_parameters
+from slem.train.guard import (
+    blowup_context,
+    check_finite,
+    check_hypergradients,
+    check_parameters,
+)
 from slem.train.hooks import SampleWeights
 from slem.train.loop import Loop
 from slem.train.meta_step import hypergradient_norm
@@ -58,6 +63,7 @@ class Trainer:
     epoch = property(lambda self: self.progress.epoch, doc="Epochs finished.")
     global_step = property(lambda self: self.progress.global_step, doc="Steps taken.")
     history = property(lambda self: self.progress.history, doc="One row per finished epoch.")
+    label = property(lambda self: f"{self.config.method} {self.task.name}", doc="Its name.")
 
     def __init__(
         self,
@@ -129,11 +135,6 @@ class Trainer:
         """
         return Loop(self, progress).run()
 
-    @property
-    def label(self) -> str:
-        """The run's name in progress lines: method and task."""
-        return f"{self.config.method} {self.task.name}"
-
     def epoch_steps(self) -> Batches:
         """The current epoch's minibatches (:meth:`Plan.epoch_batches`)."""
         mx, my = self.meta_x, self.meta_y
@@ -144,10 +145,14 @@ class Trainer:
     def step(self, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, float]:
         """One training step on ``(inputs, targets, indices)`` at the scheduled rate, with one
         draw of the model's randomness (:func:`~slem.bilevel.same_randomness`)."""
-        for g in self.optimizer.param_groups:
-            g["lr"] = self.lr_at(self.progress.global_step)
+        self.schedule_lr()
         with same_randomness():
             return self.train_step(*batch)
+
+    def schedule_lr(self) -> None:
+        """Set the optimizer's rate for the next step (:meth:`lr_at` the global step)."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(self.progress.global_step)
 
     def on_epoch_start(self) -> None:
         """Per-epoch preparation (MetaTrainer refreshes its self-selected meta set here)."""
@@ -241,17 +246,8 @@ class Trainer:
         check_finite(value, what, self._context)
 
     def _context(self) -> str:
-        """Where a blow-up happened and what the user can do: resume from a checkpoint only
-        if one exists."""
-        where = f"epoch {self.progress.epoch + 1}, step {self.progress.step_in_epoch + 1}"
-        if self.last_checkpoint is not None and self.last_checkpoint.is_file():
-            return (
-                f"{where}; the last checkpoint before it is kept ({self.last_checkpoint}): lower "
-                "optim.lr (or meta.lr) and resume, or restart"
-            )
-        return (
-            f"{where}; no checkpoint was written yet: lower optim.lr (or meta.lr) and start again"
-        )
+        p = self.progress
+        return blowup_context(p.epoch, p.step_in_epoch, self.last_checkpoint)
 
     def train_weights(self) -> np.ndarray:
         """The weighting net's (unnormalized) weight of every training sample, in eval mode."""
@@ -267,14 +263,8 @@ class Trainer:
         return TrainResult(self.progress.history, run_summary(self, metrics, weights), weights)
 
     def record(self, result: TrainResult) -> RunRecord:
-        """The finished run as plain data for :mod:`slem.report` (:class:`RunRecord`): history,
-        summary, and the named arrays of the trainer and its objective."""
-        record = trainer_record(self, result)
-        title = f"{self.config.method} on {self.task.name}"
-        arrays, info = self.objective.record(self.model, self.test_x, title)
-        record.arrays.update(arrays)
-        record.info.update(info)
-        return record
+        """The finished run as plain data for :mod:`slem.report` (:func:`trainer_record`)."""
+        return trainer_record(self, result)
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue exactly where training stands."""

@@ -6,6 +6,8 @@ is reproducible offline from ``(n_samples, seed)``.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from slem.data.dataset import Dataset
@@ -17,27 +19,43 @@ DEFAULT_SEED = 42
 def load_mnist1d(n_samples: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED) -> Dataset:
     """Generate ``n_samples`` signals of length 40 (80% pool, 20% official test), 10 classes.
 
-    The samples come out as ``(n, 1, 40)`` so 1-D CNNs can use them directly.
+    The samples come out as ``(n, 1, 40)`` so 1-D CNNs can use them directly. The generator
+    takes seconds; the last few ``(n_samples, seed)`` are kept in memory (a meta-training run
+    draws many tasks from one dataset), and every call returns its own copies.
     """
+    x, y, x_test, y_test = _generate(int(n_samples), int(seed))
+    return Dataset(
+        name="mnist1d",
+        X=x.copy(),
+        y=y.copy(),
+        X_test=x_test.copy(),
+        y_test=y_test.copy(),
+        task_type="classification",
+        source=f"mnist1d.make_dataset(num_samples={n_samples}, seed={seed}), generated locally",
+        license="Apache-2.0 (mnist1d package)",
+        class_names=tuple(str(i) for i in range(10)),
+    )
+
+
+@lru_cache(maxsize=4)
+def _generate(n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
-    args.num_samples = int(n_samples)
-    args.seed = int(seed)
+    args.num_samples = n_samples
+    args.seed = seed
     # the generator seeds NumPy's global RNG; keep the caller's global state intact
     state = np.random.get_state()  # noqa: NPY002 - the generator only knows the legacy RNG
     try:
         data = make_dataset(args)
     finally:
         np.random.set_state(state)  # noqa: NPY002
-    return Dataset(
-        name="mnist1d",
-        X=np.asarray(data["x"], dtype=np.float32)[:, None, :],
-        y=np.asarray(data["y"], dtype=np.int64),
-        X_test=np.asarray(data["x_test"], dtype=np.float32)[:, None, :],
-        y_test=np.asarray(data["y_test"], dtype=np.int64),
-        task_type="classification",
-        source=f"mnist1d.make_dataset(num_samples={n_samples}, seed={seed}), generated locally",
-        license="Apache-2.0 (mnist1d package)",
-        class_names=tuple(str(i) for i in range(10)),
+    arrays = (
+        np.asarray(data["x"], dtype=np.float32)[:, None, :],
+        np.asarray(data["y"], dtype=np.int64),
+        np.asarray(data["x_test"], dtype=np.float32)[:, None, :],
+        np.asarray(data["y_test"], dtype=np.int64),
     )
+    for a in arrays:
+        a.flags.writeable = False  # the cached originals; callers get copies
+    return arrays

@@ -1,0 +1,305 @@
+"""Cross-task meta-training: one methodology learned over a task family (SLeM, eq. 4 and 5).
+
+The paper learns the methodology ``h`` as an average over training tasks,
+``h = argmin (1/t) sum_i l_meta(f_i*(h), D_i(q))``, each ``f_i*(h)`` trained under ``h``.
+:class:`CrossTaskTrainer` runs ``tasks_per_step`` episodes side by side, each a model trained
+on a task drawn from a :class:`~slem.data.TaskFamily` by the method's own trainer (online, as
+MW-Net does within one task) with the *shared* methodology. Every meta step: each running
+episode whose meta step is due computes its hypergradient at the current ``h`` (phase one),
+the hypergradients are averaged, ``h`` takes one step of its optimizer, and each episode takes
+its real step with the updated ``h`` (phase two). With one episode this is exactly the
+per-task method; the averaging is the one place a distributed run would all-reduce. A finished
+episode is evaluated on its task's test split, recorded, and replaced by the next task.
+
+The learner runs in the one :class:`~slem.train.loop.Loop` (checkpoints, progress, clean
+stops); each episode's trainer is driven by a Loop of its own, step by step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import Tensor
+
+from slem.bilevel import Hypergrad, same_randomness
+from slem.data import DataConfig, TaskFamily, build_task
+from slem.errors import SlemError, validation_message
+from slem.methodology import Methodology, build_weighting
+from slem.train.callbacks import Callback
+from slem.train.checkpoint_io import load_checkpoint_into, save_atomic
+from slem.train.config import TrainConfig
+from slem.train.loop import Iterations, Loop
+from slem.train.meta_step import make_meta_optimizer
+from slem.train.meta_trainer import MetaTrainer, PendingStep
+from slem.train.methods import build_trainer, get_method, method_names, method_spec
+from slem.train.progress import Progress
+from slem.train.threads import resolve_device
+
+
+def _cross_task_methods() -> list[str]:
+    """Methods whose meta step comes in two phases (sample weighting's WeightedProblem)."""
+    return [name for name in method_names() if get_method(name).weighted_problem]
+
+
+class CrossTaskConfig(BaseModel):
+    """``slem meta-train``: one methodology meta-trained over a family of tasks.
+
+    Attributes:
+        tasks: the task family (:class:`~slem.data.TaskFamily`).
+        train: how each episode trains (method, model, optim, meta; no ``data``: the family
+            gives the tasks). Episode ``e`` trains with seed ``train.seed + e``.
+        tasks_per_step: episodes run side by side; their hypergradients are averaged in every
+            meta step.
+        steps: meta steps (one training step of every running episode each).
+        checkpoint_every: meta steps between checkpoints.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: TaskFamily
+    train: TrainConfig
+    tasks_per_step: int = Field(4, ge=1, description="episodes whose hypergradients are averaged")
+    steps: int = Field(2000, ge=1, description="meta steps")
+    checkpoint_every: int = Field(100, ge=1, description="meta steps between checkpoints")
+
+    @model_validator(mode="after")
+    def _a_method_that_learns_across_tasks(self) -> CrossTaskConfig:
+        if self.train.data is not None:
+            raise ValueError("train.data: remove it; the task family (tasks) gives the tasks")
+        methods = _cross_task_methods()
+        if self.train.method not in methods:
+            raise ValueError(
+                f"train.method: {self.train.method} cannot be meta-trained across tasks; use "
+                f"one of {', '.join(methods)}"
+            )
+        return self
+
+
+def parse_cross_task_config(values: Any) -> CrossTaskConfig:
+    """Validate a mapping into a :class:`CrossTaskConfig` (one-line :class:`SlemError`)."""
+    try:
+        return CrossTaskConfig.model_validate(values)
+    except ValidationError as exc:
+        raise SlemError(validation_message(exc)) from None
+
+
+@dataclass
+class Episode:
+    """One task of the family being trained under the shared methodology."""
+
+    index: int
+    data: DataConfig
+    trainer: MetaTrainer
+    loop: Loop
+
+
+def average(results: Sequence[Hypergrad]) -> dict[str, Tensor]:
+    """The mean of the results' gradients per hyperparameter (SLeM eq. 4's ``1/t sum_i``)."""
+    return {
+        name: torch.stack([r.grads[name] for r in results]).mean(0) for name in results[0].grads
+    }
+
+
+class CrossTaskTrainer:
+    """Meta-trains one sample-weighting methodology over ``config.tasks``; a
+    :class:`~slem.train.loop.Learner`.
+
+    Attributes:
+        methodology: the shared ``h`` (returned by :meth:`fit`).
+        episodes: the running episodes (None before the first step).
+        finished: one row per finished episode: its index, task, and test summary.
+
+    Raises:
+        SlemError: a task of the family cannot be built, or does not fit the method.
+    """
+
+    def __init__(
+        self,
+        config: CrossTaskConfig,
+        callbacks: Sequence[Callback] = (),
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.config, self.callbacks = config, list(callbacks)
+        train = config.train
+        self.device = torch.device(device) if device is not None else resolve_device(train.device)
+        (kind,) = method_spec(train).meta_learns
+        with torch.random.fork_rng(devices=[]):  # seeded as a per-task run seeds it
+            torch.manual_seed(train.seed + 1_000_003)
+            net = build_weighting(kind, train.meta.n_groups, train.meta.hidden, train.meta.monotone)
+        self.methodology: Methodology = net.to(self.device)
+        self.meta_optimizer = make_meta_optimizer(list(net.parameters()), train.meta)
+        self.plan = Iterations(config.steps)
+        self.progress = Progress.start(None)
+        self.label = f"meta-training {kind} over a family of {config.tasks.n_distinct} tasks"
+        self.episodes: list[Episode | None] = [None] * config.tasks_per_step
+        self.started = 0
+        self.finished: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ episodes
+
+    def _episode(self, index: int, state: dict[str, Any] | None = None) -> Episode:
+        data = self.config.tasks.task(index)
+        seed = self.config.train.seed + index
+        config = self.config.train.model_copy(update={"data": data, "seed": seed})
+        trainer = build_trainer(config, build_task(data), None, self.methodology, ())
+        assert isinstance(trainer, MetaTrainer)
+        if state is not None:
+            trainer.load_state(state)
+        return Episode(index, data, trainer, Loop(trainer, progress=False))
+
+    def _running(self) -> list[Episode]:
+        """The episodes of this meta step: a finished one is closed and the next task of the
+        family takes its place."""
+        for slot, episode in enumerate(self.episodes):
+            if episode is not None and not episode.loop.done:
+                continue
+            if episode is not None:
+                self._close(episode)
+            fresh = self._episode(self.started)
+            fresh.loop.start()
+            self.episodes[slot] = fresh
+            self.started += 1
+        return [ep for ep in self.episodes if ep is not None]
+
+    def _close(self, episode: Episode) -> None:
+        summary = episode.loop.end().summary
+        keep = ("test_accuracy", "test_accuracy_at_best_val", "best_val_score")
+        self.finished.append(
+            {
+                "episode": episode.index,
+                "task": describe(episode.data),
+                **{k: summary[k] for k in keep if k in summary},
+            }
+        )
+
+    # ------------------------------------------------------------------ the Loop's learner
+
+    def step(self, batch: Any) -> dict[str, float]:
+        """One meta step: a training step of every running episode, the due hypergradients
+        averaged into one update of the shared methodology between their two phases."""
+        pending: list[tuple[Episode, Any, PendingStep]] = []
+        for ep in self._running():
+            x, y, idx = ep.loop.next_batch()
+            if not ep.trainer.meta_step_due:  # warm-up or between meta steps
+                ep.loop.after_step(ep.trainer.step((x, y, idx)))
+                continue
+            ep.trainer.schedule_lr()
+            with same_randomness() as snapshot:
+                pending.append((ep, snapshot, ep.trainer.meta_hypergradient(x, y)))
+        if not pending:
+            return {}
+        grads = average([p.result for _, _, p in pending])
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        for name, param in self.methodology.named_parameters():
+            param.grad = grads[name].to(param.dtype)
+        self.meta_optimizer.step()
+        losses = []
+        for ep, snapshot, p in pending:
+            with same_randomness(snapshot):
+                stats = ep.trainer.real_step(p)
+            ep.loop.after_step(stats)
+            losses.append(stats["meta_loss"])
+        return {"meta_loss": sum(losses) / len(losses), "tasks": float(len(losses))}
+
+    def epoch_steps(self) -> range:
+        return self.plan.epoch(self.progress.epoch)
+
+    def on_epoch_start(self) -> None:  # every task is drawn in step
+        pass
+
+    def end_epoch(self) -> dict[str, Any]:
+        row = {
+            "epoch": self.progress.epoch + 1,
+            "step": self.progress.global_step,
+            "episodes_started": self.started,
+            "episodes_finished": len(self.finished),
+        }
+        return self.progress.close_epoch(row, math.nan, self.methodology)
+
+    def finish(self) -> Methodology:
+        """The meta-trained methodology; episodes still running are left unfinished."""
+        return self.methodology
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current meta step (signal handlers call this)."""
+        self.progress.stop = reason
+
+    def fit(self, progress: bool = True) -> Methodology:
+        """Meta-train for ``config.steps`` meta steps (from a loaded checkpoint).
+
+        Raises:
+            TrainingStopped: a stop was requested (Ctrl-C, :meth:`request_stop`).
+            NonFiniteLoss: a loss or hypergradient became NaN or infinite.
+        """
+        result: Methodology = Loop(self, progress).run()
+        return result
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        """The methodology, its optimizer, the progress, every running episode's trainer
+        state, and torch's random state (last, as it stands now)."""
+        return {
+            "methodology": self.methodology.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+            **self.progress.state_dict(),
+            "started": self.started,
+            "finished": self.finished,
+            "episodes": [
+                None if ep is None else {"index": ep.index, "state": ep.trainer.state()}
+                for ep in self.episodes
+            ],
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.methodology.load_state_dict(state["methodology"])
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.progress.load_state_dict(state)
+        self.started, self.finished = state["started"], state["finished"]
+        self.episodes = []
+        for saved in state["episodes"]:
+            episode = None if saved is None else self._episode(saved["index"], saved["state"])
+            if episode is not None:
+                episode.loop.start()
+            self.episodes.append(episode)
+        torch.set_rng_state(state["torch_rng"].cpu())  # after the episodes restored theirs
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Atomic: a kill during the write leaves the previous checkpoint intact."""
+        return save_atomic(self.state(), path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from ``path``.
+
+        Raises:
+            SlemError: the file is missing, damaged, or not a cross-task checkpoint.
+        """
+        keys = ("methodology", "meta_optimizer", "episodes")
+        load_checkpoint_into(Path(path), self.load_state, self.device, keys)
+
+
+def describe(data: DataConfig) -> str:
+    """A task of a family in one line, e.g. ``wine symmetric:0.4 imbalance 10 (seed 7)``."""
+    parts = [data.name, str(data.noise) if data.noise is not None else "clean"]
+    if data.imbalance is not None:
+        parts.append(f"imbalance {data.imbalance:g}")
+    if data.size is not None:
+        parts.append(f"size {data.size}")
+    return " ".join(parts) + f" (seed {data.seed})"
+
+
+__all__ = [
+    "CrossTaskConfig",
+    "CrossTaskTrainer",
+    "Episode",
+    "average",
+    "describe",
+    "parse_cross_task_config",
+]

@@ -1,0 +1,121 @@
+"""Cross-task meta-training (issue 16 part 2): one methodology over a task family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from slem.data import build_task
+from slem.errors import SlemError
+from slem.train import Callback, CheckpointCallback, TrainingStopped, make_trainer
+from slem.train.cross_task import CrossTaskTrainer, parse_cross_task_config
+
+TRAIN = {
+    "method": "mwnet",
+    "model": {"arch": "mlp", "width": 16, "depth": 1},
+    "optim": {"epochs": 3, "batch_size": 32, "lr": 0.05},
+    "meta": {"warmup_epochs": 1, "batch_size": 16},
+}
+WINE = {"name": "wine", "meta_per_class": 5}
+ONE_TASK = {"datasets": ["wine"], "noise": ["symmetric:0.4"], "meta_per_class": 5}
+
+
+def cross(tasks: dict[str, Any], k: int, steps: int, **train: Any) -> Any:
+    return parse_cross_task_config(
+        {"tasks": tasks, "train": {**TRAIN, **train}, "tasks_per_step": k, "steps": steps}
+    )
+
+
+def test_one_episode_at_a_time_is_the_per_task_method_bit_for_bit() -> None:
+    """tasks_per_step 1 over a family of one task: the same methodology, to the bit, as
+    MW-Net trained on that task alone (the average of one hypergradient is itself)."""
+    config = cross(ONE_TASK, k=1, steps=1)
+    data = config.tasks.task(0)
+    alone = make_trainer(config.train.model_copy(update={"data": data}), build_task(data))
+    config = cross(ONE_TASK, k=1, steps=alone.plan.total_steps)
+    alone.fit(progress=False)
+    learner = CrossTaskTrainer(config)
+    h = learner.fit(progress=False)
+    assert alone.methodology is not None
+    for (name, a), b in zip(
+        alone.methodology.state_dict().items(), h.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    (episode,) = learner.episodes
+    assert episode is not None and episode.loop.done and learner.started == 1
+    assert [r["val_loss"] for r in episode.trainer.progress.history] == [
+        r["val_loss"] for r in alone.progress.history
+    ]
+
+
+class StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer: Any, stats: dict[str, float]) -> None:
+        if trainer.progress.global_step == self.step:
+            trainer.request_stop("interrupted")
+
+
+def test_meta_training_across_episodes_resumes_exactly(tmp_path: Path) -> None:
+    """Two episodes side by side over a family of two datasets, stopped mid-episode after
+    several episodes have finished: the resumed run ends where the uninterrupted one does."""
+    family = {**ONE_TASK, "datasets": ["wine", "breast_cancer"], "size": [200]}
+    config = cross(family, k=2, steps=25)
+    full = CrossTaskTrainer(config)
+    h_full = full.fit(progress=False)
+    assert full.started >= 4 and len(full.finished) >= 2
+    assert {row["task"].split()[0] for row in full.finished} <= {"wine", "breast_cancer"}
+    assert all(0 <= row["test_accuracy"] <= 1 for row in full.finished)
+    ckpt = tmp_path / "cross.pt"
+    first = CrossTaskTrainer(config, [CheckpointCallback(ckpt, every=5), StopAt(13)])
+    with pytest.raises(TrainingStopped):
+        first.fit(progress=False)
+    second = CrossTaskTrainer(config)
+    second.load_checkpoint(ckpt)
+    assert second.progress.global_step == 13
+    h = second.fit(progress=False)
+    for (name, a), b in zip(h_full.state_dict().items(), h.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert second.finished == full.finished
+    assert second.progress.history == full.progress.history
+
+
+def test_the_averaged_hypergradient_moves_the_shared_rule() -> None:
+    family = {**ONE_TASK, "datasets": ["wine", "breast_cancer"], "size": [200]}
+    learner = CrossTaskTrainer(cross(family, k=3, steps=12))
+    before = [p.detach().clone() for p in learner.methodology.parameters()]
+    learner.fit(progress=False)
+    (first, *_), meta_losses = learner.progress.history, []
+    for row in learner.progress.history:
+        if row.get("train_meta_loss") is not None:
+            meta_losses.append(row["train_meta_loss"])
+    assert first["episodes_started"] == 3 and meta_losses
+    after = list(learner.methodology.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    # every running episode shares the one methodology object
+    assert all(
+        ep is not None and ep.trainer.methodology is learner.methodology for ep in learner.episodes
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"train": {**TRAIN, "data": {"name": "wine", "meta_per_class": 5}}},
+            "train.data: remove it",
+        ),
+        ({"train": {**TRAIN, "method": "gce"}}, "gce cannot be meta-trained across tasks; use"),
+        ({"tasks_per_step": 0}, "tasks_per_step: Input should be greater than or equal to 1"),
+        ({"tasks": {"datasets": ["digits"]}}, "'digits' is reserved"),
+    ],
+)
+def test_a_bad_cross_task_config_is_one_line(values: dict[str, Any], message: str) -> None:
+    base = {"tasks": ONE_TASK, "train": TRAIN}
+    with pytest.raises(SlemError) as exc:
+        parse_cross_task_config({**base, **values})
+    assert message in str(exc.value) and "\n" not in str(exc.value)
