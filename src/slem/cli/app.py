@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from slem import __version__
-from slem.cli import bbo_cmd, data_cmd, hpo_cmd, train_cmd
+from slem.cli import bbo_cmd, data_cmd, hpo_cmd, meta_train_cmd, train_cmd
 from slem.cli.console import err_console
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(bbo_cmd.app, name="bbo")
 train_cmd.register(app)
 hpo_cmd.register(app)
+meta_train_cmd.register(app)
 
 
 def _version(value: bool) -> None:

@@ -17,8 +17,9 @@ stops); each episode's trainer is driven by a Loop of its own, step by step.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ from slem.bilevel import Hypergrad, same_randomness
 from slem.data import DataConfig, TaskFamily, build_task
 from slem.errors import SlemError, validation_message
 from slem.methodology import Methodology, build_weighting
-from slem.train.callbacks import Callback
+from slem.rundir import atomic_write_text
+from slem.train.artifacts import save_methodology
+from slem.train.callbacks import Callback, CheckpointCallback
 from slem.train.checkpoint_io import load_checkpoint_into, save_atomic
 from slem.train.config import TrainConfig
 from slem.train.loop import Iterations, Loop
@@ -300,6 +303,60 @@ __all__ = [
     "CrossTaskTrainer",
     "Episode",
     "average",
+    "cross_task_run",
     "describe",
     "parse_cross_task_config",
 ]
+
+
+def cross_task_run(
+    config: CrossTaskConfig,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_trainer: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """``slem meta-train``: meta-train into ``run_dir`` (resumable from its
+    ``meta_checkpoint.pt``), then write the methodology artifact (``methodology/``, applied
+    with ``slem apply``), ``episodes.jsonl`` (one row per finished episode),
+    ``meta_metrics.jsonl`` (one row per tenth of the meta steps) and ``summary.json``, each
+    written whole or not at all. Returns the summary.
+
+    Raises:
+        TrainingStopped: a stop was requested (the checkpoint is written first).
+        SlemError: a task cannot be built, or the checkpoint is damaged.
+    """
+    checkpoint = run_dir / "meta_checkpoint.pt"
+    learner = CrossTaskTrainer(config, [CheckpointCallback(checkpoint, config.checkpoint_every)])
+    if resume and checkpoint.is_file():
+        learner.load_checkpoint(checkpoint)
+    if on_trainer is not None:
+        on_trainer(learner)
+    h = learner.fit(progress)
+    save_methodology(
+        h,
+        run_dir / "methodology",
+        config.train,
+        trained_on={
+            "family": config.tasks.model_dump(mode="json"),
+            "episodes_started": learner.started,
+            "episodes_finished": len(learner.finished),
+            "meta_steps": learner.progress.global_step,
+            "tasks_per_step": config.tasks_per_step,
+        },
+    )
+    lines = "".join(json.dumps(row) + "\n" for row in learner.finished)
+    atomic_write_text(run_dir / "episodes.jsonl", lines)
+    rows = "".join(json.dumps(row) + "\n" for row in learner.progress.history)
+    atomic_write_text(run_dir / "meta_metrics.jsonl", rows)
+    accuracies = [r["test_accuracy"] for r in learner.finished if "test_accuracy" in r]
+    summary = {
+        "methodology": str(run_dir / "methodology"),
+        "meta_steps": learner.progress.global_step,
+        "episodes_started": learner.started,
+        "episodes_finished": len(learner.finished),
+        "episode_test_accuracy_mean": sum(accuracies) / len(accuracies) if accuracies else None,
+        "seconds": round(learner.progress.elapsed, 1),
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,89 @@
+"""``slem meta-train``: one methodology meta-trained over a family of tasks (SLeM eq. 4/5)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from slem.cli.console import ThreadsOption, console, set_threads, user_errors
+from slem.cli.train_cmd import (
+    QuietOption,
+    SetOption,
+    reject_with_resume,
+    report_stopped,
+    stop_on_signals,
+)
+from slem.errors import SlemError
+from slem.rundir import atomic_write_text, lock_run_dir
+from slem.train.checkpoint_io import read_yaml_mapping
+from slem.train.config import apply_overrides, load_yaml
+from slem.train.cross_task import cross_task_run, parse_cross_task_config
+from slem.train.guard import TrainingStopped
+from slem.train.run import check_new_run_dir
+
+COMMAND = "slem meta-train"
+
+
+def meta_train(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="YAML: tasks (the family), train (each episode's training), steps."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run directory.")] = None,
+    set_: SetOption = None,
+    threads: ThreadsOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Meta-train one methodology over a family of tasks; apply it with 'slem apply'."""
+    if resume is not None:
+        reject_with_resume({"CONFIG": config, "--out": out, "--set": set_})
+        cfg = parse_cross_task_config(_read_config(resume))
+        run_dir = resume
+    else:
+        if config is None:
+            raise SlemError("give the CONFIG file (tasks, train, steps), or --resume RUN_DIR")
+        cfg = parse_cross_task_config(apply_overrides(load_yaml(config), set_ or []))
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = out or Path("runs") / f"{stamp}-meta-train-{cfg.train.method}"
+    set_threads(threads if threads is not None else cfg.train.threads)
+    learners: list[Any] = []
+    try:
+        with lock_run_dir(run_dir, COMMAND):
+            if resume is None:
+                check_new_run_dir(run_dir, COMMAND)
+                atomic_write_text(
+                    run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"))
+                )
+            with stop_on_signals(learners):
+                summary = cross_task_run(
+                    cfg, run_dir, resume is not None, not quiet, learners.append
+                )
+    except TrainingStopped as exc:
+        report_stopped(exc, run_dir, COMMAND)
+    mean = summary["episode_test_accuracy_mean"]
+    score = f", mean test accuracy of its episodes {mean:.3f}" if mean is not None else ""
+    console.print(
+        f"{cfg.train.method} meta-trained over {summary['episodes_started']} tasks "
+        f"({summary['episodes_finished']} finished, {summary['meta_steps']} meta steps"
+        f"{score}); apply it with: slem apply {summary['methodology']} --data NAME",
+        soft_wrap=True,
+    )
+    console.print(f"run directory: {run_dir}", soft_wrap=True)
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise SlemError(f"run directory '{run_dir}' does not exist; nothing to resume")
+    if not path.is_file():
+        raise SlemError(f"'{run_dir}' is not a meta-train run directory (no config.yaml)")
+    return read_yaml_mapping(path, "restore it from a copy, or start a new run with another --out")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("meta-train")(user_errors(meta_train))
