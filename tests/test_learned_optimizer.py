@@ -1,5 +1,6 @@
-"""The coordinatewise LSTM optimizer: preprocessing, the drop-in torch optimizer, truncated
-meta-training that learns, exact resume, CLI train/apply, and its errors."""
+"""The coordinatewise LSTM optimizer: preprocessing, the drop-in torch optimizer, its
+differentiable twin and meta-gradient through the bilevel engine, truncated meta-training that
+learns, exact resume, CLI train/apply, and its errors."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
+from slem.bilevel import BilevelProblem, Params, hypergrad
 from slem.cli.app import app
 from slem.errors import SlemError
-from slem.methodology import LearnedOptimizer, LSTMOptimizerNet, preprocess_gradient
+from slem.methodology import (
+    LearnedInnerOptimizer,
+    LearnedOptimizer,
+    LSTMOptimizerNet,
+    preprocess_gradient,
+)
 from slem.train import Callback, CheckpointCallback, TrainingStopped, parse_train_config
 from slem.train.config import LearnedOptimizerConfig
 from slem.train.learned_optimizer import OptimizerMetaTrainer, build_population
@@ -65,6 +73,60 @@ def test_drop_in_torch_optimizer_applies_the_net_per_coordinate() -> None:
     wrong = LearnedOptimizer(nn.Linear(3, 9).parameters(), net)
     with pytest.raises(SlemError, match=r"saved for parameters of sizes \[12, 4, 8, 2\]"):
         wrong.load_state_dict(state)
+
+
+def test_meta_gradient_is_the_engines_first_order_trajectory_hypergradient() -> None:
+    """The engine's ``first_order`` hypergradient of the trajectory objective, with the net as
+    a :class:`LearnedInnerOptimizer`, is the hand-rolled meta-gradient of Andrychowicz et al.:
+    the losses summed over the iterates, the gradients fed to the LSTM as inputs, back-
+    propagated through the updates and the memory; the final params and memory carry over."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(hidden=6)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    n_coords = sum(p.numel() for p in theta0.values())
+    opt = LearnedInnerOptimizer(net)
+    zero = opt.init(theta0)["memory"]
+    assert [tuple(h.shape) for h, _ in zero] == [(n_coords, 6)] * 2
+    memory0 = [(0.1 * torch.randn_like(h), 0.1 * torch.randn_like(c)) for h, c in zero]
+    batches = [(torch.randn(8, 3), torch.randint(0, 2, (8,))) for _ in range(4)]
+    weights = [0.1, 0.2, 0.3, 0.4]
+
+    def loss(params: Params, hyper: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> Any:
+        return F.cross_entropy(functional_call(model, params, (batch[0],)), batch[1])
+
+    params = {n: p.clone().requires_grad_(True) for n, p in theta0.items()}
+    memory = memory0
+    total = torch.zeros(())
+    for w, batch in zip(weights, batches, strict=True):
+        value = loss(params, {}, batch)
+        total = total + w * value
+        grads = torch.autograd.grad(value, list(params.values()), retain_graph=True)
+        step, memory = net(torch.cat([g.reshape(-1) for g in grads]), memory)
+        steps = step.split([p.numel() for p in params.values()])
+        params = {n: p + s.view(p.shape) for (n, p), s in zip(params.items(), steps, strict=True)}
+    expected = torch.autograd.grad(total, list(net.parameters()))
+
+    problem = BilevelProblem(
+        theta0, dict(net.named_parameters()), loss, loss, opt, optimizer_state={"memory": memory0}
+    )
+    result = hypergrad(
+        problem,
+        "first_order",
+        inner_batches=batches,
+        outer_batch=None,
+        trajectory_weights=[*weights, 0.0],
+    )
+    for (name, _), g in zip(net.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(result.grads[name], g)
+    assert result.outer_loss == pytest.approx(float(total.detach()), rel=1e-6)
+    assert result.params is not None
+    for name, p in params.items():
+        torch.testing.assert_close(result.params[name], p.detach())
+    for (h, c), (h_ref, c_ref) in zip(result.optimizer_state["memory"], memory, strict=True):
+        torch.testing.assert_close(h, h_ref.detach())
+        torch.testing.assert_close(c, c_ref.detach())
+        assert not h.requires_grad
 
 
 def test_meta_training_learns_to_optimize_a_held_out_optimizee() -> None:

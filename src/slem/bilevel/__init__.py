@@ -19,6 +19,10 @@ hyperparameters by any method, so callers switch methods by name::
     problem = BilevelProblem.from_module(model, {"w": w}, inner_loss, outer_loss, SGD(lr=0.1))
     result = hypergrad(problem, "lookahead", inner_batch=train_batch, outer_batch=meta_batch)
     result.grads["w"]
+
+``unrolled`` and ``first_order`` also take ``trajectory_weights=`` (the outer loss summed over
+the unrolled iterates, a learned optimizer's meta loss), and every method but ``forward`` returns
+the final ``params`` and ``optimizer_state`` for the caller to continue from.
 """
 
 from slem.bilevel.fast import PerSample, WeightedProblem, weighted_lookahead

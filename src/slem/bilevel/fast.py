@@ -195,6 +195,7 @@ def weighted_lookahead(
         method="lookahead",
         diagnostics=diagnostics,
         params=detach_tree(new_params),
+        optimizer_state=diagnostics["optimizer_state"],
     )
 
 

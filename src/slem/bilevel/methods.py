@@ -17,10 +17,13 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
 
 from slem.bilevel import implicit as implicit_solvers
+from slem.bilevel.optim import State
 from slem.bilevel.problem import Batch, BilevelProblem, Hypergrad, Params, same_randomness
 from slem.bilevel.unroll import (
     NOT_GIVEN,
+    Objective,
     basis,
+    check_trajectory_weights,
     detach_tree,
     flat_dim,
     initial_state,
@@ -30,10 +33,14 @@ from slem.bilevel.unroll import (
     push_forward,
     schedule,
     warm_start,
+    with_leaves,
 )
 from slem.errors import SlemError
 
 Method = Callable[..., Hypergrad]
+
+#: the methods that take ``trajectory_weights`` (reverse mode through the whole unroll)
+TRAJECTORY_METHODS = ("unrolled", "first_order")
 
 
 def _hyper(problem: BilevelProblem) -> Params:
@@ -47,9 +54,12 @@ def _reverse(
     outer_batch: Batch,
     stop_gradient: bool = False,
     truncate: int | None = None,
+    weights: Sequence[float] | None = None,
 ) -> Hypergrad:
     hyper = _hyper(problem)
+    ws = check_trajectory_weights(weights, len(batches))
     start = None
+    prefix = None
     tracked = batches
     if truncate is not None and truncate != len(batches):
         if not 1 <= truncate <= len(batches):
@@ -59,17 +69,53 @@ def _reverse(
                 "truncate below the number of steps would drop the gradient of the learned "
                 "initialization (initial_params); use the full horizon or first_order"
             )
-        start = warm_start(problem, hyper, batches[: len(batches) - truncate])
-        tracked = batches[len(batches) - truncate :]
-    objective = make_objective(problem, tracked, outer_batch, stop_gradient, start)
-    grads, (loss, params) = grad_and_value(objective, has_aux=True)(hyper)
+        cut = len(batches) - truncate
+        params0, state0, prefix = warm_start(
+            problem, hyper, batches[:cut], None if ws is None else ws[:cut]
+        )
+        start = (params0, state0)
+        tracked = batches[cut:]
+        ws = None if ws is None else ws[cut:]
+    final: list[State] = []
+    objective = make_objective(
+        problem, tracked, outer_batch, stop_gradient, start, ws, prefix, final_state=final
+    )
+    if stop_gradient:
+        grads, loss, params, state = _first_order_backward(objective, hyper, final)
+    else:
+        grads, (loss, (params, leaves)) = grad_and_value(objective, has_aux=True)(hyper)
+        state = with_leaves(final[0], iter(detach_tree(leaves)))
+    diagnostics: dict[str, Any] = {"steps": len(batches), "tracked_steps": len(tracked)}
+    if weights is not None:
+        diagnostics["objective"] = "trajectory"
     return Hypergrad(
         grads=detach_tree(grads),
         outer_loss=float(loss),
         method=method,
-        diagnostics={"steps": len(batches), "tracked_steps": len(tracked)},
+        diagnostics=diagnostics,
         params=detach_tree(params),
+        optimizer_state=state,
     )
+
+
+def _first_order_backward(
+    objective: Objective, hyper: Params, final: list[State]
+) -> tuple[Params, Tensor, Params, State]:
+    """Reverse mode of a first-order objective with plain autograd: its inner gradients are
+    constants, so nothing needs a second derivative and one backward through the unroll
+    does, without torch.func's per-operation overhead (the structured fast paths do the
+    same). Gradients of hyperparameters the objective does not read are 0, as torch.func's."""
+    leaves = {k: t.detach().requires_grad_(True) for k, t in hyper.items()}
+    with torch.enable_grad():
+        loss, (params, _) = objective(leaves)
+        found: Sequence[Tensor | None] = [None] * len(leaves)
+        if loss.requires_grad:
+            found = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    grads = {
+        k: torch.zeros_like(t) if d is None else d
+        for (k, t), d in zip(leaves.items(), found, strict=True)
+    }
+    return grads, loss.detach(), detach_tree(params), detach_tree(final[0])
 
 
 def lookahead(
@@ -119,17 +165,35 @@ def unrolled(
     inner_batches: Sequence[Batch] | None = None,
     steps: int | None = None,
     truncate: int | None = None,
+    trajectory_weights: Sequence[float] | None = None,
 ) -> Hypergrad:
     """Reverse mode through ``K`` inner steps: iterative differentiation (ITD; Maclaurin et
     al. 2015, Franceschi et al. 2017), optionally truncated to the last ``truncate`` steps
     (Shaban et al. 2019).
 
+    ``trajectory_weights`` (``K + 1`` floats ``w_0..w_K``) replaces the objective
+    ``L_out(theta_K)`` by the weighted sum over the iterates, the meta loss of learned
+    optimizers (Andrychowicz et al. 2016, eq. 3)::
+
+        sum_{t<K} w_t * outer_loss(theta_t, phi, inner_batch_t)
+            + w_K * outer_loss(theta_K, phi, outer_batch)
+
+    where ``inner_batch_t`` is step ``t``'s batch, the one whose gradient moves ``theta_t``
+    (``(0, ..., 0, 1)`` is the plain objective; ``w_K = 0`` with ``outer_batch=None`` is the
+    paper's sum of the losses the optimizer sees; weights uniform or increasing in ``t``). A
+    weight of 0 skips its loss. Under truncation the untracked steps' terms add to the
+    value, not to the gradient. ``outer_loss`` of the result is the weighted sum.
+
     Cost: about 3-4 K steps of time and memory growing linearly with K (or with
-    ``truncate``). Exact for the K-step objective; use it when K is moderate and ``phi`` is
-    large (reverse mode's cost does not grow with H). Truncation trades bias for memory.
+    ``truncate``); each non-zero ``w_t``, ``t < K``, adds one forward. Exact for the K-step
+    objective; use it when K is moderate and ``phi`` is large (reverse mode's cost does not
+    grow with H). Truncation trades bias for memory. ``params`` and ``optimizer_state`` of
+    the result are ``theta_K`` and its optimizer state.
     """
     batches = schedule(inner_batch, inner_batches, steps)
-    return _reverse(problem, "unrolled", batches, outer_batch, truncate=truncate)
+    return _reverse(
+        problem, "unrolled", batches, outer_batch, truncate=truncate, weights=trajectory_weights
+    )
 
 
 def first_order(
@@ -138,18 +202,29 @@ def first_order(
     inner_batch: Batch = NOT_GIVEN,
     inner_batches: Sequence[Batch] | None = None,
     steps: int | None = None,
+    trajectory_weights: Sequence[float] | None = None,
 ) -> Hypergrad:
     """Unrolled, but the inner gradients are treated as constants: every second-order term
     is dropped (FOMAML, Finn et al. 2017; first-order DARTS, Liu et al. 2019).
 
     Cost: about K steps of time, memory of the unrolled parameters only. Exact where ``phi``
     reaches ``theta`` without passing through a gradient (learning rates, momentum, weight
-    decay for one step; MAML's initialization up to the Hessian terms); zero for
-    hyperparameters that act only through the inner gradient, such as sample weights. The
-    cheapest option and the one that scales out (no double backward, so DDP-safe).
+    decay for one step; MAML's initialization up to the Hessian terms; a learned optimizer
+    ``theta_{t+1} = theta_t + m(grad_t, state_t; phi)``, where the gradient is the
+    optimizer's input, as in Andrychowicz et al. 2016); zero for hyperparameters that act
+    only through the inner gradient, such as sample weights. The cheapest option and the one
+    that scales out (no double backward, so DDP-safe). ``trajectory_weights``: the weighted
+    sum over the iterates, as in :func:`unrolled`.
     """
     batches = schedule(inner_batch, inner_batches, steps)
-    return _reverse(problem, "first_order", batches, outer_batch, stop_gradient=True)
+    return _reverse(
+        problem,
+        "first_order",
+        batches,
+        outer_batch,
+        stop_gradient=True,
+        weights=trajectory_weights,
+    )
 
 
 def forward(
@@ -233,7 +308,9 @@ def implicit(
         raise SlemError("implicit needs fixed inner parameters; initial_params is not supported")
     batches = schedule(inner_batch, inner_batches, None)
     hyper = _hyper(problem)
-    params, _ = warm_start(problem, hyper, [batches[k % len(batches)] for k in range(inner_steps)])
+    params, state, _ = warm_start(
+        problem, hyper, [batches[k % len(batches)] for k in range(inner_steps)]
+    )
     l2 = problem.optimizer.l2
     l2(hyper)  # an optimizer without a stationary loss (AdamW) refuses here
 
@@ -267,6 +344,7 @@ def implicit(
         method="implicit",
         diagnostics={"solver": solver, **info},
         params=detach_tree(params),
+        optimizer_state=state,
     )
 
 
@@ -294,7 +372,7 @@ def finite_difference(
     params = detach_tree(problem.params)
     state = initial_state(problem, params)
     g = inner_grads(problem, params, hyper, batch, stop_gradient=True)
-    new_params, _ = problem.optimizer.update(params, g, state, hyper)
+    new_params, new_state = problem.optimizer.update(params, g, state, hyper)
     new_params = detach_tree(new_params)
     (v, direct), loss = grad_and_value(problem.outer_loss, argnums=(0, 1))(
         new_params, hyper, outer_batch
@@ -320,6 +398,7 @@ def finite_difference(
         method="finite_difference",
         diagnostics={"epsilon": eps},
         params=new_params,
+        optimizer_state=detach_tree(new_state),
     )
 
 
@@ -343,6 +422,10 @@ def hypergrad(
     ``inner_batch=`` (reused every step) or ``inner_batches=`` (one per step), and the
     method's options by keyword. Nothing in ``problem`` is modified.
 
+    ``trajectory_weights=`` (``unrolled`` and ``first_order``: :data:`TRAJECTORY_METHODS`)
+    makes the objective the weighted sum of the outer loss over the unrolled iterates
+    (learned optimizers' meta loss; see :func:`unrolled`); any other method refuses it.
+
     Every forward pass of the computation sees one draw of torch's randomness (see
     :func:`~slem.bilevel.same_randomness`), so dropout and other stochastic layers give the
     same model in the virtual step, the JVP and the outer loss.
@@ -350,6 +433,13 @@ def hypergrad(
     fn = METHODS.get(method)
     if fn is None:
         raise SlemError(f"unknown hypergradient method '{method}'; use one of {', '.join(METHODS)}")
+    if options.get("trajectory_weights") is not None and method not in TRAJECTORY_METHODS:
+        raise SlemError(
+            f"method '{method}' has no trajectory objective: trajectory_weights (the outer loss "
+            f"summed over the unrolled iterates) needs {' or '.join(TRAJECTORY_METHODS)}"
+        )
+    if "trajectory_weights" in options and options["trajectory_weights"] is None:
+        options = {k: v for k, v in options.items() if k != "trajectory_weights"}
     try:
         inspect.signature(fn).bind(problem, outer_batch=outer_batch, **options)
     except TypeError as exc:

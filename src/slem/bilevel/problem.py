@@ -225,8 +225,13 @@ class BilevelProblem:
 class Hypergrad:
     """What every method returns: gradients for the hyperparameters, plus diagnostics.
 
-    ``params`` are the (detached) inner parameters the outer loss was evaluated at: the
-    looked-ahead or unrolled parameters, or the fixed point for ``implicit``.
+    ``outer_loss`` is the value of the differentiated objective (with ``trajectory_weights``,
+    the weighted sum over the iterates). ``params`` are the (detached) inner parameters the
+    final outer loss was evaluated at: the looked-ahead or unrolled parameters ``theta_K``,
+    or the fixed point for ``implicit``. ``optimizer_state`` is the (detached) inner
+    optimizer state that goes with them, in the optimizer's own format; a caller that
+    continues the inner run (the next truncation of a long unroll) passes both on as the
+    next problem's ``params`` and ``optimizer_state``. ``forward`` returns neither.
     """
 
     grads: Params
@@ -234,6 +239,7 @@ class Hypergrad:
     method: str
     diagnostics: dict[str, Any] = field(default_factory=dict)
     params: Params | None = None
+    optimizer_state: Any = None
 
     def accumulate_into(self, hyper: Mapping[str, Tensor] | nn.Module | Tensor) -> None:
         """Add the gradients into ``.grad`` so a ``torch.optim`` optimizer can step ``hyper``

@@ -67,4 +67,5 @@ def rate_lookahead(problem: RateProblem, batch: Batch, outer_batch: Batch) -> Hy
         method="lookahead",
         diagnostics=diagnostics,
         params=detach_tree(stepped),
+        optimizer_state=diagnostics["optimizer_state"],
     )

@@ -17,7 +17,12 @@ from slem.methodology.base import (
 )
 from slem.methodology.bbo import RNNBlackBoxOptimizer
 from slem.methodology.bundle import ROLES, MethodologyBundle, as_bundle
-from slem.methodology.optimizer import LearnedOptimizer, LSTMOptimizerNet, preprocess_gradient
+from slem.methodology.optimizer import (
+    LearnedInnerOptimizer,
+    LearnedOptimizer,
+    LSTMOptimizerNet,
+    preprocess_gradient,
+)
 from slem.methodology.regression import HyperWeightNet
 from slem.methodology.schedule import MLRSNet, ScheduleNet, lr_scale
 from slem.methodology.weighting import (
@@ -35,6 +40,7 @@ __all__ = [
     "CMWNetSL",
     "HyperWeightNet",
     "LSTMOptimizerNet",
+    "LearnedInnerOptimizer",
     "LearnedOptimizer",
     "LossAdjusterNet",
     "MLRSNet",

@@ -4,7 +4,9 @@ The hook into learning is ``update_i = h(grad_i, memory_i)`` for every parameter
 ``i``: one small LSTM, shared by all coordinates, reads each coordinate's gradient and keeps a
 memory per coordinate. Sharing makes it indifferent to the number and shapes of the parameters,
 so an optimizer meta-trained on small MLPs can drive larger networks.
-:class:`LearnedOptimizer` wraps a trained net as a ``torch.optim.Optimizer``.
+:class:`LearnedOptimizer` wraps a trained net as a ``torch.optim.Optimizer``;
+:class:`LearnedInnerOptimizer` is its differentiable twin for the bilevel engine, with the
+net's parameters as the hyperparameters (how it is meta-trained).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
+from slem.bilevel import InnerOptimizer, Params
 from slem.errors import SlemError
 from slem.methodology.base import Methodology
 
@@ -81,6 +85,41 @@ class LSTMOptimizerNet(Methodology):
             new_state.append((h, c))
             x = h
         return self.output_scale * self.out(x).squeeze(1), new_state
+
+
+class LearnedInnerOptimizer(InnerOptimizer):
+    """The net as a differentiable inner optimizer of :mod:`slem.bilevel`: its update is
+    ``theta + net(flat grad, memory)`` with the net's parameters taken from ``hyper``
+    (``torch.func.functional_call``), so a hypergradient for ``hyper`` is a meta-gradient of
+    the LSTM (Andrychowicz et al. 2016, eq. 1-2: ``theta_{t+1} = theta_t + g_t``,
+    ``[g_t, h_{t+1}] = m(grad_t, h_t, phi)``).
+
+    ``hyper`` holds the net's parameters under their ``named_parameters`` names (a
+    :class:`~slem.bilevel.BilevelProblem` built with ``hyper=net``); those it lacks are the
+    module's own. The state is ``{"memory": LSTMState}``, the per-coordinate LSTM memory of
+    every coordinate of ``params`` in their order (``layers`` pairs ``(h, c)``, each of shape
+    ``(P, hidden)``); :meth:`init` is the zero memory. Use ``first_order``: the gradient the
+    net reads is its input, as in the paper.
+    """
+
+    def __init__(self, net: LSTMOptimizerNet) -> None:
+        self.net = net
+
+    def init(self, params: Params) -> dict[str, Any]:
+        n = sum(p.numel() for p in params.values())
+        return {"memory": self.net.initial_state(n, next(iter(params.values())).device)}
+
+    def update(
+        self, params: Params, grads: Params, state: dict[str, Any], hyper: Params
+    ) -> tuple[Params, dict[str, Any]]:
+        flat = torch.cat([grads[name].reshape(-1) for name in params])
+        # the net ties no weights: skip functional_call's search for tied ones (per step)
+        step, memory = functional_call(self.net, hyper, (flat, state["memory"]), tie_weights=False)
+        steps = step.split([p.numel() for p in params.values()])
+        new_params = {
+            name: p + s.view(p.shape) for (name, p), s in zip(params.items(), steps, strict=True)
+        }
+        return new_params, {"memory": memory}
 
 
 class LearnedOptimizer(torch.optim.Optimizer):

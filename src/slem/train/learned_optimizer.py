@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from slem.bilevel import BilevelProblem, Params, hypergrad
 from slem.data import LoadOptions, load_dataset, make_task
 from slem.errors import SlemError
-from slem.methodology import LSTMOptimizerNet
+from slem.methodology import LearnedInnerOptimizer, LSTMOptimizerNet
 from slem.train.config import LearnedOptimizerConfig
 from slem.train.guard import NonFiniteLoss
 from slem.train.loop import Iterations, MetaLearner
@@ -124,7 +125,16 @@ class OptimizerMetaTrainer(MetaLearner):
         return [1.0] * k
 
     def meta_step(self) -> float:
-        """One truncation: ``unroll`` optimizee steps, then one Adam step on the LSTM."""
+        """One truncation: ``unroll`` optimizee steps by the LSTM, then one Adam step on it.
+
+        The meta-gradient is the bilevel engine's ``first_order`` hypergradient (the gradient
+        the LSTM reads is its input, as in the paper) of the trajectory objective
+        ``sum_t w_t L(theta_t, batch_t) / (log C * sum_t w_t)`` over the ``unroll`` iterates
+        the steps start from (Andrychowicz et al. 2016, eq. 3), with the LSTM's parameters as
+        the hyperparameters and its memory as the inner optimizer's state
+        (:class:`~slem.methodology.LearnedInnerOptimizer`). The final parameters and memory
+        carry over, detached, to the next truncation.
+        """
         if self.trajectory is None or self.trajectory["steps"] >= self.cfg.horizon:
             self.trajectory = self._new_trajectory()
         tr = self.trajectory
@@ -133,40 +143,52 @@ class OptimizerMetaTrainer(MetaLearner):
             with torch.random.fork_rng(devices=[]):
                 self._models[tr["index"]] = task.make_model().to(self.device)
         model = self._models[tr["index"]]
-        params = {n: p.requires_grad_(True) for n, p in tr["params"].items()}
-        memory = tr["memory"]
-        names, shapes = list(params), [p.shape for p in params.values()]
-        sizes = [p.numel() for p in params.values()]
         norm = math.log(max(task.n_classes, 2))
-        total = torch.zeros((), device=self.device)
-        weights = self._weights()
-        for w in weights:
+        batches = []
+        for _ in range(self.cfg.unroll):
             idx = torch.randint(len(task.y), (self.cfg.batch_size,), generator=self.generator)
             idx = idx.to(self.device)
-            loss = F.cross_entropy(functional_call(model, params, (task.x[idx],)), task.y[idx])
-            total = total + w * loss / norm
-            grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            update, memory = self.net(flat, memory)
-            steps = update.split(sizes)
-            params = {
-                n: params[n] + s.view(shape)
-                for n, s, shape in zip(names, steps, shapes, strict=True)
-            }
-        meta_loss = total / sum(weights)
-        if not bool(torch.isfinite(meta_loss)):
+            batches.append((task.x[idx], task.y[idx]))
+
+        def train_loss(params: Params, hyper: Params, batch: tuple[Tensor, Tensor]) -> Tensor:
+            # the optimizee MLPs have no buffers, no dropout and no tied weights
+            logits = functional_call(model, params, (batch[0],), tie_weights=False)
+            return F.cross_entropy(logits, batch[1])
+
+        def meta_loss(params: Params, hyper: Params, batch: tuple[Tensor, Tensor]) -> Tensor:
+            return train_loss(params, hyper, batch) / norm
+
+        problem = BilevelProblem(
+            params=tr["params"],
+            hyper=dict(self.net.named_parameters()),
+            inner_loss=train_loss,
+            outer_loss=meta_loss,
+            optimizer=LearnedInnerOptimizer(self.net),
+            optimizer_state={"memory": tr["memory"]},
+        )
+        weights = self._weights()
+        total = sum(weights)
+        result = hypergrad(
+            problem,
+            "first_order",
+            outer_batch=None,  # w_K = 0: the final iterate is the next truncation's first
+            inner_batches=batches,
+            trajectory_weights=[w / total for w in weights] + [0.0],
+        )
+        if not math.isfinite(result.outer_loss):
             raise NonFiniteLoss(
-                f"the learned optimizer's meta loss became {float(meta_loss)} at iteration "
+                f"the learned optimizer's meta loss became {result.outer_loss} at iteration "
                 f"{self.iteration + 1}; lower learned_optimizer.lr or output_scale"
             )
         self.meta_optimizer.zero_grad(set_to_none=True)
-        meta_loss.backward()
+        result.accumulate_into(self.net)
         nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip)
         self.meta_optimizer.step()
-        tr["params"] = {n: p.detach() for n, p in params.items()}
-        tr["memory"] = [(h.detach(), c.detach()) for h, c in memory]
+        assert result.params is not None
+        tr["params"] = result.params
+        tr["memory"] = result.optimizer_state["memory"]
         tr["steps"] += self.cfg.unroll
-        value = float(meta_loss.detach())
+        value = result.outer_loss
         row = {"iteration": self.iteration + 1, "meta_loss": value, "task": task.name}
         self.history.append(row)
         return value

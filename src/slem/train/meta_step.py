@@ -1,5 +1,7 @@
-"""One meta step: :class:`MetaStep`, the only caller of :func:`slem.bilevel.hypergrad` in
-``slem.train``.
+"""One meta step: :class:`MetaStep`, the trainers' caller of :func:`slem.bilevel.hypergrad`
+(the learned optimizer's cross-task meta-training,
+:meth:`~slem.train.learned_optimizer.OptimizerMetaTrainer.meta_step`, calls it itself: a fixed
+method, ``first_order`` of the trajectory objective, and a clipped meta step).
 
 A meta step of a meta-learned methodology (Shu et al. 2019, Alg. 1, steps 5-7; SLeM paper,
 Eq. 6) takes a *virtual* step of the model on the training batch as the methodology sets its

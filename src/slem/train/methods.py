@@ -53,8 +53,10 @@ class MethodSpec:
         meta_learns: the methodology kind(s) it meta-learns while training (empty: none).
         meta_step: ``engine``: its meta step is a :class:`~slem.train.meta_step.MetaStep`
             over ``meta.hypergrad`` (every hypergradient method applies); ``rate``: one exact
-            step of a learning-rate problem (``schedule.*``); ``truncated``: a truncated
-            unroll over a population of tasks (``learned_optimizer.*``); None: no meta step.
+            step of a learning-rate problem (``schedule.*``); ``truncated``: the engine's
+            ``first_order`` hypergradient of the trajectory objective over a truncated
+            unroll, on a population of tasks (``learned_optimizer.*``; a fixed method, so
+            ``meta.*`` does not apply); None: no meta step.
         meta_set: when it needs a clean meta set: ``always``, ``objective`` (when
             ``meta.objective`` has a clean part) or ``never``.
         meta_set_reason: the start of the error when ``always`` and the task has none.
@@ -99,7 +101,8 @@ class MethodSpec:
 
     @property
     def own_meta_step(self) -> bool:
-        """It meta-learns with its own hypergradient (``meta.*`` does not apply)."""
+        """It meta-learns with its own meta step, a fixed engine method on its own problem
+        (``meta.*`` does not apply)."""
         return self.meta_step in ("rate", "truncated")
 
     @property

@@ -33,8 +33,10 @@ Rules (why):
    ``meta.hypergrad`` (``lookahead``, the exact one-step hypergradient with no second
    derivative, by default) but not ``meta.order``, ``meta.jvp_mode`` or
    ``meta.virtual_step`` (fast-path and virtual-step options it would ignore: refused).
-   ``learned_optimizer`` computes its own hypergradient (truncated unrolling of the LSTM
-   optimizer): any of the four other than the default would be ignored, so it is refused.
+   ``learned_optimizer``'s meta step is fixed: the engine's ``first_order`` hypergradient of
+   the trajectory objective over a truncated unroll of the LSTM optimizer
+   (``learned_optimizer.unroll``): any of the four other than the default would be ignored,
+   so it is refused.
 4. ``meta.order: lagged`` and ``meta.jvp_mode: difference`` are options of the ``lookahead``
    fast path for sample weighting (mwnet, cmwnet, cmwnet_sl); elsewhere they would be ignored.
 5. Inner optimizer: the virtual step is the real optimizer's update (``meta.virtual_step:
@@ -72,7 +74,7 @@ TASK_TYPES = ("classification", "regression")
 
 #: methods whose meta step is ``slem.train`` 's engine call, set by ``meta.*``
 ENGINE_METHODS = tuple(n for n in method_names() if get_method(n).engine)
-#: meta-learned methods that compute their own hypergradient
+#: meta-learned methods with their own, fixed meta step (meta.* does not apply)
 OWN_METHODS = tuple(n for n in method_names() if get_method(n).own_meta_step)
 REGRESSION = tuple(method_names("regression"))
 #: methods whose meta step is a WeightedProblem (lookahead's fast path: meta.order, jvp_mode)
@@ -170,8 +172,8 @@ def reason(cell: Cell) -> str | None:
                         f"sample-weighting fast path; remove meta.{name}"
                     )
                 return (
-                    f"meta.{name} {value} would be ignored: method {m} computes its own "
-                    f"hypergradient (truncated unrolling, learned_optimizer.unroll); remove "
+                    f"meta.{name} {value} would be ignored: method {m}'s meta step is fixed "
+                    f"(first_order over a truncated unroll, learned_optimizer.unroll); remove "
                     f"meta.{name}"
                 )
         if rate and cell.optimizer != "sgd":
@@ -370,7 +372,7 @@ def markdown() -> str:
             objs_text = "its own meta set (meta.objective unused)"
             sgd_text = ", ".join(opt_o)
         elif c.method in OWN_METHODS:
-            hg_text = "its own (meta.hypergrad must stay at its default)"
+            hg_text = "fixed: first_order, trajectory objective (meta.hypergrad stays default)"
             objs_text = "its own meta set (meta.objective unused)"
             sgd_text = ", ".join(opt_o)
         else:
