@@ -119,3 +119,67 @@ def test_a_bad_cross_task_config_is_one_line(values: dict[str, Any], message: st
     with pytest.raises(SlemError) as exc:
         parse_cross_task_config({**base, **values})
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_cli_meta_train_writes_an_artifact_that_slem_apply_uses(
+    tmp_path: Path, runner: Any
+) -> None:
+    """slem meta-train CONFIG --out RUN: the artifact (kind of the method, meta_trained_on the
+    family), one row per finished episode; --resume of a finished run ends at once; slem
+    apply trains a new task with the rule frozen; a bad config is one line, exit code 2."""
+    import json
+
+    import yaml
+
+    from slem.cli.app import app
+    from slem.methodology import read_artifact_info
+
+    cfg = tmp_path / "family.yaml"
+    family = {**ONE_TASK, "datasets": ["wine", "breast_cancer"], "size": [200]}
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": family,
+                "train": TRAIN,
+                "steps": 20,
+                "tasks_per_step": 2,
+                "checkpoint_every": 5,
+            }
+        )
+    )
+    run = tmp_path / "run"
+    done = runner.invoke(app, ["meta-train", str(cfg), "--out", str(run), "--quiet"])
+    assert done.exit_code == 0, done.output
+    assert "mwnet meta-trained over" in done.stdout and "slem apply" in done.stdout
+    info = read_artifact_info(run / "methodology")
+    assert info["kind"] == "mwnet"
+    assert info["meta_trained_on"]["family"]["datasets"] == ["wine", "breast_cancer"]
+    episodes = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(episodes) == summary["episodes_finished"] >= 2 and summary["meta_steps"] == 20
+    again = runner.invoke(app, ["meta-train", "--resume", str(run), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((run / "summary.json").read_text())["meta_steps"] == 20
+    applied = runner.invoke(
+        app,
+        [
+            "apply",
+            str(run / "methodology"),
+            "--data",
+            "iris",
+            "--noise",
+            "symmetric:0.4",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path / "applied"),
+            "--quiet",
+        ],
+    )
+    assert applied.exit_code == 0, applied.output
+    assert "apply on iris" in applied.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"tasks": {"datasets": ["digits"]}, "train": TRAIN}))
+    refused = runner.invoke(app, ["meta-train", str(bad), "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 2 and "'digits' is reserved" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
