@@ -29,6 +29,7 @@ from typing import Any
 from common import Cache, base_parser, train, tuned_runs
 from slem.data.sources.fashion_mnist import find_dir
 from slem.methodology import load_frozen
+from slem.train.methods import get_method
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: regression tables: (name, target column)
@@ -68,14 +69,16 @@ def reg_values(
     data: dict[str, Any] = {"name": table, "noise": REG_NOISE, "seed": seed, "meta_size": 30}
     if target:
         data["target"] = target
-    return {
+    values: dict[str, Any] = {
         "method": method,
         "data": data,
         "model": {"arch": "mlp", "width": 64, "depth": 2},
         "optim": {"epochs": epochs, "batch_size": 32, "lr": 0.01},
-        "meta": {"warmup_epochs": 0, "lr": 1e-2},  # an l2 warm-up would first fit the outliers
         "seed": seed,
     }
+    if "meta" in get_method(method).sections:  # hwnet (and apply): not the baselines
+        values["meta"] = {"warmup_epochs": 0, "lr": 1e-2}  # an l2 warm-up would fit outliers
+    return values
 
 
 def regression(cache: Cache, seeds: int, quick: bool) -> list[dict[str, Any]]:
@@ -201,12 +204,13 @@ def cls_values(
         "model": model,
         "optim": {"epochs": epochs, "batch_size": 128, "lr": 0.05},
         "seed": seed,
+    }
+    if "meta" in get_method(method).sections:  # the meta-learned methods, not the baselines
         # the cached joint rows weight samples as MW-Net does (mean 1 per batch); pinned so a
         # change of the library default cannot change what a cached row means
-        "meta": {"normalize_weights": "batch"},
-    }
-    if dac:
-        values["meta"]["objective"] = "dac"
+        values["meta"] = {"normalize_weights": "batch"}
+        if dac:
+            values["meta"]["objective"] = "dac"
     return values
 
 

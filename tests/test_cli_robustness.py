@@ -48,7 +48,8 @@ def run_copy(trained_run: Path, tmp_path: Path) -> Path:
 @pytest.fixture()
 def erm_config(tmp_path: Path) -> Path:
     path = tmp_path / "erm.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "method": "erm", "data": {"name": "iris"}}))
+    erm = {k: v for k, v in TINY.items() if k != "meta"}  # MW-Net's section: ERM reads none
+    path.write_text(yaml.safe_dump({**erm, "method": "erm", "data": {"name": "iris"}}))
     return path
 
 

@@ -27,6 +27,7 @@ from slem.train import (
     make_trainer,
     parse_train_config,
 )
+from slem.train.config import without_unread_sections
 from slem.train.objective import Regression
 from slem.train.regression import HWNetTrainer, robust_scaling
 from slem.train.trainer import Trainer
@@ -60,7 +61,8 @@ def config(method: str, epochs: int = 3, **sections: Any) -> Any:
             values.setdefault(key, {}).update(value)
         else:
             values[key] = value
-    return parse_train_config(values)
+    # one shared config for every method: each keeps the sections it reads (mse: no meta)
+    return parse_train_config(without_unread_sections(values))
 
 
 # ---------------------------------------------------------------------- the methodology

@@ -17,6 +17,7 @@ from slem.train import Callback, make_trainer, parse_train_config
 from slem.train import validity as V
 from slem.train.config import TrainConfig
 from slem.train.guard import ZeroHypergradient
+from slem.train.methods import get_method
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +50,12 @@ def values(cell: V.Cell) -> dict[str, Any]:
         for name, default in V.META_DEFAULTS.items():
             if getattr(cell, name) == default:
                 del meta[name]
+    if "meta" not in get_method(cell.method).sections:  # a section it does not read at all:
+        for name in list(meta):  # only the options the table refuses (else a section error)
+            if name not in V.META_DEFAULTS:
+                del meta[name]
+        if not meta:
+            del out["meta"]
     if cell.method == "joint":
         out["joint"] = {"components": list(cell.components)}
     return out

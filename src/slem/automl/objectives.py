@@ -9,6 +9,7 @@ import copy
 import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from slem.automl.space import SearchSpace
 from slem.data.task import Task, build_task
 from slem.errors import SlemError
 from slem.train.callbacks import Callback
-from slem.train.config import set_dotted
+from slem.train.config import set_dotted, without_unread_sections
 
 
 def fidelity_steps(min_fraction: float, factor: int) -> list[float]:
@@ -108,22 +109,95 @@ class CashTrial:
         return value
 
 
+def conditioned_on_method(space: SearchSpace, base_method: Any = None) -> SearchSpace:
+    """``space`` with every param of a method-specific config section (``meta.lr``,
+    ``loss.gce_q``, ...) active only for the choices of a categorical ``method`` param whose
+    method reads that section (:attr:`slem.train.methods.MethodSpec.sections`), so an ``erm``
+    trial never suggests ``meta.lr``. A param every choice reads is kept as it is.
+
+    Raises:
+        SlemError: a param that would never be read: no method it can be active with
+            (``method``'s choices, those of its own condition on ``method``, else
+            ``base_method``) reads its section, or its own condition names one that does not;
+            or one some choices do not read that comes before ``method`` (a condition needs
+            its parent first).
+    """
+    from slem.train.config import METHOD_SECTIONS
+    from slem.train.methods import get_method, method_names, methods_reading
+
+    names = [p.name for p in space.params]
+    method = space.params[names.index("method")] if "method" in names else None
+    choices = method.choices if method is not None and method.kind == "categorical" else None
+    known = method_names()
+    for c in choices or ():
+        if c not in known:
+            try:
+                get_method(str(c))
+            except SlemError as exc:
+                raise SlemError(f"search space param 'method': {exc}") from None
+    if choices is None and base_method not in known:
+        return space  # the base config's own validation names the problem
+
+    def reads(name: Any, section: str) -> bool:
+        return name in known and section in get_method(name).sections
+
+    params = []
+    for i, p in enumerate(space.params):
+        section = p.name.split(".", 1)[0]
+        if section not in METHOD_SECTIONS:
+            params.append(p)
+            continue
+        own = "method" in p.when
+        candidates = p.when["method"] if own else choices if choices else (base_method,)
+        readers = tuple(c for c in candidates if reads(c, section))
+        if not readers or (len(readers) < len(candidates) and (own or not choices)):
+            unread = [str(c) for c in candidates if not reads(c, section)]
+            raise SlemError(
+                f"search space param '{p.name}': method {', '.join(unread)} does not read the "
+                f"{section} section (methods that do: {', '.join(methods_reading(section))})"
+            )
+        if len(readers) < len(candidates) and not own:
+            if i < names.index("method"):
+                raise SlemError(
+                    f"search space param '{p.name}' is read only by method "
+                    f"{', '.join(readers)}: list method before it, so that it is suggested "
+                    "only for them"
+                )
+            p = replace(p, when={"method": readers, **p.when})
+        params.append(p)
+    return SearchSpace(params)
+
+
 class TrainTrial:
     """A trial of ``slem train``: the trial's values set at their dotted config keys, the
-    validation metric reported every epoch (epochs are the budget)."""
+    validation metric reported every epoch (epochs are the budget).
+
+    With ``method`` in the search space, a param of a method-specific section is suggested
+    only for the methods that read it (:func:`conditioned_on_method`), and a trial's config
+    leaves out the base config's sections its method does not read (and, for ``joint``, those
+    of the components the trial left out)."""
 
     def __init__(self, config: TrainObjective, seed: int | None = None) -> None:
         from slem.train.config import load_yaml, parse_train_config
+        from slem.train.presets import apply_preset
 
         self.config = config
         self.base: dict[str, Any] = (
             load_yaml(config.base) if isinstance(config.base, str) else dict(config.base)
         )
-        self.space = SearchSpace.from_mapping(config.space)
+        space = SearchSpace.from_mapping(config.space)
+        self.space = conditioned_on_method(space, apply_preset(self.base).get("method"))
         self._tasks: dict[str, Task] = {}
         for p in self.space.params:  # every key must exist: fail before the first trial
             probe = copy.deepcopy(self.base)
-            set_dotted(probe, p.name, p.grid(2)[0], f"search space key '{p.name}'")
+            for parent, allowed in p.when.items():  # as in a trial where the param is active
+                set_dotted(probe, parent, allowed[0], f"search space key '{parent}'")
+            if p.name == "method":
+                set_dotted(probe, p.name, p.grid(2)[0], f"search space key '{p.name}'")
+                probe = without_unread_sections(probe)
+            else:
+                probe = without_unread_sections(probe)
+                set_dotted(probe, p.name, p.grid(2)[0], f"search space key '{p.name}'")
             try:
                 parse_train_config(probe)
             except SlemError as exc:
@@ -134,10 +208,12 @@ class TrainTrial:
         self.epochs = base.optim.epochs
 
     def values_for(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The trial's config values: the base with ``params`` set, without the sections the
+        trial's method does not read."""
         values = copy.deepcopy(self.base)
         for key, value in params.items():
             set_dotted(values, key, value, f"search space key '{key}'")
-        return values
+        return without_unread_sections(values)
 
     def __call__(self, trial: Any) -> float:
         return self.run(trial, self.space.suggest(trial))

@@ -7,14 +7,20 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 
 from slem.cli.console import ThreadsOption, console, err_console, styled, user_errors
 from slem.data.task import corruption_text, labels_text
 from slem.errors import SlemError
-from slem.train.config import TrainConfig, apply_overrides, load_yaml, parse_train_config
+from slem.train.config import (
+    TrainConfig,
+    apply_overrides,
+    load_yaml,
+    parse_train_config,
+    without_unread_sections,
+)
 from slem.train.guard import TrainingStopped
 from slem.train.record import RunRecord
 from slem.train.run import CHECKPOINT_FILE, default_run_dir, read_run_config, train_run
@@ -213,30 +219,27 @@ def methods(
             "--target", help="Only methods for this target: classification or regression."
         ),
     ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the docs table (Markdown).")
+    ] = False,
 ) -> None:
     """List the training methods (the registry, slem.train.methods): what each trains on,
-    what it meta-learns and how."""
+    which method-specific config sections it reads, what it meta-learns and how."""
     from rich.table import Table
 
     from slem.errors import SlemError
-    from slem.train.methods import get_method, method_names
+    from slem.train import methods as registry
 
     if target not in (None, "classification", "regression"):
         raise SlemError(f"--target must be classification or regression, not '{target}'")
-    needs = {"always": "needed", "objective": "for a clean objective", "never": "-"}
-    table = Table("method", "targets", "meta-learns", "meta step", "meta set", "what it is")
-    for name in method_names():
-        spec = get_method(name)
-        if target is not None and spec.target not in (target, None):
-            continue
-        table.add_row(
-            name,
-            spec.target or "the artifact's",
-            ", ".join(spec.meta_learns) or "-",
-            spec.meta_step or "-",
-            needs[spec.meta_set],
-            spec.summary,
-        )
+    chosen = cast("registry.Target | None", target)
+    if markdown:
+        text = registry.markdown(chosen)
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+        return
+    table = Table(*registry.TABLE_HEADER)
+    for row in registry.table_rows(chosen):
+        table.add_row(*row)
     console.print(table)
 
 
@@ -321,20 +324,23 @@ def demo(
         out = Path("runs") / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
     configs = {
         method: parse_train_config(
-            {
-                "method": method,
-                "data": {
-                    "name": "mnist1d",
-                    "noise": "symmetric:0.4",
-                    "meta_per_class": 10,
+            without_unread_sections(
+                {
+                    "method": method,
+                    "data": {
+                        "name": "mnist1d",
+                        "noise": "symmetric:0.4",
+                        "meta_per_class": 10,
+                        "seed": seed,
+                    },
+                    "optim": {"epochs": epochs},
+                    # MW-Net: one ERM warm-up epoch, none when the demo is shortened to one
+                    # epoch (ERM has no meta section)
+                    "meta": {"warmup_epochs": max(0, min(1, epochs - 1))},
                     "seed": seed,
-                },
-                "optim": {"epochs": epochs},
-                # MW-Net: one ERM warm-up epoch, none when the demo is shortened to one epoch
-                "meta": {"warmup_epochs": max(0, min(1, epochs - 1))},
-                "seed": seed,
-                "threads": threads,
-            }
+                    "threads": threads,
+                }
+            )
         )
         for method in ("erm", "mwnet")
     }

@@ -23,7 +23,15 @@ from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
 from slem.train.forward import ForwardTrainer
 from slem.train.meta_trainer import MetaTrainer
-from slem.train.methods import Builder, Loss, MethodSpec, check_fits, register, spec_applying
+from slem.train.methods import (
+    Builder,
+    Loss,
+    MethodSpec,
+    check_fits,
+    get_method,
+    register,
+    spec_applying,
+)
 from slem.train.objective import Classification
 from slem.train.regression import HWNetTrainer
 from slem.train.schedule import ScheduleTrainer
@@ -146,6 +154,7 @@ register(
         "generalized cross-entropy (Zhang & Sabuncu 2018), loss.gce_q",
         "classification",
         _baseline(Trainer),
+        sections=("loss",),
         loss=lambda logits, y, t: L.gce(logits, y, t.config.loss.gce_q),
     )
 )
@@ -155,6 +164,7 @@ register(
         "symmetric cross-entropy (Wang et al. 2019), loss.sce_alpha and sce_beta",
         "classification",
         _baseline(Trainer),
+        sections=("loss",),
         loss=lambda logits, y, t: L.sce(logits, y, t.config.loss.sce_alpha, t.config.loss.sce_beta),
     )
 )
@@ -164,6 +174,7 @@ register(
         "bootstrapping (Reed et al. 2015), loss.bootstrap_beta and bootstrap_mode",
         "classification",
         _baseline(Trainer),
+        sections=("loss",),
         loss=lambda logits, y, t: L.bootstrap(
             logits, y, t.config.loss.bootstrap_beta, t.config.loss.bootstrap_mode
         ),
@@ -175,6 +186,7 @@ register(
         "cross-entropy, then loss.finetune_epochs on the clean meta set",
         "classification",
         _baseline(Trainer),
+        sections=("loss",),  # loss.finetune_epochs, finetune_lr_factor
         meta_set="always",
         meta_set_reason="method finetune needs a clean meta set",
         finetune=True,
@@ -186,6 +198,7 @@ register(
         "class-balanced cross-entropy (Cui et al. 2019), loss.cb_beta",
         "classification",
         _baseline(Trainer),
+        sections=("loss",),  # loss.cb_beta (the objective's cb_weights)
         loss=lambda logits, y, t: L.class_balanced(logits, y, _labels(t).cb_weights),
     )
 )
@@ -200,6 +213,7 @@ for _name, _summary in (
             _summary,
             "classification",
             MetaTrainer,
+            sections=("meta",),  # the net, its meta step, normalization, the teacher
             meta_learns=(_name,),
             meta_step="engine",
             weighted_problem=True,
@@ -215,6 +229,7 @@ register(
         "meta-learned learning-rate schedule (MLR-SNet, Shu et al. 2022)",
         "classification",
         ScheduleTrainer,
+        sections=("meta", "schedule"),  # meta.hypergrad; the net and its meta-training
         meta_learns=("lr_schedule",),
         meta_step="rate",
         meta_set="always",
@@ -229,6 +244,7 @@ register(
         "coordinatewise LSTM optimizer meta-trained on a population (Andrychowicz et al. 2016)",
         "classification",
         _learned_optimizer,
+        sections=("learned_optimizer",),  # its own meta-training (meta.* is refused)
         meta_learns=("learned_optimizer",),
         meta_step="truncated",
         meta_train=_meta_train_optimizer,
@@ -242,13 +258,41 @@ register(
         "forward loss correction with an estimated transition (Patrini et al. 2017)",
         "classification",
         _baseline(ForwardTrainer),
+        sections=("loss",),  # loss.forward_transition, forward_warmup_epochs, anchor_quantile
         check=_forward_epochs,
     )
 )
-for _name, _summary, _kinds in (
-    ("loss_adjuster", "meta-learned per-sample robust-loss parameters", ("loss_adjuster",)),
-    ("transition", "meta-learned instance-dependent noise transition", ("transition",)),
-    ("joint", "several methodologies meta-learned together (joint.components)", ("bundle",)),
+#: what method joint reads whatever its components: its own section and the meta step's
+JOINT_OWN = ("joint", "meta")
+
+
+def _joint_sections(config: TrainConfig) -> tuple[str, ...]:
+    """Method joint reads its own sections and those its chosen components read as methods of
+    their own (mwnet and cmwnet: meta; loss_adjuster: adjuster; transition: transition;
+    lr_schedule: schedule)."""
+    parts = [s for c in config.joint.components for s in get_method(c).sections]
+    return tuple(dict.fromkeys([*JOINT_OWN, *parts]))
+
+
+for _name, _summary, _kinds, _sections in (
+    (
+        "loss_adjuster",
+        "meta-learned per-sample robust-loss parameters",
+        ("loss_adjuster",),
+        ("meta", "adjuster"),
+    ),
+    (
+        "transition",
+        "meta-learned instance-dependent noise transition",
+        ("transition",),
+        ("meta", "transition"),
+    ),
+    (
+        "joint",
+        "several methodologies meta-learned together (joint.components)",
+        ("bundle",),
+        (*JOINT_OWN, "adjuster", "transition", "schedule"),
+    ),
 ):
     register(
         MethodSpec(
@@ -256,6 +300,8 @@ for _name, _summary, _kinds in (
             _summary,
             "classification",
             BundleTrainer,
+            sections=_sections,
+            sections_in=_joint_sections if _name == "joint" else None,
             meta_learns=_kinds,
             meta_step="engine",
             meta_set="objective",
@@ -266,18 +312,21 @@ for _name, _summary, _kinds in (
             ),
         )
     )
-for _name, _summary, _loss in (
-    ("mse", "squared error r^2/2 in robust target units", _residual("l2")),
-    ("l1", "absolute error in robust target units", _residual("l1")),
-    ("huber", "Huber loss, loss.huber_delta in robust target units", _huber),
+for _name, _summary, _loss, _reads in (
+    ("mse", "squared error r^2/2 in robust target units", _residual("l2"), ()),
+    ("l1", "absolute error in robust target units", _residual("l1"), ()),
+    ("huber", "Huber loss, loss.huber_delta in robust target units", _huber, ("loss",)),
 ):
-    register(MethodSpec(_name, _summary, "regression", _baseline(Trainer), loss=_loss))
+    register(
+        MethodSpec(_name, _summary, "regression", _baseline(Trainer), sections=_reads, loss=_loss)
+    )
 register(
     MethodSpec(
         "hwnet",
         "meta-learned robust regression loss (hyper-weight net)",
         "regression",
         HWNetTrainer,
+        sections=("meta", "hwnet"),
         meta_learns=("hwnet",),
         meta_step="engine",
         meta_set="objective",
@@ -292,6 +341,9 @@ register(
         "train with a saved methodology frozen (methodology: its directory); no meta set",
         None,
         _apply,
+        # the artifact; what the trainers read when they apply one: the sample weights'
+        # normalization and label-correction teacher (meta), the schedule's snapshots (schedule)
+        sections=("methodology", "meta", "schedule"),
         frozen_artifact=True,
     )
 )

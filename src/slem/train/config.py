@@ -3,17 +3,27 @@
 A SLeM config and a baseline config differ only by ``method``. Every field is validated with
 a message naming it; cross-field checks (e.g. a clean meta objective without a meta set) say
 which field to set.
+
+The common sections (``data``, ``model``, ``optim``, ``seed``, ...) are read by every method;
+each of the :data:`METHOD_SECTIONS` only by the methods whose registry entry names it
+(:attr:`slem.train.methods.MethodSpec.sections`). A method-specific section that the config
+sets to a value of its own and that its method does not read is refused (it would be
+silently ignored); one equal to its defaults is accepted, because it changes nothing and
+every config slem writes (a run's ``config.yaml``, an artifact's ``training_config``) holds
+every section.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,6 +37,19 @@ from slem.train.config_io import set_dotted as set_dotted
 
 if TYPE_CHECKING:
     from slem.train.methods import MethodSpec
+
+#: the keys of a TrainConfig that only some methods read (``MethodSpec.sections``)
+METHOD_SECTIONS = (
+    "meta",
+    "loss",
+    "schedule",
+    "learned_optimizer",
+    "adjuster",
+    "transition",
+    "hwnet",
+    "joint",
+    "methodology",
+)
 
 #: what may go into ``joint.components``
 Component = Literal["mwnet", "cmwnet", "loss_adjuster", "transition", "lr_schedule"]
@@ -425,6 +448,9 @@ class TrainConfig(_Strict):
         from slem.train.validity import check_config
 
         check_config(self)
+        unread = self._unread_section()
+        if unread is not None:
+            raise SlemError(unread)
         why = spec.check(self) if spec.check is not None else None
         if why is not None:
             raise ValueError(why)
@@ -433,6 +459,38 @@ class TrainConfig(_Strict):
                 f"method {self.method} needs methodology: the path of a saved artifact"
             )
         return self
+
+    def _unread_section(self) -> str | None:
+        """Why a method-specific section set to a value of its own is refused: its method
+        does not read it (one line naming the section, the method, what the method reads and
+        the methods that read the section), or None."""
+        from slem.train.methods import methods_reading
+
+        spec = self.spec
+        reads = spec.sections_of(self)
+        for name in METHOD_SECTIONS:
+            if name not in self.model_fields_set or name in reads:
+                continue
+            if getattr(self, name) == type(self).model_fields[name].get_default(
+                call_default_factory=True
+            ):
+                continue  # the defaults, as every saved config writes them: changes nothing
+            what = "section" if isinstance(getattr(self, name), BaseModel) else "field"
+            it_reads = f"it reads: {', '.join(reads)}" if reads else "it reads none"
+            if name in spec.sections:  # a bundle without the component that reads it
+                parts = [c for c in get_args(Component) if name in _sections_of_method(c)]
+                chosen = ", ".join(spec.components_of(self))
+                return (
+                    f"{name}: method '{self.method}' with joint.components [{chosen}] does not "
+                    f"read this {what} ({it_reads}); remove it, or add "
+                    f"{' or '.join(parts)} to joint.components"
+                )
+            readers = ", ".join(methods_reading(name))
+            return (
+                f"{name}: method '{self.method}' does not read this {what} ({it_reads}); "
+                f"remove it, or use a method that does: {readers}"
+            )
+        return None
 
     @property
     def spec(self) -> MethodSpec:
@@ -450,6 +508,37 @@ class TrainConfig(_Strict):
     def needs_meta_set(self) -> str | None:
         """Why this config needs a clean meta set (the start of an error message), or None."""
         return self.spec.needs_meta_set(self)
+
+
+def _sections_of_method(name: str) -> tuple[str, ...]:
+    from slem.train.methods import get_method
+
+    return get_method(name).sections
+
+
+def without_unread_sections(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (a config mapping, its preset resolved) without the method-specific sections
+    its method does not read in it, whatever their values: for configs that are assembled for
+    a method that may differ from the one their sections were written for (an HPO trial whose
+    method, or joint's components, the search space chose; a run directory written before
+    such sections were refused, whose run ignored them). Values whose method is not
+    registered are returned as they are (validation names the problem)."""
+    from slem.train.methods import get_method, method_names
+    from slem.train.presets import apply_preset
+
+    values = apply_preset(values)
+    method = values.get("method")
+    if not isinstance(method, str) or method not in method_names():
+        return values
+    fields: dict[str, Any] = {}
+    for name in METHOD_SECTIONS:  # the sections a method's sections_in may look at
+        if name in values:
+            annotation = TrainConfig.model_fields[name].annotation
+            assert annotation is not None
+            with contextlib.suppress(ValidationError):  # else left to the config's validation
+                fields[name] = TypeAdapter(annotation).validate_python(values[name])
+    reads = get_method(method).sections_of(TrainConfig.model_construct(method=method, **fields))
+    return {k: v for k, v in values.items() if k not in METHOD_SECTIONS or k in reads}
 
 
 def parse_train_config(values: dict[str, Any]) -> TrainConfig:

@@ -39,7 +39,8 @@ def apply_config(
 ) -> TrainConfig:
     """The config of applying ``artifact`` (a directory, a run directory holding one, or a
     methodology in memory) to a new task: the meta-training run's ``model`` (architecture
-    ``auto``), ``optim``, ``meta``, ``loss`` and ``schedule`` sections, method ``apply``.
+    ``auto``), ``optim``, ``meta`` and ``schedule`` sections (those ``apply`` reads), method
+    ``apply``.
 
     ``data``: the new task's data section (a dataset name, a mapping or a DataConfig; None
     when the task is given to :func:`apply`); its ``seed`` defaults to ``seed``. ``epochs``:
@@ -62,7 +63,6 @@ def apply_config(
         "model": {**base.get("model", {}), "arch": "auto"},
         "optim": {**base.get("optim", {}), **({"epochs": epochs} if epochs is not None else {})},
         "meta": {**base.get("meta", {}), "objective": "selected"},
-        "loss": base.get("loss", {}),
         "schedule": base.get("schedule", {}),
         "seed": seed,
     }

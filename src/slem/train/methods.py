@@ -1,10 +1,11 @@
 """The method registry: every value of ``TrainConfig.method`` and what it means.
 
-A method is one :class:`MethodSpec`: its name, the targets it trains on, whether it meta-learns
-a methodology (and through which meta step), when it needs a clean meta set, its per-sample
-training loss, the artifact kinds it applies frozen, and the builder of its trainer. Every
-other module asks the registry (``method_spec(config)``); none compares method names. A new
-method is one :func:`register` call.
+A method is one :class:`MethodSpec`: its name, the targets it trains on, the method-specific
+config sections it reads, whether it meta-learns a methodology (and through which meta step),
+when it needs a clean meta set, its per-sample training loss, the artifact kinds it applies
+frozen, and the builder of its trainer. Every other module asks the registry
+(``method_spec(config)``); none compares method names. A new method is one :func:`register`
+call.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class MethodSpec:
         target: ``classification`` (class labels) or ``regression`` (real targets); None for
             ``apply``, whose target is the artifact's.
         build: the builder of the method's trainer.
+        sections: the method-specific sections of :class:`~slem.train.config.TrainConfig`
+            (``METHOD_SECTIONS``: ``meta``, ``loss``, ``schedule``, ...) it may read; the
+            config refuses any other one that is set to a value of its own.
         meta_learns: the methodology kind(s) it meta-learns while training (empty: none).
         meta_step: ``engine``: its meta step is a :class:`~slem.train.meta_step.MetaStep`
             over ``meta.hypergrad`` (every hypergradient method applies); ``rate``: one exact
@@ -69,6 +73,9 @@ class MethodSpec:
         weighted_problem: its meta step is a :class:`~slem.bilevel.WeightedProblem` (the
             lookahead fast path; ``meta.order`` and ``meta.jvp_mode`` apply).
         check: the method's own config rule: why a config cannot run (one line), or None.
+        sections_in: the sections it reads in a given config, when that depends on the
+            config (a bundle: its own and those of the chosen components); default
+            ``sections``.
         frozen_artifact: it trains with the saved artifact ``config.methodology``, frozen.
         meta_train: a first phase that meta-trains the methodology before training (the
             learned optimizer): ``(config, run_dir, resume, progress, on_trainer)`` to the
@@ -93,6 +100,8 @@ class MethodSpec:
     weighted_problem: bool = False
     check: Callable[[TrainConfig], str | None] | None = field(default=None, repr=False)
     meta_train: Callable[..., Methodology] | None = field(default=None, repr=False)
+    sections: tuple[str, ...] = ()  # last: positional construction keeps its meaning
+    sections_in: Callable[[TrainConfig], tuple[str, ...]] | None = field(default=None, repr=False)
 
     @property
     def is_meta(self) -> bool:
@@ -109,6 +118,10 @@ class MethodSpec:
     def engine(self) -> bool:
         """Its meta step goes through the bilevel engine: ``meta.hypergrad`` applies."""
         return self.meta_step == "engine"
+
+    def sections_of(self, config: TrainConfig) -> tuple[str, ...]:
+        """The method-specific sections it reads in ``config`` (a subset of ``sections``)."""
+        return self.sections_in(config) if self.sections_in is not None else self.sections
 
     def components_of(self, config: TrainConfig) -> list[str]:
         """The methodologies this method meta-learns in ``config`` (bundles: their parts)."""
@@ -138,8 +151,16 @@ METHODS: dict[str, MethodSpec] = {}
 
 def register(spec: MethodSpec) -> MethodSpec:
     """Add ``spec`` to the registry (a name registered twice is a programming error)."""
+    from slem.train.config import METHOD_SECTIONS
+
     if spec.name in METHODS:
         raise ValueError(f"method {spec.name!r} is registered twice")
+    unknown = [s for s in spec.sections if s not in METHOD_SECTIONS]
+    if unknown:
+        raise ValueError(
+            f"method {spec.name!r} names {unknown}, which are not method-specific config "
+            f"sections ({', '.join(METHOD_SECTIONS)})"
+        )
     METHODS[spec.name] = spec
     return spec
 
@@ -162,6 +183,11 @@ def get_method(name: str) -> MethodSpec:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise SlemError(f"method '{name}' does not exist{hint}; use one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def methods_reading(section: str) -> list[str]:
+    """The methods that read the config section ``section`` (registry order)."""
+    return [n for n in method_names() if section in METHODS[n].sections]
 
 
 def method_spec(config: TrainConfig) -> MethodSpec:
@@ -220,6 +246,52 @@ def build_trainer(
 ) -> Trainer:
     """The trainer ``config.method``'s builder makes (see :func:`~slem.train.make_trainer`)."""
     return method_spec(config).build(config, task, model, methodology, callbacks)
+
+
+#: the columns of :func:`table_rows`
+TABLE_HEADER = (
+    "method",
+    "targets",
+    "config sections",
+    "meta-learns",
+    "meta step",
+    "meta set",
+    "what it is",
+)
+_META_SET = {"always": "needed", "objective": "for a clean objective", "never": "-"}
+
+
+def table_rows(target: Target | None = None) -> list[tuple[str, ...]]:
+    """One row per method (``slem methods`` and its ``--markdown`` docs table): the targets,
+    the method-specific config sections it reads, what it meta-learns, its meta step, when it
+    needs a meta set, its summary. ``target``: only the methods for it (and ``apply``)."""
+    rows: list[tuple[str, ...]] = []
+    for name in method_names():
+        spec = METHODS[name]
+        if target is not None and spec.target not in (target, None):
+            continue
+        sections = ", ".join(spec.sections) or "-"
+        if spec.sections_in is not None:
+            sections += " (a component's sections with that component)"
+        rows.append(
+            (
+                name,
+                spec.target or "the artifact's",
+                sections,
+                ", ".join(spec.meta_learns) or "-",
+                spec.meta_step or "-",
+                _META_SET[spec.meta_set],
+                spec.summary,
+            )
+        )
+    return rows
+
+
+def markdown(target: Target | None = None) -> str:
+    """The method table in Markdown (``slem methods --markdown``; ``docs/runs.md``)."""
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(target)]
+    return "\n".join(lines)
 
 
 def _load_builtin() -> None:

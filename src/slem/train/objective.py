@@ -6,6 +6,7 @@ epoch, and the summary's metric fields. One :class:`~slem.train.Trainer` serves 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,9 +83,15 @@ class Classification:
             task.features.class_groups or [0] * task.n_classes, dtype=torch.long, device=device
         )
         counts = torch.tensor(task.features.class_counts, dtype=torch.float64)
-        self.cb_weights = L.class_balanced_weights(counts, config.loss.cb_beta).to(device)
+        self._counts = counts
         prior = counts.clamp_min(1.0) / counts.clamp_min(1.0).sum()
         self.log_prior = prior.log().to(device, torch.float32)
+
+    @functools.cached_property
+    def cb_weights(self) -> Tensor:
+        """The class-balanced loss's per-class weights (``loss.cb_beta``; method
+        class_balanced, the one that reads them)."""
+        return L.class_balanced_weights(self._counts, self.config.loss.cb_beta).to(self.device)
 
     def __repr__(self) -> str:
         return f"Classification({self.n_classes} classes, select on val {self.select_on})"

@@ -324,13 +324,24 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def apply_preset(values: dict[str, Any]) -> dict[str, Any]:
     """Resolve ``values["preset"]``: the preset's settings under the user's ``values`` (which
-    win field by field). The preset's name stays in the result, so the run records it."""
+    win field by field). The preset's name stays in the result, so the run records it. A
+    method-specific section only the preset fills (``meta``) is left out when the method the
+    user chose instead does not read it (the preset's optimizer protocol with ``method: erm``)."""
+    from slem.train.config import METHOD_SECTIONS
+    from slem.train.methods import get_method, method_names
+
     name = values.get("preset")
     if name is None:
         return values
     preset = get_preset(name)
     merged = deep_merge(preset.values(), values)
     merged["preset"] = preset.name
+    method = merged.get("method")
+    if isinstance(method, str) and method in method_names():
+        reads = get_method(method).sections
+        for key in preset.values():
+            if key in METHOD_SECTIONS and key not in values and key not in reads:
+                del merged[key]
     return merged
 
 

@@ -27,7 +27,7 @@ from slem.rundir import LOCK_NAME, atomic_write_bytes, atomic_write_text, lock_r
 from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.checkpoint_io import read_yaml_mapping
-from slem.train.config import TrainConfig, parse_train_config
+from slem.train.config import TrainConfig, parse_train_config, without_unread_sections
 from slem.train.methods import check_fits
 from slem.train.record import RunRecord, meta_loss_array, read_jsonl
 from slem.train.threads import set_threads
@@ -85,8 +85,8 @@ def read_run_config(run_dir: str | Path, task_given: bool = False) -> TrainConfi
             "with train_run(read_run_config(run_dir, task_given=True), run_dir, resume=True, "
             "task=...)"
         )
-    try:
-        config = parse_train_config(values)
+    try:  # a section its method never read (written before such sections were refused)
+        config = parse_train_config(without_unread_sections(values))
     except SlemError as exc:
         raise SlemError(f"{path} is damaged or from another slem version ({exc}); {fix}") from None
     if config.data is None and not task_given:
