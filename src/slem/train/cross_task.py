@@ -74,10 +74,10 @@ class CrossTaskConfig(BaseModel):
     @model_validator(mode="after")
     def _a_method_that_learns_across_tasks(self) -> CrossTaskConfig:
         if self.train.data is not None:
-            raise ValueError("train.data: remove it; the task family (tasks) gives the tasks")
+            raise SlemError("train.data: remove it; the task family (tasks) gives the tasks")
         methods = _cross_task_methods()
         if self.train.method not in methods:
-            raise ValueError(
+            raise SlemError(
                 f"train.method: {self.train.method} cannot be meta-trained across tasks; use "
                 f"one of {', '.join(methods)}"
             )
