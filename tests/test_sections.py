@@ -303,6 +303,12 @@ def test_docs_method_table_is_generated_from_the_registry() -> None:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_config_loads(path: Path) -> None:
     values = load_yaml(path)
+    if "tasks" in values:  # slem meta-train over a task family
+        from slem.train.cross_task import parse_cross_task_config
+
+        cross = parse_cross_task_config(values)
+        assert cross.tasks.n_distinct > 1, path.name
+        return
     if "objective" in values:  # an HPO study
         config = parse_hpo_config(values)
         if config.objective.kind == "train":
