@@ -155,6 +155,8 @@ class ProgressBar(Callback):
         import time
 
         self._val = validation_text(trainer, metrics)
+        if isinstance(metrics.get("episodes_finished"), int):  # cross-task meta-training
+            self._val = f"{metrics['episodes_finished']} tasks done"
         self._loss = loss_text(metrics, "train_") or self._loss
         status = self._status(trainer, int(metrics.get("epoch", trainer.progress.epoch)))
         if self._progress is not None:
