@@ -186,3 +186,10 @@ def test_cli_meta_train_writes_an_artifact_that_slem_apply_uses(
     refused = runner.invoke(app, ["meta-train", str(bad), "--out", str(tmp_path / "x")])
     assert refused.exit_code == 2 and "'digits' is reserved" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    # a family with a task that cannot be built fails before anything is written
+    bad.write_text(yaml.safe_dump({"tasks": {**family, "meta_per_class": 90}, "train": TRAIN}))
+    refused = runner.invoke(app, ["meta-train", str(bad), "--out", str(tmp_path / "y")])
+    assert refused.exit_code == 2, refused.output
+    assert "tasks: the task 'wine symmetric:0.4 size 200 (seed 0)' cannot be" in refused.stderr
+    assert "meta_per_class 90 is more than class" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "y").exists()

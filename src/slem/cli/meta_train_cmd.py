@@ -21,7 +21,7 @@ from slem.errors import SlemError
 from slem.rundir import atomic_write_text, lock_run_dir
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import apply_overrides, load_yaml
-from slem.train.cross_task import cross_task_run, parse_cross_task_config
+from slem.train.cross_task import check_family, cross_task_run, parse_cross_task_config
 from slem.train.guard import TrainingStopped
 from slem.train.run import check_new_run_dir
 
@@ -48,6 +48,7 @@ def meta_train(
         if config is None:
             raise SlemError("give the CONFIG file (tasks, train, steps), or --resume RUN_DIR")
         cfg = parse_cross_task_config(apply_overrides(load_yaml(config), set_ or []))
+        check_family(cfg)  # before anything is written
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-meta-train-{cfg.train.method}"
     set_threads(threads if threads is not None else cfg.train.threads)

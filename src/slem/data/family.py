@@ -149,6 +149,21 @@ class TaskFamily(BaseModel):
             seed=int(rng.integers(2**31)),
         )
 
+    def distinct_tasks(self) -> Iterator[DataConfig]:
+        """Every combination of the family's choices once, with the family's seed (to check
+        that each can be built before a long run)."""
+        for name, noise, ratio, size in itertools.product(
+            self.datasets, self.noise, self.imbalance, self.size
+        ):
+            yield DataConfig(
+                name=name,
+                noise=noise,
+                imbalance=ratio if ratio > 1 else None,
+                size=size,
+                meta_per_class=self.meta_per_class,
+                seed=self.seed,
+            )
+
     def tasks(self, start: int = 0) -> Iterator[DataConfig]:
         """Episodes ``start``, ``start + 1``, ... (endless)."""
         for episode in itertools.count(start):

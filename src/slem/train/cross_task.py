@@ -40,7 +40,7 @@ from slem.train.config import TrainConfig
 from slem.train.loop import Iterations, Loop
 from slem.train.meta_step import make_meta_optimizer
 from slem.train.meta_trainer import MetaTrainer, PendingStep
-from slem.train.methods import build_trainer, get_method, method_names, method_spec
+from slem.train.methods import build_trainer, check_fits, get_method, method_names, method_spec
 from slem.train.progress import Progress
 from slem.train.threads import resolve_device
 
@@ -288,6 +288,24 @@ class CrossTaskTrainer:
         load_checkpoint_into(Path(path), self.load_state, self.device, keys)
 
 
+def check_family(config: CrossTaskConfig) -> None:
+    """Build every combination of the family's choices once and check the method fits it, so
+    a family with a task that cannot be built fails now, not hours into a run.
+
+    Raises:
+        SlemError: one line naming the combination and what is wrong with it.
+    """
+    for data in config.tasks.distinct_tasks():
+        try:
+            task = build_task(data)
+            check_fits(config.train.model_copy(update={"data": data}), task)
+        except SlemError as exc:
+            raise SlemError(
+                f"tasks: the task '{describe(data)}' cannot be trained: {exc}; change or "
+                "remove that choice of the family"
+            ) from None
+
+
 def describe(data: DataConfig) -> str:
     """A task of a family in one line, e.g. ``wine symmetric:0.4 imbalance 10 (seed 7)``."""
     parts = [data.name, str(data.noise) if data.noise is not None else "clean"]
@@ -303,6 +321,7 @@ __all__ = [
     "CrossTaskTrainer",
     "Episode",
     "average",
+    "check_family",
     "cross_task_run",
     "describe",
     "parse_cross_task_config",
