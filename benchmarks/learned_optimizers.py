@@ -91,46 +91,52 @@ def target_values(target: str, seed: int, **optim: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------- part 1
 
 
-def meta_train_optimizer(cache_dir: Path, iterations: int) -> Path:
-    path = cache_dir / "artifacts" / f"lstm-optimizer-{iterations}"
+def meta_train_optimizer(cache_dir: Path, iterations: int, meta_seed: int = 0) -> Path:
+    """The LSTM optimizer meta-trained with ``meta_seed`` (cached as an artifact)."""
+    suffix = f"-meta{meta_seed}" if meta_seed else ""  # seed 0 keeps its original name
+    path = cache_dir / "artifacts" / f"lstm-optimizer-{iterations}{suffix}"
     if not (path / "methodology.json").is_file():
         cfg = LearnedOptimizerConfig(iterations=iterations)
-        meta = OptimizerMetaTrainer(cfg, seed=0)
+        meta = OptimizerMetaTrainer(cfg, seed=meta_seed)
         start = time.perf_counter()
         meta.fit(progress=False)
         save_methodology(
             meta.net,
             path,
             {"learned_optimizer": cfg.model_dump(mode="json")},
-            trained_on={"population": [o.name for o in meta.population], "seed": 0},
+            trained_on={"population": [o.name for o in meta.population], "seed": meta_seed},
         )
         print(f"meta-trained the LSTM optimizer in {time.perf_counter() - start:.0f} s")
     return path
 
 
 def optimizer_rows(
-    cache: Cache, targets: list[str], baselines: list[str], seeds: int, artifact: Path
+    cache: Cache, targets: list[str], baselines: list[str], seeds: int, artifacts: list[Path]
 ) -> list[dict[str, Any]]:
+    """Every target: the LSTM optimizer of each meta-training seed (``artifacts``) applied
+    frozen with each seed, and the tuned baselines."""
     rows: list[dict[str, Any]] = []
-    frozen, _ = load_methodology(artifact)
+    frozen = [load_methodology(a)[0] for a in artifacts]
     for target in targets:
         if TARGETS[target]["data"]["name"] == "fashion-mnist" and find_dir() is None:
             print(f"skipping {target}: Fashion-MNIST files not installed")
             continue
         tag = f"{target}|{TARGETS[target]['epochs']}"
-        for seed in range(seeds):
-            values = {**target_values(target, seed), "method": "apply"}
-            values["methodology"] = str(artifact)
-            rows.append(
-                cache.run(
-                    f"{tag}|{LEARNED}|{artifact.name}|{seed}",
-                    lambda v=values: train(v, frozen),
-                    target=target,
-                    method=LEARNED,
-                    seed=seed,
-                    tuning_runs=0,
+        for meta_seed, (artifact, net) in enumerate(zip(artifacts, frozen, strict=True)):
+            for seed in range(seeds):
+                values = {**target_values(target, seed), "method": "apply"}
+                values["methodology"] = str(artifact)
+                rows.append(
+                    cache.run(
+                        f"{tag}|{LEARNED}|{artifact.name}|{seed}",
+                        lambda v=values, n=net: train(v, n),
+                        target=target,
+                        method=LEARNED,
+                        seed=seed,
+                        meta_seed=meta_seed,
+                        tuning_runs=0,
+                    )
                 )
-            )
         for method in baselines:
             optimizer, grid = BASELINES[method]
 
@@ -269,6 +275,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="searches per function")
     parser.add_argument("--budget", type=int, default=30, help="queries per search")
     parser.add_argument("--optimizer-iterations", type=int, default=1500)
+    parser.add_argument(
+        "--meta-seeds", type=int, default=1, help="LSTM optimizers meta-trained (seeds 0..N-1)"
+    )
     parser.add_argument("--bbo-iterations", type=int, default=1000)
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--functions", default=",".join(FUNCTIONS))
@@ -287,8 +296,11 @@ def main() -> None:
     cache_dir = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="slem-lopt-"))
     cache = Cache(cache_dir)
     start = time.perf_counter()
-    artifact = meta_train_optimizer(cache_dir, args.optimizer_iterations)
-    opt_rows = optimizer_rows(cache, targets, baselines, args.seeds, artifact)
+    artifacts = [
+        meta_train_optimizer(cache_dir, args.optimizer_iterations, s)
+        for s in range(args.meta_seeds)
+    ]
+    opt_rows = optimizer_rows(cache, targets, baselines, args.seeds, artifacts)
     print(accuracy_table(summarize(opt_rows)))
     regret_rows = bbo_rows(
         cache, functions, methods, args.repeats, args.budget, args.bbo_iterations
