@@ -310,7 +310,13 @@ def main() -> None:
     print(f"total {time.perf_counter() - start:.0f} s; cache {cache.file}; plot {plot}")
     if args.json:
         results = [
-            {k: r.get(k) for k in ("target", "method", "seed", "test_accuracy", "tuning_runs")}
+            {
+                **{
+                    k: r.get(k)
+                    for k in ("target", "method", "seed", "test_accuracy", "tuning_runs")
+                },
+                **({"meta_seed": r.get("meta_seed") or 0} if r["method"] == LEARNED else {}),
+            }
             for r in opt_rows
         ] + [
             {k: r.get(k) for k in ("target", "method", "seed", "final_regret", "tuning_runs")}

@@ -328,8 +328,33 @@ def learned_optimizers() -> str:
     header = ["function", "method", "repeats", "final regret (mean ± std)"]
     return fill(
         "learned_optimizers",
-        {"optimizers": accuracy_table(doc["optimizers"]), "black_box": table(header, rows)},
+        {
+            "optimizers": accuracy_table(doc["optimizers"]),
+            "meta_seeds": meta_seed_table(doc["results"]),
+            "black_box": table(header, rows),
+        },
     )
+
+
+def meta_seed_table(results: list[dict[str, Any]]) -> str:
+    """The learned optimizer's final test accuracy per target and meta-training seed (mean ±
+    std over the application seeds): how much of the spread is the meta-training run."""
+    learned = [r for r in results if "meta_seed" in r]
+    targets = list(dict.fromkeys(r["target"] for r in learned))
+    seeds = sorted({int(r["meta_seed"]) for r in learned})
+    rows = []
+    for target in targets:
+        cells = []
+        for s in seeds:
+            acc = [
+                100 * r["test_accuracy"]
+                for r in learned
+                if (r["target"], r["meta_seed"]) == (target, s)
+            ]
+            spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            cells.append(f"{statistics.mean(acc):.2f} ± {spread:.2f}" if acc else "-")
+        rows.append([target, *cells])
+    return table(["target", *(f"meta-training seed {s}" for s in seeds)], rows)
 
 
 # ---------------------------------------------------------------------- hpo
