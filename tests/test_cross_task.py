@@ -153,7 +153,8 @@ def test_cli_meta_train_writes_an_artifact_that_slem_apply_uses(
     run = tmp_path / "run"
     done = runner.invoke(app, ["meta-train", str(cfg), "--out", str(run), "--quiet"])
     assert done.exit_code == 0, done.output
-    assert "mwnet meta-trained over" in done.stdout and "slem apply" in done.stdout
+    assert "mwnet meta-trained in 20 meta steps on" in done.stdout and "slem apply" in done.stdout
+    assert "drawn from a family of 2 tasks" in done.stdout
     info = read_artifact_info(run / "methodology")
     assert info["kind"] == "mwnet"
     assert info["meta_trained_on"]["family"]["datasets"] == ["wine", "breast_cancer"]

@@ -212,3 +212,32 @@ def test_size_subsamples_stratified() -> None:
     counts = np.bincount(d.y)
     assert counts.max() - counts.min() <= 3
     np.testing.assert_array_equal(d.y, load_dataset("digits", LoadOptions(size=500, seed=1)).y)
+
+
+def test_mnist1d_is_generated_once_then_read_from_the_disk_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generator's arrays go to $SLEM_CACHE_DIR (atomically); a later process reads them
+    back identical; a damaged cache file is generated again, never trusted."""
+    from slem.data.sources import mnist1d
+
+    monkeypatch.setenv("SLEM_CACHE_DIR", str(tmp_path))
+    mnist1d._generate.cache_clear()
+    first = mnist1d.load_mnist1d(400, seed=3)
+    (cached,) = tmp_path.glob("mnist1d-400-3-v*.npz")
+    fresh = mnist1d._make(400, 3)
+    mnist1d._generate.cache_clear()  # as a new process
+    again = mnist1d.load_mnist1d(400, seed=3)
+    for a, b, c in zip(
+        (first.X, first.y, first.X_test, first.y_test),
+        fresh,
+        (again.X, again.y, again.X_test, again.y_test),
+        strict=True,
+    ):
+        assert np.array_equal(a, b) and np.array_equal(c, b) and a.dtype == b.dtype
+    again.X[0] = 99.0  # callers get copies: the cache is untouched
+    assert not np.array_equal(mnist1d.load_mnist1d(400, seed=3).X[0], again.X[0])
+    cached.write_bytes(b"PK\x03\x04 damaged")
+    mnist1d._generate.cache_clear()
+    assert np.array_equal(mnist1d.load_mnist1d(400, seed=3).y, fresh[1])
+    mnist1d._generate.cache_clear()

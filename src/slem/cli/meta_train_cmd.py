@@ -69,9 +69,10 @@ def meta_train(
     mean = summary["episode_test_accuracy_mean"]
     score = f", mean test accuracy of its episodes {mean:.3f}" if mean is not None else ""
     console.print(
-        f"{cfg.train.method} meta-trained over {summary['episodes_started']} tasks "
-        f"({summary['episodes_finished']} finished, {summary['meta_steps']} meta steps"
-        f"{score}); apply it with: slem apply {summary['methodology']} --data NAME",
+        f"{cfg.train.method} meta-trained in {summary['meta_steps']} meta steps on "
+        f"{summary['episodes_started']} episodes ({summary['episodes_finished']} finished) "
+        f"drawn from a family of {cfg.tasks.n_distinct} tasks"
+        f"{score}; apply it with: slem apply {summary['methodology']} --data NAME",
         soft_wrap=True,
     )
     console.print(f"run directory: {run_dir}", soft_wrap=True)

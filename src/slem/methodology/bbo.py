@@ -28,7 +28,7 @@ class RNNBlackBoxOptimizer(Methodology):
     [0, 1]^d."""
 
     kind: ClassVar[str] = "learned_bbo"
-    used_with: ClassVar[str] = "slem bbo run --optimizer ARTIFACT"
+    used_with: ClassVar[str] = "slem bbo run ARTIFACT"
     input_features: ClassVar[tuple[str, ...]] = ("query x", "standardised value y")
 
     def __init__(self, dim: int, hidden: int = 64, layers: int = 2) -> None:

@@ -71,15 +71,27 @@ class CrossTaskConfig(BaseModel):
     steps: int = Field(2000, ge=1, description="meta steps")
     checkpoint_every: int = Field(100, ge=1, description="meta steps between checkpoints")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_data_section(cls, values: Any) -> Any:
+        train = values.get("train") if isinstance(values, dict) else None
+        if isinstance(train, dict) and train.get("data") is not None:
+            raise SlemError("train.data: remove it; the task family (tasks) gives the tasks")
+        return values
+
     @model_validator(mode="after")
     def _a_method_that_learns_across_tasks(self) -> CrossTaskConfig:
-        if self.train.data is not None:
-            raise SlemError("train.data: remove it; the task family (tasks) gives the tasks")
         methods = _cross_task_methods()
         if self.train.method not in methods:
             raise SlemError(
                 f"train.method: {self.train.method} cannot be meta-trained across tasks; use "
                 f"one of {', '.join(methods)}"
+            )
+        why = method_spec(self.train).needs_meta_set(self.train)
+        if why is not None and self.tasks.meta_per_class is None:
+            raise SlemError(
+                f"tasks.meta_per_class: train.{why}; set it (e.g. 10), or use "
+                "train.meta.objective dac (DAC-MR needs no meta set)"
             )
         return self
 

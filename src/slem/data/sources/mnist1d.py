@@ -1,12 +1,19 @@
 """MNIST-1D (Greydanus 2020), generated locally with the ``mnist1d`` package.
 
 Only the generator (``make_dataset``) is used, never the package's download path, so the data
-is reproducible offline from ``(n_samples, seed)``.
+is reproducible offline from ``(n_samples, seed)``. Generating takes seconds, so the arrays are
+kept on disk (``$SLEM_CACHE_DIR``, default ``~/.cache/slem``; one ``.npz`` per size, seed and
+``mnist1d`` version, written atomically; unwritable or damaged: generated again) and in memory.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+import zipfile
 from functools import lru_cache
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 
@@ -37,8 +44,50 @@ def load_mnist1d(n_samples: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED) -> Dat
     )
 
 
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+_KEYS = ("x", "y", "x_test", "y_test")
+
+
 @lru_cache(maxsize=4)
-def _generate(n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _generate(n_samples: int, seed: int) -> Arrays:
+    path = _cache_file(n_samples, seed)
+    arrays = _read(path) or _make(n_samples, seed)
+    if not path.is_file():
+        _write(path, arrays)
+    for a in arrays:
+        a.flags.writeable = False  # the cached originals; callers get copies
+    return arrays
+
+
+def _cache_file(n_samples: int, seed: int) -> Path:
+    root = Path(os.environ.get("SLEM_CACHE_DIR") or Path.home() / ".cache" / "slem")
+    return root / f"mnist1d-{n_samples}-{seed}-v{version('mnist1d')}.npz"
+
+
+def _read(path: Path) -> Arrays | None:
+    try:
+        with np.load(path) as data:
+            x, y, x_test, y_test = (np.array(data[k]) for k in _KEYS)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # missing or damaged
+        return None
+    if x.ndim != 3 or len(x) != len(y) or len(x_test) != len(y_test):
+        return None
+    return x, y, x_test, y_test
+
+
+def _write(path: Path, arrays: Arrays) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as fh:
+            x, y, x_test, y_test = arrays
+            np.savez(fh, x=x, y=y, x_test=x_test, y_test=y_test)
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: generate every time, as before
+        return
+
+
+def _make(n_samples: int, seed: int) -> Arrays:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -50,12 +99,9 @@ def _generate(n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
         data = make_dataset(args)
     finally:
         np.random.set_state(state)  # noqa: NPY002
-    arrays = (
+    return (
         np.asarray(data["x"], dtype=np.float32)[:, None, :],
         np.asarray(data["y"], dtype=np.int64),
         np.asarray(data["x_test"], dtype=np.float32)[:, None, :],
         np.asarray(data["y_test"], dtype=np.int64),
     )
-    for a in arrays:
-        a.flags.writeable = False  # the cached originals; callers get copies
-    return arrays
