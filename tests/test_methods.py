@@ -79,6 +79,9 @@ def test_cli_lists_the_registry() -> None:
     assert result.exit_code == 0
     assert all(m in result.stdout for m in ("mse", "huber", "hwnet", "apply"))
     assert "mwnet" not in result.stdout
+    narrow = CliRunner().invoke(app, ["methods", "--target", "regression"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0 and "…" not in narrow.stdout  # one block per method, whole
+    assert "hwnet  " in narrow.stdout and "    config sections: meta, hwnet" in narrow.stdout
     bad = CliRunner().invoke(app, ["methods", "--target", "images"])
     assert bad.exit_code == 2 and "--target must be classification or regression" in bad.stderr
 

@@ -226,6 +226,7 @@ def methods(
     """List the training methods (the registry, slem.train.methods): what each trains on,
     which method-specific config sections it reads, what it meta-learns and how."""
     from rich.table import Table
+    from rich.text import Text
 
     from slem.errors import SlemError
     from slem.train import methods as registry
@@ -237,8 +238,15 @@ def methods(
         text = registry.markdown(chosen)
         console.print(text, highlight=False, markup=False, soft_wrap=True)
         return
+    rows = registry.table_rows(chosen)
+    if console.width < 140:  # too narrow for the table: one block per method
+        for name, *fields, summary in rows:
+            console.print(Text.assemble((name, "bold"), f"  {summary}"), soft_wrap=True)
+            for header, value in zip(registry.TABLE_HEADER[1:-1], fields, strict=True):
+                console.print(Text(f"    {header}: {value}"), soft_wrap=True)
+        return
     table = Table(*registry.TABLE_HEADER)
-    for row in registry.table_rows(chosen):
+    for row in rows:
         table.add_row(*row)
     console.print(table)
 
