@@ -23,10 +23,23 @@ WINE = {"name": "wine", "meta_per_class": 5}
 ONE_TASK = {"datasets": ["wine"], "noise": ["symmetric:0.4"], "meta_per_class": 5}
 
 
-def cross(tasks: dict[str, Any], k: int, steps: int, **train: Any) -> Any:
+def cross(
+    tasks: dict[str, Any], k: int, steps: int, setups: list[Any] | None = None, **train: Any
+) -> Any:
     return parse_cross_task_config(
-        {"tasks": tasks, "train": {**TRAIN, **train}, "tasks_per_step": k, "steps": steps}
+        {
+            "tasks": tasks,
+            "train": {**TRAIN, **train},
+            "tasks_per_step": k,
+            "steps": steps,
+            "setups": setups or [],
+        }
     )
+
+
+#: two training setups (architecture x length) and a rule that reads loss histories
+SETUPS = [{}, {"model": {"width": 24}, "optim": {"epochs": 2, "schedule": "constant"}}]
+TASK_META = {**TRAIN["meta"], "inputs": ["loss_ratio", "history", "progress", "noise_estimate"]}
 
 
 def test_one_episode_at_a_time_is_the_per_task_method_bit_for_bit() -> None:
@@ -61,13 +74,18 @@ class StopAt(Callback):
 
 
 def test_meta_training_across_episodes_resumes_exactly(tmp_path: Path) -> None:
-    """Two episodes side by side over a family of two datasets, stopped mid-episode after
-    several episodes have finished: the resumed run ends where the uninterrupted one does."""
+    """Two episodes side by side over a family of two datasets and two training setups, the
+    rule reading loss histories, stopped mid-episode after several episodes have finished:
+    the resumed run ends where the uninterrupted one does."""
     family = {**ONE_TASK, "datasets": ["wine", "breast_cancer"], "size": [200]}
-    config = cross(family, k=2, steps=25)
+    config = cross(family, k=2, steps=25, setups=SETUPS, meta=TASK_META)
     full = CrossTaskTrainer(config)
     h_full = full.fit(progress=False)
     assert full.started >= 4 and len(full.finished) >= 2
+    for ep in full.episodes:  # each episode trains in the setup drawn for it
+        assert ep is not None and ep.setup == full.setup(ep.index)
+        assert ep.trainer.config.model.width == (24 if ep.setup == 1 else 16)
+    assert all(row["setup"] == full.setup(row["episode"]) for row in full.finished)
     assert {row["task"].split()[0] for row in full.finished} <= {"wine", "breast_cancer"}
     assert all(0 <= row["test_accuracy"] <= 1 for row in full.finished)
     ckpt = tmp_path / "cross.pt"
@@ -115,6 +133,8 @@ def test_the_averaged_hypergradient_moves_the_shared_rule() -> None:
         ),
         ({"tasks_per_step": 0}, "tasks_per_step: Input should be greater than or equal to 1"),
         ({"tasks": {"datasets": ["digits"]}}, "'digits' is reserved"),
+        ({"setups": [{"meta": {"lr": 1.0}}]}, "setups[0]: meta cannot vary per episode"),
+        ({"setups": [{"model": {"width": 0}}]}, "setups[0]: model.width: Input should be greater"),
     ],
 )
 def test_a_bad_cross_task_config_is_one_line(values: dict[str, Any], message: str) -> None:

@@ -87,7 +87,7 @@ def test_bundle_round_trips_every_part(tmp_path: Path) -> None:
     torch.manual_seed(0)
     bundle = MethodologyBundle.of(MWNet(hidden=8), LossAdjusterNet("gce", 2, 8), MLRSNet(8, 2))
     assert set(bundle.parts) == {"weighting", "loss", "schedule"}
-    assert "loss" in bundle.input_features and "logit_margin" in bundle.input_features
+    assert "loss" in bundle.observed_inputs() and "logit_margin" in bundle.observed_inputs()
     bundle.save(tmp_path / "b", meta_trained_on={"dataset": "x"})
     loaded, info = load_methodology(tmp_path / "b")
     assert isinstance(loaded, MethodologyBundle) and info["kind"] == "bundle"

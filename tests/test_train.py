@@ -99,13 +99,24 @@ class StopAt(Callback):
             trainer.request_stop("interrupted")
 
 
+TASK_INPUTS = {"inputs": ["loss_ratio", "history", "progress", "noise_estimate"]}
+
+
 @pytest.mark.parametrize(
-    ("method", "where"), [("erm", "mid-epoch"), ("cmwnet_sl", "mid-epoch"), ("erm", "epoch end")]
+    ("method", "meta", "where"),
+    [
+        ("erm", {}, "mid-epoch"),
+        ("cmwnet_sl", {"objective": "selected"}, "mid-epoch"),
+        ("erm", {}, "epoch end"),
+        ("cmwnet", TASK_INPUTS, "mid-epoch"),  # the observer's loss histories resume too
+    ],
 )
-def test_resume_continues_exactly(task: Task, tmp_path: Path, method: str, where: str) -> None:
+def test_resume_continues_exactly(
+    task: Task, tmp_path: Path, method: str, meta: dict[str, Any], where: str
+) -> None:
     """Stopped mid-epoch, or after an epoch's last step before the epoch was closed (the
     resumed Loop closes it first), the run goes on as if never stopped."""
-    cfg = config(method, epochs=3, meta={"objective": "selected"} if method != "erm" else {})
+    cfg = config(method, epochs=3, meta=meta)
     full = make_trainer(cfg, task).fit()
     from slem.train import CheckpointCallback
 
@@ -203,7 +214,7 @@ def test_label_correction_mixes_with_weights_in_unit_interval(task: Task) -> Non
     trainer = make_trainer(config("cmwnet_sl", epochs=2), task)
     losses = torch.rand(64) * 5
     assert trainer.sample_weights is not None
-    w = trainer.sample_weights.weights(losses, trainer.train_y[:64])
+    w = trainer.sample_weights.weights(losses, trainer.train_y[:64], torch.arange(64))
     assert float(w.detach().min()) >= 0.0 and float(w.detach().max()) <= 1.0
 
 

@@ -44,6 +44,10 @@ class Methodology(nn.Module, metaclass=ABCMeta):
         if cls.kind:
             REGISTRY[cls.kind] = cls
 
+    def observed_inputs(self) -> tuple[str, ...]:
+        """What this methodology reads (``input_features`` unless its config chooses)."""
+        return tuple(self.input_features)
+
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this methodology (JSON-serializable)."""
@@ -60,7 +64,7 @@ class Methodology(nn.Module, metaclass=ABCMeta):
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
             "config": self.config(),
-            "input_features": list(self.input_features),
+            "input_features": list(self.observed_inputs()),
             "slem_version": __version__,
             "torch_version": str(torch.__version__),
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

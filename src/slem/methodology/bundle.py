@@ -79,12 +79,11 @@ class MethodologyBundle(Methodology):
             parts[role] = {"kind": part.kind, "config": part.config()}
         return {"parts": parts}
 
-    @property
-    def input_features(self) -> tuple[str, ...]:  # type: ignore[override]
+    def observed_inputs(self) -> tuple[str, ...]:
         out: list[str] = []
         for part in self.parts.values():
-            features: tuple[str, ...] = getattr(part, "input_features", ())
-            out.extend(f for f in features if f not in out)
+            assert isinstance(part, Methodology)
+            out.extend(f for f in part.observed_inputs() if f not in out)
         return tuple(out)
 
     def part(self, role: str) -> Methodology | None:

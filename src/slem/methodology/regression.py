@@ -11,7 +11,6 @@ DAC-MR consistency), then applies it frozen to new regression tasks.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -127,15 +126,10 @@ class HyperWeightNet(Methodology):
             "weighted_loss": self.weighted_loss,
         }
 
-    @property
-    def features_used(self) -> tuple[str, ...]:
+    def observed_inputs(self) -> tuple[str, ...]:
+        """The residual statistics it reads, and the input statistics when it reads them."""
         extra = ("input_mean", "input_std") if self.use_inputs else ()
         return (*(self.input_features if self.signed else ("abs_residual",)), *extra)
-
-    def save(self, directory: str | Path, **info: Any) -> Path:
-        """As :meth:`Methodology.save`; ``input_features`` lists the input statistics too
-        when the net reads them."""
-        return super().save(directory, **{"input_features": list(self.features_used), **info})
 
     # ------------------------------------------------------------------ the hook
 

@@ -1,8 +1,10 @@
 """Meta-learned sample weighting: MW-Net, CMW-Net and CMW-Net-SL.
 
-The hook into learning is ``weights = h(losses, groups)``: one weight in ``(0, 1)`` per
-training sample, multiplying that sample's loss (``groups`` is optional: MW-Net ignores it,
-CMW-Net then treats every sample as one of the largest classes). The trainer meta-learns
+The hook into learning is ``weights = h(features, groups)``: one weight in ``(0, 1)`` per
+training sample, multiplying that sample's loss. ``features`` holds the rule's inputs, one
+column each (:mod:`slem.methodology.inputs`; by default the loss alone, and a 1-D tensor of
+losses is accepted then); ``groups`` is optional: MW-Net ignores it, CMW-Net then treats every
+sample as one of the largest classes. The trainer meta-learns
 ``h`` so that a step on the weighted loss lowers a trusted objective, then applies it frozen
 to new tasks.
 """
@@ -10,6 +12,7 @@ to new tasks.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 import torch
@@ -17,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slem.methodology.base import Methodology
+from slem.methodology.inputs import check_inputs, loss_like_mask
 
 
 class MWNet(Methodology):
@@ -26,43 +30,83 @@ class MWNet(Methodology):
     mislabelled), on imbalanced data to up-weight them (likely rare classes). ``monotone``
     constrains the curve to be non-increasing in the loss (absolute values of the layer
     weights), so a rule meant for label noise can never prefer the samples a fresh model has
-    not fitted yet."""
+    not fitted yet. ``inputs``: what it reads (:data:`~slem.methodology.inputs.WEIGHT_INPUTS`;
+    default the raw loss), one input column each; monotone then means non-increasing in every
+    loss-like input."""
 
     kind: ClassVar[str] = "mwnet"
+    loss_like: Tensor  # which inputs the monotone option constrains (a buffer)
     input_features: ClassVar[tuple[str, ...]] = ("loss",)
     label_correction: ClassVar[bool] = False
 
-    def __init__(self, hidden: int = 100, monotone: bool = False) -> None:
+    def __init__(
+        self, hidden: int = 100, monotone: bool = False, inputs: Sequence[str] = ("loss",)
+    ) -> None:
         super().__init__()
         self.hidden = hidden
         self.monotone = monotone
-        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.inputs = check_inputs(inputs)
+        self.register_buffer("loss_like", loss_like_mask(self.inputs), persistent=False)
+        self.net = nn.Sequential(
+            nn.Linear(len(self.inputs), hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
 
     def config(self) -> dict[str, Any]:
-        return {"hidden": self.hidden, "monotone": self.monotone}
+        return {"hidden": self.hidden, "monotone": self.monotone, **inputs_config(self.inputs)}
+
+    def observed_inputs(self) -> tuple[str, ...]:
+        return self.inputs
 
     @property
     def n_groups(self) -> int:
         return 1
 
-    def forward(self, losses: Tensor, groups: Tensor | None = None) -> Tensor:
-        """Weights in (0, 1), shape ``(n,)``, one per loss in ``losses`` (shape ``(n,)``);
-        ``groups`` is ignored (MW-Net is class-blind). The net reads the loss *values*
-        (detached): no gradient flows through the weights into the model, so
-        ``(rule(losses) * losses).mean()`` is MW-Net's weighted loss. Raw, not normalized:
+    def forward(self, features: Tensor, groups: Tensor | None = None) -> Tensor:
+        """Weights in (0, 1), shape ``(n,)``, one per row of ``features`` (shape
+        ``(n, len(inputs))``, or ``(n,)`` losses for the default loss-only rule); ``groups`` is
+        ignored (MW-Net is class-blind). The net reads the input *values* (detached): no
+        gradient flows through the weights into the model, so ``(rule(losses) *
+        losses).mean()`` is MW-Net's weighted loss. Raw, not normalized:
         :func:`normalize_weights` rescales them as the trainer does."""
-        losses = losses.detach()
+        x = as_columns(features, self.inputs)
         if not self.monotone:
-            return torch.sigmoid(self.net(losses[:, None])).squeeze(1)
+            return torch.sigmoid(self.net(x)).squeeze(1)
         first, last = cast(nn.Linear, self.net[0]), cast(nn.Linear, self.net[2])
-        h = decreasing_trunk(losses, first.weight, first.bias)
+        h = decreasing_trunk(x, first.weight, first.bias, self.loss_like)
         return torch.sigmoid(F.linear(h, last.weight.abs(), last.bias)).squeeze(1)
 
 
-def decreasing_trunk(losses: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``relu(bias - |weight| * loss)``: every hidden unit is non-increasing in the loss, so
-    non-negative output weights make the whole weighting net non-increasing in it."""
-    return F.relu(F.linear(losses[:, None], -weight.abs(), bias))
+def inputs_config(inputs: tuple[str, ...]) -> dict[str, Any]:
+    """The ``inputs`` constructor argument, left out for the default loss-only rule (so its
+    artifacts read as before)."""
+    return {} if inputs == ("loss",) else {"inputs": list(inputs)}
+
+
+def as_columns(features: Tensor, inputs: tuple[str, ...]) -> Tensor:
+    """``features`` detached, as ``(n, len(inputs))`` (a 1-D tensor of losses is the column of
+    a loss-only rule).
+
+    Raises:
+        ValueError: the columns do not match the rule's inputs.
+    """
+    x = features.detach()
+    if x.dim() == 1 and inputs == ("loss",):
+        x = x[:, None]
+    if x.dim() != 2 or x.shape[1] != len(inputs):
+        raise ValueError(
+            f"the rule reads the inputs {list(inputs)}, one column each; got features of shape "
+            f"{tuple(features.shape)} (build them with "
+            "slem.methodology.inputs.TaskObserver(...).features(losses, idx))"
+        )
+    return x
+
+
+def decreasing_trunk(x: Tensor, weight: Tensor, bias: Tensor, loss_like: Tensor) -> Tensor:
+    """``relu(bias + W x)`` with ``W = -|weight|`` on the loss-like columns of ``x`` (shape
+    ``(n, d)``): every hidden unit is non-increasing in those inputs, so non-negative output
+    weights make the whole weighting net non-increasing in them."""
+    signed = torch.where(loss_like, -weight.abs(), weight)
+    return F.relu(F.linear(x, signed, bias))
 
 
 class CMWNet(Methodology):
@@ -73,15 +117,24 @@ class CMWNet(Methodology):
     heads are evaluated for all samples at once by indexing, with no Python loop."""
 
     kind: ClassVar[str] = "cmwnet"
+    loss_like: Tensor  # which inputs the monotone option constrains (a buffer)
     input_features: ClassVar[tuple[str, ...]] = ("loss", "class_group")
     label_correction: ClassVar[bool] = False
 
-    def __init__(self, n_groups: int = 3, hidden: int = 100, monotone: bool = False) -> None:
+    def __init__(
+        self,
+        n_groups: int = 3,
+        hidden: int = 100,
+        monotone: bool = False,
+        inputs: Sequence[str] = ("loss",),
+    ) -> None:
         super().__init__()
         self.hidden = hidden
         self.groups = n_groups
         self.monotone = monotone
-        self.trunk = nn.Sequential(nn.Linear(1, hidden), nn.ReLU())
+        self.inputs = check_inputs(inputs)
+        self.register_buffer("loss_like", loss_like_mask(self.inputs), persistent=False)
+        self.trunk = nn.Sequential(nn.Linear(len(self.inputs), hidden), nn.ReLU())
         self.head_weight = nn.Parameter(torch.empty(n_groups, hidden))
         self.head_bias = nn.Parameter(torch.zeros(n_groups))
         bound = 1.0 / math.sqrt(hidden)  # as nn.Linear(hidden, 1) initializes
@@ -89,27 +142,35 @@ class CMWNet(Methodology):
         nn.init.uniform_(self.head_bias, -bound, bound)
 
     def config(self) -> dict[str, Any]:
-        return {"n_groups": self.groups, "hidden": self.hidden, "monotone": self.monotone}
+        return {
+            "n_groups": self.groups,
+            "hidden": self.hidden,
+            "monotone": self.monotone,
+            **inputs_config(self.inputs),
+        }
+
+    def observed_inputs(self) -> tuple[str, ...]:
+        return (*self.inputs, "class_group")
 
     @property
     def n_groups(self) -> int:
         return self.groups
 
-    def forward(self, losses: Tensor, groups: Tensor | None = None) -> Tensor:
-        """Weights in (0, 1), shape ``(n,)``, for the loss values ``losses`` (shape ``(n,)``,
-        detached as in :meth:`MWNet.forward`); ``groups[i]`` is the size group of sample i's
-        class (0 = largest classes; default: all 0). Groups beyond the trained heads use the
-        last head."""
-        losses = losses.detach()
+    def forward(self, features: Tensor, groups: Tensor | None = None) -> Tensor:
+        """Weights in (0, 1), shape ``(n,)``, for the inputs ``features`` (shape ``(n,
+        len(inputs))``, or ``(n,)`` losses; detached as in :meth:`MWNet.forward`);
+        ``groups[i]`` is the size group of sample i's class (0 = largest classes; default: all
+        0). Groups beyond the trained heads use the last head."""
+        x = as_columns(features, self.inputs)
         if groups is None:
-            groups = torch.zeros(len(losses), dtype=torch.long, device=losses.device)
+            groups = torch.zeros(len(x), dtype=torch.long, device=x.device)
         g = groups.clamp(max=self.groups - 1)
         if self.monotone:
             linear = cast(nn.Linear, self.trunk[0])
-            h = decreasing_trunk(losses, linear.weight, linear.bias)
+            h = decreasing_trunk(x, linear.weight, linear.bias, self.loss_like)
             head = self.head_weight.abs()
         else:
-            h, head = self.trunk(losses[:, None]), self.head_weight
+            h, head = self.trunk(x), self.head_weight
         return torch.sigmoid((h * head[g]).sum(1) + self.head_bias[g])
 
 
@@ -157,8 +218,13 @@ WEIGHTING_KINDS = {"mwnet": MWNet, "cmwnet": CMWNet, "cmwnet_sl": CMWNetSL}
 
 
 def build_weighting(
-    kind: str, n_groups: int, hidden: int, monotone: bool = False
+    kind: str,
+    n_groups: int,
+    hidden: int,
+    monotone: bool = False,
+    inputs: Sequence[str] = ("loss",),
 ) -> MWNet | CMWNet:
+    """An untrained weighting net of ``kind`` (``mwnet``, ``cmwnet``, ``cmwnet_sl``)."""
     if kind == "mwnet":
-        return MWNet(hidden=hidden, monotone=monotone)
-    return WEIGHTING_KINDS[kind](n_groups=n_groups, hidden=hidden, monotone=monotone)
+        return MWNet(hidden=hidden, monotone=monotone, inputs=inputs)
+    return WEIGHTING_KINDS[kind](n_groups=n_groups, hidden=hidden, monotone=monotone, inputs=inputs)

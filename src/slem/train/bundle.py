@@ -42,14 +42,13 @@ from slem.methodology import (
     TransitionNet,
     adjusted_loss,
     as_bundle,
-    build_weighting,
     forward_corrected,
 )
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
 from slem.train.diagnostics import adjuster_values, logit_margin, mean_transition, row_error
-from slem.train.hooks import SampleWeights
+from slem.train.hooks import new_weighting
 from slem.train.meta_trainer import MetaTrainer
 from slem.train.methods import method_spec
 from slem.train.record import RunRecord, adjuster_arrays, lr_arrays
@@ -65,7 +64,7 @@ def new_bundle(config: TrainConfig, task: Task) -> MethodologyBundle:
     parts: list[Methodology] = []
     for name in components_of(config):
         if name in ("mwnet", "cmwnet"):
-            parts.append(build_weighting(name, meta.n_groups, meta.hidden, meta.monotone))
+            parts.append(new_weighting(name, meta))
         elif name == "loss_adjuster":
             a = config.adjuster
             parts.append(LossAdjusterNet(a.family, meta.n_groups, a.hidden))
@@ -172,7 +171,7 @@ class BundleTrainer(MetaTrainer):
         self.bundle: MethodologyBundle = self.methodology
         weighting = self.bundle.part("weighting")
         if isinstance(weighting, MWNet | CMWNet):  # the weighting part's sample weights
-            self.sample_weights = SampleWeights(weighting, self.labels, self.model, config.meta)
+            self.sample_weights = self.new_sample_weights(weighting)
         transition = self.bundle.part("transition")
         if isinstance(transition, TransitionNet):
             transition.check_task(int(np.prod(task.features.input_shape)), task.n_classes)
@@ -242,7 +241,9 @@ class BundleTrainer(MetaTrainer):
             per = ce
         if "weighting" in parts:
             assert self.sample_weights is not None
-            w = self.sample_weights.normalized(parts["weighting"](ce.detach(), groups), y)
+            sw = self.sample_weights  # batches of the joint method carry no sample indices
+            inputs = sw.observer.features(ce, None, sw.clock())
+            w = sw.normalized(parts["weighting"](inputs, groups), y)
             return (w * per).mean()
         return per.mean()
 
@@ -267,7 +268,7 @@ class BundleTrainer(MetaTrainer):
             if self.in_warmup:
                 return self._warmup_step(x, y)
             if self.progress.global_step % self.config.meta.interval == 0:
-                return self.meta_train_step(x, y)
+                return self.meta_train_step(x, y, idx)
         start = time.perf_counter()
         self.model.train()
         logits = self.model(x)
@@ -292,7 +293,9 @@ class BundleTrainer(MetaTrainer):
             self._f_model(params, x), x, y, functional_parts(self._functional, hyper)
         )
 
-    def meta_problem(self, x: Tensor, y: Tensor) -> tuple[BilevelProblem, Any, Any]:
+    def meta_problem(
+        self, x: Tensor, y: Tensor, idx: Tensor | None = None
+    ) -> tuple[BilevelProblem, Any, Any]:
         """The bilevel problem of a meta step on the batch ``(x, y)`` over every part's
         parameters (:meth:`meta_hyper`), with its inner and outer batch: one virtual step on
         the bundle's training loss, at the learned schedule's rate when it has one."""
@@ -317,7 +320,7 @@ class BundleTrainer(MetaTrainer):
         problem = step.problem(params, self._inner_loss, self._outer_loss, lr)
         return problem, (x, y), self._outer_batch()
 
-    def meta_train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+    def meta_train_step(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> dict[str, float]:
         """A meta step on the batch (every part moves), then the real step with the updated
         parts; returns the step's ``loss`` and ``meta_loss``."""
         start = time.perf_counter()

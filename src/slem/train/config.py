@@ -30,6 +30,7 @@ from pydantic import (
 
 from slem.data.config import DataConfig
 from slem.errors import SlemError, validation_message
+from slem.methodology.inputs import STATEFUL, check_inputs
 from slem.train.config_io import apply_overrides as apply_overrides
 from slem.train.config_io import load_yaml as load_yaml
 from slem.train.config_io import set_dotted as set_dotted
@@ -145,6 +146,29 @@ class MetaConfig(_Strict):
         "and a safeguard when the rule is applied to new tasks; not for imbalance, where "
         "rare classes need large losses up-weighted",
     )
+    inputs: list[str] = Field(
+        default_factory=lambda: ["loss"],
+        description="what the weighting rule reads, one input each: loss (MW-Net), "
+        "loss_ratio, loss_rank, history, progress, noise_estimate, log_classes "
+        "(slem.methodology.inputs: all but loss mean the same on every task, for rules "
+        "meta-trained across tasks)",
+    )
+
+    @field_validator("inputs")
+    @classmethod
+    def _known_inputs(cls, names: list[str]) -> list[str]:
+        return list(check_inputs(names))
+
+    @model_validator(mode="after")
+    def _history_needs_real_losses(self) -> MetaConfig:
+        stateful = [n for n in self.inputs if n in STATEFUL]
+        if stateful and self.order == "lagged":
+            raise ValueError(
+                f"order lagged takes no real step's losses, which the inputs {stateful} are "
+                "made of; use order mwnet"
+            )
+        return self
+
     batch_size: int = Field(100, ge=1, description="meta (outer) batch size")
     normalize_weights: Literal["auto", "batch", "class", "none"] = Field(
         "auto",

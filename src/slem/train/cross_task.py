@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor
@@ -31,12 +32,13 @@ from torch import Tensor
 from slem.bilevel import Hypergrad, same_randomness
 from slem.data import DataConfig, TaskFamily, build_task
 from slem.errors import SlemError, validation_message
-from slem.methodology import Methodology, build_weighting
+from slem.methodology import Methodology
 from slem.rundir import atomic_write_text
 from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback
 from slem.train.checkpoint_io import load_checkpoint_into, save_atomic
 from slem.train.config import TrainConfig
+from slem.train.hooks import new_weighting
 from slem.train.loop import Iterations, Loop
 from slem.train.meta_step import make_meta_optimizer
 from slem.train.meta_trainer import MetaTrainer, PendingStep
@@ -57,6 +59,10 @@ class CrossTaskConfig(BaseModel):
         tasks: the task family (:class:`~slem.data.TaskFamily`).
         train: how each episode trains (method, model, optim, meta; no ``data``: the family
             gives the tasks). Episode ``e`` trains with seed ``train.seed + e``.
+        setups: training setups drawn per episode (the family's architectures x training
+            lengths): each a mapping of ``model`` / ``optim`` keys over ``train``'s, e.g.
+            ``{model: {width: 256}, optim: {epochs: 40, schedule: constant}}``; empty: every
+            episode trains as ``train`` says.
         tasks_per_step: episodes run side by side; their hypergradients are averaged in every
             meta step.
         steps: meta steps (one training step of every running episode each).
@@ -67,6 +73,9 @@ class CrossTaskConfig(BaseModel):
 
     tasks: TaskFamily
     train: TrainConfig
+    setups: list[dict[str, Any]] = Field(
+        default_factory=list, description="model/optim overrides, one drawn per episode"
+    )
     tasks_per_step: int = Field(4, ge=1, description="episodes whose hypergradients are averaged")
     steps: int = Field(2000, ge=1, description="meta steps")
     checkpoint_every: int = Field(100, ge=1, description="meta steps between checkpoints")
@@ -87,6 +96,14 @@ class CrossTaskConfig(BaseModel):
                 f"train.method: {self.train.method} cannot be meta-trained across tasks; use "
                 f"one of {', '.join(methods)}"
             )
+        for k, setup in enumerate(self.setups):
+            extra = sorted(set(setup) - {"model", "optim"})
+            if extra:
+                raise SlemError(
+                    f"setups[{k}]: {', '.join(extra)} cannot vary per episode; a setup "
+                    "overrides model and optim keys only"
+                )
+            with_setup(self.train, setup, f"setups[{k}]")
         why = method_spec(self.train).needs_meta_set(self.train)
         if why is not None and self.tasks.meta_per_class is None:
             raise SlemError(
@@ -94,6 +111,22 @@ class CrossTaskConfig(BaseModel):
                 "train.meta.objective dac (DAC-MR needs no meta set)"
             )
         return self
+
+
+def with_setup(train: TrainConfig, setup: dict[str, Any], where: str = "setup") -> TrainConfig:
+    """``train`` with the sections of ``setup`` merged over its own (a one-line
+    :class:`SlemError` naming ``where`` when the result is not a valid config)."""
+    if not setup:
+        return train
+    values = train.model_dump(mode="json")
+    for section, keys in setup.items():
+        if not isinstance(keys, dict):
+            raise SlemError(f"{where}.{section}: give a mapping, e.g. {{width: 256}}")
+        values[section] = {**values[section], **keys}
+    try:
+        return TrainConfig.model_validate(values)
+    except (ValidationError, SlemError) as exc:
+        raise SlemError(f"{where}: {validation_message(exc)}") from None
 
 
 def parse_cross_task_config(values: Any) -> CrossTaskConfig:
@@ -110,6 +143,7 @@ class Episode:
 
     index: int
     data: DataConfig
+    setup: int | None
     trainer: MetaTrainer
     loop: Loop
 
@@ -146,7 +180,7 @@ class CrossTaskTrainer:
         (kind,) = method_spec(train).meta_learns
         with torch.random.fork_rng(devices=[]):  # seeded as a per-task run seeds it
             torch.manual_seed(train.seed + 1_000_003)
-            net = build_weighting(kind, train.meta.n_groups, train.meta.hidden, train.meta.monotone)
+            net = new_weighting(kind, train.meta)
         self.methodology: Methodology = net.to(self.device)
         self.meta_optimizer = make_meta_optimizer(list(net.parameters()), train.meta)
         self.plan = Iterations(config.steps)
@@ -158,15 +192,28 @@ class CrossTaskTrainer:
 
     # ------------------------------------------------------------------ episodes
 
+    def setup(self, index: int) -> int | None:
+        """Episode ``index``'s training setup (an index into ``config.setups``; None without
+        setups), drawn from the family's seed and the episode alone."""
+        setups = self.config.setups
+        if not setups:
+            return None
+        rng = np.random.default_rng([self.config.tasks.seed, index, 1])
+        return int(rng.integers(len(setups)))
+
     def _episode(self, index: int, state: dict[str, Any] | None = None) -> Episode:
         data = self.config.tasks.task(index)
         seed = self.config.train.seed + index
-        config = self.config.train.model_copy(update={"data": data, "seed": seed})
+        setup = self.setup(index)
+        train = self.config.train
+        if setup is not None:
+            train = with_setup(train, self.config.setups[setup])
+        config = train.model_copy(update={"data": data, "seed": seed})
         trainer = build_trainer(config, build_task(data), None, self.methodology, ())
         assert isinstance(trainer, MetaTrainer)
         if state is not None:
             trainer.load_state(state)
-        return Episode(index, data, trainer, Loop(trainer, progress=False))
+        return Episode(index, data, setup, trainer, Loop(trainer, progress=False))
 
     def _running(self) -> list[Episode]:
         """The episodes of this meta step: a finished one is closed and the next task of the
@@ -189,6 +236,7 @@ class CrossTaskTrainer:
             {
                 "episode": episode.index,
                 "task": describe(episode.data),
+                **({"setup": episode.setup} if episode.setup is not None else {}),
                 **{k: summary[k] for k in keep if k in summary},
             }
         )
@@ -206,7 +254,7 @@ class CrossTaskTrainer:
                 continue
             ep.trainer.schedule_lr()
             with same_randomness() as snapshot:
-                pending.append((ep, snapshot, ep.trainer.meta_hypergradient(x, y)))
+                pending.append((ep, snapshot, ep.trainer.meta_hypergradient(x, y, idx)))
         if not pending:
             return {}
         grads = average([p.result for _, _, p in pending])
@@ -307,10 +355,12 @@ def check_family(config: CrossTaskConfig) -> None:
     Raises:
         SlemError: one line naming the combination and what is wrong with it.
     """
+    trains = [with_setup(config.train, setup) for setup in config.setups] or [config.train]
     for data in config.tasks.distinct_tasks():
         try:
             task = build_task(data)
-            check_fits(config.train.model_copy(update={"data": data}), task)
+            for train in trains:
+                check_fits(train.model_copy(update={"data": data}), task)
         except SlemError as exc:
             raise SlemError(
                 f"tasks: the task '{describe(data)}' cannot be trained: {exc}; change or "
@@ -370,6 +420,7 @@ def cross_task_run(
         config.train,
         trained_on={
             "family": config.tasks.model_dump(mode="json"),
+            "setups": config.setups,
             "episodes_started": learner.started,
             "episodes_finished": len(learner.finished),
             "meta_steps": learner.progress.global_step,

@@ -1,10 +1,12 @@
 """How a sample-weighting methodology enters learning: :class:`SampleWeights`.
 
-A weighting net ``h(loss, class group)`` (MW-Net, Shu et al. 2019; CMW-Net, Shu et al. 2023)
+A weighting net ``h(inputs, class group)`` (MW-Net, Shu et al. 2019; CMW-Net, Shu et al. 2023)
 sets the weight of every sample's loss in the training step, ``mean(w * l)``, normalized as
 ``meta.normalize_weights`` says; with label correction (CMW-Net-SL) the weight splits each
-sample's loss between its given label and an EMA teacher's pseudo-label. The trainers (frozen
-or meta-learned rule) and the plug-in use the same object.
+sample's loss between its given label and an EMA teacher's pseudo-label. Its inputs (the loss,
+or the task-conditioned ones of :mod:`slem.methodology.inputs`) come from a
+:class:`~slem.methodology.inputs.TaskObserver` that follows the run. The trainers (frozen or
+meta-learned rule) use the same object.
 """
 
 from __future__ import annotations
@@ -17,13 +19,19 @@ from torch import Tensor, nn
 
 from slem.bilevel import PerSample
 from slem.bilevel.fast import inner_value, weight_input
-from slem.methodology.weighting import CMWNet, MWNet
+from slem.methodology.inputs import TaskObserver
+from slem.methodology.weighting import CMWNet, MWNet, build_weighting
 from slem.train.config import MetaConfig
 from slem.train.objective import Classification
 from slem.train.teacher import Teacher, weighted_terms
 
-#: a weighting net as a function: (losses (n,), class groups (n,)) -> raw weights (n,)
+#: a weighting net as a function: (inputs (n, d), class groups (n,)) -> raw weights (n,)
 Rule = Callable[[Tensor, Tensor], Tensor]
+
+
+def new_weighting(kind: str, meta: MetaConfig) -> MWNet | CMWNet:
+    """An untrained weighting net of ``kind`` with ``meta``'s size, inputs and constraint."""
+    return build_weighting(kind, meta.n_groups, meta.hidden, meta.monotone, meta.inputs)
 
 
 class SampleWeights:
@@ -34,15 +42,25 @@ class SampleWeights:
         objective: the classification objective (class groups, normalization, prior).
         model: the model being trained (the label-correction teacher starts as its copy).
         meta: the teacher's settings (``ema_decay``, ``sl_temperature``, ...).
+        n_train: training samples (the observer keeps a loss history of each).
+        clock: the fraction of training done, in ``[0, 1]`` (the ``progress`` input).
     """
 
     def __init__(
-        self, net: MWNet | CMWNet, objective: Classification, model: nn.Module, meta: MetaConfig
+        self,
+        net: MWNet | CMWNet,
+        objective: Classification,
+        model: nn.Module,
+        meta: MetaConfig,
+        n_train: int,
+        clock: Callable[[], float],
     ) -> None:
         self.net = net
         self.objective = objective
         self.label_correction = bool(getattr(net, "label_correction", False))
         self.teacher = Teacher(model, meta, objective.log_prior) if self.label_correction else None
+        self.observer = TaskObserver(net.inputs, n_train, objective.n_classes)
+        self.clock = clock
 
     def pseudo_labels(self, x: Tensor) -> Tensor | None:
         """CMW-Net-SL's soft pseudo-labels ``(n, C)`` of ``x`` (None without correction)."""
@@ -52,10 +70,14 @@ class SampleWeights:
         """The per-sample terms the weights multiply (see :func:`weighted_terms`)."""
         return weighted_terms(logits, y, pseudo)
 
-    def weights(self, losses: Tensor, y: Tensor, rule: Rule | None = None) -> Tensor:
-        """The normalized weights ``(n,)`` of per-sample ``losses`` of labels ``y``; ``rule``:
-        the net as a function of its parameters (meta steps), default the net itself."""
-        raw = (rule or self.net)(losses, self.objective.class_groups[y])
+    def weights(
+        self, losses: Tensor, y: Tensor, idx: Tensor | None, rule: Rule | None = None
+    ) -> Tensor:
+        """The normalized weights ``(n,)`` of per-sample ``losses`` of labels ``y`` of training
+        samples ``idx`` (None: not training samples); ``rule``: the net as a function of its
+        parameters (meta steps), default the net itself."""
+        inputs = self.observer.features(losses, idx, self.clock())
+        raw = (rule or self.net)(inputs, self.objective.class_groups[y])
         return self.normalized(raw, y)
 
     def normalized(self, w: Tensor, y: Tensor) -> Tensor:
@@ -63,12 +85,19 @@ class SampleWeights:
         where ``w`` mixes two labels and stays in (0, 1)."""
         return w if self.label_correction else self.objective.normalized(w, y)
 
-    def loss(self, terms: PerSample, y: Tensor) -> Tensor:
-        """The real step's loss ``mean(w * l)`` (plus the unweighted pseudo-label part), the
-        weights held constant."""
+    def loss(self, terms: PerSample, y: Tensor, idx: Tensor) -> Tensor:
+        """The real step's loss ``mean(w * l)`` (plus the unweighted pseudo-label part) on
+        training samples ``idx``, the weights held constant; their losses join the observer's
+        histories."""
         with torch.no_grad():
-            w = self.weights(weight_input(terms), y)
+            losses = weight_input(terms)
+            w = self.weights(losses, y, idx)
+        self.observer.observe(losses, idx)
         return inner_value(terms, w)
+
+    def start_epoch(self) -> None:
+        """Before each epoch: the observer's task-level estimates follow the histories."""
+        self.observer.start_epoch()
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """After each real step: the EMA teacher follows the model."""
@@ -78,6 +107,8 @@ class SampleWeights:
     def train_weights(self, model: nn.Module, x: Tensor, y: Tensor) -> np.ndarray:
         """The net's (unnormalized) weight ``(n,)`` of every training sample, in eval mode."""
         losses = self.objective.eval_losses(model, x, y)
+        idx = torch.arange(len(y), device=y.device)
         with torch.no_grad():
-            w = self.net(losses, self.objective.class_groups[y])
+            inputs = self.observer.features(losses, idx, self.clock())
+            w = self.net(inputs, self.objective.class_groups[y])
         return w.cpu().numpy()

@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from slem.bilevel import BilevelProblem, Hypergrad, PerSample, functional
 from slem.data.task import Task
 from slem.errors import SlemError
-from slem.methodology import Methodology, build_weighting
+from slem.methodology import Methodology
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
+from slem.train.hooks import new_weighting
 from slem.train.meta_step import MetaStep
 from slem.train.methods import method_spec
 from slem.train.teacher import weighted_terms
@@ -79,8 +80,7 @@ class MetaTrainer(Trainer):
     def new_methodology(self, config: TrainConfig, task: Task) -> Methodology:
         """The untrained methodology this trainer meta-learns."""
         (kind,) = method_spec(config).meta_learns
-        meta = config.meta
-        return build_weighting(kind, meta.n_groups, meta.hidden, meta.monotone)
+        return new_weighting(kind, config.meta)
 
     def meta_hyper(self) -> dict[str, nn.Parameter]:
         """The methodology's parameters the meta step learns, by name."""
@@ -113,6 +113,7 @@ class MetaTrainer(Trainer):
         return self.meta_training and self.progress.epoch < self.config.meta.warmup_epochs
 
     def on_epoch_start(self) -> None:
+        super().on_epoch_start()
         selecting = self.config.meta.objective == "selected" and self.meta_training
         if selecting and not self.in_warmup:
             self.selected = self.select_clean()
@@ -132,18 +133,22 @@ class MetaTrainer(Trainer):
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
         if self.in_warmup:
-            return self._warmup_step(x, y)
+            return self._warmup_step(x, y, idx)
         if self.meta_step_due:
-            return self.meta_train_step(x, y)
+            return self.meta_train_step(x, y, idx)
         return super().train_step(x, y, idx)
 
-    def _warmup_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+    def _warmup_step(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> dict[str, float]:
+        """A plain step (ERM); the losses of training samples ``idx`` join the histories."""
         start = time.perf_counter()
         self.model.train()
-        return self._optimize(L.cross_entropy(self.model(x), y).mean(), start)
+        losses = L.cross_entropy(self.model(x), y)
+        if idx is not None and self.sample_weights is not None:
+            self.sample_weights.observer.observe(losses, idx)
+        return self._optimize(losses.mean(), start)
 
     def _per_sample(self, params: dict[str, Tensor], batch: tuple[Any, ...]) -> PerSample:
-        x, y, pseudo = batch
+        x, y, pseudo, _ = batch
         # functional: no side effects, except the fast path's live forward (the real step's
         # forward, options live_forward/keep_graph) which moves BatchNorm statistics once
         return weighted_terms(self._f_model(params, x), y, pseudo)
@@ -151,7 +156,7 @@ class MetaTrainer(Trainer):
     def _weights(self, hyper: dict[str, Tensor], losses: Tensor, batch: tuple[Any, ...]) -> Tensor:
         assert self.sample_weights is not None
         return self.sample_weights.weights(
-            losses, batch[1], lambda loss, groups: self._f_meth(hyper, loss, groups)
+            losses, batch[1], batch[3], lambda inputs, groups: self._f_meth(hyper, inputs, groups)
         )
 
     def _outer_batch(self) -> dict[str, Tensor]:
@@ -197,8 +202,9 @@ class MetaTrainer(Trainer):
         mean_log = torch.logsumexp(F.log_softmax(logits, dim=1), dim=0) - math.log(len(logits))
         return (prior * (self.labels.log_prior - mean_log)).sum()
 
-    def meta_problem(self, x: Tensor, y: Tensor) -> tuple[BilevelProblem, Any, Any]:
-        """The bilevel problem of a meta step on the batch ``(x, y)``, with its inner and
+    def meta_problem(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[BilevelProblem, Any, Any]:
+        """The bilevel problem of a meta step on the batch ``(x, y)`` of training samples
+        ``idx``, with its inner and
         outer batch: one virtual step on ``mean(w * l)`` (the weights from the net, with the
         teacher's pseudo-labels under label correction), then the meta objective."""
         sw, step = self.sample_weights, self.meta_step
@@ -206,7 +212,7 @@ class MetaTrainer(Trainer):
         pseudo = sw.pseudo_labels(x)
         params = self.inner_params()
         problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
-        return problem, (x, y, pseudo), self._outer_batch()
+        return problem, (x, y, pseudo, idx), self._outer_batch()
 
     @property
     def meta_step_due(self) -> bool:
@@ -215,17 +221,18 @@ class MetaTrainer(Trainer):
         interval = self.config.meta.interval
         return not self.in_warmup and self.progress.global_step % interval == 0
 
-    def meta_hypergradient(self, x: Tensor, y: Tensor) -> PendingStep:
-        """Phase one of a meta step on the batch ``(x, y)``: the hypergradient of the meta
-        objective at the current methodology (:meth:`meta_problem`); nothing moves yet."""
+    def meta_hypergradient(self, x: Tensor, y: Tensor, idx: Tensor) -> PendingStep:
+        """Phase one of a meta step on the batch ``(x, y)`` of training samples ``idx``: the
+        hypergradient of the meta objective at the current methodology (:meth:`meta_problem`);
+        nothing moves yet."""
         start = time.perf_counter()
         step = self.meta_step
         assert step is not None
         self.model.train()
-        problem, inner, outer = self.meta_problem(x, y)
+        problem, inner, outer = self.meta_problem(x, y, idx)
         reuse = step.fast and self.config.meta.order == "mwnet"
         result = step.hypergradient(problem, inner, outer, keep_graph=reuse, live_forward=True)
-        return PendingStep(result, problem.params, x, y, inner[2], reuse, start)
+        return PendingStep(result, problem.params, x, y, idx, inner[2], reuse, start)
 
     def real_step(self, pending: PendingStep) -> dict[str, float]:
         """Phase two: the real training step with the methodology as it stands now (after
@@ -240,21 +247,23 @@ class MetaTrainer(Trainer):
                 p.grad = inner[name]
             self.optimizer.step()
             self._check_parameters()
+            # no history to add: MetaConfig refuses history inputs in the lagged order
             sw.after_step(self.model, self.progress.global_step)
             loss_value = result.outer_loss
         else:
             x, y, pseudo = pending.x, pending.y, pending.pseudo
             terms = result.diagnostics["losses"] if pending.reuse else None
-            loss = sw.loss(terms if terms is not None else sw.terms(self.forward(x), y, pseudo), y)
+            terms = terms if terms is not None else sw.terms(self.forward(x), y, pseudo)
+            loss = sw.loss(terms, y, pending.idx)
             self._apply_step(loss)
             loss_value = float(loss.detach())
         self.progress.timings["meta"].append(time.perf_counter() - pending.start)
         return {"loss": loss_value, "meta_loss": result.outer_loss}
 
-    def meta_train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+    def meta_train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
         """A meta step on the batch: :meth:`meta_hypergradient`, one step of the
         methodology's optimizer, :meth:`real_step` with the updated methodology."""
-        pending = self.meta_hypergradient(x, y)
+        pending = self.meta_hypergradient(x, y, idx)
         assert self.meta_step is not None
         self.meta_step.update(pending.result)
         return self.real_step(pending)
@@ -263,13 +272,15 @@ class MetaTrainer(Trainer):
 @dataclass
 class PendingStep:
     """A meta step between its two phases: the hypergradient ``result`` and what the real
-    step needs (the inner ``params``, the batch, the teacher's ``pseudo`` labels, whether
+    step needs (the inner ``params``, the batch and its sample indices, the teacher's
+    ``pseudo`` labels, whether
     the forward pass is reused, the start time)."""
 
     result: Hypergrad
     params: dict[str, Tensor]
     x: Tensor
     y: Tensor
+    idx: Tensor
     pseudo: Tensor | None
     reuse: bool
     start: float

@@ -40,10 +40,12 @@ from slem.bilevel.fast import inner_value, weight_input
 from slem.bilevel.problem import as_params
 from slem.data.task import group_by_size
 from slem.errors import SlemError
-from slem.methodology.weighting import CMWNet, MWNet, build_weighting, normalize_weights
+from slem.methodology.inputs import TaskObserver
+from slem.methodology.weighting import CMWNet, MWNet, normalize_weights
 from slem.train.artifacts import save_methodology
 from slem.train.config import TrainConfig, parse_train_config
 from slem.train.guard import NonFiniteLoss
+from slem.train.hooks import new_weighting
 from slem.train.meta_step import MetaStep
 from slem.train.validity import check_methodology
 
@@ -110,13 +112,20 @@ class MetaWeighting:
         if isinstance(methodology, str):
             with torch.random.fork_rng(devices=[]):  # as MetaTrainer seeds its methodology
                 torch.manual_seed(seed + 1_000_003)
-                methodology = build_weighting(kind, cfg.n_groups, cfg.hidden, cfg.monotone)
+                methodology = new_weighting(kind, cfg)
         self.methodology: MWNet | CMWNet = methodology.to(self.device)
         if isinstance(self.methodology, CMWNet) and class_counts is None:
             raise SlemError(
                 f"a {self.methodology.kind} rule weighs each class size group apart: give "
                 "class_counts=[training samples per class], or use methodology='mwnet'"
             )
+        unread = [n for n in self.methodology.inputs if n not in BATCH_INPUTS]
+        if unread:
+            raise SlemError(
+                f"MetaWeighting sees one batch at a time and cannot give the inputs {unread}; "
+                f"use {', '.join(BATCH_INPUTS)}, or slem train for the others"
+            )
+        self.observer = TaskObserver(self.methodology.inputs, 0, 1)
         check_methodology(self.config, sum(p.numel() for p in self.methodology.parameters()))
         self.meta_step = MetaStep(
             cfg, optimizer, dict(self.methodology.named_parameters()), self._check_finite
@@ -175,7 +184,7 @@ class MetaWeighting:
     def weigh(self, losses: Tensor, y: Tensor | None = None) -> Tensor:
         """The current rule's weights of the loss values ``losses`` (shape ``(n,)``) of samples
         labelled ``y``, normalized as ``normalize_weights`` says; no meta step."""
-        raw = self.methodology(losses, self._groups(y))
+        raw = self.methodology(self.observer.features(losses, None), self._groups(y))
         return self._normalize(raw, y)
 
     def _meta_step(self, x: Tensor, y: Tensor) -> PerSample | None:
@@ -216,7 +225,8 @@ class MetaWeighting:
         self, hyper: dict[str, Tensor], losses: Tensor, batch: tuple[Tensor, Tensor]
     ) -> Tensor:
         y = batch[1]
-        return self._normalize(self._f_meth(hyper, losses, self._groups(y)), y)
+        inputs = self.observer.features(losses, None)
+        return self._normalize(self._f_meth(hyper, inputs, self._groups(y)), y)
 
     def _outer_loss(
         self, params: dict[str, Tensor], hyper: dict[str, Tensor], batch: tuple[Tensor, Tensor]
@@ -264,6 +274,10 @@ class MetaWeighting:
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.steps, self.meta_steps = int(state["steps"]), int(state["meta_steps"])
         self.generator.set_state(state["generator"].cpu())
+
+
+#: the inputs a rule can read from one batch alone (:mod:`slem.methodology.inputs`)
+BATCH_INPUTS = ("loss", "loss_ratio", "loss_rank")
 
 
 def _config(

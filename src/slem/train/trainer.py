@@ -97,13 +97,13 @@ class Trainer:
         self.plan = Plan(config, self.spec, len(self.train_y), n_meta)
         self.optimizer = make_optimizer(self.model.parameters(), config, self.methodology)
         net, o = self.methodology, self.objective
+        self.progress = Progress.start(self.objective.initial_best)
         self.sample_weights = (
-            SampleWeights(net, o, self.model, config.meta)
+            self.new_sample_weights(net)
             if isinstance(net, MWNet | CMWNet) and isinstance(o, Classification)
             else None
         )
         self.generator = torch.Generator().manual_seed(config.seed + 1)
-        self.progress = Progress.start(self.objective.initial_best)
         self.objective.check_output(self.model, self.train_x)
 
     @property
@@ -111,6 +111,14 @@ class Trainer:
         """The classification objective of a run on class labels."""
         assert isinstance(self.objective, Classification), "a classification run"
         return self.objective
+
+    def new_sample_weights(self, net: MWNet | CMWNet) -> SampleWeights:
+        """How ``net`` weighs this run's samples (its observer follows the run's clock)."""
+        total = max(self.plan.total_steps, 1)
+        clock = lambda: self.progress.global_step / total  # noqa: E731
+        return SampleWeights(
+            net, self.labels, self.model, self.config.meta, len(self.train_y), clock
+        )
 
     @property
     def weighting(self) -> MWNet | CMWNet | None:
@@ -155,7 +163,10 @@ class Trainer:
             g["lr"] = self.lr_at(self.progress.global_step)
 
     def on_epoch_start(self) -> None:
-        """Per-epoch preparation (MetaTrainer refreshes its self-selected meta set here)."""
+        """Per-epoch preparation: the sample weights' task estimates (and MetaTrainer's
+        self-selected meta set)."""
+        if self.sample_weights is not None:
+            self.sample_weights.start_epoch()
 
     def has_sample_weights(self) -> bool:
         return self.weighting is not None
@@ -190,7 +201,7 @@ class Trainer:
         logits = self.model(x)
         sw = self.sample_weights
         if sw is not None and self.progress.epoch < self.config.optim.epochs:
-            loss = sw.loss(sw.terms(logits, y, sw.pseudo_labels(x)), y)
+            loss = sw.loss(sw.terms(logits, y, sw.pseudo_labels(x)), y, idx)
         else:
             loss = self.per_sample_losses(logits, y).mean()
         return self._optimize(loss, start)
@@ -268,8 +279,10 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue exactly where training stands."""
-        teacher = self.sample_weights.teacher if self.sample_weights is not None else None
+        sw = self.sample_weights
+        teacher = sw.teacher if sw is not None else None
         return {
+            "observer": sw.observer.state_dict() if sw is not None else None,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "methodology": self.methodology.state_dict() if self.methodology is not None else None,
@@ -284,8 +297,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.methodology is not None and state["methodology"] is not None:
             self.methodology.load_state_dict(state["methodology"])
-        if self.sample_weights is not None and self.sample_weights.teacher is not None:
-            self.sample_weights.teacher.net.load_state_dict(state["teacher"])
+        sw = self.sample_weights
+        if sw is not None and sw.teacher is not None:
+            sw.teacher.net.load_state_dict(state["teacher"])
+        if sw is not None and state.get("observer") is not None:
+            sw.observer.load_state_dict(state["observer"])
         self.progress.load_state_dict(state)
         restore_rng(state, self.generator)
 
