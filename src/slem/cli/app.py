@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from slem import __version__
-from slem.cli import bbo_cmd, data_cmd, hpo_cmd, meta_train_cmd, train_cmd
+from slem.cli import bbo_cmd, data_cmd, hpo_cmd, meta_train_cmd, train_cmd, zoo_cmd
 from slem.cli.console import err_console
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(bbo_cmd.app, name="bbo")
+app.add_typer(zoo_cmd.app, name="zoo")
 train_cmd.register(app)
 hpo_cmd.register(app)
 meta_train_cmd.register(app)

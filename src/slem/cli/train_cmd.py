@@ -254,7 +254,10 @@ def methods(
 def apply(
     artifact: Annotated[
         Path | None,
-        typer.Argument(help="A methodology artifact directory, or the run directory holding it."),
+        typer.Argument(
+            help="A methodology artifact directory, the run directory holding it, or "
+            "zoo:NAME for a shipped one (see 'slem zoo list')."
+        ),
     ] = None,
     data: Annotated[str | None, typer.Option(help="Dataset of the new task.")] = None,
     noise: Annotated[str | None, typer.Option(help="KIND:RATE noise of the new task.")] = None,

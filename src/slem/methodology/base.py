@@ -22,6 +22,7 @@ from torch import nn
 from slem._version import __version__
 from slem.errors import SlemError
 from slem.rundir import atomic_write_bytes, atomic_write_text, make_run_dir
+from slem.zoo import resolve as resolve_zoo
 
 FORMAT = "slem-methodology"
 FORMAT_VERSION = 1
@@ -75,9 +76,14 @@ class Methodology(nn.Module, metaclass=ABCMeta):
 
 
 def artifact_dir(directory: str | Path) -> Path:
-    """The artifact directory ``directory`` names: itself, or the ``methodology/`` folder of
-    a run directory (so ``slem apply RUN_DIR`` works as ``slem apply RUN_DIR/methodology``)."""
-    path = Path(directory)
+    """The artifact directory ``directory`` names: itself, the ``methodology/`` folder of a
+    run directory (so ``slem apply RUN_DIR`` works as ``slem apply RUN_DIR/methodology``), or
+    a shipped entry of the zoo for ``zoo:NAME`` (:mod:`slem.zoo`).
+
+    Raises:
+        SlemError: ``zoo:NAME`` with an unknown NAME (one line listing the available names).
+    """
+    path = resolve_zoo(directory)
     if not (path / META_FILE).is_file() and (path / "methodology" / META_FILE).is_file():
         return path / "methodology"
     return path
@@ -124,7 +130,9 @@ def read_artifact_info(directory: str | Path) -> dict[str, Any]:
 
 
 def load_methodology(directory: str | Path) -> tuple[Methodology, dict[str, Any]]:
-    """Rebuild a saved methodology; returns it (in eval mode) and its JSON metadata."""
+    """Rebuild a saved methodology (a directory, a run directory holding one, or ``zoo:NAME``
+    for a shipped entry of :mod:`slem.zoo`); returns it (in eval mode) and its JSON
+    metadata."""
     meta = read_artifact_info(directory)
     path = artifact_dir(directory)
     weights_path = path / WEIGHTS_FILE
@@ -166,10 +174,11 @@ def freeze(methodology: Methodology) -> Methodology:
 
 
 def load_frozen(directory: str | Path, kinds: tuple[str, ...] = ()) -> Methodology:
-    """A saved methodology, frozen (:func:`freeze`), ready to apply to a new task: e.g. a
-    weighting rule, ``weights = rule(losses)`` (one weight in ``(0, 1)`` per loss; see
-    :func:`slem.methodology.normalize_weights` for the trainer's rescaling). ``kinds``: the
-    kinds the caller can use (e.g. ``("mwnet", "cmwnet", "cmwnet_sl")``; empty: any).
+    """A saved methodology (a directory or ``zoo:NAME``), frozen (:func:`freeze`), ready to
+    apply to a new task: e.g. a weighting rule, ``weights = rule(losses)`` (one weight in
+    ``(0, 1)`` per loss; see :func:`slem.methodology.normalize_weights` for the trainer's
+    rescaling). ``kinds``: the kinds the caller can use (e.g. ``("mwnet", "cmwnet",
+    "cmwnet_sl")``; empty: any).
 
     Raises:
         SlemError: ``directory`` is not a complete, readable artifact (see

@@ -273,7 +273,9 @@ class TrainConfig(_Strict):
     transition: TransitionConfig = TransitionConfig()
     hwnet: HWNetConfig = HWNetConfig()
     joint: JointConfig = JointConfig()
-    methodology: str | None = Field(None, description="apply: the artifact directory")
+    methodology: str | None = Field(
+        None, description="apply: the artifact directory, or zoo:NAME for a shipped one"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(
@@ -300,6 +302,16 @@ class TrainConfig(_Strict):
             super().__init__(**apply_preset(data))
         except ValidationError as exc:
             raise SlemError(validation_message(exc)) from None
+
+    @field_validator("methodology")
+    @classmethod
+    def _known_zoo_entry(cls, value: str | None) -> str | None:
+        """``zoo:NAME`` must name a shipped entry (checked now, not when training starts)."""
+        from slem import zoo
+
+        if value is not None and zoo.is_zoo(value):
+            zoo.path(value)  # SlemError: the available names
+        return value
 
     @field_validator("method")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from slem import zoo
 from slem.data.config import DataConfig
 from slem.data.task import Task
 from slem.errors import SlemError
@@ -37,10 +38,10 @@ def apply_config(
     seed: int = 0,
     overrides: Overrides = (),
 ) -> TrainConfig:
-    """The config of applying ``artifact`` (a directory, a run directory holding one, or a
-    methodology in memory) to a new task: the meta-training run's ``model`` (architecture
-    ``auto``), ``optim``, ``meta`` and ``schedule`` sections (those ``apply`` reads), method
-    ``apply``.
+    """The config of applying ``artifact`` (a directory, a run directory holding one,
+    ``zoo:NAME`` for a shipped one, or a methodology in memory) to a new task: the
+    meta-training run's ``model`` (architecture ``auto``), ``optim``, ``meta`` and
+    ``schedule`` sections (those ``apply`` reads), method ``apply``.
 
     ``data``: the new task's data section (a dataset name, a mapping or a DataConfig; None
     when the task is given to :func:`apply`); its ``seed`` defaults to ``seed``. ``epochs``:
@@ -55,7 +56,8 @@ def apply_config(
         source = f"(in memory: {artifact.kind})"
     else:
         base = dict(read_artifact_info(artifact).get("training_config") or {})
-        source = str(artifact_dir(artifact))
+        # a zoo entry keeps its name: the run's config then works with any installed slem
+        source = str(artifact) if zoo.is_zoo(artifact) else str(artifact_dir(artifact))
     values: dict[str, Any] = {
         "method": "apply",
         "methodology": source,

@@ -318,7 +318,8 @@ def meta_train_optimizer(
 def _source_info(config: TrainConfig) -> Any:
     """The applied artifact's ``meta_trained_on`` (None for a methodology given in memory)."""
     from slem.methodology import read_artifact_info
+    from slem.methodology.base import artifact_dir
 
-    if config.methodology is None or not Path(config.methodology).exists():
+    if config.methodology is None or not artifact_dir(config.methodology).exists():
         return None
     return read_artifact_info(config.methodology).get("meta_trained_on")
