@@ -1,4 +1,6 @@
-"""Cross-task meta-training (issue 16 part 2): one methodology over a task family."""
+"""Cross-task meta-training (issue 16): one methodology over a task family, for every method
+whose trainer takes its meta step in two phases (sample weighting, the learned learning-rate
+schedule, the loss adjuster)."""
 
 from __future__ import annotations
 
@@ -19,17 +21,34 @@ TRAIN = {
     "optim": {"epochs": 3, "batch_size": 32, "lr": 0.05},
     "meta": {"warmup_epochs": 1, "batch_size": 16},
 }
+#: each episode's training, per method that can be meta-trained across tasks
+TRAINS = {
+    "mwnet": TRAIN,
+    "lr_schedule": {
+        "method": "lr_schedule",
+        "model": TRAIN["model"],
+        "optim": TRAIN["optim"],
+        "schedule": {"batch_size": 16},
+    },
+    "loss_adjuster": {**TRAIN, "method": "loss_adjuster"},
+}
+METHODS = pytest.mark.parametrize("method", list(TRAINS))
 WINE = {"name": "wine", "meta_per_class": 5}
 ONE_TASK = {"datasets": ["wine"], "noise": ["symmetric:0.4"], "meta_per_class": 5}
 
 
 def cross(
-    tasks: dict[str, Any], k: int, steps: int, setups: list[Any] | None = None, **train: Any
+    tasks: dict[str, Any],
+    k: int,
+    steps: int,
+    method: str = "mwnet",
+    setups: list[Any] | None = None,
+    **sections: Any,
 ) -> Any:
     return parse_cross_task_config(
         {
             "tasks": tasks,
-            "train": {**TRAIN, **train},
+            "train": {**TRAINS[method], **sections},
             "tasks_per_step": k,
             "steps": steps,
             "setups": setups or [],
@@ -42,13 +61,15 @@ SETUPS = [{}, {"model": {"width": 24}, "optim": {"epochs": 2, "schedule": "const
 TASK_META = {**TRAIN["meta"], "inputs": ["loss_ratio", "history", "progress", "noise_estimate"]}
 
 
-def test_one_episode_at_a_time_is_the_per_task_method_bit_for_bit() -> None:
-    """tasks_per_step 1 over a family of one task: the same methodology, to the bit, as
-    MW-Net trained on that task alone (the average of one hypergradient is itself)."""
-    config = cross(ONE_TASK, k=1, steps=1)
+@METHODS
+def test_one_episode_at_a_time_is_the_per_task_method_bit_for_bit(method: str) -> None:
+    """tasks_per_step 1 over a family of one task: the same methodology, to the bit, as the
+    method trained on that task alone (the average of one hypergradient is itself); a learned
+    schedule's snapshots and its rates included."""
+    config = cross(ONE_TASK, k=1, steps=1, method=method)
     data = config.tasks.task(0)
     alone = make_trainer(config.train.model_copy(update={"data": data}), build_task(data))
-    config = cross(ONE_TASK, k=1, steps=alone.plan.total_steps)
+    config = cross(ONE_TASK, k=1, steps=alone.plan.total_steps, method=method)
     alone.fit(progress=False)
     learner = CrossTaskTrainer(config)
     h = learner.fit(progress=False)
@@ -62,6 +83,7 @@ def test_one_episode_at_a_time_is_the_per_task_method_bit_for_bit() -> None:
     assert [r["val_loss"] for r in episode.trainer.progress.history] == [
         r["val_loss"] for r in alone.progress.history
     ]
+    assert getattr(episode.trainer, "lr_trace", None) == getattr(alone, "lr_trace", None)
 
 
 class StopAt(Callback):
@@ -73,12 +95,14 @@ class StopAt(Callback):
             trainer.request_stop("interrupted")
 
 
-def test_meta_training_across_episodes_resumes_exactly(tmp_path: Path) -> None:
-    """Two episodes side by side over a family of two datasets and two training setups, the
-    rule reading loss histories, stopped mid-episode after several episodes have finished:
-    the resumed run ends where the uninterrupted one does."""
+@METHODS
+def test_meta_training_across_episodes_resumes_exactly(tmp_path: Path, method: str) -> None:
+    """Two episodes side by side over a family of two datasets and two training setups (the
+    weighting rule reading loss histories), stopped mid-episode after several episodes have
+    finished: the resumed run ends where the uninterrupted one does."""
     family = {**ONE_TASK, "datasets": ["wine", "breast_cancer"], "size": [200]}
-    config = cross(family, k=2, steps=25, setups=SETUPS, meta=TASK_META)
+    sections = {"meta": TASK_META} if method == "mwnet" else {}
+    config = cross(family, k=2, steps=25, method=method, setups=SETUPS, **sections)
     full = CrossTaskTrainer(config)
     h_full = full.fit(progress=False)
     assert full.started >= 4 and len(full.finished) >= 2
@@ -102,9 +126,10 @@ def test_meta_training_across_episodes_resumes_exactly(tmp_path: Path) -> None:
     assert second.progress.history == full.progress.history
 
 
-def test_the_averaged_hypergradient_moves_the_shared_rule() -> None:
+@METHODS
+def test_the_averaged_hypergradient_moves_the_shared_rule(method: str) -> None:
     family = {**ONE_TASK, "datasets": ["wine", "breast_cancer"], "size": [200]}
-    learner = CrossTaskTrainer(cross(family, k=3, steps=12))
+    learner = CrossTaskTrainer(cross(family, k=3, steps=12, method=method))
     before = [p.detach().clone() for p in learner.methodology.parameters()]
     learner.fit(progress=False)
     (first, *_), meta_losses = learner.progress.history, []
@@ -131,6 +156,11 @@ def test_the_averaged_hypergradient_moves_the_shared_rule() -> None:
             {"train": {"method": "gce"}},
             "train.method: gce cannot be meta-trained across tasks; use one of mwnet",
         ),
+        (
+            {"train": {**TRAIN, "method": "transition"}},
+            "train.method: transition cannot be meta-trained across tasks; use one of mwnet, "
+            "cmwnet, cmwnet_sl, lr_schedule, loss_adjuster",
+        ),
         ({"tasks_per_step": 0}, "tasks_per_step: Input should be greater than or equal to 1"),
         ({"tasks": {"datasets": ["digits"]}}, "'digits' is reserved"),
         ({"setups": [{"meta": {"lr": 1.0}}]}, "setups[0]: meta cannot vary per episode"),
@@ -144,8 +174,12 @@ def test_a_bad_cross_task_config_is_one_line(values: dict[str, Any], message: st
     assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    ("method", "kind"),
+    [("mwnet", "mwnet"), ("lr_schedule", "lr_schedule"), ("loss_adjuster", "bundle")],
+)
 def test_cli_meta_train_writes_an_artifact_that_slem_apply_uses(
-    tmp_path: Path, runner: Any
+    tmp_path: Path, runner: Any, method: str, kind: str
 ) -> None:
     """slem meta-train CONFIG --out RUN: the artifact (kind of the method, meta_trained_on the
     family), one row per finished episode; --resume of a finished run ends at once; slem
@@ -163,7 +197,7 @@ def test_cli_meta_train_writes_an_artifact_that_slem_apply_uses(
         yaml.safe_dump(
             {
                 "tasks": family,
-                "train": TRAIN,
+                "train": TRAINS[method],
                 "steps": 20,
                 "tasks_per_step": 2,
                 "checkpoint_every": 5,
@@ -173,10 +207,11 @@ def test_cli_meta_train_writes_an_artifact_that_slem_apply_uses(
     run = tmp_path / "run"
     done = runner.invoke(app, ["meta-train", str(cfg), "--out", str(run), "--quiet"])
     assert done.exit_code == 0, done.output
-    assert "mwnet meta-trained in 20 meta steps on" in done.stdout and "slem apply" in done.stdout
+    assert f"{method} meta-trained in 20 meta steps on" in done.stdout
+    assert "slem apply" in done.stdout
     assert "drawn from a family of 2 tasks" in done.stdout
     info = read_artifact_info(run / "methodology")
-    assert info["kind"] == "mwnet"
+    assert info["kind"] == kind
     assert info["meta_trained_on"]["family"]["datasets"] == ["wine", "breast_cancer"]
     episodes = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
     summary = json.loads((run / "summary.json").read_text())

@@ -217,6 +217,7 @@ for _name, _summary in (
             meta_learns=(_name,),
             meta_step="engine",
             weighted_problem=True,
+            cross_task=True,
             meta_set="objective",
             meta_set_hint=CLEAN_OR_DAC,
             applies=(_name,),
@@ -232,6 +233,7 @@ register(
         sections=("meta", "schedule"),  # meta.hypergrad; the net and its meta-training
         meta_learns=("lr_schedule",),
         meta_step="rate",
+        cross_task=True,
         meta_set="always",
         meta_set_reason="method lr_schedule meta-learns on a held-out meta set",
         meta_set_hint="set data.meta_per_class (e.g. 50) or a trusted file data.meta",
@@ -304,6 +306,8 @@ for _name, _summary, _kinds, _sections in (
             sections_in=_joint_sections if _name == "joint" else None,
             meta_learns=_kinds,
             meta_step="engine",
+            # a transition net is sized to one task's inputs and classes; joint: not yet
+            cross_task=_name == "loss_adjuster",
             meta_set="objective",
             meta_set_hint=CLEAN_OR_DAC,
             applies=_kinds,

@@ -49,6 +49,7 @@ from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
 from slem.train.diagnostics import adjuster_values, logit_margin, mean_transition, row_error
 from slem.train.hooks import new_weighting
+from slem.train.meta_step import PendingStep
 from slem.train.meta_trainer import MetaTrainer
 from slem.train.methods import method_spec
 from slem.train.record import RunRecord, adjuster_arrays, lr_arrays
@@ -264,11 +265,10 @@ class BundleTrainer(MetaTrainer):
         return row
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
-        if self.meta_training:
-            if self.in_warmup:
-                return self._warmup_step(x, y)
-            if self.progress.global_step % self.config.meta.interval == 0:
-                return self.meta_train_step(x, y, idx)
+        if self.in_warmup:
+            return self._warmup_step(x, y, idx)
+        if self.meta_step_due:
+            return self.meta_train_step(x, y, idx)
         start = time.perf_counter()
         self.model.train()
         logits = self.model(x)
@@ -320,20 +320,26 @@ class BundleTrainer(MetaTrainer):
         problem = step.problem(params, self._inner_loss, self._outer_loss, lr)
         return problem, (x, y), self._outer_batch()
 
-    def meta_train_step(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> dict[str, float]:
-        """A meta step on the batch (every part moves), then the real step with the updated
-        parts; returns the step's ``loss`` and ``meta_loss``."""
+    def meta_hypergradient(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> PendingStep:
+        """Phase one of a meta step on the batch ``(x, y)``: the hypergradient of the meta
+        objective with respect to every part (:meth:`meta_problem`); nothing moves yet."""
         start = time.perf_counter()
         self.model.train()
         step = self.meta_step
         assert step is not None
-        result = step(*self.meta_problem(x, y))
+        return PendingStep(step.hypergradient(*self.meta_problem(x, y)), x, y, start)
+
+    def real_step(self, pending: PendingStep) -> dict[str, float]:
+        """Phase two: the real step with the parts as they stand now (after the meta update),
+        at the learned schedule's rate when the bundle has one; returns the step's ``loss``
+        and ``meta_loss``."""
+        x, y = pending.x, pending.y
         logits = self.forward(x)
         self._rate_input = F.cross_entropy(logits.detach(), y)
         loss = self.bundle_loss(logits, x, y, frozen_parts(self.bundle))
         self._apply_step(loss)
-        self.progress.timings["meta"].append(time.perf_counter() - start)
-        return {"loss": float(loss.detach()), "meta_loss": result.outer_loss}
+        self.progress.timings["meta"].append(time.perf_counter() - pending.start)
+        return {"loss": float(loss.detach()), "meta_loss": pending.result.outer_loss}
 
     # ------------------------------------------------------------------ diagnostics
 

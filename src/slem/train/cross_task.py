@@ -11,6 +11,13 @@ its real step with the updated ``h`` (phase two). With one episode this is exact
 per-task method; the averaging is the one place a distributed run would all-reduce. A finished
 episode is evaluated on its task's test split, recorded, and replaced by the next task.
 
+Any method whose registry entry says ``cross_task`` runs here: its trainer takes its meta step
+in two phases (:class:`~slem.train.meta_step.PhasedMetaStep`: sample weighting, the learned
+learning-rate schedule, the loss adjuster). The shared methodology and the settings of its
+optimizer are those of the first episode's trainer (seeded as a per-task run seeds them).
+A learned schedule's snapshots (its ``stages``) are taken from the live net as each episode
+passes its stage boundaries, as in a per-task run: the artifact holds the last ones taken.
+
 The learner runs in the one :class:`~slem.train.loop.Loop` (checkpoints, progress, clean
 stops); each episode's trainer is driven by a Loop of its own, step by step.
 """
@@ -38,18 +45,17 @@ from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback
 from slem.train.checkpoint_io import load_checkpoint_into, save_atomic
 from slem.train.config import TrainConfig
-from slem.train.hooks import new_weighting
 from slem.train.loop import Iterations, Loop
-from slem.train.meta_step import make_meta_optimizer
-from slem.train.meta_trainer import MetaTrainer, PendingStep
+from slem.train.meta_step import PendingStep, PhasedMetaStep, make_meta_optimizer, step_hyper
 from slem.train.methods import build_trainer, check_fits, get_method, method_names, method_spec
 from slem.train.progress import Progress
 from slem.train.threads import resolve_device
+from slem.train.trainer import Trainer
 
 
 def _cross_task_methods() -> list[str]:
-    """Methods whose meta step comes in two phases (sample weighting's WeightedProblem)."""
-    return [name for name in method_names() if get_method(name).weighted_problem]
+    """Methods that can be meta-trained across tasks (the registry's ``cross_task``)."""
+    return [name for name in method_names() if get_method(name).cross_task]
 
 
 class CrossTaskConfig(BaseModel):
@@ -144,8 +150,14 @@ class Episode:
     index: int
     data: DataConfig
     setup: int | None
-    trainer: MetaTrainer
+    trainer: Trainer
     loop: Loop
+
+    @property
+    def phased(self) -> PhasedMetaStep:
+        """The trainer's two-phase meta step."""
+        assert isinstance(self.trainer, PhasedMetaStep)
+        return self.trainer
 
 
 def average(results: Sequence[Hypergrad]) -> dict[str, Tensor]:
@@ -156,11 +168,12 @@ def average(results: Sequence[Hypergrad]) -> dict[str, Tensor]:
 
 
 class CrossTaskTrainer:
-    """Meta-trains one sample-weighting methodology over ``config.tasks``; a
-    :class:`~slem.train.loop.Learner`.
+    """Meta-trains one methodology over ``config.tasks``; a :class:`~slem.train.loop.Learner`.
 
     Attributes:
         methodology: the shared ``h`` (returned by :meth:`fit`).
+        hyper: its parameters the meta steps learn, by name (a learned schedule: the live
+            net's, not its snapshots').
         episodes: the running episodes (None before the first step).
         finished: one row per finished episode: its index, task, and test summary.
 
@@ -178,11 +191,14 @@ class CrossTaskTrainer:
         train = config.train
         self.device = torch.device(device) if device is not None else resolve_device(train.device)
         (kind,) = method_spec(train).meta_learns
-        with torch.random.fork_rng(devices=[]):  # seeded as a per-task run seeds it
-            torch.manual_seed(train.seed + 1_000_003)
-            net = new_weighting(kind, train.meta)
-        self.methodology: Methodology = net.to(self.device)
-        self.meta_optimizer = make_meta_optimizer(list(net.parameters()), train.meta)
+        # the first episode's trainer builds h as a per-task run does (same seed); it is the
+        # first episode to run unless a checkpoint is loaded
+        self._first: Episode | None = self._episode(0, new_methodology=True)
+        methodology, step = self._first.trainer.methodology, self._first.phased.meta_step
+        assert methodology is not None and step is not None
+        self.methodology: Methodology = methodology
+        self.hyper = dict(step.hyper)
+        self.meta_optimizer = make_meta_optimizer(list(self.hyper.values()), step.meta)
         self.plan = Iterations(config.steps)
         self.progress = Progress.start(None)
         self.label = f"meta-training {kind} over a family of {config.tasks.n_distinct} tasks"
@@ -201,7 +217,11 @@ class CrossTaskTrainer:
         rng = np.random.default_rng([self.config.tasks.seed, index, 1])
         return int(rng.integers(len(setups)))
 
-    def _episode(self, index: int, state: dict[str, Any] | None = None) -> Episode:
+    def _episode(
+        self, index: int, state: dict[str, Any] | None = None, new_methodology: bool = False
+    ) -> Episode:
+        """Episode ``index`` on the shared methodology (``new_methodology``: its trainer builds
+        one, as a per-task run does), in its training setup, from a saved trainer ``state``."""
         data = self.config.tasks.task(index)
         seed = self.config.train.seed + index
         setup = self.setup(index)
@@ -209,8 +229,10 @@ class CrossTaskTrainer:
         if setup is not None:
             train = with_setup(train, self.config.setups[setup])
         config = train.model_copy(update={"data": data, "seed": seed})
-        trainer = build_trainer(config, build_task(data), None, self.methodology, ())
-        assert isinstance(trainer, MetaTrainer)
+        shared = None if new_methodology else self.methodology
+        trainer = build_trainer(config, build_task(data), None, shared, ())
+        if not isinstance(trainer, PhasedMetaStep):  # the registry's cross_task is wrong
+            raise TypeError(f"{type(trainer).__name__} has no two-phase meta step")
         if state is not None:
             trainer.load_state(state)
         return Episode(index, data, setup, trainer, Loop(trainer, progress=False))
@@ -223,7 +245,8 @@ class CrossTaskTrainer:
                 continue
             if episode is not None:
                 self._close(episode)
-            fresh = self._episode(self.started)
+            fresh = self._first if self._first is not None else self._episode(self.started)
+            self._first = None  # episode 0, built in __init__
             fresh.loop.start()
             self.episodes[slot] = fresh
             self.started += 1
@@ -249,23 +272,19 @@ class CrossTaskTrainer:
         pending: list[tuple[Episode, Any, PendingStep]] = []
         for ep in self._running():
             x, y, idx = ep.loop.next_batch()
-            if not ep.trainer.meta_step_due:  # warm-up or between meta steps
+            if not ep.phased.meta_step_due:  # warm-up or between meta steps
                 ep.loop.after_step(ep.trainer.step((x, y, idx)))
                 continue
             ep.trainer.schedule_lr()
             with same_randomness() as snapshot:
-                pending.append((ep, snapshot, ep.trainer.meta_hypergradient(x, y, idx)))
+                pending.append((ep, snapshot, ep.phased.meta_hypergradient(x, y, idx)))
         if not pending:
             return {}
-        grads = average([p.result for _, _, p in pending])
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        for name, param in self.methodology.named_parameters():
-            param.grad = grads[name].to(param.dtype)
-        self.meta_optimizer.step()
+        step_hyper(self.meta_optimizer, self.hyper, average([p.result for _, _, p in pending]))
         losses = []
         for ep, snapshot, p in pending:
             with same_randomness(snapshot):
-                stats = ep.trainer.real_step(p)
+                stats = ep.phased.real_step(p)
             ep.loop.after_step(stats)
             losses.append(stats["meta_loss"])
         return {"meta_loss": sum(losses) / len(losses), "tasks": float(len(losses))}
@@ -326,7 +345,7 @@ class CrossTaskTrainer:
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.progress.load_state_dict(state)
         self.started, self.finished = state["started"], state["finished"]
-        self.episodes = []
+        self._first, self.episodes = None, []
         for saved in state["episodes"]:
             episode = None if saved is None else self._episode(saved["index"], saved["state"])
             if episode is not None:

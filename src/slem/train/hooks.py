@@ -85,14 +85,15 @@ class SampleWeights:
         where ``w`` mixes two labels and stays in (0, 1)."""
         return w if self.label_correction else self.objective.normalized(w, y)
 
-    def loss(self, terms: PerSample, y: Tensor, idx: Tensor) -> Tensor:
+    def loss(self, terms: PerSample, y: Tensor, idx: Tensor | None) -> Tensor:
         """The real step's loss ``mean(w * l)`` (plus the unweighted pseudo-label part) on
         training samples ``idx``, the weights held constant; their losses join the observer's
-        histories."""
+        histories (None: samples without indices, which join none)."""
         with torch.no_grad():
             losses = weight_input(terms)
             w = self.weights(losses, y, idx)
-        self.observer.observe(losses, idx)
+        if idx is not None:
+            self.observer.observe(losses, idx)
         return inner_value(terms, w)
 
     def start_epoch(self) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -177,9 +178,7 @@ class MetaStep:
 
     def update(self, result: Hypergrad) -> None:
         """One step of the methodology's optimizer on ``result``'s gradients."""
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        result.accumulate_into(self.hyper)
-        self.meta_optimizer.step()
+        step_hyper(self.meta_optimizer, self.hyper, result.grads)
 
     def __call__(
         self, problem: BilevelProblem, inner_batch: Any, outer_batch: Any, **fast: Any
@@ -188,6 +187,89 @@ class MetaStep:
         result = self.hypergradient(problem, inner_batch, outer_batch, **fast)
         self.update(result)
         return result
+
+
+def step_hyper(
+    optimizer: torch.optim.Optimizer, hyper: Mapping[str, Tensor], grads: Mapping[str, Tensor]
+) -> None:
+    """One step of a methodology's ``optimizer`` on ``grads`` (by the names of ``hyper``):
+    :meth:`MetaStep.update`, and the shared update of cross-task meta-training."""
+    optimizer.zero_grad(set_to_none=True)
+    for name, g in grads.items():
+        target = hyper[name]
+        target.grad = g.to(target.dtype).clone()
+    optimizer.step()
+
+
+@dataclass
+class PendingStep:
+    """A meta step between its two phases (:class:`PhasedMetaStep`): the hypergradient
+    ``result``, the batch ``(x, y)``, the start time, and what the trainer's real step needs
+    of phase one (each trainer fills the fields it uses).
+
+    Attributes:
+        params: the inner parameters of the virtual step.
+        pseudo: the teacher's pseudo-labels (label correction).
+        reuse: the real step reuses phase one's forward pass (the fast path).
+        loss: the batch's training loss (a learned schedule reads it for its rate).
+        grads: the real step's gradient, computed in phase one (a learned schedule's).
+        idx: the batch's training-sample indices (a weighting rule's loss histories).
+    """
+
+    result: Hypergrad
+    x: Tensor
+    y: Tensor
+    start: float
+    params: dict[str, Tensor] = field(default_factory=dict)
+    pseudo: Tensor | None = None
+    reuse: bool = False
+    loss: Tensor | None = None
+    grads: dict[str, Tensor] | None = None
+    idx: Tensor | None = None
+
+
+@runtime_checkable
+class PhasedMetaStep(Protocol):
+    """A trainer whose meta step comes in two phases, so that cross-task meta-training
+    (:class:`~slem.train.cross_task.CrossTaskTrainer`) can average the hypergradients of
+    several episodes before the shared methodology moves, and step each episode with it after.
+
+    Its own ``meta_train_step`` is :meth:`meta_hypergradient`, ``meta_step.update`` of the
+    result, then :meth:`real_step`: one episode alone is exactly the per-task method.
+
+    Attributes:
+        meta_step: its :class:`MetaStep`: the hyperparameters it learns (``hyper``, by name)
+            and the settings of their optimizer (``meta``); None when it learns nothing.
+    """
+
+    meta_step: MetaStep | None
+
+    @property
+    def meta_step_due(self) -> bool:
+        """The next training step is a meta step."""
+        ...
+
+    def meta_hypergradient(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> PendingStep:
+        """Phase one on the batch ``(x, y)``: the hypergradient of the meta objective at the
+        current methodology; nothing moves (neither the model nor the methodology)."""
+        ...
+
+    def real_step(self, pending: PendingStep) -> dict[str, float]:
+        """Phase two: the real training step with the methodology as it stands now (after
+        the meta update); the step's statistics (``loss``, ``meta_loss``, ...)."""
+        ...
+
+
+def phased_meta_step(
+    trainer: PhasedMetaStep, x: Tensor, y: Tensor, idx: Tensor | None = None
+) -> dict[str, float]:
+    """A trainer's whole meta step on the batch ``(x, y)`` of training samples ``idx`` (its
+    ``meta_train_step``): phase one, one step of its own methodology optimizer
+    (:meth:`MetaStep.update`), phase two."""
+    pending = trainer.meta_hypergradient(x, y, idx)
+    assert trainer.meta_step is not None
+    trainer.meta_step.update(pending.result)
+    return trainer.real_step(pending)
 
 
 def hypergradient_norm(result: Hypergrad) -> float:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slem.bilevel import BilevelProblem, Hypergrad, PerSample, functional
+from slem.bilevel import BilevelProblem, PerSample, functional
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import Methodology
@@ -21,14 +20,15 @@ from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
 from slem.train.hooks import new_weighting
-from slem.train.meta_step import MetaStep
+from slem.train.meta_step import MetaStep, PendingStep, phased_meta_step
 from slem.train.methods import method_spec
 from slem.train.teacher import weighted_terms
 from slem.train.trainer import Trainer
 
 
 class MetaTrainer(Trainer):
-    """Meta-learns a sample-weighting methodology while training the model.
+    """Meta-learns a sample-weighting methodology while training the model; its meta step
+    comes in two phases (:class:`~slem.train.meta_step.PhasedMetaStep`).
 
     Each meta step builds a :class:`~slem.bilevel.WeightedProblem` over the current batch
     and asks the engine for the hypergradient of the meta objective with respect to the
@@ -202,7 +202,9 @@ class MetaTrainer(Trainer):
         mean_log = torch.logsumexp(F.log_softmax(logits, dim=1), dim=0) - math.log(len(logits))
         return (prior * (self.labels.log_prior - mean_log)).sum()
 
-    def meta_problem(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[BilevelProblem, Any, Any]:
+    def meta_problem(
+        self, x: Tensor, y: Tensor, idx: Tensor | None = None
+    ) -> tuple[BilevelProblem, Any, Any]:
         """The bilevel problem of a meta step on the batch ``(x, y)`` of training samples
         ``idx``, with its inner and
         outer batch: one virtual step on ``mean(w * l)`` (the weights from the net, with the
@@ -219,9 +221,10 @@ class MetaTrainer(Trainer):
         """The next training step is a meta step (past the warm-up, every ``meta.interval``
         steps)."""
         interval = self.config.meta.interval
-        return not self.in_warmup and self.progress.global_step % interval == 0
+        due = not self.in_warmup and self.progress.global_step % interval == 0
+        return self.meta_training and due
 
-    def meta_hypergradient(self, x: Tensor, y: Tensor, idx: Tensor) -> PendingStep:
+    def meta_hypergradient(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> PendingStep:
         """Phase one of a meta step on the batch ``(x, y)`` of training samples ``idx``: the
         hypergradient of the meta objective at the current methodology (:meth:`meta_problem`);
         nothing moves yet."""
@@ -232,7 +235,9 @@ class MetaTrainer(Trainer):
         problem, inner, outer = self.meta_problem(x, y, idx)
         reuse = step.fast and self.config.meta.order == "mwnet"
         result = step.hypergradient(problem, inner, outer, keep_graph=reuse, live_forward=True)
-        return PendingStep(result, problem.params, x, y, idx, inner[2], reuse, start)
+        return PendingStep(
+            result, x, y, start, problem.params, pseudo=inner[2], reuse=reuse, idx=idx
+        )
 
     def real_step(self, pending: PendingStep) -> dict[str, float]:
         """Phase two: the real training step with the methodology as it stands now (after
@@ -260,27 +265,7 @@ class MetaTrainer(Trainer):
         self.progress.timings["meta"].append(time.perf_counter() - pending.start)
         return {"loss": loss_value, "meta_loss": result.outer_loss}
 
-    def meta_train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
+    def meta_train_step(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> dict[str, float]:
         """A meta step on the batch: :meth:`meta_hypergradient`, one step of the
         methodology's optimizer, :meth:`real_step` with the updated methodology."""
-        pending = self.meta_hypergradient(x, y, idx)
-        assert self.meta_step is not None
-        self.meta_step.update(pending.result)
-        return self.real_step(pending)
-
-
-@dataclass
-class PendingStep:
-    """A meta step between its two phases: the hypergradient ``result`` and what the real
-    step needs (the inner ``params``, the batch and its sample indices, the teacher's
-    ``pseudo`` labels, whether
-    the forward pass is reused, the start time)."""
-
-    result: Hypergrad
-    params: dict[str, Tensor]
-    x: Tensor
-    y: Tensor
-    idx: Tensor
-    pseudo: Tensor | None
-    reuse: bool
-    start: float
+        return phased_meta_step(self, x, y, idx)

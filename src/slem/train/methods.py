@@ -72,6 +72,10 @@ class MethodSpec:
         components: the methodologies a bundle method meta-learns (``joint.components``).
         weighted_problem: its meta step is a :class:`~slem.bilevel.WeightedProblem` (the
             lookahead fast path; ``meta.order`` and ``meta.jvp_mode`` apply).
+        cross_task: one methodology can be meta-trained over a family of tasks
+            (``slem meta-train``, :mod:`slem.train.cross_task`): its trainer takes its meta
+            step in two phases (:class:`~slem.train.meta_step.PhasedMetaStep`) and its
+            methodology reads nothing sized to one task (inputs, class count).
         check: the method's own config rule: why a config cannot run (one line), or None.
         sections_in: the sections it reads in a given config, when that depends on the
             config (a bundle: its own and those of the chosen components); default
@@ -98,6 +102,7 @@ class MethodSpec:
     components: Callable[[TrainConfig], list[str]] | None = field(default=None, repr=False)
     frozen_artifact: bool = False
     weighted_problem: bool = False
+    cross_task: bool = False
     check: Callable[[TrainConfig], str | None] | None = field(default=None, repr=False)
     meta_train: Callable[..., Methodology] | None = field(default=None, repr=False)
     sections: tuple[str, ...] = ()  # last: positional construction keeps its meaning

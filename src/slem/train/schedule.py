@@ -30,7 +30,7 @@ from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import MetaConfig, TrainConfig
 from slem.train.guard import NonFiniteLoss
-from slem.train.meta_step import MetaStep
+from slem.train.meta_step import MetaStep, PendingStep, phased_meta_step
 from slem.train.methods import method_spec
 from slem.train.record import RunRecord, lr_arrays
 from slem.train.trainer import Trainer, TrainResult
@@ -145,7 +145,8 @@ class LearnedRate:
 
 
 class ScheduleTrainer(Trainer):
-    """Meta-learns (method ``lr_schedule``) or applies (method ``apply``) an MLR-SNet."""
+    """Meta-learns (method ``lr_schedule``) or applies (method ``apply``) an MLR-SNet; its
+    meta step comes in two phases (:class:`~slem.train.meta_step.PhasedMetaStep`)."""
 
     def __init__(
         self,
@@ -230,28 +231,68 @@ class ScheduleTrainer(Trainer):
     # ------------------------------------------------------------------ steps
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, float]:
+        if self.meta_step_due:
+            return self.meta_train_step(x, y)
         start = time.perf_counter()
+        loss, params, grads = self._loss_and_grads(x, y)
+        stats = self._rate_step(loss, params, grads)
+        self.progress.timings["plain"].append(time.perf_counter() - start)
+        return {"loss": float(loss), **stats}
+
+    @property
+    def meta_step_due(self) -> bool:
+        """The next training step is a meta step (every ``schedule.interval`` steps)."""
+        interval = self.config.schedule.interval
+        return self.meta_training and self.progress.global_step % interval == 0
+
+    def meta_hypergradient(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> PendingStep:
+        """Phase one of a meta step on the batch ``(x, y)``: the batch's loss and gradient
+        (the real step's) and the hypergradient of the meta-set loss with respect to the live
+        schedule net (:meth:`meta_problem`); nothing moves yet."""
+        start = time.perf_counter()
+        loss, params, grads = self._loss_and_grads(x, y)
+        step = self.meta_step
+        assert step is not None
+        result = step.hypergradient(*self.meta_problem(x, y, loss, grads))
+        return PendingStep(result, x, y, start, params, loss=loss, grads=grads)
+
+    def real_step(self, pending: PendingStep) -> dict[str, float]:
+        """Phase two: the real step at the rate the schedule net gives as it stands now
+        (after the meta update); returns the step's ``loss``, ``meta_loss`` and ``lr``."""
+        assert pending.loss is not None and pending.grads is not None
+        meta_loss = pending.result.outer_loss
+        stats = self._rate_step(pending.loss, pending.params, pending.grads)
+        self.progress.timings["meta"].append(time.perf_counter() - pending.start)
+        return {"loss": float(pending.loss), "meta_loss": meta_loss, **stats}
+
+    def meta_train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """A meta step on the batch: :meth:`meta_hypergradient`, one step of the schedule
+        net's optimizer, :meth:`real_step` at the updated net's rate."""
+        return phased_meta_step(self, x, y)
+
+    def _loss_and_grads(
+        self, x: Tensor, y: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """The batch's (detached) training loss and its gradient by inner parameter."""
         self.model.train()
         loss = L.cross_entropy(self.model(x), y).mean()
         self._check_finite(loss, "training loss")
         params = self.inner_params()
         grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
-        stats: dict[str, float] = {"loss": float(loss.detach())}
-        meta = self.meta_training and self.progress.global_step % self.config.schedule.interval == 0
-        if meta:
-            assert self.meta_step is not None
-            result = self.meta_step(*self.meta_problem(x, y, loss.detach(), grads))
-            stats["meta_loss"] = result.outer_loss
-        lr = self.rate.next(loss.detach(), self.progress.epoch, self.progress.step_in_epoch)
+        return loss.detach(), params, grads
+
+    def _rate_step(
+        self, loss: Tensor, params: dict[str, Tensor], grads: dict[str, Tensor]
+    ) -> dict[str, float]:
+        """The real step: the schedule's rate for ``loss``, then the optimizer on ``grads``."""
+        lr = self.rate.next(loss, self.progress.epoch, self.progress.step_in_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         for name, p in params.items():
             p.grad = grads[name]
         self.optimizer.step()
         self._check_parameters()
-        self.progress.timings["meta" if meta else "plain"].append(time.perf_counter() - start)
-        stats["lr"] = lr
-        return stats
+        return {"lr": lr}
 
     def meta_problem(
         self, x: Tensor, y: Tensor, loss: Tensor, grads: dict[str, Tensor]
