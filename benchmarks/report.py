@@ -23,6 +23,7 @@ Pages and their sources (all under ``benchmarks/results/``):
 * ``cnn_speed``: ``cnn_speed.json`` (``cnn_speed.py --json``)
 * ``zoo``: ``docs/zoo.md`` (not under results/), from the model cards
   ``src/slem/zoo/*/card.json`` (written by ``zoo_build.py``)
+* ``transfer``: ``transfer.json`` (written by ``transfer.py``)
 
 Only the standard library is used, so the pages render without torch or slem.
 """
@@ -629,6 +630,192 @@ def virtual_step() -> str:
     )
 
 
+# ---------------------------------------------------------------------- transfer
+
+#: the baselines' columns, in order, with their headers (rules follow, as ``rule:NAME``)
+TRANSFER_METHODS = {
+    "erm": "ERM",
+    "gce": "GCE (q 0.7)",
+    "sce": "SCE (0.1, 1)",
+    "gce_tuned": "GCE tuned",
+    "sce_tuned": "SCE tuned",
+}
+
+
+def _transfer_methods(summary: list[dict[str, Any]]) -> list[str]:
+    present = dict.fromkeys(e["method"] for e in summary)
+    rules = [m for m in present if m.startswith("rule:")]
+    return [m for m in TRANSFER_METHODS if m in present] + rules
+
+
+def transfer_accuracy(doc: dict[str, Any], regime: str, value: str) -> str:
+    """Rows (task, corruption), a column per method: mean ± std of ``value`` over seeds; the
+    best of each row in bold."""
+    summary = [e for e in doc["summary"] if e["regime"] == regime]
+    methods = _transfer_methods(summary)
+    at = {(e["task"], e["corruption"], e["method"]): e for e in summary}
+    cells = list(dict.fromkeys((e["task"], e["corruption"]) for e in summary))
+    rows = []
+    for task, corruption in cells:
+        entries = [at.get((task, corruption, m)) for m in methods]
+        texts = [
+            "–" if e is None or e[value] is None else pct(e[value], e[f"{value}_std"])
+            for e in entries
+        ]
+        means = [None if e is None else e[value] for e in entries]
+        present = [m for m in means if m is not None]
+        top = max(present) if present else None
+        texts = [
+            f"**{t}**" if m is not None and m == top else t
+            for t, m in zip(texts, means, strict=True)
+        ]
+        rows.append([task, corruption, *texts])
+    header = ["task", "corruption", *[TRANSFER_METHODS.get(m, m[5:]) for m in methods]]
+    return table(header, rows)
+
+
+def transfer_memorization(doc: dict[str, Any]) -> str:
+    """ERM's best-epoch and final-epoch test accuracy per task and corruption, both regimes;
+    a per-task mean over the 40%-noise corruptions."""
+    at = {(m["regime"], m["task"], m["corruption"]): m for m in doc["memorization"]}
+    cells = list(dict.fromkeys((m["task"], m["corruption"]) for m in doc["memorization"]))
+    regimes = [r for r in ("short", "memorization") if any(k[0] == r for k in at)]
+
+    def cols(found: list[dict[str, Any]]) -> list[str]:
+        if not found:
+            return ["–", "–", "–"]
+        best = statistics.mean(m["best_epoch_test_accuracy"] for m in found)
+        final = statistics.mean(m["final_test_accuracy"] for m in found)
+        return [f"{100 * best:.2f}", f"{100 * final:.2f}", f"{100 * (best - final):.2f}"]
+
+    rows = []
+    for task in dict.fromkeys(t for t, _ in cells):
+        for t, corruption in cells:
+            if t == task:
+                row = [task, corruption]
+                for r in regimes:
+                    m = at.get((r, task, corruption))
+                    row += cols([m] if m else [])
+                rows.append(row)
+        row = [task, "**mean, 40% noise**"]
+        for r in regimes:
+            found = [
+                m
+                for (reg, t, c), m in at.items()
+                if reg == r and t == task and not c.startswith("lt")
+            ]
+            row += [f"**{x}**" if x != "–" else x for x in cols(found)]
+        rows.append(row)
+    header = ["task", "corruption"]
+    for r in regimes:
+        header += [f"{r}: best epoch", f"{r}: final", f"{r}: gap (points)"]
+    return table(header, rows)
+
+
+def transfer_compute(doc: dict[str, Any]) -> str:
+    def sec(x: float | None) -> str:
+        return "–" if x is None else f"{x:.1f}"
+
+    rows = [
+        [
+            c["regime"],
+            c["task"],
+            sec(c["erm_run_seconds"]),
+            sec(c["rule_run_seconds"]),
+            str(c["searches"]),
+            str(c["search_runs"]),
+            sec(c["mean_search_seconds"]),
+            sec(c["total_search_seconds"]),
+        ]
+        for c in doc["compute"]
+    ]
+    header = [
+        "regime",
+        "task",
+        "s / ERM run",
+        "s / rule run",
+        "searches",
+        "search runs",
+        "s / search",
+        "s, all searches",
+    ]
+    return table(header, rows)
+
+
+def transfer_chosen(doc: dict[str, Any]) -> str:
+    """The losses the searches chose (on seed 0's noisy validation split)."""
+    at = {
+        (e["regime"], e["task"], e["corruption"], e["method"]): e["chosen"]
+        for e in doc["summary"]
+        if "chosen" in e
+    }
+    cells = list(dict.fromkeys(k[:3] for k in at))
+    rows = []
+    for cell in cells:
+        gce = at.get((*cell, "gce_tuned"))
+        sce = at.get((*cell, "sce_tuned"))
+        rows.append(
+            [
+                *cell,
+                "–" if gce is None else f"{gce['gce_q']:.2f}",
+                "–" if sce is None else f"{sce['sce_alpha']:.3f} / {sce['sce_beta']:.2f}",
+            ]
+        )
+    return table(["regime", "task", "corruption", "GCE q", "SCE alpha / beta"], rows)
+
+
+def transfer_targets(doc: dict[str, Any]) -> str:
+    if not doc["targets"]:
+        return (
+            "*No rule measured yet: the baselines only. Add one with "
+            "`python benchmarks/transfer.py --threads 1 --rule NAME=PATH`.*"
+        )
+    parts = []
+    for rule, checks in doc["targets"].items():
+        rows = []
+        for c in checks:
+            if c["value"] is None:
+                rows.append([c["target"], "–", f"{c['goal']:+g}", "not measured", "–", "–"])
+                continue
+            sign = ">=" if c["higher_is_better"] else "<="
+            value = f"{c['value']:.3f}" if "compute" in c["target"] else f"{c['value']:+.2f}"
+            rows.append(
+                [
+                    c["target"],
+                    value,
+                    f"{sign} {c['goal']:g}",
+                    "**pass**" if c["pass"] else "**fail**",
+                    f"{c['margin']:+.2f}",
+                    str(c["cells"]),
+                ]
+            )
+        path = doc["rules"].get(rule, "")
+        parts.append(
+            f"Rule `{rule}` (`{path}`):\n\n"
+            + table(["target", "value", "goal", "verdict", "margin", "cells / runs"], rows)
+        )
+    return "\n\n".join(parts)
+
+
+def transfer() -> str:
+    doc = load("transfer.json")
+    return fill(
+        "transfer",
+        {
+            "memorization": transfer_memorization(doc),
+            "short:final": transfer_accuracy(doc, "short", "test_accuracy"),
+            "short:best_val": transfer_accuracy(doc, "short", "test_accuracy_at_best_val"),
+            "memorization:final": transfer_accuracy(doc, "memorization", "test_accuracy"),
+            "memorization:best_val": transfer_accuracy(
+                doc, "memorization", "test_accuracy_at_best_val"
+            ),
+            "chosen": transfer_chosen(doc),
+            "compute": transfer_compute(doc),
+            "targets": transfer_targets(doc),
+        },
+    )
+
+
 # ---------------------------------------------------------------------- main
 
 # ---------------------------------------------------------------------- the zoo
@@ -656,6 +843,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "cnn_speed": cnn_speed,
     "virtual_step": virtual_step,
     "zoo": zoo,
+    "transfer": transfer,
 }
 #: pages written elsewhere than ``OUT/PAGE.md``
 PAGE_FILES = {"zoo": ROOT / "docs" / "zoo.md"}

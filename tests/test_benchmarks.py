@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def test_hypergrad_step_variants_run() -> None:
@@ -144,3 +145,64 @@ def test_cnn_speed_baseline_is_the_same_function_class() -> None:
     assert [p.shape for p in ours.parameters()] == [p.shape for p in base.parameters()]
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     assert bench.step_ms(ours, x, y, steps=1) > 0
+
+
+def test_transfer_rule_trains_the_baselines_model_and_schedule() -> None:
+    """A rule column is ``slem apply``'s config with the regime's model and optimizer: the
+    same network and schedule as the baselines, no meta set, the held-out data."""
+    from slem.train import parse_train_config
+
+    bench = pytest.importorskip("transfer")
+    artifact = ROOT / "benchmarks/results/noisy_labels/artifacts/cmwnet-mnist1d-sym40-s0"
+    for regime in bench.REGIMES:
+        for corruption in bench.CORRUPTIONS:
+            base = parse_train_config(
+                bench.baseline_values("hpc", corruption, regime, "erm", {}, 2)
+            )
+            rule = bench.rule_config(str(artifact), "hpc", corruption, regime, 2)
+            assert rule.method == "apply" and rule.seed == 2
+            assert rule.model == base.model and rule.optim == base.optim
+            assert rule.data == base.data and rule.data.meta_per_class is None
+    assert len(bench.fingerprint(str(artifact))) == 12
+
+
+def test_transfer_targets_and_memorization_evidence() -> None:
+    bench = pytest.importorskip("transfer")
+    rows = []
+    # ERM 80, GCE 82, SCE 84, tuned SCE 85, the rule 86 (seed 1: 78, a collapse) per cell
+    accs = {"erm": 0.80, "gce": 0.82, "sce": 0.84, "sce_tuned": 0.85, "rule:r": 0.86}
+    for regime in ("short", "memorization"):
+        for corruption in ("sym40", "lt10"):
+            for method, acc in accs.items():
+                for seed in (0, 1):
+                    row = {
+                        "regime": regime,
+                        "task": "t",
+                        "corruption": corruption,
+                        "method": method,
+                        "seed": seed,
+                        "test_accuracy": 0.78 if (method, seed) == ("rule:r", 1) else acc,
+                        "test_accuracy_at_best_val": acc,
+                        "train_seconds": 1.0,
+                    }
+                    if method == "erm":
+                        row["test_curve"] = [0.5, 0.9, acc]
+                    if method == "sce_tuned":
+                        row.update(search_runs=20, search_seconds=20.0, chosen={})
+                    rows.append(row)
+    summary = bench.summarize(rows)
+    checks = {c["target"]: c for c in bench.targets(summary, rows, "rule:r")}
+    a_mem = checks["(a) rule - ERM, memorization, 40% noise"]
+    assert a_mem["value"] == pytest.approx(2.0) and not a_mem["pass"]  # (86 + 78) / 2 - 80
+    assert a_mem["cells"] == 1  # lt10 is not a 40%-noise cell
+    assert checks["(a) rule - ERM, short, 40% noise"]["pass"]
+    assert checks["(b) rule - better default GCE/SCE, short"]["value"] == pytest.approx(-2.0)
+    tuned = checks["(b) rule - better tuned GCE/SCE, short"]
+    assert tuned["value"] == pytest.approx(-3.0) and tuned["margin"] == pytest.approx(-2.0)
+    compute = checks["(b) rule run / tuned search compute, short"]
+    assert compute["value"] == pytest.approx(0.05) and compute["pass"]
+    collapses = checks["(c) collapses: runs with rule < ERM - 1 point"]
+    assert collapses["value"] == 4 and collapses["cells"] == 8 and not collapses["pass"]
+    evidence = {(m["regime"], m["corruption"]): m for m in bench.memorization_evidence(rows)}
+    assert evidence[("short", "sym40")]["gap"] == pytest.approx(0.1)
+    assert evidence[("short", "sym40")]["best_epochs"] == [2, 2]
