@@ -112,6 +112,7 @@ def test_meta_training_across_episodes_resumes_exactly(tmp_path: Path, method: s
     assert all(row["setup"] == full.setup(row["episode"]) for row in full.finished)
     assert {row["task"].split()[0] for row in full.finished} <= {"wine", "breast_cancer"}
     assert all(0 <= row["test_accuracy"] <= 1 for row in full.finished)
+    assert 0 <= full.progress.history[-1]["recent_episode_test_accuracy"] <= 1  # in progress
     ckpt = tmp_path / "cross.pt"
     first = CrossTaskTrainer(config, [CheckpointCallback(ckpt, every=5), StopAt(13)])
     with pytest.raises(TrainingStopped):

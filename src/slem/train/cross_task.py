@@ -302,6 +302,9 @@ class CrossTaskTrainer:
             "episodes_started": self.started,
             "episodes_finished": len(self.finished),
         }
+        recent = [r["test_accuracy"] for r in self.finished[-10:] if "test_accuracy" in r]
+        if recent:  # each finished episode's test split is held out from its training
+            row["recent_episode_test_accuracy"] = sum(recent) / len(recent)
         return self.progress.close_epoch(row, math.nan, self.methodology)
 
     def finish(self) -> Methodology:
