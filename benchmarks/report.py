@@ -764,6 +764,46 @@ def transfer_chosen(doc: dict[str, Any]) -> str:
     return table(["regime", "task", "corruption", "GCE q", "SCE alpha / beta"], rows)
 
 
+def transfer_rules(doc: dict[str, Any]) -> str:
+    """One row per rule (the inputs ablation): what it reads and its family, then per regime
+    the mean over the 40%-noise cells of its noisy-validation score (what rules may be
+    chosen on) and of its final test accuracy minus ERM's, and the runs more than 1 point
+    below ERM over every cell."""
+    summary = doc["summary"]
+    at = {(e["regime"], e["task"], e["corruption"], e["method"]): e for e in summary}
+    rows = []
+    for method in [m for m in _transfer_methods(summary) if m.startswith("rule:")]:
+        info = doc.get("rules_info", {}).get(method[5:], {})
+        row = [method[5:], ", ".join(info.get("inputs", [])) or "–", info.get("family", "–")]
+        for regime in ("short", "memorization"):
+            cells = [k[:3] for k in at if k[3] == method and k[0] == regime]
+            noisy = [c for c in cells if not c[2].startswith("lt") and (*c, "erm") in at]
+            if not noisy:
+                row += ["–", "–"]
+                continue
+            val = statistics.mean(100 * at[(*c, method)]["val_score"] for c in noisy)
+            gain = statistics.mean(
+                100 * (at[(*c, method)]["test_accuracy"] - at[(*c, "erm")]["test_accuracy"])
+                for c in noisy
+            )
+            row += [f"{val:.2f}", f"{gain:+.2f}"]
+        checks = doc.get("targets", {}).get(method[5:], [])
+        collapses = [t for t in checks if str(t.get("target", "")).startswith("(c)")]
+        row.append(str(collapses[0]["value"]) if collapses else "–")
+        rows.append(row)
+    header = [
+        "rule",
+        "inputs",
+        "family",
+        "short: noisy val",
+        "short: test - ERM",
+        "memorization: noisy val",
+        "memorization: test - ERM",
+        "runs > 1 pt below ERM",
+    ]
+    return table(header, rows)
+
+
 def transfer_targets(doc: dict[str, Any]) -> str:
     if not doc["targets"]:
         return (
@@ -803,6 +843,7 @@ def transfer() -> str:
         "transfer",
         {
             "memorization": transfer_memorization(doc),
+            "rules": transfer_rules(doc),
             "short:final": transfer_accuracy(doc, "short", "test_accuracy"),
             "short:best_val": transfer_accuracy(doc, "short", "test_accuracy_at_best_val"),
             "memorization:final": transfer_accuracy(doc, "memorization", "test_accuracy"),

@@ -87,7 +87,7 @@ from typing import Any
 from common import Cache, base_parser
 from slem.data import Task, build_task
 from slem.data.sources.fashion_mnist import find_dir
-from slem.methodology import load_frozen
+from slem.methodology import load_frozen, read_artifact_info
 from slem.methodology.base import artifact_dir
 from slem.train import make_trainer, parse_train_config
 from slem.train.callbacks import Callback
@@ -397,6 +397,32 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def rule_info(path: str) -> dict[str, Any]:
+    """What a rule reads and the family it was meta-trained over, in words (the ablation
+    table's first columns), from its artifact."""
+    info = read_artifact_info(path)
+    trained = info.get("meta_trained_on", {})
+    family = trained.get("family")
+    text = "one task"
+    if isinstance(family, dict):
+        noise = ", ".join(
+            "clean" if n is None else f"{n['kind']}:{n['rate']:g}" if isinstance(n, dict) else n
+            for n in family.get("noise", [])
+        )
+        text = (
+            f"{len(family.get('datasets', []))} datasets; noise {noise}; imbalance "
+            + "/".join(f"{r:g}" for r in family.get("imbalance", []))
+            + f"; {len(trained.get('setups') or [None])} setup(s)"
+        )
+    meta = info.get("training_config", {}).get("meta", {})
+    return {
+        "kind": info.get("kind"),
+        "inputs": [i for i in info.get("input_features", []) if i != "class_group"],
+        "family": text,
+        "meta_lr": meta.get("lr"),
+    }
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over seeds per (regime, task, corruption, method)."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
@@ -418,6 +444,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "test_accuracy_at_best_val": at_best,
             "test_accuracy_at_best_val_std": at_best_sd,
             "train_seconds": statistics.mean(r["train_seconds"] for r in rs),
+            # the noisy validation score of the final epoch: what a user can select rules on
+            "val_score": statistics.mean(r["val_score"] for r in rs),
         }
         for key in ("chosen", "search_runs", "search_seconds"):
             if key in rs[0]:
@@ -725,6 +753,7 @@ def main() -> None:
         "memorization": memorization_evidence(rows),
         "compute": compute(summary),
         "targets": {name: targets(summary, rows, f"rule:{name}") for name in rules},
+        "rules_info": {name: rule_info(path) for name, path in rules.items()},
     }
     print(text_tables(doc))
     print(f"total {time.perf_counter() - start:.0f} s; cache {cache.file}")
