@@ -781,7 +781,8 @@ def transfer_rules(doc: dict[str, Any]) -> str:
             if not noisy:
                 row += ["–", "–"]
                 continue
-            val = statistics.mean(100 * at[(*c, method)]["val_score"] for c in noisy)
+            scores = [at[(*c, method)].get("val_score") for c in noisy]
+            val = statistics.mean(100 * v for v in scores if v is not None) if all(scores) else 0.0
             gain = statistics.mean(
                 100 * (at[(*c, method)]["test_accuracy"] - at[(*c, "erm")]["test_accuracy"])
                 for c in noisy

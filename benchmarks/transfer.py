@@ -188,13 +188,19 @@ def rule_config(path: str, task: str, corruption: str, regime: str, seed: int) -
 
 
 def fingerprint(path: str) -> str:
-    """The first 12 hex digits of the SHA-256 of the artifact's files: a rule retrained into
-    the same directory gets new cache keys, so stale rows are never reused."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in artifact_dir(path).iterdir() if p.is_file())
-    for file in files:
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
+    """The first 12 hex digits of the SHA-256 of what the rule does: its weights, kind and
+    constructor config, and the meta settings ``slem apply`` takes from it. A rule retrained
+    into the same directory gets new cache keys (stale rows are never reused), and the same
+    rule copied elsewhere (e.g. into the zoo, beside its model card) keeps its rows."""
+    directory = artifact_dir(path)
+    info = read_artifact_info(directory)
+    behaviour = {
+        "kind": info.get("kind"),
+        "config": info.get("config"),
+        "meta": info.get("training_config", {}).get("meta"),
+    }
+    digest = hashlib.sha256((directory / "methodology.safetensors").read_bytes())
+    digest.update(json.dumps(behaviour, sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
 
@@ -445,7 +451,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "test_accuracy_at_best_val_std": at_best_sd,
             "train_seconds": statistics.mean(r["train_seconds"] for r in rs),
             # the noisy validation score of the final epoch: what a user can select rules on
-            "val_score": statistics.mean(r["val_score"] for r in rs),
+            "val_score": mean_std([r.get("val_score") for r in rs])[0]
+            if all(r.get("val_score") is not None for r in rs)
+            else None,
         }
         for key in ("chosen", "search_runs", "search_seconds"):
             if key in rs[0]:

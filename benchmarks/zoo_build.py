@@ -31,7 +31,6 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,78 +46,53 @@ from slem.train.cross_task import parse_cross_task_config
 from slem.zoo.cards import NOT_MEASURED, missing_fields, render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
-TRANSFER = ROOT / "benchmarks" / "results" / "transfer"
+TRANSFER = ROOT / "benchmarks" / "results" / "transfer.json"
 ARTIFACT_FILES = ("methodology.safetensors", "methodology.json")
-#: keys that name a held-out setting (a row of transfer.py's summary): matched against ERM's row
-SETTING_KEYS = ("dataset", "task", "noise", "corruption", "imbalance", "regime")
-REFERENCE = ("erm", "ERM")
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _rows(data: Any) -> list[dict[str, Any]]:
-    """The summary rows of a transfer.py JSON (its ``summary`` list, else every list of
-    objects it holds)."""
-    if isinstance(data, list):
-        return [r for r in data if isinstance(r, dict)]
-    if not isinstance(data, dict):
-        return []
-    if isinstance(data.get("summary"), list):
-        return _rows(data["summary"])
-    return [r for v in data.values() if isinstance(v, list) for r in _rows(v)]
+def held_out(name: str, path: Path = TRANSFER) -> dict[str, Any]:
+    """The entry's held-out results, from ``benchmarks/transfer.py``'s ``transfer.json``: the
+    rule named ``NAME`` or ``zoo:NAME`` there (``--rule NAME=src/slem/zoo/NAME``), its
+    summary rows and the issue's targets; or a note that it is not measured yet."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"note": NOT_MEASURED, "headline": None, "rows": []}
+    rule = next((r for r in (name, f"zoo:{name}") if r in doc.get("targets", {})), None)
+    if rule is None:
+        return {"note": NOT_MEASURED, "headline": None, "rows": []}
+    rows = [r for r in doc.get("summary", []) if r.get("method") == f"rule:{rule}"]
+    checks = {c["target"]: c for c in doc["targets"][rule]}
+    seeds = sorted({r["seeds"] for r in rows})
 
+    def value(prefix: str) -> float | None:
+        found = [c for t, c in checks.items() if t.startswith(prefix)]
+        return found[0]["value"] if found else None
 
-def _method(row: dict[str, Any]) -> str:
-    return str(row.get("rule") or row.get("method") or "")
-
-
-def held_out(name: str, directory: Path = TRANSFER) -> dict[str, Any]:
-    """The rule's held-out results from ``benchmarks/transfer.py``'s summaries, or a note that
-    they are not measured yet."""
-    labels = {name, f"zoo:{name}"}
-    for file in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-        try:
-            rows = _rows(json.loads(file.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue
-        mine = [r for r in rows if _method(r) in labels]
-        if not mine:
-            continue
-        kept = [{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in mine]
-        gains = []
-        for r in mine:
-            setting = {k: r.get(k) for k in SETTING_KEYS if k in r}
-            for ref in rows:
-                if _method(ref) in REFERENCE and all(ref.get(k) == v for k, v in setting.items()):
-                    if isinstance(r.get("test_accuracy"), float | int) and isinstance(
-                        ref.get("test_accuracy"), float | int
-                    ):
-                        gains.append(r["test_accuracy"] - ref["test_accuracy"])
-                    break
-        seeds = sorted({r["seeds"] for r in mine if isinstance(r.get("seeds"), int)})
-        seeds_text = f", {'/'.join(map(str, seeds))} seeds" if seeds else ""
-        if gains:
-            headline = (
-                f"{100 * statistics.fmean(gains):+.1f} points test accuracy vs ERM, mean over "
-                f"{len(gains)} held-out settings{seeds_text}"
-            )
-        else:
-            accs = [r["test_accuracy"] for r in mine if isinstance(r.get("test_accuracy"), float)]
-            headline = (
-                f"test accuracy {statistics.fmean(accs):.3f}, mean over {len(accs)} held-out "
-                f"settings{seeds_text}"
-                if accs
-                else f"{len(mine)} held-out rows"
-            )
-        return {
-            "source": str(file.relative_to(ROOT)) if file.is_relative_to(ROOT) else str(file),
-            "headline": headline,
-            "seeds": seeds,
-            "rows": kept,
-        }
-    return {"note": NOT_MEASURED, "headline": None, "rows": []}
+    memo, short = value("(a) rule - ERM, memorization"), value("(a) rule - ERM, short")
+    collapse = next((c for t, c in checks.items() if t.startswith("(c)")), None)
+    parts = []
+    if memo is not None and short is not None:
+        parts.append(
+            f"{memo:+.1f} points vs ERM when ERM memorizes, {short:+.1f} in the short regime "
+            "(final test accuracy, 4 held-out tasks x 3 kinds of 40% noise"
+            + (f", {'/'.join(map(str, seeds))} seeds)" if seeds else ")")
+        )
+    if collapse is not None and collapse.get("value") is not None:
+        parts.append(
+            f"{collapse['value']:.0f} of {collapse['cells']} runs more than 1 point below ERM"
+        )
+    return {
+        "source": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+        "headline": "; ".join(parts) or f"{len(rows)} held-out rows",
+        "seeds": seeds,
+        "targets": list(checks.values()),
+        "rows": rows,
+    }
 
 
 def _family(config_path: Path) -> tuple[dict[str, Any], int, int]:

@@ -97,6 +97,7 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
                     a["weight_curve"],
                     info.get("weighting_kind", "weighting"),
                     out / "weight_vs_loss.png",
+                    str(info.get("weight_curve_input", "loss")),
                 )
             )
         paths.append(
@@ -187,18 +188,21 @@ def lr_schedule(
     return save_figure(fig, path)
 
 
-def weight_vs_loss(loss: np.ndarray, weights: np.ndarray, kind: str, path: Path) -> Path:
-    """The learned weighting function: ``weights`` (n_groups, n) against ``loss`` (n,), one
-    curve per class group."""
+def weight_vs_loss(
+    loss: np.ndarray, weights: np.ndarray, kind: str, path: Path, along: str = "loss"
+) -> Path:
+    """The learned weighting function: ``weights`` (n_groups, n) against its input ``along``
+    (``loss``, shape (n,); a rule with several inputs: its first one, the others at their
+    medians), one curve per class group."""
     n_groups = len(weights)
     fig, ax = plt.subplots(figsize=(6, 4))
     for g in range(n_groups):
         ax.plot(loss, weights[g], label=f"class group {g}" if n_groups > 1 else "all")
-    ax.set_xlabel("training loss of a sample")
+    ax.set_xlabel("training loss of a sample" if along == "loss" else f"{along} of a sample")
     ax.set_ylabel("learned weight")
     ax.set_ylim(0, 1)
     ax.legend()
-    ax.set_title(f"{kind}: weight as a function of loss")
+    ax.set_title(f"{kind}: weight as a function of {along}")
     return save_figure(fig, path)
 
 

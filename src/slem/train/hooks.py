@@ -105,6 +105,27 @@ class SampleWeights:
         if self.teacher is not None:
             self.teacher.update(model, step)
 
+    def weight_curve(
+        self, losses: Tensor, n_groups: int, points: int
+    ) -> tuple[Tensor, Tensor, str]:
+        """The net's weight along its first input, ``(grid (points,), curves (n_groups,
+        points), input name)``: the grid from 0 to the 99th percentile of that input over the
+        training samples whose per-sample ``losses`` (shape ``(n,)``, in index order) are
+        given, every other input held at its median over them."""
+        idx = torch.arange(len(losses), device=losses.device)
+        with torch.no_grad():
+            inputs = self.observer.features(losses, idx, self.clock())
+            first = inputs[:, 0]
+            top = float(torch.quantile(first, 0.99)) if len(first) else 5.0
+            grid = torch.linspace(0, max(top, 1.0), points, device=losses.device)
+            rows = inputs.median(0).values.repeat(points, 1)
+            rows[:, 0] = grid
+            curves = [
+                self.net(rows, torch.full((points,), g, dtype=torch.long, device=grid.device))
+                for g in range(n_groups)
+            ]
+        return grid, torch.stack(curves), self.net.inputs[0]
+
     def train_weights(self, model: nn.Module, x: Tensor, y: Tensor) -> np.ndarray:
         """The net's (unnormalized) weight ``(n,)`` of every training sample, in eval mode."""
         losses = self.objective.eval_losses(model, x, y)

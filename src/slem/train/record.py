@@ -120,24 +120,19 @@ def trainer_record(trainer: Trainer, result: TrainResult) -> RunRecord:
     arrays, info = trainer.objective.record(trainer.model, trainer.test_x, title)
     record.arrays.update(arrays)
     record.info.update(info)
-    net = trainer.weighting
-    if net is not None and result.train_weights is not None:
+    sw = trainer.sample_weights
+    if sw is not None and result.train_weights is not None:
         observed = trainer.labels.eval_losses(trainer.model, trainer.train_x, trainer.train_y)
-        top = float(torch.quantile(observed, 0.99)) if len(observed) else 5.0
-        grid = torch.linspace(0, max(top, 1.0), WEIGHT_GRID, device=trainer.device)
         n_groups = max(trainer.task.features.n_groups, 1)
-        with torch.no_grad():
-            curves = [
-                net(grid, torch.full((len(grid),), g, dtype=torch.long, device=trainer.device))
-                for g in range(n_groups)
-            ]
+        grid, curves, along = sw.weight_curve(observed, n_groups, WEIGHT_GRID)
         record.arrays.update(
             train_weights=np.asarray(result.train_weights),
             noisy_mask=np.asarray(trainer.task.train.noisy_mask, dtype=bool),
             weight_curve_loss=grid.cpu().numpy(),
-            weight_curve=torch.stack(curves).cpu().numpy(),
+            weight_curve=curves.cpu().numpy(),
         )
-        record.info["weighting_kind"] = net.kind
+        record.info["weighting_kind"] = sw.net.kind
+        record.info["weight_curve_input"] = along
     return record
 
 
