@@ -774,6 +774,8 @@ def transfer_rules(doc: dict[str, Any]) -> str:
     rows = []
     for method in [m for m in _transfer_methods(summary) if m.startswith("rule:")]:
         info = doc.get("rules_info", {}).get(method[5:], {})
+        if ":0.4" not in info.get("family", ""):  # not a label-noise rule (the zoo's others)
+            continue
         row = [method[5:], ", ".join(info.get("inputs", [])) or "–", info.get("family", "–")]
         for regime in ("short", "memorization"):
             cells = [k[:3] for k in at if k[3] == method and k[0] == regime]
@@ -805,6 +807,30 @@ def transfer_rules(doc: dict[str, Any]) -> str:
     return table(header, rows)
 
 
+def transfer_clean(doc: dict[str, Any]) -> str:
+    """The long-tail cells (clean labels): ERM and each rule that was not meta-trained for
+    label noise (the zoo's class-imbalance rule and learning-rate schedule), final test
+    accuracy, mean ± std over seeds."""
+    info = doc.get("rules_info", {})
+    others = [f"rule:{r}" for r, i in info.items() if ":0.4" not in i.get("family", "")]
+    at = {(e["regime"], e["task"], e["corruption"], e["method"]): e for e in doc["summary"]}
+    cells = sorted({k[:3] for k in at if k[2].startswith("lt") and k[3] in others})
+    rows = []
+    for cell in cells:
+        entries = [at.get((*cell, m)) for m in ["erm", *others]]
+        rows.append(
+            [
+                cell[0],
+                cell[1],
+                *[
+                    "–" if e is None else pct(e["test_accuracy"], e["test_accuracy_std"])
+                    for e in entries
+                ],
+            ]
+        )
+    return table(["regime", "task", "ERM", *[m[5:] for m in others]], rows)
+
+
 def transfer_targets(doc: dict[str, Any]) -> str:
     if not doc["targets"]:
         return (
@@ -812,7 +838,10 @@ def transfer_targets(doc: dict[str, Any]) -> str:
             "`python benchmarks/transfer.py --threads 1 --rule NAME=PATH`.*"
         )
     parts = []
-    for rule, checks in doc["targets"].items():
+    info = doc.get("rules_info", {})
+    shown = [r for r in doc["targets"] if info.get(r, {}).get("zoo")] or list(doc["targets"])
+    for rule in shown:
+        checks = doc["targets"][rule]
         rows = []
         for c in checks:
             if c["value"] is None:
@@ -845,6 +874,7 @@ def transfer() -> str:
         {
             "memorization": transfer_memorization(doc),
             "rules": transfer_rules(doc),
+            "clean": transfer_clean(doc),
             "short:final": transfer_accuracy(doc, "short", "test_accuracy"),
             "short:best_val": transfer_accuracy(doc, "short", "test_accuracy_at_best_val"),
             "memorization:final": transfer_accuracy(doc, "memorization", "test_accuracy"),

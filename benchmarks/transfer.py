@@ -423,6 +423,7 @@ def rule_info(path: str) -> dict[str, Any]:
     meta = info.get("training_config", {}).get("meta", {})
     return {
         "kind": info.get("kind"),
+        "zoo": Path(path).resolve().is_relative_to(RESULTS.parents[1] / "src" / "slem" / "zoo"),
         "inputs": [i for i in info.get("input_features", []) if i != "class_group"],
         "family": text,
         "meta_lr": meta.get("lr"),
