@@ -53,7 +53,9 @@ final one.
 on: accuracy, or balanced accuracy under the long tail), then the chosen parameters on every
 seed. Search spaces: GCE q in [0.1, 1]; SCE alpha in [0.01, 1] and beta in [0.1, 10], both
 log-uniform. The learning rate and schedule stay fixed (the regime's), as they are for the
-rule, so every row trains with the same optimizer. ``--rule NAME=PATH`` (repeatable): the
+rule, so every row trains with the same optimizer. Without ``--rule`` (and not ``--quick``)
+the rules are the zoo's entries (``src/slem/zoo/NAME``) and the inputs ablation's rules
+(``benchmarks/results/transfer/rules/NAME/methodology``). ``--rule NAME=PATH`` (repeatable): the
 rule at PATH applied as ``slem apply`` applies it (:func:`slem.train.meta_test.apply_config`:
 method ``apply``, the artifact's meta settings, no meta set), with the regime's model and
 optimizer sections set over the artifact's (``--set model.*`` / ``optim.*``), so the rule
@@ -673,7 +675,32 @@ def text_tables(doc: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------- main
 
 
+#: the rules measured when no --rule is given: the zoo's entries, then the ablation's rules
+ZOO = RESULTS.parents[1] / "src" / "slem" / "zoo"
+ABLATION = RESULTS / "transfer" / "rules"
+
+
+def default_rules() -> dict[str, str]:
+    """Every zoo entry (``src/slem/zoo/NAME``) and every rule of the inputs ablation
+    (``benchmarks/results/transfer/rules/NAME/methodology``), by name, as repo paths."""
+    root = RESULTS.parents[1]
+    rules = {
+        d.name: str(d.relative_to(root))
+        for d in sorted(ZOO.iterdir())
+        if (d / "methodology.json").is_file()
+    }
+    for d in sorted(ABLATION.iterdir()) if ABLATION.is_dir() else []:
+        if (d / "methodology" / "methodology.json").is_file():
+            rules[d.name] = str((d / "methodology").relative_to(root))
+    return rules
+
+
 def parse_rules(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` specs by name; none: :func:`default_rules` (``--rule none``: no rule)."""
+    if not specs:
+        return default_rules()
+    if specs == ["none"]:
+        return {}
     rules = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -692,7 +719,11 @@ def main() -> None:
     parser.add_argument("--regimes", default=",".join(REGIMES))
     parser.add_argument("--methods", default=",".join(BASELINES), help="baselines to run")
     parser.add_argument(
-        "--rule", action="append", default=[], help="NAME=PATH of a frozen rule (repeatable)"
+        "--rule",
+        action="append",
+        default=[],
+        help="NAME=PATH of a frozen rule (repeatable; default: the zoo's entries and the "
+        "ablation's rules; 'none': baselines only)",
     )
     parser.add_argument("--trials", type=int, default=TRIALS, help="runs per tuned search")
     parser.add_argument(
@@ -701,7 +732,7 @@ def main() -> None:
     args = parser.parse_args()
     global REPORT_ONLY
     REPORT_ONLY = args.report
-    rules = parse_rules(parser, args.rule)
+    rules = parse_rules(parser, args.rule or (["none"] if args.quick else []))
     if args.quick:
         args.tasks, args.corruptions, args.methods, args.seeds = "leaf", "sym40", "erm,gce", 1
     choices = {"tasks": TASKS, "corruptions": CORRUPTIONS, "regimes": REGIMES, "methods": BASELINES}
