@@ -114,6 +114,13 @@ def _family(config_path: Path) -> tuple[dict[str, Any], int, int]:
 def _applies_with(training: dict[str, Any]) -> str:
     """How a frozen application trains (the meta-training episodes' model and optimizer)."""
     model, optim = training.get("model", {}), training.get("optim", {})
+    if training.get("method") == "lr_schedule":  # the rate is the schedule's, not optim.lr
+        return (
+            f"{model.get('arch')} width {model.get('width')} depth {model.get('depth')} "
+            "(architecture re-chosen for the new inputs), "
+            f"{optim.get('optimizer')} momentum {optim.get('momentum')} at the learned rate, "
+            f"{optim.get('epochs')} epochs, batch {optim.get('batch_size')}"
+        )
     return (
         f"{model.get('arch')} width {model.get('width')} depth {model.get('depth')} "
         "(architecture re-chosen for the new inputs), "

@@ -2,11 +2,15 @@
 
 A rule meta-learned once (here by ``examples/python/own_loop.py --save RULE``, or any
 ``slem train`` run of mwnet / cmwnet) is applied to a new noisy task with no clean data and no
-tuning: each batch's losses go through the rule, which turns them into weights. The three
-lines marked ``# slem`` are the whole change to a plain PyTorch loop.
+tuning: each batch's losses go through the rule, which turns them into weights. The lines
+marked ``# slem`` are the whole change to a plain PyTorch loop. A rule that reads more than the
+loss (e.g. the zoo's ``label-noise``: the loss over the batch mean and each sample's loss
+history) gets its inputs from a :class:`slem.methodology.inputs.TaskObserver`, which needs each
+batch's sample indices and sees every batch's losses after the step.
 
     python examples/python/own_loop.py --save runs/my_rule
     python examples/python/frozen_rule.py --rule runs/my_rule
+    python examples/python/frozen_rule.py --rule zoo:label-noise
 
 The rule's raw weights lie in (0, 1); ``normalize_weights`` rescales them to mean 1 over the
 batch, as slem's trainer does (MW-Net's normalization), so the learning rate keeps its
@@ -29,6 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from slem.errors import SlemError
 from slem.methodology import load_frozen, normalize_weights  # slem
+from slem.methodology.inputs import TaskObserver  # slem
 
 HERE = Path(__file__).resolve().parent
 own_loop = runpy.run_path(str(HERE / "own_loop.py"), run_name="own_loop")  # its data and metric
@@ -49,14 +54,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    loader = DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True)
+    loader = DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=100, shuffle=True)
     rule = load_frozen(args.rule, kinds=("mwnet", "cmwnet"))  # slem: a sample-weighting rule
+    observer = TaskObserver(rule.inputs, n_train=len(y), n_classes=4)  # slem: what it reads
+    total, step = args.epochs * len(loader), 0
 
     for epoch in range(args.epochs):
         model.train()
-        for xb, yb in loader:
+        observer.start_epoch()  # slem
+        for xb, yb, idx in loader:
             losses = F.cross_entropy(model(xb), yb, reduction="none")  # slem
-            loss = (normalize_weights(rule(losses)) * losses).mean()  # slem
+            weights = rule(observer.features(losses, idx, progress=step / total))  # slem
+            loss = (normalize_weights(weights) * losses).mean()  # slem
+            observer.observe(losses, idx)  # slem: the batch's losses join the histories
+            step += 1
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -64,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     model.eval()
     with torch.no_grad():
-        weights = rule(F.cross_entropy(model(x), y, reduction="none"))
+        losses = F.cross_entropy(model(x), y, reduction="none")
+        weights = rule(observer.features(losses, torch.arange(len(y)), progress=1.0))
     flipped = y != y_true
     result = {
         "test_accuracy": accuracy(model, x_test, y_test),

@@ -147,11 +147,20 @@ class TaskObserver:
             columns.append(col)
         return torch.stack(columns, dim=1)
 
+    def _indices(self, idx: Tensor) -> Tensor:
+        i = idx.cpu()
+        if len(i) and (int(i.min()) < 0 or int(i.max()) >= len(self.visits)):
+            raise ValueError(
+                f"sample indices must lie in 0..{len(self.visits) - 1} (n_train "
+                f"{len(self.visits)}), got {int(i.min())}..{int(i.max())}"
+            )
+        return i
+
     def history(self, ratio: Tensor, idx: Tensor | None) -> Tensor:
         """Mean loss ratio over the earlier visits and this one (shape ``(n,)``)."""
         if idx is None:
             return ratio
-        i = idx.cpu()
+        i = self._indices(idx)
         past = self.ratio_sum[i].to(ratio)
         visits = self.visits[i].to(ratio)
         return (past + ratio) / (visits + 1)
@@ -161,7 +170,7 @@ class TaskObserver:
         ``losses`` (shape ``(n,)``): their loss ratios join the histories."""
         if not self.stateful:
             return
-        i = idx.cpu()
+        i = self._indices(idx)
         self.ratio_sum.index_add_(0, i, batch_ratio(losses.detach()).cpu().double())
         self.visits.index_add_(0, i, torch.ones_like(i))
 

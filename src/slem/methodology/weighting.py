@@ -95,8 +95,10 @@ def as_columns(features: Tensor, inputs: tuple[str, ...]) -> Tensor:
     if x.dim() != 2 or x.shape[1] != len(inputs):
         raise ValueError(
             f"the rule reads the inputs {list(inputs)}, one column each; got features of shape "
-            f"{tuple(features.shape)} (build them with "
-            "slem.methodology.inputs.TaskObserver(...).features(losses, idx))"
+            f"{tuple(features.shape)}: build them with observer = slem.methodology.inputs."
+            "TaskObserver(rule.inputs, n_train, n_classes), rule(observer.features(losses, idx, "
+            "progress)) in each step and observer.observe(losses, idx) after it (see "
+            "examples/python/frozen_rule.py)"
         )
     return x
 

@@ -202,7 +202,10 @@ def weight_vs_loss(
     ax.set_ylabel("learned weight")
     ax.set_ylim(0, 1)
     ax.legend()
-    ax.set_title(f"{kind}: weight as a function of {along}")
+    ax.set_title(
+        f"{kind}: weight as a function of {along}"
+        + ("" if along == "loss" else "\n(its other inputs at their medians)")
+    )
     return save_figure(fig, path)
 
 

@@ -159,7 +159,7 @@ class ProgressBar(Callback):
             self._val = f"{metrics['episodes_finished']} tasks done"
             if isinstance(metrics.get("recent_episode_test_accuracy"), float):
                 score = metrics["recent_episode_test_accuracy"]
-                self._val += f", held-out test acc of the last 10 {score:.3f}"
+                self._val += f", test acc of the last 10 episodes {score:.3f}"
         self._loss = loss_text(metrics, "train_") or self._loss
         status = self._status(trainer, int(metrics.get("epoch", trainer.progress.epoch)))
         if self._progress is not None:
