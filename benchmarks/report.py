@@ -776,7 +776,13 @@ def transfer_rules(doc: dict[str, Any]) -> str:
         info = doc.get("rules_info", {}).get(method[5:], {})
         if ":0.4" not in info.get("family", ""):  # not a label-noise rule (the zoo's others)
             continue
-        row = [method[5:], ", ".join(info.get("inputs", [])) or "–", info.get("family", "–")]
+        row = [
+            method[5:],
+            str(info.get("kind", "–")),
+            ", ".join(info.get("inputs", [])) or "–",
+            info.get("family", "–"),
+            f"{info['meta_lr']:g}" if info.get("meta_lr") else "–",
+        ]
         for regime in ("short", "memorization"):
             cells = [k[:3] for k in at if k[3] == method and k[0] == regime]
             noisy = [c for c in cells if not c[2].startswith("lt") and (*c, "erm") in at]
@@ -792,12 +798,14 @@ def transfer_rules(doc: dict[str, Any]) -> str:
             row += [f"{val:.2f}", f"{gain:+.2f}"]
         checks = doc.get("targets", {}).get(method[5:], [])
         collapses = [t for t in checks if str(t.get("target", "")).startswith("(c)")]
-        row.append(str(collapses[0]["value"]) if collapses else "–")
+        row.append(f"{collapses[0]['value']:.0f}" if collapses else "–")
         rows.append(row)
     header = [
         "rule",
+        "kind",
         "inputs",
         "family",
+        "meta lr",
         "short: noisy val",
         "short: test - ERM",
         "memorization: noisy val",
@@ -839,7 +847,12 @@ def transfer_targets(doc: dict[str, Any]) -> str:
         )
     parts = []
     info = doc.get("rules_info", {})
-    shown = [r for r in doc["targets"] if info.get(r, {}).get("zoo")] or list(doc["targets"])
+    # the zoo's label-noise rules (the targets are about 40% label noise)
+    shown = [
+        r
+        for r in doc["targets"]
+        if info.get(r, {}).get("zoo") and ":0.4" in info.get(r, {}).get("family", "")
+    ] or list(doc["targets"])
     for rule in shown:
         checks = doc["targets"][rule]
         rows = []
