@@ -201,6 +201,28 @@ def test_held_out_reads_the_rule_s_rows_and_targets(zoo_build: Any, tmp_path: Pa
     assert "+7.5 points" in render_markdown(card) and "+7.5" in summary_row(card)["held-out result"]
 
 
+def test_held_out_of_a_rule_not_for_label_noise_is_its_long_tail_gain(
+    zoo_build: Any, tmp_path: Path
+) -> None:
+    def row(regime: str, method: str, acc: float) -> dict[str, Any]:
+        return {"regime": regime, "task": "t", "corruption": "lt10", "method": method,
+                "seeds": 3, "test_accuracy": acc}  # fmt: skip
+
+    rule = "rule:class-imbalance"
+    rows = [row("short", "erm", 0.5), row("short", rule, 0.6),
+            row("memorization", "erm", 0.7), row("memorization", rule, 0.65)]  # fmt: skip
+    doc = {
+        "summary": rows,
+        "targets": {"class-imbalance": []},
+        "rules_info": {"class-imbalance": {"family": "3 datasets; noise clean; imbalance 10"}},
+    }
+    (tmp_path / "transfer.json").write_text(json.dumps(doc))
+    held = zoo_build.held_out("class-imbalance", tmp_path / "transfer.json")
+    assert held["headline"].startswith(
+        "on clean 1:10 long tails +10.0 points vs ERM in the short regime, -5.0 in the long one"
+    )
+
+
 def test_required_fields_are_documented_in_the_docs_page() -> None:
     assert "card.json" in (ROOT / "docs" / "zoo.md").read_text()
     assert "rebuild" in REQUIRED

@@ -22,12 +22,19 @@ app = typer.Typer(
 def list_() -> None:
     """The shipped methodologies: what each is for, its family, meta-training and size."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(*COLUMNS)
-    for name in zoo.names():
-        row = summary_row(zoo.card(name))
-        table.add_row(f"zoo:{name}", *(row[c] for c in COLUMNS[1:]))
-    console.print(table)
+    rows = {name: summary_row(zoo.card(name)) for name in zoo.names()}
+    if console.width < 140:  # too narrow for the table (or not a terminal): one block each
+        for name, row in rows.items():
+            console.print(Text(f"zoo:{name}", "bold"), soft_wrap=True)
+            for column in COLUMNS[1:]:
+                console.print(Text(f"    {column}: {row[column]}"), soft_wrap=True)
+    else:
+        table = Table(*COLUMNS)
+        for name, row in rows.items():
+            table.add_row(f"zoo:{name}", *(row[c] for c in COLUMNS[1:]))
+        console.print(table)
     console.print(
         "show a card with: slem zoo show NAME; train with one: "
         "slem apply zoo:NAME --data my.csv --target label",
