@@ -238,6 +238,12 @@ def test_cli_meta_train_writes_an_artifact_that_slem_apply_uses(
     )
     assert applied.exit_code == 0, applied.output
     assert "apply on iris" in applied.stdout
+    # each command names the other when given the other's run to resume
+    wrong = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])
+    assert wrong.exit_code == 2 and f"slem meta-train --resume {run}" in wrong.stderr
+    wrong = runner.invoke(app, ["meta-train", "--resume", str(tmp_path / "applied")])
+    assert wrong.exit_code == 2 and "slem train --resume" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"tasks": {"datasets": ["digits"]}, "train": TRAIN}))
     refused = runner.invoke(app, ["meta-train", str(bad), "--out", str(tmp_path / "x")])

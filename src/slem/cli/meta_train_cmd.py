@@ -84,7 +84,15 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
         raise SlemError(f"run directory '{run_dir}' does not exist; nothing to resume")
     if not path.is_file():
         raise SlemError(f"'{run_dir}' is not a meta-train run directory (no config.yaml)")
-    return read_yaml_mapping(path, "restore it from a copy, or start a new run with another --out")
+    values = read_yaml_mapping(
+        path, "restore it from a copy, or start a new run with another --out"
+    )
+    if "method" in values and "tasks" not in values:
+        raise SlemError(
+            f"'{run_dir}' is a slem train or apply run, not a meta-train run; continue it with: "
+            f"slem train --resume {run_dir} (or slem apply --resume {run_dir})"
+        )
+    return values
 
 
 def register(app: typer.Typer) -> None:
