@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from slem.errors import SlemError
+from slem.train.distributed import gather, ranks
 
 
 def damaged(path: Path, problem: str, fix: str) -> SlemError:
@@ -48,6 +49,7 @@ def read_checkpoint(
         raise damaged(p, f"{type(exc).__name__}: {exc}", fix) from None
     if not isinstance(state, dict):
         raise damaged(p, f"holds a {type(state).__name__}, not a checkpoint", fix)
+    state = _own_part(state, p)
     missing = [k for k in keys if k not in state]
     if missing:
         raise damaged(p, "missing " + ", ".join(missing), fix)
@@ -111,10 +113,42 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
 
+def _own_part(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """This rank's state in a checkpoint of a run on several ranks (:func:`save_atomic`)."""
+    r = ranks()
+    saved = state.get(RANKS_KEY)
+    if saved is None:
+        if r.active:
+            raise SlemError(
+                f"{path} was written by a run on one process; resume it without torchrun "
+                "(or --nproc)"
+            )
+        return state
+    if len(saved) != r.size:
+        raise SlemError(
+            f"{path} was written by a run on {len(saved)} ranks, this one has {r.size}; "
+            f"resume with --nproc {len(saved)} (torchrun --nproc-per-node x --nnodes = "
+            f"{len(saved)})"
+        )
+    own: dict[str, Any] = saved[r.rank]
+    return own
+
+
+#: where a checkpoint of a run on several ranks keeps the list of their states
+RANKS_KEY = "ranks"
+
+
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     """``torch.save`` through a temporary file and a rename: a kill during the write leaves
-    the previous checkpoint intact."""
+    the previous checkpoint intact. On several ranks (a collective: every rank calls it at
+    the same step) rank 0 gathers every rank's ``state`` and writes them as one file; the
+    other ranks write nothing."""
     path = Path(path)
+    if ranks().active:
+        states = gather(state)
+        if states is None:
+            return path
+        state = {RANKS_KEY: states}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)

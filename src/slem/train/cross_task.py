@@ -8,8 +8,18 @@ MW-Net does within one task) with the *shared* methodology. Every meta step: eac
 episode whose meta step is due computes its hypergradient at the current ``h`` (phase one),
 the hypergradients are averaged, ``h`` takes one step of its optimizer, and each episode takes
 its real step with the updated ``h`` (phase two). With one episode this is exactly the
-per-task method; the averaging is the one place a distributed run would all-reduce. A finished
-episode is evaluated on its task's test split, recorded, and replaced by the next task.
+per-task method. A finished episode is evaluated on its task's test split, recorded, and
+replaced by the next task.
+
+**On several ranks** (``torchrun``, :mod:`slem.train.distributed`) the ``tasks_per_step``
+episode slots are dealt to the ranks (rank ``r`` runs slots ``r, r + R, ...``; every rank
+needs one), and rank ``r``'s ``n``-th episode is task ``n * R + r`` of the family, so the
+tasks a rank trains are fixed by the seed and the number of ranks ``R`` (one rank: episodes
+``0, 1, 2, ...`` as before). The meta step's averaging is the one collective: each rank's
+mean hypergradient and its number of episodes travel in one all-reduce, so the shared
+methodology takes the same step on every rank, the step a single process would take over
+the same episodes (tested to 1e-6 in float64). A stop asked on any rank travels with it,
+so every rank stops after the same meta step.
 
 Any method whose registry entry says ``cross_task`` runs here: its trainer takes its meta step
 in two phases (:class:`~slem.train.meta_step.PhasedMetaStep`: sample weighting, the learned
@@ -45,6 +55,7 @@ from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback
 from slem.train.checkpoint_io import load_checkpoint_into, save_atomic
 from slem.train.config import TrainConfig
+from slem.train.distributed import all_gather, broadcast_module, ranks, weighted_mean
 from slem.train.loop import Iterations, Loop
 from slem.train.meta_step import PendingStep, PhasedMetaStep, make_meta_optimizer, step_hyper
 from slem.train.methods import build_trainer, check_fits, get_method, method_names, method_spec
@@ -70,7 +81,7 @@ class CrossTaskConfig(BaseModel):
             ``{model: {width: 256}, optim: {epochs: 40, schedule: constant}}``; empty: every
             episode trains as ``train`` says.
         tasks_per_step: episodes run side by side; their hypergradients are averaged in every
-            meta step.
+            meta step (over all ranks: at least one episode per rank).
         steps: meta steps (one training step of every running episode each).
         checkpoint_every: meta steps between checkpoints.
     """
@@ -175,10 +186,13 @@ class CrossTaskTrainer:
         hyper: its parameters the meta steps learn, by name (a learned schedule: the live
             net's, not its snapshots').
         episodes: the running episodes (None before the first step).
-        finished: one row per finished episode: its index, task, and test summary.
+        finished: one row per finished episode of this rank: its index, task, and test
+            summary (:meth:`all_finished`: every rank's).
+        last_meta_gradient: the averaged hypergradient of the last meta step, by name.
 
     Raises:
-        SlemError: a task of the family cannot be built, or does not fit the method.
+        SlemError: a task of the family cannot be built, or does not fit the method; fewer
+            ``tasks_per_step`` than ranks.
     """
 
     def __init__(
@@ -191,20 +205,31 @@ class CrossTaskTrainer:
         train = config.train
         self.device = torch.device(device) if device is not None else resolve_device(train.device)
         (kind,) = method_spec(train).meta_learns
+        self.ranks = ranks()
+        if config.tasks_per_step < self.ranks.size:
+            raise SlemError(
+                f"tasks_per_step: {config.tasks_per_step} episodes cannot be shared by "
+                f"{self.ranks.size} ranks; set it to at least {self.ranks.size}"
+            )
+        slots = len(range(self.ranks.rank, config.tasks_per_step, self.ranks.size))
         # the first episode's trainer builds h as a per-task run does (same seed); it is the
-        # first episode to run unless a checkpoint is loaded
-        self._first: Episode | None = self._episode(0, new_methodology=True)
+        # first episode to run unless a checkpoint is loaded. Every rank starts from rank 0's
+        # h (episode 0's)
+        self._first: Episode | None = self._episode(self.ranks.rank, new_methodology=True)
         methodology, step = self._first.trainer.methodology, self._first.phased.meta_step
         assert methodology is not None and step is not None
+        broadcast_module(methodology)
         self.methodology: Methodology = methodology
         self.hyper = dict(step.hyper)
         self.meta_optimizer = make_meta_optimizer(list(self.hyper.values()), step.meta)
         self.plan = Iterations(config.steps)
         self.progress = Progress.start(None)
         self.label = f"meta-training {kind} over a family of {config.tasks.n_distinct} tasks"
-        self.episodes: list[Episode | None] = [None] * config.tasks_per_step
+        self.episodes: list[Episode | None] = [None] * slots
         self.started = 0
         self.finished: list[dict[str, Any]] = []
+        self.last_meta_gradient: dict[str, Tensor] = {}
+        self._stop_asked: str | None = None
 
     # ------------------------------------------------------------------ episodes
 
@@ -245,12 +270,22 @@ class CrossTaskTrainer:
                 continue
             if episode is not None:
                 self._close(episode)
-            fresh = self._first if self._first is not None else self._episode(self.started)
+            fresh = self._first if self._first is not None else self._episode(self.next_index)
             self._first = None  # episode 0, built in __init__
             fresh.loop.start()
             self.episodes[slot] = fresh
             self.started += 1
         return [ep for ep in self.episodes if ep is not None]
+
+    @property
+    def next_index(self) -> int:
+        """The family's task index of this rank's next episode (``n * ranks + rank``)."""
+        return self.started * self.ranks.size + self.ranks.rank
+
+    def all_finished(self) -> list[dict[str, Any]]:
+        """Every rank's finished episodes, by episode index (a collective on several ranks)."""
+        rows = [row for part in all_gather(self.finished) for row in part]
+        return sorted(rows, key=lambda row: int(row["episode"]))
 
     def _close(self, episode: Episode) -> None:
         summary = episode.loop.end().summary
@@ -268,7 +303,8 @@ class CrossTaskTrainer:
 
     def step(self, batch: Any) -> dict[str, float]:
         """One meta step: a training step of every running episode, the due hypergradients
-        averaged into one update of the shared methodology between their two phases."""
+        averaged (over every rank) into one update of the shared methodology between their
+        two phases."""
         pending: list[tuple[Episode, Any, PendingStep]] = []
         for ep in self._running():
             x, y, idx = ep.loop.next_batch()
@@ -278,16 +314,46 @@ class CrossTaskTrainer:
             ep.trainer.schedule_lr()
             with same_randomness() as snapshot:
                 pending.append((ep, snapshot, ep.phased.meta_hypergradient(x, y, idx)))
-        if not pending:
+        grads, tasks, meta_loss = self._average(pending)
+        if tasks == 0:
             return {}
-        step_hyper(self.meta_optimizer, self.hyper, average([p.result for _, _, p in pending]))
-        losses = []
+        step_hyper(self.meta_optimizer, self.hyper, grads)
+        self.last_meta_gradient = grads
         for ep, snapshot, p in pending:
             with same_randomness(snapshot):
                 stats = ep.phased.real_step(p)
             ep.loop.after_step(stats)
-            losses.append(stats["meta_loss"])
-        return {"meta_loss": sum(losses) / len(losses), "tasks": float(len(losses))}
+        return {"meta_loss": meta_loss, "tasks": tasks}
+
+    def _average(
+        self, pending: list[tuple[Episode, Any, PendingStep]]
+    ) -> tuple[dict[str, Tensor], float, float]:
+        """The mean hypergradient and meta loss of the due episodes of every rank, and their
+        number: one all-reduce on several ranks, which also carries a stop asked on any."""
+        results = [p.result for _, _, p in pending]
+        if not self.ranks.active:
+            if not results:
+                return {}, 0.0, 0.0
+            loss = sum(r.outer_loss for r in results) / len(results)
+            return average(results), float(len(results)), loss
+        # sums, counts and the stop flag in one bucket, averaged over the ranks
+        sums = {
+            k: sum((r.grads[k] for r in results), torch.zeros_like(v))
+            for k, v in self.hyper.items()
+        }
+        scalars = [float(len(results)), sum(r.outer_loss for r in results)]
+        scalars.append(float(self._stop_asked is not None))
+        bucket = {**sums, "_scalars": torch.tensor(scalars, dtype=torch.float64)}
+        mean, _ = weighted_mean(bucket, 1.0)
+        tasks, loss_sum, stop = (float(v) * self.ranks.size for v in mean["_scalars"])
+        tasks, stop = float(round(tasks)), float(round(stop))
+        if stop > 0:
+            self.progress.stop = self._stop_asked or "stopped on another rank"
+        if tasks == 0:
+            return {}, 0.0, 0.0
+        share = self.ranks.size / tasks  # the mean over ranks of sums, times ranks / tasks
+        grads = {k: mean[k] * share for k in sums}
+        return grads, tasks, loss_sum / tasks
 
     def epoch_steps(self) -> range:
         return self.plan.epoch(self.progress.epoch)
@@ -296,24 +362,33 @@ class CrossTaskTrainer:
         pass
 
     def end_epoch(self) -> dict[str, Any]:
+        finished = self.all_finished() if self.ranks.active else self.finished
         row = {
             "epoch": self.progress.epoch + 1,
             "step": self.progress.global_step,
-            "episodes_started": self.started,
-            "episodes_finished": len(self.finished),
+            "episodes_started": self.episodes_started(),
+            "episodes_finished": len(finished),
         }
-        recent = [r["test_accuracy"] for r in self.finished[-10:] if "test_accuracy" in r]
+        recent = [r["test_accuracy"] for r in finished[-10:] if "test_accuracy" in r]
         if recent:  # each finished episode's test split is held out from its training
             row["recent_episode_test_accuracy"] = sum(recent) / len(recent)
         return self.progress.close_epoch(row, math.nan, self.methodology)
+
+    def episodes_started(self) -> int:
+        """Episodes started on every rank (a collective on several ranks)."""
+        return sum(all_gather(self.started)) if self.ranks.active else self.started
 
     def finish(self) -> Methodology:
         """The meta-trained methodology; episodes still running are left unfinished."""
         return self.methodology
 
     def request_stop(self, reason: str) -> None:
-        """Stop after the current meta step (signal handlers call this)."""
-        self.progress.stop = reason
+        """Stop after the current meta step (signal handlers call this); on several ranks
+        after the next meta step, on every rank."""
+        if self.ranks.active:
+            self._stop_asked = reason
+        else:
+            self.progress.stop = reason
 
     def fit(self, progress: bool = True) -> Methodology:
         """Meta-train for ``config.steps`` meta steps (from a loaded checkpoint).
@@ -322,7 +397,7 @@ class CrossTaskTrainer:
             TrainingStopped: a stop was requested (Ctrl-C, :meth:`request_stop`).
             NonFiniteLoss: a loss or hypergradient became NaN or infinite.
         """
-        result: Methodology = Loop(self, progress).run()
+        result: Methodology = Loop(self, progress and self.ranks.main).run()
         return result
 
     # ------------------------------------------------------------------ state
@@ -423,7 +498,8 @@ def cross_task_run(
     ``meta_checkpoint.pt``), then write the methodology artifact (``methodology/``, applied
     with ``slem apply``), ``episodes.jsonl`` (one row per finished episode),
     ``meta_metrics.jsonl`` (one row per tenth of the meta steps) and ``summary.json``, each
-    written whole or not at all. Returns the summary.
+    written whole or not at all (by rank 0 alone on several ranks; every rank calls this).
+    Returns the summary.
 
     Raises:
         TrainingStopped: a stop was requested (the checkpoint is written first).
@@ -436,6 +512,19 @@ def cross_task_run(
     if on_trainer is not None:
         on_trainer(learner)
     h = learner.fit(progress)
+    finished, started = learner.all_finished(), learner.episodes_started()
+    accuracies = [r["test_accuracy"] for r in finished if "test_accuracy" in r]
+    summary = {
+        "methodology": str(run_dir / "methodology"),
+        "meta_steps": learner.progress.global_step,
+        "episodes_started": started,
+        "episodes_finished": len(finished),
+        "episode_test_accuracy_mean": sum(accuracies) / len(accuracies) if accuracies else None,
+        "seconds": round(learner.progress.elapsed, 1),
+        **({"ranks": learner.ranks.size} if learner.ranks.active else {}),
+    }
+    if not learner.ranks.main:  # rank 0 writes the run's files
+        return summary
     save_methodology(
         h,
         run_dir / "methodology",
@@ -443,24 +532,16 @@ def cross_task_run(
         trained_on={
             "family": config.tasks.model_dump(mode="json"),
             "setups": config.setups,
-            "episodes_started": learner.started,
-            "episodes_finished": len(learner.finished),
+            "episodes_started": started,
+            "episodes_finished": len(finished),
             "meta_steps": learner.progress.global_step,
             "tasks_per_step": config.tasks_per_step,
+            **({"ranks": learner.ranks.size} if learner.ranks.active else {}),
         },
     )
-    lines = "".join(json.dumps(row) + "\n" for row in learner.finished)
+    lines = "".join(json.dumps(row) + "\n" for row in finished)
     atomic_write_text(run_dir / "episodes.jsonl", lines)
     rows = "".join(json.dumps(row) + "\n" for row in learner.progress.history)
     atomic_write_text(run_dir / "meta_metrics.jsonl", rows)
-    accuracies = [r["test_accuracy"] for r in learner.finished if "test_accuracy" in r]
-    summary = {
-        "methodology": str(run_dir / "methodology"),
-        "meta_steps": learner.progress.global_step,
-        "episodes_started": learner.started,
-        "episodes_finished": len(learner.finished),
-        "episode_test_accuracy_mean": sum(accuracies) / len(accuracies) if accuracies else None,
-        "seconds": round(learner.progress.elapsed, 1),
-    }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -62,7 +62,7 @@ class ForwardTrainer(Trainer):
             if self.task.transition is None:
                 raise SlemError("forward_transition true needs a task with known label noise")
             self.transition = torch.as_tensor(
-                self.task.transition, dtype=torch.float32, device=self.device
+                self.task.transition, dtype=torch.get_default_dtype(), device=self.device
             )
 
     @property

@@ -56,7 +56,7 @@ def class_balanced_weights(counts: Tensor, beta: float = 0.999) -> Tensor:
     """Per-class weights from the effective number of samples, averaging 1 over classes."""
     effective = (1.0 - beta ** counts.clamp_min(1).to(torch.float64)) / (1.0 - beta)
     w = 1.0 / effective
-    return (w / w.sum() * len(counts)).to(torch.float32)
+    return (w / w.sum() * len(counts)).to(torch.get_default_dtype())
 
 
 def class_balanced(logits: Tensor, y: Tensor, class_weights: Tensor) -> Tensor:

@@ -85,7 +85,7 @@ class Classification:
         counts = torch.tensor(task.features.class_counts, dtype=torch.float64)
         self._counts = counts
         prior = counts.clamp_min(1.0) / counts.clamp_min(1.0).sum()
-        self.log_prior = prior.log().to(device, torch.float32)
+        self.log_prior = prior.log().to(device, torch.get_default_dtype())
 
     @functools.cached_property
     def cb_weights(self) -> Tensor:
@@ -97,9 +97,10 @@ class Classification:
         return f"Classification({self.n_classes} classes, select on val {self.select_on})"
 
     def tensors(self, split: Split) -> tuple[Tensor, Tensor]:
-        """A split's inputs (float32) and labels (int64) on the device."""
+        """A split's inputs (in torch's default dtype: float32 unless set) and labels (int64)
+        on the device."""
         return (
-            torch.as_tensor(split.X, dtype=torch.float32, device=self.device),
+            torch.as_tensor(split.X, dtype=torch.get_default_dtype(), device=self.device),
             torch.as_tensor(split.y, dtype=torch.long, device=self.device),
         )
 
@@ -278,13 +279,17 @@ class Regression:
     def tensors(self, split: Split) -> tuple[Tensor, Tensor]:
         """A split's inputs and targets (float32; targets as a vector) on the device."""
         return (
-            torch.as_tensor(split.X, dtype=torch.float32, device=self.device),
-            torch.as_tensor(split.y, dtype=torch.float32, device=self.device).reshape(-1),
+            torch.as_tensor(split.X, dtype=torch.get_default_dtype(), device=self.device),
+            torch.as_tensor(split.y, dtype=torch.get_default_dtype(), device=self.device).reshape(
+                -1
+            ),
         )
 
     def test_targets(self) -> Tensor:
         """The test split's clean targets."""
-        return torch.as_tensor(self.task.test.y_true, dtype=torch.float32, device=self.device)
+        return torch.as_tensor(
+            self.task.test.y_true, dtype=torch.get_default_dtype(), device=self.device
+        )
 
     def check_output(self, model: nn.Module, x: Tensor) -> None:
         """Refuse a model whose output on ``x[:2]`` is not ``(batch, 1)`` or ``(batch,)``."""
