@@ -9,7 +9,15 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from slem.cli.console import ThreadsOption, console, set_threads, user_errors
+from slem.cli.console import ThreadsOption, console, err_console, set_threads, user_errors
+from slem.cli.launch import (
+    MaxRestartsOption,
+    NprocOption,
+    continuing,
+    launch,
+    needs_out,
+    run_directory,
+)
 from slem.cli.train_cmd import (
     QuietOption,
     SetOption,
@@ -18,12 +26,14 @@ from slem.cli.train_cmd import (
     stop_on_signals,
 )
 from slem.errors import SlemError
-from slem.rundir import atomic_write_text, lock_run_dir
+from slem.rundir import atomic_write_text
+from slem.train import distributed
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import apply_overrides, load_yaml
 from slem.train.cross_task import check_family, cross_task_run, parse_cross_task_config
 from slem.train.guard import TrainingStopped
 from slem.train.run import check_new_run_dir
+from slem.train.threads import resolve_device
 
 COMMAND = "slem meta-train"
 
@@ -38,34 +48,53 @@ def meta_train(
     set_: SetOption = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
+    nproc: NprocOption = None,
+    max_restarts: MaxRestartsOption = 0,
 ) -> None:
-    """Meta-train one methodology over a family of tasks; apply it with 'slem apply'."""
+    """Meta-train one methodology over a family of tasks; apply it with 'slem apply'.
+
+    On several ranks (--nproc, or started by torchrun) each rank trains its own episodes and
+    the meta-gradients are averaged once per meta step (docs/distributed.md)."""
+    needs_out(out, resume)
     if resume is not None:
         reject_with_resume({"CONFIG": config, "--out": out, "--set": set_})
-        cfg = parse_cross_task_config(_read_config(resume))
+        cfg = parse_cross_task_config(distributed.on_main(lambda: _read_config(resume)))
         run_dir = resume
     else:
         if config is None:
             raise SlemError("give the CONFIG file (tasks, train, steps), or --resume RUN_DIR")
         cfg = parse_cross_task_config(apply_overrides(load_yaml(config), set_ or []))
-        check_family(cfg)  # before anything is written
+        if not distributed.restarted():
+            check_family(cfg)  # before anything is written
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-meta-train-{cfg.train.method}"
+    if nproc is not None and not distributed.launched():
+        raise typer.Exit(
+            _relaunch(nproc, max_restarts, config, run_dir, resume, set_, threads, quiet)
+        )
     set_threads(threads if threads is not None else cfg.train.threads)
+    ranks = distributed.start(resolve_device(cfg.train.device))
+    resuming = continuing(run_dir, resume is not None)
+    if distributed.restarted() and ranks.main:
+        err_console.print(f"torchrun restarted the ranks: {run_dir} resumes from its checkpoint")
+
+    def prepare() -> None:
+        if not resuming:
+            check_new_run_dir(run_dir, COMMAND)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json")))
+
     learners: list[Any] = []
     try:
-        with lock_run_dir(run_dir, COMMAND):
-            if resume is None:
-                check_new_run_dir(run_dir, COMMAND)
-                atomic_write_text(
-                    run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"))
-                )
-            with stop_on_signals(learners):
-                summary = cross_task_run(
-                    cfg, run_dir, resume is not None, not quiet, learners.append
-                )
+        with run_directory(run_dir, COMMAND, prepare), stop_on_signals(learners):
+            summary = cross_task_run(cfg, run_dir, resuming, not quiet, learners.append)
     except TrainingStopped as exc:
+        if not ranks.main:
+            raise typer.Exit(1) from None
         report_stopped(exc, run_dir, COMMAND)
+    finally:
+        distributed.stop()
+    if not ranks.main:
+        return
     mean = summary["episode_test_accuracy_mean"]
     score = f", mean test accuracy of its episodes {mean:.3f}" if mean is not None else ""
     console.print(
@@ -76,6 +105,31 @@ def meta_train(
         soft_wrap=True,
     )
     console.print(f"run directory: {run_dir}", soft_wrap=True)
+
+
+def _relaunch(
+    nproc: int,
+    max_restarts: int,
+    config: Path | None,
+    run_dir: Path,
+    resume: Path | None,
+    set_: list[str] | None,
+    threads: int | None,
+    quiet: bool,
+) -> int:
+    """This command on ``nproc`` ranks under torchrun (:func:`~slem.cli.launch.launch`)."""
+    args = ["meta-train"]
+    if resume is not None:
+        args += ["--resume", str(resume)]
+    else:
+        args += [str(config), "--out", str(run_dir)]
+        for item in set_ or []:
+            args += ["--set", item]
+    if threads is not None:
+        args += ["--threads", str(threads)]
+    if quiet:
+        args.append("--quiet")
+    return launch(nproc, max_restarts, args, threads)
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from slem.errors import SlemError
-from slem.train.distributed import gather, ranks
+from slem.train.distributed import gather, on_main, ranks
 
 
 def damaged(path: Path, problem: str, fix: str) -> SlemError:
@@ -36,10 +36,27 @@ def read_checkpoint(
         map_location: where its tensors go.
         keys: entries the checkpoint must hold.
 
+    On several ranks rank 0 reads the file (only its machine needs it) and every rank gets
+    its own part (:func:`save_atomic`); an error is raised on every rank.
+
     Raises:
-        SlemError: the file is missing, unreadable, or lacks ``keys``.
+        SlemError: the file is missing, unreadable, or lacks ``keys``; it was written by a
+            run on another number of ranks.
     """
     p = Path(path)
+    if ranks().active:
+        state = on_main(lambda: _read_whole(p, "cpu"))
+    else:
+        state = _read_whole(p, map_location)
+    state = _own_part(state, p)
+    missing = [k for k in keys if k not in state]
+    if missing:
+        fix = f"delete {p.name} to start the run over, or restore the file from a copy"
+        raise damaged(p, "missing " + ", ".join(missing), fix)
+    return state
+
+
+def _read_whole(p: Path, map_location: torch.device | str) -> dict[str, Any]:
     fix = f"delete {p.name} to start the run over, or restore the file from a copy"
     if not p.is_file():
         raise SlemError(f"no checkpoint at '{p}'; nothing to resume")
@@ -49,10 +66,6 @@ def read_checkpoint(
         raise damaged(p, f"{type(exc).__name__}: {exc}", fix) from None
     if not isinstance(state, dict):
         raise damaged(p, f"holds a {type(state).__name__}, not a checkpoint", fix)
-    state = _own_part(state, p)
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise damaged(p, "missing " + ", ".join(missing), fix)
     return state
 
 

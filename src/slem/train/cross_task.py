@@ -55,7 +55,7 @@ from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback
 from slem.train.checkpoint_io import load_checkpoint_into, save_atomic
 from slem.train.config import TrainConfig
-from slem.train.distributed import all_gather, broadcast_module, ranks, weighted_mean
+from slem.train.distributed import all_gather, broadcast_module, on_main, ranks, weighted_mean
 from slem.train.loop import Iterations, Loop
 from slem.train.meta_step import PendingStep, PhasedMetaStep, make_meta_optimizer, step_hyper
 from slem.train.methods import build_trainer, check_fits, get_method, method_names, method_spec
@@ -507,7 +507,7 @@ def cross_task_run(
     """
     checkpoint = run_dir / "meta_checkpoint.pt"
     learner = CrossTaskTrainer(config, [CheckpointCallback(checkpoint, config.checkpoint_every)])
-    if resume and checkpoint.is_file():
+    if resume and on_main(checkpoint.is_file):
         learner.load_checkpoint(checkpoint)
     if on_trainer is not None:
         on_trainer(learner)

@@ -1,0 +1,211 @@
+"""Meta-training on several ranks (issue 17): cross-task meta-training shards episodes over
+gloo ranks and averages the meta-gradients once per meta step; checkpoints hold every rank's
+state; torchrun's elastic restarts resume every rank from the last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from slem.cli.app import app
+from slem.errors import SlemError
+from slem.train.checkpoint_io import read_checkpoint, save_atomic
+from slem.train.cross_task import CrossTaskTrainer, parse_cross_task_config
+from tests.ranks import run_ranks
+
+#: a family of equally long tasks (so episodes finish together and are replaced in step)
+FAMILY = {
+    "tasks": {
+        "datasets": ["wine"],
+        "noise": ["symmetric:0.2", "symmetric:0.4"],
+        "meta_per_class": 5,
+        "seed": 3,
+    },
+    "train": {
+        "method": "mwnet",
+        "model": {"arch": "mlp", "width": 16, "depth": 1},
+        "optim": {"epochs": 2, "batch_size": 32, "lr": 0.05},
+        "meta": {"warmup_epochs": 0, "batch_size": 16, "lr": 0.01},
+    },
+    "tasks_per_step": 4,
+    "steps": 9,
+}
+
+
+def relative_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    flat_a = torch.cat([a[k].reshape(-1) for k in sorted(a)])
+    flat_b = torch.cat([b[k].reshape(-1) for k in sorted(b)])
+    return float((flat_a - flat_b).norm() / flat_b.norm())
+
+
+def meta_steps(values: dict[str, Any], steps: int) -> dict[str, Any]:
+    """``steps`` meta steps in float64: each step's averaged meta-gradient, the final h."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        trainer = CrossTaskTrainer(parse_cross_task_config(values))
+        grads = []
+        for _ in range(steps):
+            trainer.step(None)
+            grads.append({k: v.clone() for k, v in trainer.last_meta_gradient.items()})
+        h = {k: v.detach().clone() for k, v in trainer.methodology.state_dict().items()}
+        return {"grads": grads, "h": h, "episodes": trainer.episodes_started()}
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_two_ranks_take_the_meta_step_of_one_process_over_the_same_tasks(
+    tmp_path: Path,
+) -> None:
+    """Four episodes per meta step, two on each rank: every averaged meta-gradient (and h
+    after the steps, past the first episodes' end and their replacement) equals the
+    one-process run's over the same tasks to 1e-6 in float64."""
+    one = meta_steps(FAMILY, FAMILY["steps"])
+    two = run_ranks(meta_steps, 2, tmp_path, FAMILY, FAMILY["steps"])
+    assert one["episodes"] == two[0]["episodes"] == 8  # episodes 4-7 replaced 0-3
+    for rank in two:
+        for step, (g1, g2) in enumerate(zip(one["grads"], rank["grads"], strict=True)):
+            assert relative_error(g2, g1) < 1e-6, step
+        assert relative_error(rank["h"], one["h"]) < 1e-6
+    # the ranks hold one h, to the bit
+    for k in two[0]["h"]:
+        assert torch.equal(two[0]["h"][k], two[1]["h"][k])
+
+
+def checkpointed(values: dict[str, Any], path: str) -> dict[str, Any]:
+    """4 meta steps, a checkpoint, 4 more in a fresh trainer from it; and 8 straight."""
+    straight = CrossTaskTrainer(parse_cross_task_config(values))
+    for _ in range(8):
+        straight.step(None)
+    first = CrossTaskTrainer(parse_cross_task_config(values))
+    for _ in range(4):
+        first.step(None)
+    first.save_checkpoint(path)
+    second = CrossTaskTrainer(parse_cross_task_config(values))
+    second.load_checkpoint(path)
+    for _ in range(4):
+        second.step(None)
+    return {
+        "straight": straight.methodology.state_dict(),
+        "resumed": second.methodology.state_dict(),
+        "finished": second.all_finished() == straight.all_finished(),
+    }
+
+
+def test_a_checkpoint_holds_every_rank_and_resumes_each_to_the_bit(tmp_path: Path) -> None:
+    path = tmp_path / "meta_checkpoint.pt"
+    results = run_ranks(checkpointed, 2, tmp_path, FAMILY, str(path))
+    for r in results:
+        assert r["finished"]
+        for k, v in r["straight"].items():
+            assert torch.equal(v, r["resumed"][k])
+    saved = torch.load(path, weights_only=False)
+    assert [s["episodes"][0]["index"] for s in saved["ranks"]] == [0, 1]
+    with pytest.raises(SlemError, match=r"written by a run on 2 ranks, this one has 1; resume"):
+        read_checkpoint(path)
+
+
+def test_a_one_process_checkpoint_is_not_one_of_several_ranks(tmp_path: Path) -> None:
+    path = save_atomic({"methodology": {}}, tmp_path / "c.pt")
+    assert read_checkpoint(path) == {"methodology": {}}
+
+
+def too_few_tasks(values: dict[str, Any]) -> str:
+    try:
+        CrossTaskTrainer(parse_cross_task_config({**values, "tasks_per_step": 1}))
+    except SlemError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_every_rank_needs_an_episode(tmp_path: Path) -> None:
+    messages = run_ranks(too_few_tasks, 2, tmp_path, FAMILY)
+    assert messages[0] == (
+        "tasks_per_step: 1 episodes cannot be shared by 2 ranks; set it to at least 2"
+    )
+
+
+def test_torchrun_without_a_run_directory_is_one_line(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = tmp_path / "family.yaml"
+    config.write_text(yaml.safe_dump(FAMILY))
+    result = runner.invoke(app, ["meta-train", str(config)])
+    assert result.exit_code == 2
+    assert "--out: give the run directory when running on several ranks" in result.stderr
+
+
+# ---------------------------------------------------------------------- torchrun, end to end
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(c) for c in text]
+    return found
+
+
+def _slem(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "slem", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _outcome(run: Path) -> dict[str, Any]:
+    summary = json.loads((run / "summary.json").read_text())
+    summary.pop("seconds"), summary.pop("methodology")
+    return {
+        "summary": summary,
+        "episodes": (run / "episodes.jsonl").read_text(),
+        "weights": (run / "methodology" / "methodology.safetensors").read_bytes(),
+    }
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds ranks through /proc")
+def test_a_rank_killed_mid_run_resumes_with_the_others_and_ends_as_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """``--nproc 2 --max-restarts 1``: SIGKILL one rank after the first checkpoint; torchrun
+    restarts both, they resume from the checkpoint, and the run's final metrics and
+    methodology equal an uninterrupted 2-rank run's."""
+    values = {**FAMILY, "steps": 160, "checkpoint_every": 10}
+    values["train"] = {**FAMILY["train"], "optim": {**FAMILY["train"]["optim"], "epochs": 6}}
+    config = tmp_path / "family.yaml"
+    config.write_text(yaml.safe_dump(values))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["meta-train", str(config), "--nproc", "2", "--quiet"]
+
+    plain = _slem(*common, "--out", str(tmp_path / "plain"), env=env)
+    out, _ = plain.communicate(timeout=300)
+    assert plain.returncode == 0, out
+
+    killed = tmp_path / "killed"
+    run = _slem(*common, "--max-restarts", "1", "--out", str(killed), env=env)
+    deadline = time.monotonic() + 120
+    while not (killed / "meta_checkpoint.pt").is_file():
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0]
+        time.sleep(0.02)
+    (agent,) = _children(run.pid)  # slem --nproc -> torchrun's agent -> the ranks
+    ranks = _children(agent)
+    assert len(ranks) == 2
+    os.kill(ranks[1], signal.SIGKILL)
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, out
+    assert "torchrun restarted the ranks" in out, out
+    assert _outcome(killed) == _outcome(tmp_path / "plain")
