@@ -252,6 +252,44 @@ def shard(n: int) -> slice:
     return slice(begin, begin + base + (1 if r.rank < extra else 0))
 
 
+def rows_of(n: int, r: Ranks) -> slice:
+    """Rank ``r.rank``'s contiguous part of ``n`` rows among ``r.size`` ranks: :func:`shard`
+    for a given place (data-parallel batches carry their trainer's ranks)."""
+    base, extra = divmod(n, r.size)
+    begin = r.rank * base + min(r.rank, extra)
+    return slice(begin, begin + base + (1 if r.rank < extra else 0))
+
+
+def mean_gradients_with(
+    params: Mapping[str, Tensor] | nn.Module, weight: float, values: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """:func:`mean_gradients`, and the ``weight``-weighted means of ``values`` (e.g. the
+    step's loss, so every rank logs and checks the global batch's) in the same all-reduce;
+    returns those means. With one rank: ``values`` unchanged, no gradient touched."""
+    if not ranks().active:
+        return dict(values)
+    named = dict(params.named_parameters()) if isinstance(params, nn.Module) else dict(params)
+    named = {k: p for k, p in named.items() if p.requires_grad}
+    parts = {
+        f"g:{k}": p.grad if p.grad is not None else torch.zeros_like(p) for k, p in named.items()
+    }
+    parts.update({f"v:{k}": v.detach() for k, v in values.items()})
+    mean, _ = weighted_mean(parts, weight)
+    for k, p in named.items():
+        p.grad = mean[f"g:{k}"]
+    return {k: mean[f"v:{k}"] for k in values}
+
+
+def sum_over_ranks(values: Tensor) -> Tensor:
+    """The sum over the ranks of ``values`` (detached; one all-reduce); ``values`` itself
+    with one rank."""
+    r = ranks()
+    if not r.active:
+        return values
+    mean, _ = weighted_mean({"v": values}, 1.0)
+    return mean["v"] * r.size
+
+
 __all__ = [
     "Ranks",
     "all_gather",
@@ -262,11 +300,14 @@ __all__ = [
     "launched",
     "mean_buffers",
     "mean_gradients",
+    "mean_gradients_with",
     "on_main",
     "ranks",
     "restarted",
+    "rows_of",
     "shard",
     "start",
     "stop",
+    "sum_over_ranks",
     "weighted_mean",
 ]

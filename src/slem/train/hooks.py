@@ -22,6 +22,7 @@ from slem.bilevel.fast import inner_value, weight_input
 from slem.methodology.inputs import TaskObserver
 from slem.methodology.weighting import CMWNet, MWNet, build_weighting
 from slem.train.config import MetaConfig
+from slem.train.distributed import Ranks, gather_rows
 from slem.train.objective import Classification
 from slem.train.teacher import Teacher, weighted_terms
 
@@ -61,6 +62,9 @@ class SampleWeights:
         self.teacher = Teacher(model, meta, objective.log_prior) if self.label_correction else None
         self.observer = TaskObserver(net.inputs, n_train, objective.n_classes)
         self.clock = clock
+        #: data-parallel: each batch is this rank's shard of a global batch (see
+        #: :meth:`weights`); one rank by default
+        self.ranks = Ranks()
 
     def pseudo_labels(self, x: Tensor) -> Tensor | None:
         """CMW-Net-SL's soft pseudo-labels ``(n, C)`` of ``x`` (None without correction)."""
@@ -75,10 +79,48 @@ class SampleWeights:
     ) -> Tensor:
         """The normalized weights ``(n,)`` of per-sample ``losses`` of labels ``y`` of training
         samples ``idx`` (None: not training samples); ``rule``: the net as a function of its
-        parameters (meta steps), default the net itself."""
+        parameters (meta steps), default the net itself.
+
+        Data-parallel (:attr:`ranks`): the batch is this rank's shard of a global batch; the
+        weights are those of the global batch (its loss ratios, ranks, histories and
+        normalization), evaluated on every rank over every rank's rows, and this rank's rows
+        are returned (their graph reaches ``rule``'s parameters through every row, as the
+        normalization does)."""
+        if self.ranks.active:
+            losses, y, idx, own = self._global_batch(losses, y, idx)
+            return self._weights(losses, y, idx, rule)[own]
+        return self._weights(losses, y, idx, rule)
+
+    def _weights(self, losses: Tensor, y: Tensor, idx: Tensor | None, rule: Rule | None) -> Tensor:
         inputs = self.observer.features(losses, idx, self.clock())
         raw = (rule or self.net)(inputs, self.objective.class_groups[y])
         return self.normalized(raw, y)
+
+    def _global_batch(
+        self, losses: Tensor, y: Tensor, idx: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, slice]:
+        """Every rank's ``(losses, y, idx)`` in rank order (one gather), and where this
+        rank's rows lie in them."""
+        n = len(losses)
+        rank = torch.full((n,), float(self.ranks.rank), dtype=torch.float64)
+        columns = [losses.detach().double(), y.double(), rank.to(losses.device)]
+        if idx is not None:
+            columns.append(idx.double())
+        rows = gather_rows(torch.stack(columns, dim=1))
+        start = int((rows[:, 2] < self.ranks.rank).sum())
+        own = slice(start, start + n)
+        all_idx = rows[:, 3].long() if idx is not None else None
+        return rows[:, 0].to(losses.dtype), rows[:, 1].long(), all_idx, own
+
+    def observe(self, losses: Tensor, idx: Tensor) -> None:
+        """The per-sample ``losses`` of training samples ``idx`` join the histories (of the
+        global batch, data-parallel: every rank keeps the same histories)."""
+        if self.ranks.active and self.observer.stateful:
+            # the indices stand in for the labels, which the histories do not need
+            losses, _, all_idx, _ = self._global_batch(losses, idx, idx)
+            assert all_idx is not None
+            idx = all_idx
+        self.observer.observe(losses, idx)
 
     def normalized(self, w: Tensor, y: Tensor) -> Tensor:
         """``w`` normalized as ``meta.normalize_weights`` says; never under label correction,
@@ -91,7 +133,11 @@ class SampleWeights:
         histories (None: samples without indices, which join none)."""
         with torch.no_grad():
             losses = weight_input(terms)
-            w = self.weights(losses, y, idx)
+            if self.ranks.active:  # one gather for the weights and the histories
+                losses, y_all, idx, own = self._global_batch(losses, y, idx)
+                w = self._weights(losses, y_all, idx, None)[own]
+            else:
+                w = self.weights(losses, y, idx)
         if idx is not None:
             self.observer.observe(losses, idx)
         return inner_value(terms, w)

@@ -177,7 +177,7 @@ class Classification:
                 logits = model(x[i : i + EVAL_BATCH])
                 yb = y[i : i + EVAL_BATCH]
                 total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-                hits.index_add_(0, yb, (logits.argmax(1) == yb).float())
+                hits.index_add_(0, yb, (logits.argmax(1) == yb).to(hits.dtype))
         n = max(len(y), 1)
         support = torch.bincount(y, minlength=self.n_classes).float()
         present = support > 0
