@@ -315,3 +315,18 @@ def test_the_generic_methods_refuse_a_problem_over_ranks() -> None:
     for method, options in (("implicit", {}), ("lookahead", {"fast": False})):
         with pytest.raises(SlemError, match=r"needs meta\.hypergrad lookahead"):
             hypergrad(identity, method, inner_batch=(x, y), outer_batch=(x, y), **options)
+
+
+def test_the_benchmark_cases_are_valid_configs() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = pytest.importorskip("distributed_dp")
+    for case in bench.CASES.values():
+        cfg = parse_train_config(case)
+        assert cfg.method == "mwnet" and cfg.meta.warmup_epochs == 0
+    rows = [
+        {"case": "c", "setting": s, "steps_per_s": [v, v + 1], "median": v}
+        for s, v in (("one", 2.0), ("two", 3.0))
+    ]
+    assert "| c | two | 3.00 | 3.00-4.00 | 1.50x |" in bench.table(rows)

@@ -260,6 +260,30 @@ def rows_of(n: int, r: Ranks) -> slice:
     return slice(begin, begin + base + (1 if r.rank < extra else 0))
 
 
+def gather_rows_within(values: Tensor, most: int) -> Tensor:
+    """:func:`gather_rows` in one collective when no rank has more than ``most`` rows (the
+    same ``most`` on every rank): each rank's rows travel padded to ``most``, with their
+    count in one extra row. ``values`` itself with one rank.
+
+    Raises:
+        ValueError: this rank has more than ``most`` rows.
+    """
+    r = ranks()
+    if not r.active:
+        return values
+    n = len(values)
+    if n > most:
+        raise ValueError(f"{n} rows on rank {r.rank}, more than the {most} every rank allows")
+    device = _comm_device()
+    padded = torch.zeros((most + 1, *values.shape[1:]), dtype=values.dtype, device=device)
+    padded[:n] = values.to(device)
+    padded[most].view(-1)[0] = n
+    parts = [torch.empty_like(padded) for _ in range(r.size)]
+    dist.all_gather(parts, padded)
+    rows = [p[: int(p[most].view(-1)[0])] for p in parts]
+    return torch.cat(rows).to(values.device)
+
+
 def mean_gradients_with(
     params: Mapping[str, Tensor] | nn.Module, weight: float, values: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
@@ -297,6 +321,7 @@ __all__ = [
     "broadcast_module",
     "gather",
     "gather_rows",
+    "gather_rows_within",
     "launched",
     "mean_buffers",
     "mean_gradients",

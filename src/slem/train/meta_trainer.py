@@ -314,7 +314,7 @@ class MetaTrainer(Trainer):
             x, y, pseudo = pending.x, pending.y, pending.pseudo
             terms = result.diagnostics["losses"] if pending.reuse else None
             terms = terms if terms is not None else sw.terms(self.forward(x), y, pseudo)
-            loss = sw.loss(terms, y, pending.idx)
+            loss = sw.loss(terms, y, pending.idx, same_batch=pending.reuse)
             loss_value = self._apply_step(loss)
         self.progress.timings["meta"].append(time.perf_counter() - pending.start)
         return {"loss": loss_value, "meta_loss": result.outer_loss}

@@ -161,7 +161,7 @@ class Trainer:
         for module in self._replicated():
             broadcast_module(module)
         if self.sample_weights is not None:
-            self.sample_weights.ranks = ranks
+            self.sample_weights.shard_over(ranks, plan.batch_size)
 
     def _replicated(self) -> list[nn.Module]:
         """The modules every rank holds the same copy of: the model, the methodology, the
