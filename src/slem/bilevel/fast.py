@@ -43,6 +43,9 @@ class PerSample(NamedTuple):
 
 PerSampleLoss = Callable[[Params, Batch], "Tensor | PerSample"]
 WeightFn = Callable[[Params, Tensor, Batch], Tensor]
+#: data-parallel combination: ``(tensors, weight) -> sum_r weight_r tensors_r / sum_r weight_r``
+#: over the ranks (the same names and shapes on every rank)
+Reduce = Callable[[Params, float], Params]
 
 
 def as_per_sample(out: Tensor | PerSample) -> PerSample:
@@ -69,6 +72,18 @@ class WeightedProblem(BilevelProblem):
     ``weights(hyper, losses, batch)`` returns ``w`` (same shape), where ``losses`` is ``l``
     detached (MW-Net feeds the weighting net the loss *value*). The inner loss is
     ``mean(w * l)``, so every generic method applies too; ``lookahead`` takes the fast path.
+
+    **Data-parallel** (``reduce`` given): each rank holds its shard of the inner batch and of
+    the outer batch, and the fast path combines the ranks' parts with ``reduce`` (a
+    weighted mean over the ranks) at three points: the inner gradient (weighted by the
+    rank's number of samples), the outer gradients, direct term and loss (equal weights:
+    each rank's ``outer_loss`` must be its share, scaled so that the plain mean over the
+    ranks is the global batch's objective), and the weights' pull-back (weighted by the
+    rank's number of samples). ``weights`` then returns this rank's rows of weights computed
+    over the *global* batch (e.g. normalized over it), as a function of every rank's rows of
+    ``hyper``; its pull-back through this rank's rows, summed over the ranks, is the global
+    one. The result equals the one-process fast path on the global batch (to round-off);
+    the generic methods refuse such a problem.
     """
 
     def __init__(
@@ -80,9 +95,11 @@ class WeightedProblem(BilevelProblem):
         outer_loss: Callable[[Params, Params, Batch], Tensor],
         optimizer: Any,
         optimizer_state: Any = None,
+        reduce: Reduce | None = None,
     ) -> None:
         self.per_sample_loss = per_sample_loss
         self.weights = weights
+        self.reduce = reduce
         super().__init__(
             params=params,
             hyper=hyper,
@@ -157,6 +174,9 @@ def weighted_lookahead(
             )
         n = losses.numel()
         (g,) = _grads(inner_value(terms, weights.detach()), [live], None, keep_graph)
+        reduce = problem.reduce
+        if reduce is not None:  # the global batch's inner gradient
+            g = reduce(g, float(n))
 
         # 2. the virtual step, with g and phi as leaves so the update can be pulled back
         g_leaf = {k: t.detach().requires_grad_(True) for k, t in g.items()}
@@ -167,6 +187,9 @@ def weighted_lookahead(
         # 3. v = outer gradient at the looked-ahead parameters (+ the direct phi term)
         outer = problem.outer_loss(new_params, h_leaf, outer_batch)
         v, direct = _grads(outer, [new_params, h_leaf], None, False)
+        outer_value = outer.detach()
+        if reduce is not None:  # the ranks' shares of the outer objective, equally weighted
+            v, direct, outer_value = _reduce_outer(reduce, v, direct, outer_value)
 
         # 4. u = (dU/dg)^T v and the optimizer's own phi-dependence (e.g. a learned lr)
         u, opt_direct = _grads(stepped, [g_leaf, h_leaf], v, False)
@@ -178,6 +201,8 @@ def weighted_lookahead(
     # 6. the weights' pull-back
     with torch.enable_grad():
         (w_grads,) = _grads(weights, [hyper], c.detach() / n, False)
+    if reduce is not None:
+        w_grads = reduce(w_grads, float(n))
     grads = {k: (w_grads[k] + direct[k] + opt_direct[k]).detach() for k in hyper}
     diagnostics: dict[str, Any] = {
         "path": "fast",
@@ -191,11 +216,26 @@ def weighted_lookahead(
         diagnostics["graph_params"] = live
     return Hypergrad(
         grads=grads,
-        outer_loss=float(outer.detach()),
+        outer_loss=float(outer_value),
         method="lookahead",
         diagnostics=diagnostics,
         params=detach_tree(new_params),
         optimizer_state=diagnostics["optimizer_state"],
+    )
+
+
+def _reduce_outer(
+    reduce: Reduce, v: Params, direct: Params, value: Tensor
+) -> tuple[Params, Params, Tensor]:
+    """The outer gradients, direct term and loss averaged over the ranks in one ``reduce``."""
+    parts = {f"v:{k}": t for k, t in v.items()}
+    parts.update({f"d:{k}": t for k, t in direct.items()})
+    parts["loss"] = value.reshape(1)
+    mean = reduce(parts, 1.0)
+    return (
+        {k: mean[f"v:{k}"] for k in v},
+        {k: mean[f"d:{k}"] for k in direct},
+        mean["loss"].reshape(()),
     )
 
 

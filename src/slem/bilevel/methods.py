@@ -153,6 +153,7 @@ def lookahead(
         return weighted_lookahead(
             problem, batches[0], outer_batch, jvp_mode, keep_graph, epsilon, live_forward
         )
+    refuse_reduce(problem)
     result = _reverse(problem, "lookahead", batches, outer_batch)
     result.diagnostics["path"] = "generic"
     return result
@@ -412,6 +413,20 @@ METHODS: dict[str, Method] = {
 }
 
 
+def refuse_reduce(problem: BilevelProblem) -> None:
+    """Only the fast path combines the ranks of a data-parallel problem.
+
+    Raises:
+        SlemError: ``problem`` carries a ``reduce`` (a :class:`~slem.bilevel.WeightedProblem`
+            over ranks).
+    """
+    if getattr(problem, "reduce", None) is not None:
+        raise SlemError(
+            "data-parallel meta-learning needs meta.hypergrad lookahead (the per-sample-weight "
+            "fast path); run other hypergradient methods on one process"
+        )
+
+
 def hypergrad(
     problem: BilevelProblem, method: str = "lookahead", *, outer_batch: Batch, **options: Any
 ) -> Hypergrad:
@@ -438,6 +453,8 @@ def hypergrad(
             f"method '{method}' has no trajectory objective: trajectory_weights (the outer loss "
             f"summed over the unrolled iterates) needs {' or '.join(TRAJECTORY_METHODS)}"
         )
+    if method != "lookahead":
+        refuse_reduce(problem)
     if "trajectory_weights" in options and options["trajectory_weights"] is None:
         options = {k: v for k, v in options.items() if k != "trajectory_weights"}
     try:

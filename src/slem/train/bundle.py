@@ -149,6 +149,11 @@ class BundleTrainer(MetaTrainer):
     """Meta-learns (methods ``loss_adjuster``, ``transition``, ``joint``) or applies (method
     ``apply``) a bundle of methodologies; see the module docstring."""
 
+    serial_only = (
+        "a bundle of methodologies (loss adjuster, transition, joint) cannot train "
+        "data-parallel yet; run it on one process"
+    )
+
     def __init__(
         self,
         config: TrainConfig,
@@ -275,7 +280,7 @@ class BundleTrainer(MetaTrainer):
         self._rate_input = F.cross_entropy(logits.detach(), y)
         return self._optimize(self.bundle_loss(logits, x, y, frozen_parts(self.bundle)), start)
 
-    def _apply_step(self, loss: Tensor) -> None:
+    def _apply_step(self, loss: Tensor) -> float:
         """The learned schedule, if any, sets the rate from the batch's cross-entropy first."""
         if self.rate is not None:
             seen = self._rate_input if self._rate_input is not None else loss.detach()
@@ -283,7 +288,7 @@ class BundleTrainer(MetaTrainer):
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
         self._rate_input = None
-        super()._apply_step(loss)
+        return super()._apply_step(loss)
 
     def _inner_loss(
         self, params: dict[str, Tensor], hyper: dict[str, Tensor], batch: Any

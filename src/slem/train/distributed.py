@@ -252,6 +252,68 @@ def shard(n: int) -> slice:
     return slice(begin, begin + base + (1 if r.rank < extra else 0))
 
 
+def rows_of(n: int, r: Ranks) -> slice:
+    """Rank ``r.rank``'s contiguous part of ``n`` rows among ``r.size`` ranks: :func:`shard`
+    for a given place (data-parallel batches carry their trainer's ranks)."""
+    base, extra = divmod(n, r.size)
+    begin = r.rank * base + min(r.rank, extra)
+    return slice(begin, begin + base + (1 if r.rank < extra else 0))
+
+
+def gather_rows_within(values: Tensor, most: int) -> Tensor:
+    """:func:`gather_rows` in one collective when no rank has more than ``most`` rows (the
+    same ``most`` on every rank): each rank's rows travel padded to ``most``, with their
+    count in one extra row. ``values`` itself with one rank.
+
+    Raises:
+        ValueError: this rank has more than ``most`` rows.
+    """
+    r = ranks()
+    if not r.active:
+        return values
+    n = len(values)
+    if n > most:
+        raise ValueError(f"{n} rows on rank {r.rank}, more than the {most} every rank allows")
+    device = _comm_device()
+    padded = torch.zeros((most + 1, *values.shape[1:]), dtype=values.dtype, device=device)
+    padded[:n] = values.to(device)
+    padded[most].view(-1)[0] = n
+    parts = [torch.empty_like(padded) for _ in range(r.size)]
+    dist.all_gather(parts, padded)
+    rows = [p[: int(p[most].view(-1)[0])] for p in parts]
+    return torch.cat(rows).to(values.device)
+
+
+def mean_gradients_with(
+    params: Mapping[str, Tensor] | nn.Module, weight: float, values: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """:func:`mean_gradients`, and the ``weight``-weighted means of ``values`` (e.g. the
+    step's loss, so every rank logs and checks the global batch's) in the same all-reduce;
+    returns those means. With one rank: ``values`` unchanged, no gradient touched."""
+    if not ranks().active:
+        return dict(values)
+    named = dict(params.named_parameters()) if isinstance(params, nn.Module) else dict(params)
+    named = {k: p for k, p in named.items() if p.requires_grad}
+    parts = {
+        f"g:{k}": p.grad if p.grad is not None else torch.zeros_like(p) for k, p in named.items()
+    }
+    parts.update({f"v:{k}": v.detach() for k, v in values.items()})
+    mean, _ = weighted_mean(parts, weight)
+    for k, p in named.items():
+        p.grad = mean[f"g:{k}"]
+    return {k: mean[f"v:{k}"] for k in values}
+
+
+def sum_over_ranks(values: Tensor) -> Tensor:
+    """The sum over the ranks of ``values`` (detached; one all-reduce); ``values`` itself
+    with one rank."""
+    r = ranks()
+    if not r.active:
+        return values
+    mean, _ = weighted_mean({"v": values}, 1.0)
+    return mean["v"] * r.size
+
+
 __all__ = [
     "Ranks",
     "all_gather",
@@ -259,14 +321,18 @@ __all__ = [
     "broadcast_module",
     "gather",
     "gather_rows",
+    "gather_rows_within",
     "launched",
     "mean_buffers",
     "mean_gradients",
+    "mean_gradients_with",
     "on_main",
     "ranks",
     "restarted",
+    "rows_of",
     "shard",
     "start",
     "stop",
+    "sum_over_ranks",
     "weighted_mean",
 ]

@@ -31,6 +31,7 @@ from slem.bilevel import (
     from_torch,
     hypergrad,
 )
+from slem.bilevel.fast import Reduce
 from slem.train.config import MetaConfig
 
 
@@ -150,12 +151,21 @@ class MetaStep:
         per_sample: Callable[..., Any],
         weights: Callable[..., Tensor],
         outer_loss: Callable[..., Tensor],
+        reduce: Reduce | None = None,
     ) -> WeightedProblem:
         """A sample-weighting problem over :attr:`hyper` (inner loss ``mean(w * losses)``),
-        whose lookahead hypergradient takes the fast path (:func:`~slem.bilevel.lookahead`)."""
+        whose lookahead hypergradient takes the fast path (:func:`~slem.bilevel.lookahead`);
+        ``reduce``: data-parallel over ranks (see :class:`~slem.bilevel.WeightedProblem`)."""
         opt, state = self.virtual_optimizer(params)
         return WeightedProblem(
-            params, self.hyper, per_sample, weights, outer_loss, opt, optimizer_state=state
+            params,
+            self.hyper,
+            per_sample,
+            weights,
+            outer_loss,
+            opt,
+            optimizer_state=state,
+            reduce=reduce,
         )
 
     def hypergradient(

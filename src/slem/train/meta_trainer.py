@@ -19,11 +19,17 @@ from slem.methodology import Methodology
 from slem.train import losses as L
 from slem.train.callbacks import Callback
 from slem.train.config import TrainConfig
+from slem.train.distributed import rows_of, sum_over_ranks, weighted_mean
 from slem.train.hooks import new_weighting
 from slem.train.meta_step import MetaStep, PendingStep, phased_meta_step
 from slem.train.methods import method_spec
 from slem.train.teacher import weighted_terms
 from slem.train.trainer import Trainer
+
+
+def _rank_mean(tensors: dict[str, Tensor], weight: float) -> dict[str, Tensor]:
+    """The fast path's ``reduce`` over the ranks (:class:`~slem.bilevel.WeightedProblem`)."""
+    return weighted_mean(tensors, weight)[0]
 
 
 class MetaTrainer(Trainer):
@@ -35,6 +41,13 @@ class MetaTrainer(Trainer):
     weighting net (``meta.hypergrad``; ``lookahead`` takes the structured fast path), takes
     an Adam step on the net, then the real training step with the updated weights (or, in
     the ``lagged`` order, reuses the virtual step as the real one).
+
+    Data-parallel (:meth:`~slem.train.Trainer.use_ranks`): each rank holds its part of the
+    training batch and of the outer batch; the fast path averages its parts over the ranks
+    (a ``reduce`` of the :class:`~slem.bilevel.WeightedProblem`), the sample weights are the
+    global batch's (:meth:`~slem.train.hooks.SampleWeights.weights`), and each outer term is
+    this rank's share of the global batch's (DAC-MR's prior term included), so the step is
+    the one-process step on the global batch.
     """
 
     def __init__(
@@ -144,7 +157,7 @@ class MetaTrainer(Trainer):
         self.model.train()
         losses = L.cross_entropy(self.model(x), y)
         if idx is not None and self.sample_weights is not None:
-            self.sample_weights.observer.observe(losses, idx)
+            self.sample_weights.observe(losses, idx)
         return self._optimize(losses.mean(), start)
 
     def _per_sample(self, params: dict[str, Tensor], batch: tuple[Any, ...]) -> PerSample:
@@ -174,7 +187,26 @@ class MetaTrainer(Trainer):
             out["x"], out["y"] = pool_x[take], pool_y[take]
         if "dac" in meta.objective:
             out.update(self.dac_views(meta.batch_size))
+        return self._own_rows(out) if self.ranks.active else out
+
+    def _own_rows(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Data-parallel: this rank's part of every tensor of the global outer ``batch``
+        (drawn alike on every rank), and the global number of rows of each of its terms
+        (``clean_rows``, ``dac_rows``), by which :meth:`_outer_loss` scales its share."""
+        out = {k: v[rows_of(len(v), self.ranks)] for k, v in batch.items()}
+        if "y" in batch:
+            out["clean_rows"] = torch.tensor(len(batch["y"]))
+        if "weak" in batch:
+            out["dac_rows"] = torch.tensor(len(batch["weak"]))
         return out
+
+    def _batch_mean(self, values: Tensor, rows: Tensor | None) -> Tensor:
+        """The mean of per-sample ``values`` over the outer batch; data-parallel (``rows``:
+        the global batch's rows), this rank's share: its sum times ``ranks / rows``, whose
+        plain mean over the ranks is the global batch's mean."""
+        if rows is None:
+            return values.mean()
+        return values.sum() * (self.ranks.size / int(rows))
 
     def _outer_loss(
         self, params: dict[str, Tensor], hyper: dict[str, Tensor], batch: dict[str, Tensor]
@@ -182,7 +214,11 @@ class MetaTrainer(Trainer):
         meta = self.config.meta
         total = torch.zeros((), device=self.device)
         if "y" in batch:
-            ce = F.cross_entropy(self._f_model(params, batch["x"]), batch["y"])
+            logits = self._f_model(params, batch["x"])
+            if "clean_rows" in batch:
+                ce = self._batch_mean(L.cross_entropy(logits, batch["y"]), batch["clean_rows"])
+            else:
+                ce = F.cross_entropy(logits, batch["y"])
             total = total + (meta.clean_weight if meta.objective == "clean+dac" else 1.0) * ce
         if "weak" in batch:  # DAC-MR: predictions on strong views should match weak views
             with torch.no_grad():
@@ -190,9 +226,13 @@ class MetaTrainer(Trainer):
                     self._f_model(params, batch["weak"]).detach() / meta.dac_temperature, dim=1
                 )
             logits = self._f_model(params, batch["strong"])
-            total = total + meta.dac_weight * L.soft_cross_entropy(logits, target).mean()
+            rows = batch.get("dac_rows")
+            dac = self._batch_mean(L.soft_cross_entropy(logits, target), rows)
+            total = total + meta.dac_weight * dac
             if meta.dac_prior_weight > 0:
-                total = total + meta.dac_prior_weight * self.prior_gap(logits)
+                share = self._prior_gap_share
+                gap = self.prior_gap(logits) if rows is None else share(logits, rows)
+                total = total + meta.dac_prior_weight * gap
         return total
 
     def prior_gap(self, logits: Tensor) -> Tensor:
@@ -201,6 +241,18 @@ class MetaTrainer(Trainer):
         prior = self.labels.log_prior.exp()
         mean_log = torch.logsumexp(F.log_softmax(logits, dim=1), dim=0) - math.log(len(logits))
         return (prior * (self.labels.log_prior - mean_log)).sum()
+
+    def _prior_gap_share(self, logits: Tensor, rows: Tensor) -> Tensor:
+        """Data-parallel :meth:`prior_gap` of the global batch (``rows`` rows, this rank's
+        ``logits``): this rank's share, whose plain mean over the ranks has the global gap's
+        value and gradient (the mean prediction travels in one all-reduce of ``C`` numbers;
+        the gap's gradient through a rank's rows is ``-prior / mean`` times theirs)."""
+        n, log_prior = int(rows), self.labels.log_prior
+        own = F.softmax(logits, dim=1).sum(0)
+        mean = sum_over_ranks(own.detach()) / n
+        gap = (log_prior.exp() * (log_prior - mean.log())).sum()
+        linear = -(log_prior.exp() / mean * own).sum() * (self.ranks.size / n)
+        return linear - linear.detach() + gap
 
     def meta_problem(
         self, x: Tensor, y: Tensor, idx: Tensor | None = None
@@ -213,7 +265,10 @@ class MetaTrainer(Trainer):
         assert sw is not None and step is not None
         pseudo = sw.pseudo_labels(x)
         params = self.inner_params()
-        problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
+        reduce = _rank_mean if self.ranks.active else None
+        problem = step.weighted_problem(
+            params, self._per_sample, self._weights, self._outer_loss, reduce
+        )
         return problem, (x, y, pseudo, idx), self._outer_batch()
 
     @property
@@ -259,9 +314,8 @@ class MetaTrainer(Trainer):
             x, y, pseudo = pending.x, pending.y, pending.pseudo
             terms = result.diagnostics["losses"] if pending.reuse else None
             terms = terms if terms is not None else sw.terms(self.forward(x), y, pseudo)
-            loss = sw.loss(terms, y, pending.idx)
-            self._apply_step(loss)
-            loss_value = float(loss.detach())
+            loss = sw.loss(terms, y, pending.idx, same_batch=pending.reuse)
+            loss_value = self._apply_step(loss)
         self.progress.timings["meta"].append(time.perf_counter() - pending.start)
         return {"loss": loss_value, "meta_loss": result.outer_loss}
 

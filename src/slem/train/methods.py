@@ -242,6 +242,32 @@ def check_fits(config: TrainConfig, task: Task, methodology: Methodology | None 
         )
 
 
+def data_parallel_refusal(config: TrainConfig) -> str | None:
+    """Why ``config`` cannot train data-parallel on one task (one line), or None.
+
+    Plain training and every baseline can, and so can applying a frozen methodology whose
+    trainer can (:attr:`~slem.train.Trainer.serial_only`); meta-learning only through the
+    per-sample-weight fast path (a :class:`~slem.bilevel.WeightedProblem` under
+    ``meta.hypergrad lookahead``), which combines the ranks exactly.
+    """
+    spec = method_spec(config)
+    if not spec.is_meta:
+        return None
+    fast = ", ".join(n for n in method_names() if METHODS[n].weighted_problem)
+    if not spec.weighted_problem:
+        return (
+            f"method {spec.name} cannot train data-parallel on several ranks: data-parallel "
+            f"meta-learning takes the per-sample-weight fast path ({fast}); run it on one "
+            "process"
+        )
+    if config.meta.hypergrad != "lookahead":
+        return (
+            f"data-parallel meta-learning needs meta.hypergrad lookahead (the per-sample-"
+            f"weight fast path), not {config.meta.hypergrad}; set it or run on one process"
+        )
+    return None
+
+
 def build_trainer(
     config: TrainConfig,
     task: Task,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from slem.train.config import TrainConfig
+from slem.train.distributed import Ranks, rows_of
 from slem.train.methods import MethodSpec
 from slem.train.optimizers import scheduled_lr
 
@@ -16,13 +17,16 @@ from slem.train.optimizers import scheduled_lr
 @dataclass(frozen=True)
 class Batches(Sequence[tuple[Tensor, Tensor, Tensor]]):
     """The minibatches of one epoch: item ``k`` is ``(inputs, targets, indices)`` of the
-    ``k``-th ``size`` entries of ``order`` (a permutation of the rows)."""
+    ``k``-th ``size`` entries of ``order`` (a permutation of the rows). Data-parallel over
+    ``ranks``: this rank's contiguous part of that global batch
+    (:func:`~slem.train.distributed.rows_of`; every rank draws the same ``order``)."""
 
     x: Tensor
     y: Tensor
     order: Tensor
     size: int
     steps: int
+    ranks: Ranks = field(default_factory=Ranks)
 
     def __len__(self) -> int:
         return self.steps
@@ -31,6 +35,8 @@ class Batches(Sequence[tuple[Tensor, Tensor, Tensor]]):
         if not 0 <= k < self.steps:
             raise IndexError(k)
         idx = self.order[k * self.size : (k + 1) * self.size]
+        if self.ranks.active:
+            idx = idx[rows_of(len(idx), self.ranks)]
         return self.x[idx], self.y[idx], idx
 
 
@@ -89,10 +95,12 @@ class Plan:
         seed: int,
         train: tuple[Tensor, Tensor],
         meta: tuple[Tensor, Tensor] | None,
+        ranks: Ranks = Ranks(),
     ) -> Batches:
         """The minibatches of ``epoch`` (:meth:`batches`) in the order drawn from
-        ``(seed, epoch)`` alone, so a resumed run continues with the same order."""
+        ``(seed, epoch)`` alone, so a resumed run continues with the same order; on several
+        ``ranks`` (data-parallel), this rank's part of each."""
         x, y, steps, size = self.batches(epoch, train, meta)
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(y), generator=g).to(y.device)
-        return Batches(x, y, order, size, steps)
+        return Batches(x, y, order, size, steps, ranks)

@@ -66,6 +66,8 @@ class HWNetTrainer(Trainer):
     """Meta-learns (method ``hwnet``) or applies (``apply``) an HWnet on a regression task;
     see the module docstring."""
 
+    serial_only = "HWnet cannot train data-parallel yet; run it on one process"
+
     def __init__(
         self,
         config: TrainConfig,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config, without_unread_sections
-from slem.train.methods import check_fits
+from slem.train.distributed import Ranks, on_main, ranks
+from slem.train.methods import check_fits, data_parallel_refusal
 from slem.train.record import RunRecord, meta_loss_array, read_jsonl
 from slem.train.threads import set_threads
 from slem.train.trainer import Stoppable, Trainer, make_trainer, resolve_device
@@ -133,6 +135,7 @@ def train_run(
     task: Task | None = None,
     model: nn.Module | None = None,
     methodology: Methodology | None = None,
+    data_parallel: bool | None = None,
 ) -> tuple[RunRecord, Path]:
     """Train ``config`` into ``run_dir`` (continuing from its checkpoint with ``resume``): the
     one run writer of ``slem train``, ``slem apply``, :func:`slem.train.apply` and API users.
@@ -151,6 +154,12 @@ def train_run(
     the methodology artifact (method apply), the data. The directory is then locked for this
     process while it is written (:func:`slem.rundir.lock_run_dir`).
 
+    ``data_parallel`` (default: when this process is one of several ranks of a process group,
+    e.g. under ``torchrun``): every rank calls this and trains the one task data-parallel
+    (:meth:`~slem.train.Trainer.use_ranks`); rank 0 locks the directory and writes every file
+    (the checkpoint holds every rank's state), the other ranks write nothing, and every rank
+    returns the record. ``False``: each process trains alone.
+
     Raises:
         SlemError: a bad config, device, artifact or dataset (no ``data`` section and no
             ``task``); ``run_dir`` cannot be created, already holds a run (without
@@ -159,6 +168,10 @@ def train_run(
     run_dir = Path(run_dir)
     set_threads(config.threads)
     resolve_device(config.device)
+    r = ranks() if data_parallel is not False else Ranks()
+    refusal = data_parallel_refusal(config) if r.active else None
+    if refusal is not None:
+        raise SlemError(refusal)
     if methodology is None:
         methodology = load_frozen_methodology(config)
     if task is None:
@@ -166,10 +179,18 @@ def train_run(
     check_fits(config, task, methodology)  # nothing is written for a method that cannot run
     created = not run_dir.exists()
     try:
-        with lock_run_dir(run_dir, command):
-            if not resume:
-                check_new_run_dir(run_dir, command)
-                write_config(run_dir, config)
+        with ExitStack() as held:
+
+            def open_run_dir() -> None:  # rank 0 (its error is every rank's)
+                held.enter_context(lock_run_dir(run_dir, command))
+                if not resume:
+                    check_new_run_dir(run_dir, command)
+                    write_config(run_dir, config)
+
+            if r.active:
+                on_main(open_run_dir)
+            else:
+                open_run_dir()
             try:
                 return _train_into(
                     config,
@@ -182,13 +203,14 @@ def train_run(
                     task,
                     model,
                     methodology,
+                    r,
                 )
             except SlemError:
-                if not resume:  # refused before training wrote anything: no run to resume
+                if not resume and r.main:  # refused before training wrote anything
                     _discard(run_dir, {CONFIG_FILE, LOCK_NAME}, (CONFIG_FILE,))
                 raise
     except SlemError:
-        if created:  # and nothing but the lock is left in it
+        if created and r.main:  # and nothing but the lock is left in it
             _discard(run_dir, {LOCK_NAME}, (LOCK_NAME, "."))
         raise
 
@@ -216,19 +238,23 @@ def _train_into(
     task: Task,
     model: nn.Module | None,
     methodology: Methodology | None,
+    r: Ranks = Ranks(),
 ) -> tuple[RunRecord, Path]:
-    """The run itself, in the locked ``run_dir`` (see :func:`train_run`)."""
+    """The run itself, in the locked ``run_dir`` (see :func:`train_run`); on several ranks
+    ``r``, rank 0 logs, shows progress and writes the outputs (every rank checkpoints: a
+    collective whose file rank 0 writes)."""
     callbacks: list[Callback] = [
         CheckpointCallback(run_dir / CHECKPOINT_FILE, config.checkpoint_every),
-        JsonlLogger(run_dir / "metrics.jsonl"),
+        *([JsonlLogger(run_dir / "metrics.jsonl")] if r.main else []),
         *extra_callbacks,
     ]
-    if progress:
+    if progress and r.main:
         callbacks.append(ProgressBar(f"{config.method} {task.name}"))
     meta_train = config.spec.meta_train
     if meta_train is not None:  # a first phase: meta-train the methodology, save it
         methodology = meta_train(config, run_dir, resume, progress, on_trainer)
     trainer = make_trainer(config, task, model=model, methodology=methodology, callbacks=callbacks)
+    trainer.use_ranks(r)
     # a run stopped before its first checkpoint resumes from the beginning
     if resume and (run_dir / CHECKPOINT_FILE).exists():
         trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
@@ -238,7 +264,10 @@ def _train_into(
     meta_history = read_jsonl(run_dir / META_METRICS_FILE)  # a meta-training phase
     if meta_history:
         record.arrays.update(meta_loss_array(meta_history))
-    write_outputs(run_dir, config, task, trainer, record, render)
+    if r.active:
+        record.summary["ranks"] = r.size
+    if r.main:
+        write_outputs(run_dir, config, task, trainer, record, render)
     return record, run_dir
 
 

@@ -148,6 +148,11 @@ class ScheduleTrainer(Trainer):
     """Meta-learns (method ``lr_schedule``) or applies (method ``apply``) an MLR-SNet; its
     meta step comes in two phases (:class:`~slem.train.meta_step.PhasedMetaStep`)."""
 
+    serial_only = (
+        "a learned learning-rate schedule cannot train data-parallel yet (its rate reads each "
+        "step's batch loss); run it on one process"
+    )
+
     def __init__(
         self,
         config: TrainConfig,

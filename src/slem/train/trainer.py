@@ -4,6 +4,19 @@
 trainers build on it (:mod:`slem.train.meta_trainer`, ``bundle``, ``schedule``,
 ``regression``). Deterministic given the seed; resumes exactly from a checkpoint (each
 epoch's sample order comes from ``(seed, epoch)`` and every random state is saved).
+
+**Data-parallel on one task** (:meth:`Trainer.use_ranks`, under ``torchrun``): every rank
+draws the same global batches and takes its contiguous part of each
+(:class:`~slem.train.plan.Batches`); the real step's gradient is averaged over the ranks,
+weighted by their rows, before the optimizer steps (no DDP wrapper: the meta step needs
+``torch.autograd.grad``), so every rank takes the global batch's step. Sample weights are
+those of the global batch, and a meta step takes the fast path with a ``reduce``
+(:class:`~slem.bilevel.WeightedProblem`): in float64 a run on ``R`` ranks equals the run on
+one process to round-off. Two things are per rank, as under DDP: BatchNorm normalizes with
+each rank's own batch statistics (its running statistics are averaged over the ranks at
+every epoch's end, before evaluation), and dropout draws its own masks on each rank.
+Evaluation runs on every rank (the same numbers, so early stopping and the best epoch agree);
+rank 0 writes the files (:func:`~slem.train.run.train_run`).
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from slem.bilevel import Hypergrad, replay_randomness, same_randomness
 from slem.bilevel.problem import as_params
 from slem.data.augment import dac_views
 from slem.data.task import Task
+from slem.errors import SlemError
 from slem.methodology import Methodology
 from slem.methodology.weighting import CMWNet, MWNet
 from slem.train.callbacks import Callback
@@ -32,6 +46,12 @@ from slem.train.checkpoint_io import (
 )
 from slem.train.config import TrainConfig
 from slem.train.diagnostics import weight_metrics
+from slem.train.distributed import (
+    Ranks,
+    broadcast_module,
+    mean_buffers,
+    mean_gradients_with,
+)
 from slem.train.guard import Stoppable as Stoppable
 from slem.train.guard import (
     blowup_context,
@@ -42,8 +62,8 @@ from slem.train.guard import (
 from slem.train.hooks import SampleWeights
 from slem.train.loop import Loop
 from slem.train.meta_step import hypergradient_norm
+from slem.train.methods import data_parallel_refusal, method_spec
 from slem.train.methods import make_trainer as make_trainer
-from slem.train.methods import method_spec
 from slem.train.models import build_model
 from slem.train.objective import Classification, objective_for
 from slem.train.optimizers import make_optimizer
@@ -64,6 +84,8 @@ class Trainer:
     global_step = property(lambda self: self.progress.global_step, doc="Steps taken.")
     history = property(lambda self: self.progress.history, doc="One row per finished epoch.")
     label = property(lambda self: f"{self.config.method} {self.task.name}", doc="Its name.")
+    #: why this trainer cannot train data-parallel (None: it can; see :meth:`use_ranks`)
+    serial_only: str | None = None
 
     def __init__(
         self,
@@ -105,6 +127,48 @@ class Trainer:
         )
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.objective.check_output(self.model, self.train_x)
+        #: the ranks it trains over, data-parallel (:meth:`use_ranks`); one by default
+        self.ranks = Ranks()
+        self._rows = 0  # the current step's rows on this rank (the gradient's weight)
+
+    def use_ranks(self, ranks: Ranks) -> None:
+        """Train data-parallel over ``ranks`` (every rank of a ``torchrun`` run calls this,
+        with :func:`~slem.train.distributed.ranks`, before training or loading a checkpoint):
+        see the module docstring. Every rank starts from rank 0's model and methodology. A
+        no-op with one rank.
+
+        Raises:
+            SlemError: the method (or this trainer) cannot train data-parallel, or a batch
+                has fewer rows than there are ranks.
+        """
+        if not ranks.active:
+            return
+        reason = data_parallel_refusal(self.config) or self.serial_only
+        if reason is not None:
+            raise SlemError(reason)
+        plan = self.plan
+        if plan.batch_size < ranks.size:
+            raise SlemError(
+                f"optim.batch_size {plan.batch_size} is smaller than the {ranks.size} ranks: "
+                "each rank needs rows of every batch; raise it or use fewer ranks"
+            )
+        if plan.finetune_epochs and plan.finetune_batch < ranks.size:
+            raise SlemError(
+                f"the fine-tuning batches have {plan.finetune_batch} rows, fewer than the "
+                f"{ranks.size} ranks; give the task a larger meta set or use fewer ranks"
+            )
+        self.ranks = ranks
+        for module in self._replicated():
+            broadcast_module(module)
+        if self.sample_weights is not None:
+            self.sample_weights.shard_over(ranks, plan.batch_size)
+
+    def _replicated(self) -> list[nn.Module]:
+        """The modules every rank holds the same copy of: the model, the methodology, the
+        label-correction teacher."""
+        sw = self.sample_weights
+        teacher = sw.teacher.net if sw is not None and sw.teacher is not None else None
+        return [m for m in (self.model, self.methodology, teacher) if m is not None]
 
     @property
     def labels(self) -> Classification:
@@ -148,11 +212,13 @@ class Trainer:
         mx, my = self.meta_x, self.meta_y
         meta = (mx, my) if mx is not None and my is not None else None
         train = (self.train_x, self.train_y)
-        return self.plan.epoch_batches(self.progress.epoch, self.config.seed, train, meta)
+        epoch, seed = self.progress.epoch, self.config.seed
+        return self.plan.epoch_batches(epoch, seed, train, meta, self.ranks)
 
     def step(self, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, float]:
         """One training step on ``(inputs, targets, indices)`` at the scheduled rate, with one
         draw of the model's randomness (:func:`~slem.bilevel.same_randomness`)."""
+        self._rows = len(batch[0])
         self.schedule_lr()
         with same_randomness():
             return self.train_step(*batch)
@@ -175,6 +241,9 @@ class Trainer:
         """The epoch's row (validation metrics, learned weights' quality, label correction's
         pseudo-labels) into the history; the best epoch by the objective's selection score."""
         p = self.progress
+        if self.ranks.active:  # every rank evaluates (and keeps as best) the same model
+            for module in self._replicated():
+                mean_buffers(module)
         check_hypergradients(p.epoch_stats.get("hypergrad_norm"), p.epoch, self.config)
         row: dict[str, Any] = {
             "epoch": p.epoch + 1,
@@ -208,19 +277,29 @@ class Trainer:
 
     def _optimize(self, loss: Tensor, start: float) -> dict[str, float]:
         """The real step on ``loss``, timed as a plain step."""
-        self._apply_step(loss)
+        value = self._apply_step(loss)
         self.progress.timings["plain"].append(time.perf_counter() - start)
-        return {"loss": float(loss.detach())}
+        return {"loss": value}
 
-    def _apply_step(self, loss: Tensor) -> None:
-        """Backward and optimizer step on ``loss``, with finiteness checks before and after."""
-        self._check_finite(loss, "training loss")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    def _apply_step(self, loss: Tensor) -> float:
+        """Backward and optimizer step on ``loss``, with finiteness checks before and after;
+        returns the loss. Data-parallel: the gradient and the loss are the global batch's
+        (averaged over the ranks, weighted by their rows) before the checks and the step."""
+        if self.ranks.active:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            mean = mean_gradients_with(self.model, float(self._rows), {"loss": loss})
+            loss = mean["loss"]
+            self._check_finite(loss, "training loss")
+        else:
+            self._check_finite(loss, "training loss")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         self.optimizer.step()
         self._check_parameters()
         if self.sample_weights is not None:
             self.sample_weights.after_step(self.model, self.progress.global_step)
+        return float(loss.detach())
 
     def forward(self, x: Tensor) -> Tensor:
         """The real step's forward pass, with the random state the step's meta step used
