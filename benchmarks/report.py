@@ -24,6 +24,8 @@ Pages and their sources (all under ``benchmarks/results/``):
 * ``zoo``: ``docs/zoo.md`` (not under results/), from the model cards
   ``src/slem/zoo/*/card.json`` (written by ``zoo_build.py``)
 * ``transfer``: ``transfer.json`` (written by ``transfer.py``)
+* ``distributed``: ``distributed.json`` (``distributed.py --json``) and
+  ``distributed_dp.json`` (``distributed_dp.py``)
 
 Only the standard library is used, so the pages render without torch or slem.
 """
@@ -901,6 +903,86 @@ def transfer() -> str:
     )
 
 
+# ---------------------------------------------------------------------- distributed
+
+
+def distributed() -> str:
+    """Scaling over ranks: cross-task meta-training and data-parallel training."""
+    cross, dp = load("distributed.json"), load("distributed_dp.json")
+
+    def spread(values: list[float]) -> str:
+        return f"{min(values):.1f}-{max(values):.1f}"
+
+    def setting(r: dict[str, Any]) -> str:
+        who = "independent processes" if r["independent"] else "rank" + "s" * (r["ranks"] > 1)
+        return f"{r['ranks']} {who} x {r['threads']} thread" + "s" * (r["threads"] > 1)
+
+    cross_rows = []
+    for name, fam in cross["families"].items():
+        base = next(r["median"] for r in fam["rows"] if (r["ranks"], r["threads"]) == (1, 1))
+        cross_rows += [
+            [
+                f"`{name}`",
+                setting(r),
+                f"{r['median']:.1f}",
+                spread(r["episode_steps_per_s"]),
+                f"{r['median'] / base:.2f}x",
+            ]
+            for r in fam["rows"]
+        ]
+    dp_rows = []
+    for case in dp["cases"]:
+        rows = [r for r in dp["rows"] if r["case"] == case]
+        first = rows[0]["median"]
+        dp_rows += [
+            [
+                f"`{case}`",
+                r["setting"],
+                f"{r['median']:.1f}",
+                spread(r["steps_per_s"]),
+                f"{r['median'] / first:.2f}x",
+            ]
+            for r in rows
+        ]
+    cases = "; ".join(
+        f"`{name}`: {c['model']['arch']} of width {c['model']['width']} on {c['data']['name']}, "
+        f"global batch {c['optim']['batch_size']}, {dp['timed_steps'][name]} timed steps"
+        for name, c in dp["cases"].items()
+    )
+    families = "; ".join(f"`{name}`: {fam['workload']}" for name, fam in cross["families"].items())
+    speedups = ", ".join(
+        f"{fam['speedup_2ranks_vs_1rank_2threads']:.2f}x (`{name}`)"
+        for name, fam in cross["families"].items()
+    )
+    ceilings = ", ".join(
+        f"{fam['ceiling_2_independent_vs_1rank_1thread']:.2f}x (`{name}`)"
+        for name, fam in cross["families"].items()
+    )
+    ranks_vs_one = ", ".join(
+        f"{fam['speedup_2ranks_vs_1rank_1thread']:.2f}x (`{name}`)"
+        for name, fam in cross["families"].items()
+    )
+    return fill(
+        "distributed",
+        {
+            "cores": str(cross["cores"]),
+            "torch": cross["torch"],
+            "repeats": str(cross["repeats"]),
+            "cross_families": families,
+            "cross_steps": str(cross["meta_steps"]),
+            "cross_table": table(
+                ["family", "setting", "episode steps/s", "range", "vs 1 rank x 1 thread"],
+                cross_rows,
+            ),
+            "cross_speedup": speedups,
+            "cross_ceiling": ceilings,
+            "cross_vs_one": ranks_vs_one,
+            "dp_cases": cases + ".",
+            "dp_table": table(["case", "setting", "steps/s", "range", "speed-up"], dp_rows),
+        },
+    )
+
+
 # ---------------------------------------------------------------------- main
 
 # ---------------------------------------------------------------------- the zoo
@@ -929,6 +1011,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "virtual_step": virtual_step,
     "zoo": zoo,
     "transfer": transfer,
+    "distributed": distributed,
 }
 #: pages written elsewhere than ``OUT/PAGE.md``
 PAGE_FILES = {"zoo": ROOT / "docs" / "zoo.md"}

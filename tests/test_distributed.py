@@ -209,3 +209,32 @@ def test_a_rank_killed_mid_run_resumes_with_the_others_and_ends_as_an_uninterrup
     assert run.returncode == 0, out
     assert "torchrun restarted the ranks" in out, out
     assert _outcome(killed) == _outcome(tmp_path / "plain")
+
+
+def test_slem_train_on_two_ranks_ends_as_one_process(runner: CliRunner, tmp_path: Path) -> None:
+    """``slem train --nproc 2``: data-parallel MW-Net on one task; rank 0 writes the one run
+    directory, whose metrics equal a one-process run's (no BatchNorm, no dropout)."""
+    config = tmp_path / "mwnet.yaml"
+    values = {
+        "method": "mwnet",
+        "data": {"name": "wine", "noise": "symmetric:0.4", "meta_per_class": 5},
+        "model": {"arch": "mlp", "width": 16, "depth": 1},
+        "optim": {"epochs": 3, "batch_size": 32},
+        "meta": {"warmup_epochs": 1, "batch_size": 16},
+    }
+    config.write_text(yaml.safe_dump(values))
+    one = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "one"), "--quiet"])
+    assert one.exit_code == 0, one.output
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = _slem(
+        "train", str(config), "--nproc", "2", "--quiet", "--out", str(tmp_path / "two"), env=env
+    )
+    out, _ = two.communicate(timeout=300)
+    assert two.returncode == 0, out
+    assert out.count("test accuracy") == 1  # rank 0 reports, the other rank is quiet
+    first, second = (
+        json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")
+    )
+    assert second["ranks"] == 2
+    for key in ("test_accuracy", "val_accuracy", "best_epoch", "steps"):
+        assert first[key] == pytest.approx(second[key], rel=1e-4), key

@@ -79,6 +79,24 @@ def launch(nproc: int, max_restarts: int, args: list[str], threads: int | None) 
         return 130
 
 
+def relaunch(nproc: int, max_restarts: int, run_dir: Path | None, threads: int | None) -> int:
+    """This very command line (``sys.argv``) on ``nproc`` ranks under torchrun
+    (:func:`launch`), without ``--nproc``/``--max-restarts`` and with ``--out run_dir``
+    added when given (so every rank and every restart writes the directory this process
+    named)."""
+    drop = {"--nproc", "--max-restarts"}
+    args: list[str] = []
+    argv = iter(sys.argv[1:])
+    for arg in argv:
+        if arg in drop:
+            next(argv, None)
+        elif arg.split("=", 1)[0] not in drop:
+            args.append(arg)
+    if run_dir is not None and not any(a == "--out" or a.startswith("--out=") for a in args):
+        args += ["--out", str(run_dir)]
+    return launch(nproc, max_restarts, args, threads)
+
+
 def needs_out(out: Path | None, resume: Path | None, flag: str = "--out") -> None:
     """Under torchrun every rank (and every restart) must name the same run directory.
 
@@ -123,5 +141,6 @@ __all__ = [
     "continuing",
     "launch",
     "needs_out",
+    "relaunch",
     "run_directory",
 ]

@@ -14,8 +14,8 @@ from slem.cli.launch import (
     MaxRestartsOption,
     NprocOption,
     continuing,
-    launch,
     needs_out,
+    relaunch,
     run_directory,
 )
 from slem.cli.train_cmd import (
@@ -69,9 +69,7 @@ def meta_train(
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-meta-train-{cfg.train.method}"
     if nproc is not None and not distributed.launched():
-        raise typer.Exit(
-            _relaunch(nproc, max_restarts, config, run_dir, resume, set_, threads, quiet)
-        )
+        raise typer.Exit(relaunch(nproc, max_restarts, None if resume else run_dir, threads))
     set_threads(threads if threads is not None else cfg.train.threads)
     ranks = distributed.start(resolve_device(cfg.train.device))
     resuming = continuing(run_dir, resume is not None)
@@ -105,31 +103,6 @@ def meta_train(
         soft_wrap=True,
     )
     console.print(f"run directory: {run_dir}", soft_wrap=True)
-
-
-def _relaunch(
-    nproc: int,
-    max_restarts: int,
-    config: Path | None,
-    run_dir: Path,
-    resume: Path | None,
-    set_: list[str] | None,
-    threads: int | None,
-    quiet: bool,
-) -> int:
-    """This command on ``nproc`` ranks under torchrun (:func:`~slem.cli.launch.launch`)."""
-    args = ["meta-train"]
-    if resume is not None:
-        args += ["--resume", str(resume)]
-    else:
-        args += [str(config), "--out", str(run_dir)]
-        for item in set_ or []:
-            args += ["--set", item]
-    if threads is not None:
-        args += ["--threads", str(threads)]
-    if quiet:
-        args.append("--quiet")
-    return launch(nproc, max_restarts, args, threads)
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:

@@ -11,9 +11,11 @@ from typing import Annotated, Any, NoReturn, cast
 
 import typer
 
-from slem.cli.console import ThreadsOption, console, err_console, styled, user_errors
+from slem.cli.console import ThreadsOption, console, err_console, set_threads, styled, user_errors
+from slem.cli.launch import MaxRestartsOption, NprocOption, continuing, needs_out, relaunch
 from slem.data.task import corruption_text, labels_text
 from slem.errors import SlemError
+from slem.train import distributed
 from slem.train.config import (
     TrainConfig,
     apply_overrides,
@@ -24,6 +26,7 @@ from slem.train.config import (
 from slem.train.guard import TrainingStopped
 from slem.train.record import RunRecord
 from slem.train.run import CHECKPOINT_FILE, default_run_dir, read_run_config, train_run
+from slem.train.threads import resolve_device
 from slem.train.trainer import Stoppable
 
 EXIT_CODES = {"interrupted": 130, "aborted": 130, "terminated": 143}
@@ -119,7 +122,11 @@ def run_and_report(
                 render=write_run_plots,
             )
     except TrainingStopped as exc:
+        if not distributed.ranks().main:
+            raise typer.Exit(1) from None
         report_stopped(exc, run_dir, command)
+    if not distributed.ranks().main:  # rank 0 reports
+        return result
     s = result.summary
     corruption, labels = corruption_text(s), labels_text(s)  # what the test metric measured
     head = styled((config.method, "bold"), f" on {s['dataset']} ({corruption}): ")
@@ -154,14 +161,18 @@ def train(
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
     preset: PresetOption = None,
+    nproc: NprocOption = None,
+    max_restarts: MaxRestartsOption = 0,
 ) -> None:
-    """Train (or meta-train) as CONFIG says and write a run directory."""
+    """Train (or meta-train) as CONFIG says and write a run directory; with --nproc (or
+    under torchrun) data-parallel over several ranks (docs/distributed.md)."""
+    needs_out(out, resume)
     if resume is not None:
         reject_with_resume({"CONFIG": config, "--out": out, "--set": set_, "--preset": preset})
-        cfg = read_run_config(resume)
+        cfg = distributed.on_main(lambda: read_run_config(resume))
         if threads is not None:
             cfg = cfg.model_copy(update={"threads": threads})
-        run_and_report(cfg, resume, True, quiet)
+        on_ranks(cfg, resume, True, quiet, "slem train", nproc, max_restarts)
         return
     if config is None:
         raise SlemError("give a CONFIG.yaml (see examples/) or --resume RUN_DIR")
@@ -171,7 +182,37 @@ def train(
     if threads is not None:
         values["threads"] = threads
     cfg = parse_train_config(values)
-    run_and_report(cfg, out or default_run_dir(cfg), False, quiet)
+    on_ranks(cfg, out or default_run_dir(cfg), False, quiet, "slem train", nproc, max_restarts)
+
+
+def on_ranks(
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    quiet: bool,
+    command: str,
+    nproc: int | None,
+    max_restarts: int,
+) -> None:
+    """:func:`run_and_report` in this process, or on ``nproc`` ranks (relaunched under
+    torchrun), or as one rank of the torchrun run this process belongs to (resuming by
+    itself after an elastic restart)."""
+    if nproc is not None and not distributed.launched():
+        raise typer.Exit(relaunch(nproc, max_restarts, None if resume else run_dir, cfg.threads))
+    if not distributed.launched():
+        run_and_report(cfg, run_dir, resume, quiet, command)
+        return
+    set_threads(cfg.threads)
+    ranks = distributed.start(resolve_device(cfg.device))
+    try:
+        resuming = continuing(run_dir, resume)
+        if distributed.restarted() and ranks.main:
+            err_console.print(
+                f"torchrun restarted the ranks: {run_dir} resumes from its checkpoint"
+            )
+        run_and_report(cfg, run_dir, resuming, quiet or not ranks.main, command)
+    finally:
+        distributed.stop()
 
 
 def presets(
@@ -278,8 +319,11 @@ def apply(
     resume: ResumeOption = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
+    nproc: NprocOption = None,
+    max_restarts: MaxRestartsOption = 0,
 ) -> None:
     """Train on a new task with a saved, frozen methodology: no meta set, no tuning."""
+    needs_out(out, resume)
     if resume is not None:
         reject_with_resume(
             {
@@ -296,10 +340,10 @@ def apply(
                 "--set": set_,
             }
         )
-        cfg = read_run_config(resume)
+        cfg = distributed.on_main(lambda: read_run_config(resume))
         if threads is not None:
             cfg = cfg.model_copy(update={"threads": threads})
-        run_and_report(cfg, resume, True, quiet, "slem apply")
+        on_ranks(cfg, resume, True, quiet, "slem apply", nproc, max_restarts)
         return
     if artifact is None or data is None:
         raise SlemError("give the ARTIFACT directory and --data NAME (or --resume RUN_DIR)")
@@ -315,7 +359,7 @@ def apply(
         "data_dir": data_dir,
     }
     cfg = apply_config(artifact, data_values, epochs=epochs, seed=seed or 0, overrides=overrides)
-    run_and_report(cfg, out or default_run_dir(cfg), False, quiet, "slem apply")
+    on_ranks(cfg, out or default_run_dir(cfg), False, quiet, "slem apply", nproc, max_restarts)
 
 
 def demo(

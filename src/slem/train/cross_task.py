@@ -295,6 +295,7 @@ class CrossTaskTrainer:
                 "episode": episode.index,
                 "task": describe(episode.data),
                 **({"setup": episode.setup} if episode.setup is not None else {}),
+                **({"rank": self.ranks.rank} if self.ranks.active else {}),
                 **{k: summary[k] for k in keep if k in summary},
             }
         )

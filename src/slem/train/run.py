@@ -256,7 +256,7 @@ def _train_into(
     trainer = make_trainer(config, task, model=model, methodology=methodology, callbacks=callbacks)
     trainer.use_ranks(r)
     # a run stopped before its first checkpoint resumes from the beginning
-    if resume and (run_dir / CHECKPOINT_FILE).exists():
+    if resume and on_main((run_dir / CHECKPOINT_FILE).exists):  # rank 0 reads it
         trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
     if on_trainer is not None:
         on_trainer(trainer)
