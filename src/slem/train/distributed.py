@@ -108,10 +108,29 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+#: on gloo, a buffer of at most this many elements times the ranks is summed by an
+#: all-gather and a sum in rank order: one exchange instead of the ring all-reduce's two
+#: phases, measured 1.2-1.7 ms against 2.2-2.4 ms for 8-2,000 float64 on 2 ranks of the
+#: 2-core machine (a meta step's hypergradient bucket is that small)
+SMALL_BUFFER = 1 << 16
+
+
+def _sum(flat: Tensor) -> Tensor:
+    """``flat`` summed over the ranks (every rank gets the same bits)."""
+    size = ranks().size
+    if dist.get_backend() == "gloo" and flat.numel() * size <= SMALL_BUFFER:
+        parts = [torch.empty_like(flat) for _ in range(size)]
+        dist.all_gather(parts, flat)
+        return torch.stack(parts).sum(0)
+    dist.all_reduce(flat)
+    return flat
+
+
 def weighted_mean(tensors: Mapping[str, Tensor], weight: float) -> tuple[dict[str, Tensor], float]:
     """``sum_r weight_r * tensors_r / sum_r weight_r`` over the ranks, and ``sum_r weight_r``.
 
-    All tensors and the weight travel in one flat buffer (one all-reduce: a bucket), in the
+    All tensors and the weight travel in one flat buffer (one collective: a bucket; an
+    all-reduce, or on gloo an all-gather for a small buffer, :data:`SMALL_BUFFER`), in the
     widest floating dtype among them. A rank with nothing to contribute passes weight 0
     (its tensors are ignored); when every weight is 0 the result is zeros. With one rank this
     returns ``tensors`` unchanged.
@@ -131,7 +150,7 @@ def weighted_mean(tensors: Mapping[str, Tensor], weight: float) -> tuple[dict[st
     device = _comm_device()
     parts = [tensors[n].detach().reshape(-1).to(device, dtype) * weight for n in names]
     flat = torch.cat([*parts, torch.tensor([float(weight)], dtype=dtype, device=device)])
-    dist.all_reduce(flat)
+    flat = _sum(flat)
     total = float(flat[-1])
     out: dict[str, Tensor] = {}
     offset = 0
