@@ -238,3 +238,11 @@ def test_slem_train_on_two_ranks_ends_as_one_process(runner: CliRunner, tmp_path
     assert second["ranks"] == 2
     for key in ("test_accuracy", "val_accuracy", "best_epoch", "steps"):
         assert first[key] == pytest.approx(second[key], rel=1e-4), key
+
+
+def test_max_restarts_without_nproc_is_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    config = tmp_path / "family.yaml"
+    config.write_text(yaml.safe_dump(FAMILY))
+    result = runner.invoke(app, ["meta-train", str(config), "--max-restarts", "2"])
+    assert result.exit_code == 2
+    assert "--max-restarts: give --nproc N too" in result.stderr

@@ -97,15 +97,21 @@ def relaunch(nproc: int, max_restarts: int, run_dir: Path | None, threads: int |
     return launch(nproc, max_restarts, args, threads)
 
 
-def needs_out(out: Path | None, resume: Path | None, flag: str = "--out") -> None:
-    """Under torchrun every rank (and every restart) must name the same run directory.
+def check_launch_options(
+    out: Path | None, resume: Path | None, nproc: int | None = None, max_restarts: int = 0
+) -> None:
+    """Under torchrun every rank (and every restart) must name the same run directory;
+    ``--max-restarts`` restarts the ranks ``--nproc`` starts.
 
     Raises:
-        SlemError: started by torchrun without ``flag`` or ``--resume``.
+        SlemError: started by torchrun without ``--out`` or ``--resume``; ``--max-restarts``
+            without ``--nproc``.
     """
+    if max_restarts and nproc is None and not distributed.launched():
+        raise SlemError("--max-restarts: give --nproc N too (or pass --max-restarts to torchrun)")
     if distributed.launched() and out is None and resume is None:
         raise SlemError(
-            f"{flag}: give the run directory when running on several ranks (each rank and "
+            "--out: give the run directory when running on several ranks (each rank and "
             "each restart must find the same one), e.g. --out runs/my-run"
         )
 
@@ -138,9 +144,9 @@ def run_directory(run_dir: Path, command: str, prepare: Callable[[], None]) -> I
 __all__ = [
     "MaxRestartsOption",
     "NprocOption",
+    "check_launch_options",
     "continuing",
     "launch",
-    "needs_out",
     "relaunch",
     "run_directory",
 ]

@@ -13,8 +13,8 @@ from slem.cli.console import ThreadsOption, console, err_console, set_threads, u
 from slem.cli.launch import (
     MaxRestartsOption,
     NprocOption,
+    check_launch_options,
     continuing,
-    needs_out,
     relaunch,
     run_directory,
 )
@@ -55,7 +55,7 @@ def meta_train(
 
     On several ranks (--nproc, or started by torchrun) each rank trains its own episodes and
     the meta-gradients are averaged once per meta step (docs/distributed.md)."""
-    needs_out(out, resume)
+    check_launch_options(out, resume, nproc, max_restarts)
     if resume is not None:
         reject_with_resume({"CONFIG": config, "--out": out, "--set": set_})
         cfg = parse_cross_task_config(distributed.on_main(lambda: _read_config(resume)))

@@ -12,7 +12,13 @@ from typing import Annotated, Any, NoReturn, cast
 import typer
 
 from slem.cli.console import ThreadsOption, console, err_console, set_threads, styled, user_errors
-from slem.cli.launch import MaxRestartsOption, NprocOption, continuing, needs_out, relaunch
+from slem.cli.launch import (
+    MaxRestartsOption,
+    NprocOption,
+    check_launch_options,
+    continuing,
+    relaunch,
+)
 from slem.data.task import corruption_text, labels_text
 from slem.errors import SlemError
 from slem.train import distributed
@@ -166,7 +172,7 @@ def train(
 ) -> None:
     """Train (or meta-train) as CONFIG says and write a run directory; with --nproc (or
     under torchrun) data-parallel over several ranks (docs/distributed.md)."""
-    needs_out(out, resume)
+    check_launch_options(out, resume, nproc, max_restarts)
     if resume is not None:
         reject_with_resume({"CONFIG": config, "--out": out, "--set": set_, "--preset": preset})
         cfg = distributed.on_main(lambda: read_run_config(resume))
@@ -323,7 +329,7 @@ def apply(
     max_restarts: MaxRestartsOption = 0,
 ) -> None:
     """Train on a new task with a saved, frozen methodology: no meta set, no tuning."""
-    needs_out(out, resume)
+    check_launch_options(out, resume, nproc, max_restarts)
     if resume is not None:
         reject_with_resume(
             {
