@@ -246,3 +246,48 @@ def test_max_restarts_without_nproc_is_one_line(runner: CliRunner, tmp_path: Pat
     result = runner.invoke(app, ["meta-train", str(config), "--max-restarts", "2"])
     assert result.exit_code == 2
     assert "--max-restarts: give --nproc N too" in result.stderr
+
+
+def test_an_elastic_restart_resumes_only_the_run_its_own_job_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted rank resumes a directory only when this torchrun job wrote it: a run
+    another command left there is never taken over (nor overwritten)."""
+    from slem.cli.launch import continuing
+    from slem.train.distributed import mark_job
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: erm\n")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    assert not continuing(run, resume=False)  # not restarted
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert not continuing(run, resume=False)  # someone else's run
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    mark_job(run)
+    assert continuing(run, resume=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")
+    assert not continuing(run, resume=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "tasks_per_step=1"], "tasks_per_step: 1 episodes cannot be shared by 2 ranks"),
+        (["--out", "EXISTING"], "already holds a run"),
+    ],
+)
+def test_nproc_checks_what_the_ranks_would_refuse_before_starting_them(
+    runner: CliRunner, tmp_path: Path, args: list[str], message: str
+) -> None:
+    config = tmp_path / "family.yaml"
+    config.write_text(yaml.safe_dump(FAMILY))
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "config.yaml").write_text(yaml.safe_dump(FAMILY))
+    args = [str(existing) if a == "EXISTING" else a for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "new")]
+    result = runner.invoke(app, ["meta-train", str(config), "--nproc", "2", *out, *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not (tmp_path / "new").exists()

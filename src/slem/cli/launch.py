@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -73,10 +74,32 @@ def launch(nproc: int, max_restarts: int, args: list[str], threads: int | None) 
         "slem",
         *args,
     ]
+    # torchrun runs in a session of its own, so a Ctrl-C reaches it once, from here: this
+    # process passes SIGINT and SIGTERM on to it and waits while the ranks stop (they write
+    # their checkpoint) and torchrun exits
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:  # torchrun passes the signal on to the ranks and exits
-        return 130
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:  # a signal handler of the caller's: keep waiting
+                received.append(signal.SIGINT)
+                child.send_signal(signal.SIGINT)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:  # stopped as asked (torchrun itself exits 1 on a signal)
+        return 128 + received[0]
+    return code if code >= 0 else 128 - code
 
 
 def relaunch(nproc: int, max_restarts: int, run_dir: Path | None, threads: int | None) -> int:
@@ -117,13 +140,15 @@ def check_launch_options(
 
 
 def continuing(run_dir: Path, resume: bool) -> bool:
-    """``--resume`` was given, or torchrun restarted the ranks after a failure and rank 0
-    finds the run's ``config.yaml`` (the run is then resumed from its last checkpoint)."""
+    """``--resume`` was given, or torchrun restarted the ranks after a failure and this very
+    torchrun job started the run in ``run_dir`` (:func:`~slem.train.distributed.mark_job`):
+    the run then resumes from its last checkpoint. A directory another run left is never
+    resumed this way."""
     if resume:
         return True
     if not distributed.restarted():
         return False
-    return distributed.on_main(lambda: (run_dir / "config.yaml").is_file())
+    return distributed.on_main(lambda: distributed.started_by_this_job(run_dir))
 
 
 @contextlib.contextmanager

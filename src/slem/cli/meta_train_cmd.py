@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,7 +69,17 @@ def meta_train(
             check_family(cfg)  # before anything is written
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-meta-train-{cfg.train.method}"
+    size = nproc if nproc is not None and not distributed.launched() else None
+    size = size or int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if cfg.tasks_per_step < size:  # before anything is written
+        raise SlemError(
+            f"tasks_per_step: {cfg.tasks_per_step} episodes cannot be shared by {size} ranks; "
+            f"set it to at least {size}"
+        )
     if nproc is not None and not distributed.launched():
+        resolve_device(cfg.train.device)
+        if resume is None:
+            check_new_run_dir(run_dir, COMMAND)
         raise typer.Exit(relaunch(nproc, max_restarts, None if resume else run_dir, threads))
     set_threads(threads if threads is not None else cfg.train.threads)
     ranks = distributed.start(resolve_device(cfg.train.device))
@@ -80,6 +91,7 @@ def meta_train(
         if not resuming:
             check_new_run_dir(run_dir, COMMAND)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json")))
+            distributed.mark_job(run_dir)
 
     learners: list[Any] = []
     try:

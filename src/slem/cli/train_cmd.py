@@ -30,8 +30,15 @@ from slem.train.config import (
     without_unread_sections,
 )
 from slem.train.guard import TrainingStopped
+from slem.train.methods import data_parallel_refusal
 from slem.train.record import RunRecord
-from slem.train.run import CHECKPOINT_FILE, default_run_dir, read_run_config, train_run
+from slem.train.run import (
+    CHECKPOINT_FILE,
+    check_new_run_dir,
+    default_run_dir,
+    read_run_config,
+    train_run,
+)
 from slem.train.threads import resolve_device
 from slem.train.trainer import Stoppable
 
@@ -91,6 +98,9 @@ def report_stopped(exc: TrainingStopped, run_dir: Path, command: str) -> NoRetur
     else:
         saved = "the last checkpoint is kept" if exc.reason == "aborted" else "checkpoint saved"
         how = f"continue with '{command} --resume {run_dir}'"
+    size = distributed.ranks().size
+    if size > 1:  # the checkpoint holds every rank's state: resume on as many
+        how = how.replace(f"--resume {run_dir}'", f"--resume {run_dir} --nproc {size}'")
     err_console.print(f"{exc.reason}: {saved} in {run_dir}; {how}")
     raise typer.Exit(code=EXIT_CODES.get(exc.reason, 1)) from None
 
@@ -203,7 +213,18 @@ def on_ranks(
     """:func:`run_and_report` in this process, or on ``nproc`` ranks (relaunched under
     torchrun), or as one rank of the torchrun run this process belongs to (resuming by
     itself after an elastic restart)."""
-    if nproc is not None and not distributed.launched():
+    if nproc is not None and not distributed.launched():  # what the ranks would refuse
+        resolve_device(cfg.device)
+        refusal = data_parallel_refusal(cfg) if nproc > 1 else None
+        if refusal is not None:
+            raise SlemError(refusal)
+        if cfg.optim.batch_size < nproc:
+            raise SlemError(
+                f"optim.batch_size {cfg.optim.batch_size} is smaller than --nproc {nproc}: each "
+                "rank needs rows of every batch; raise it or use fewer ranks"
+            )
+        if not resume:
+            check_new_run_dir(run_dir, command)
         raise typer.Exit(relaunch(nproc, max_restarts, None if resume else run_dir, cfg.threads))
     if not distributed.launched():
         run_and_report(cfg, run_dir, resume, quiet, command)

@@ -25,6 +25,7 @@ import datetime as dt
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -32,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from slem.errors import SlemError
+from slem.rundir import atomic_write_text
 
 T = TypeVar("T")
 
@@ -70,6 +72,25 @@ def launched() -> bool:
 def restarted() -> bool:
     """torchrun restarted this worker group after a failure (``--max-restarts``)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+#: in a run directory started under torchrun: the torchrun job's id (``TORCHELASTIC_RUN_ID``)
+JOB_FILE = "torchrun_job"
+
+
+def mark_job(run_dir: Path) -> None:
+    """Record in a new ``run_dir`` the torchrun job that starts it (rank 0; nothing without
+    torchrun), so that an elastic restart of this job, and only of it, resumes the run."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if job and launched():
+        atomic_write_text(run_dir / JOB_FILE, job)
+
+
+def started_by_this_job(run_dir: Path) -> bool:
+    """``run_dir`` was started by the torchrun job this process belongs to."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    marker = run_dir / JOB_FILE
+    return bool(job) and marker.is_file() and marker.read_text() == job
 
 
 def backend_for(device: torch.device) -> str:
@@ -342,6 +363,7 @@ __all__ = [
     "gather_rows",
     "gather_rows_within",
     "launched",
+    "mark_job",
     "mean_buffers",
     "mean_gradients",
     "mean_gradients_with",
@@ -351,6 +373,7 @@ __all__ = [
     "rows_of",
     "shard",
     "start",
+    "started_by_this_job",
     "stop",
     "sum_over_ranks",
     "weighted_mean",

@@ -29,7 +29,7 @@ from slem.train.artifacts import save_methodology
 from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config, without_unread_sections
-from slem.train.distributed import Ranks, on_main, ranks
+from slem.train.distributed import Ranks, mark_job, on_main, ranks
 from slem.train.methods import check_fits, data_parallel_refusal
 from slem.train.record import RunRecord, meta_loss_array, read_jsonl
 from slem.train.threads import set_threads
@@ -186,6 +186,7 @@ def train_run(
                 if not resume:
                     check_new_run_dir(run_dir, command)
                     write_config(run_dir, config)
+                    mark_job(run_dir)
 
             if r.active:
                 on_main(open_run_dir)
