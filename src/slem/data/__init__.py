@@ -23,6 +23,7 @@ from slem.data.corruption import (
 )
 from slem.data.dataset import Dataset, TaskType
 from slem.data.family import TaskFamily, parse_task_family
+from slem.data.preprocess import Preprocessing
 from slem.data.registry import BUILTIN, LoadOptions, load_dataset
 from slem.data.task import (
     Normalizer,
@@ -43,6 +44,7 @@ __all__ = [
     "LoadOptions",
     "NoiseSpec",
     "Normalizer",
+    "Preprocessing",
     "Split",
     "TargetNoise",
     "Task",

@@ -13,11 +13,14 @@ files (``meta_file`` / ``test_file``) encoded exactly like the training file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from slem.errors import SlemError
+
+if TYPE_CHECKING:
+    from slem.data.tabular import TableEncoder
 
 TaskType = Literal["classification", "regression"]
 
@@ -50,6 +53,9 @@ class Dataset:
     y_meta: np.ndarray | None = None
     test_file: str | None = None
     meta_file: str | None = None
+    #: how a table's columns became ``X`` and its labels ``y`` (None: not a table), to encode
+    #: new rows the same way (``slem predict``)
+    encoder: TableEncoder | None = None
 
     def __post_init__(self) -> None:
         if len(self.X) != len(self.y):
@@ -152,6 +158,7 @@ class Dataset:
             X_meta=X_meta,
             y_meta=y_meta,
             class_names=tuple(self.class_names[c] for c in kept),
+            encoder=self.encoder.renumbered(remap) if self.encoder is not None else None,
             notes=(
                 *self.notes,
                 f"dropped {len(dropped)} classes with fewer than {min_count} samples: "

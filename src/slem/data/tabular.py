@@ -19,8 +19,8 @@ the same one-hot levels, the same dropped columns.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -71,9 +71,48 @@ class TableEncoder:
             SlemError: the columns differ, a label is not a class of the training table, a
                 numeric column holds text, or values are missing without ``impute``.
         """
+        frame = self._checked_columns(frame, name, target_required=True)
+        frame, notes = _drop_missing_targets(frame, self.target, self.impute, name)
+        y = self._encode_labels(frame[self.target], name)
+        X, feature_notes = self._encode_inputs(frame, name, self.impute)
+        return X, y, notes + feature_notes
+
+    def transform_inputs(
+        self, frame: pd.DataFrame, name: str, impute: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+        """New rows to predict: ``(X, y, notes)`` with ``X`` float32 ``(n, d)`` for *every*
+        row of ``frame`` (in order), and, when ``frame`` has the target column, ``y`` its
+        encoded labels (class indices, or float targets) with ``-1`` (``NaN`` for regression)
+        where a row's target is missing; else ``y`` is None. ``impute``: whether missing
+        feature values may stay NaN, to be filled later (default: as for training).
+
+        Raises:
+            SlemError: a feature column is missing or unexpected, a numeric column holds text,
+                a label is not a class of the training table, or feature values are missing
+                without ``impute``.
+        """
+        frame = self._checked_columns(frame, name, target_required=False)
+        X, notes = self._encode_inputs(frame, name, self.impute if impute is None else impute)
+        if self.target not in frame.columns:
+            return X, None, notes
+        known = frame[self.target].notna().to_numpy()
+        labels = self._encode_labels(frame.loc[known, self.target], name)
+        y = np.full(len(frame), -1 if self.task_type == "classification" else np.nan)
+        y = y.astype(labels.dtype)
+        y[known] = labels
+        if not known.all():
+            notes.append(f"{int((~known).sum())} rows have no target; they are not scored")
+        return X, y, notes
+
+    def _checked_columns(
+        self, frame: pd.DataFrame, name: str, target_required: bool
+    ) -> pd.DataFrame:
+        """``frame`` with its columns as text, row-name columns removed, after checking that
+        they are the training table's (the target may be absent unless ``target_required``)."""
         frame = _drop_row_names(frame, self.target)
         columns = [str(c) for c in frame.columns]
-        missing = [c for c in self.columns if c not in columns]
+        wanted = [c for c in self.columns if target_required or c != self.target]
+        missing = [c for c in wanted if c not in columns]
         extra = [c for c in columns if c not in self.columns]
         if missing or extra:
             parts = [f"missing {_shown(missing)}"] if missing else []
@@ -82,9 +121,12 @@ class TableEncoder:
                 f"{name}: columns differ from {self.source} ({'; '.join(parts)}); give it the "
                 "same columns as the training file"
             )
-        frame = frame.rename(columns=str)
-        frame, notes = _drop_missing_targets(frame, self.target, self.impute, name)
-        y = self._encode_labels(frame[self.target], name)
+        return frame.rename(columns=str)
+
+    def _encode_inputs(
+        self, frame: pd.DataFrame, name: str, impute: bool
+    ) -> tuple[np.ndarray, list[str]]:
+        notes: list[str] = []
         blocks = []
         for code in self.codes:
             series = frame[code.name]
@@ -99,15 +141,61 @@ class TableEncoder:
                 )
             blocks.append(block)
         X = np.concatenate(blocks, axis=1).astype(np.float32)
-        _check_missing_features(
-            X, [n for c in self.codes for n in _input_names(c)], self.impute, name
-        )
+        _check_missing_features(X, self.input_names, impute, name)
         if np.isnan(X).any():
             notes.append(
                 f"{int(np.isnan(X).sum())} missing feature values will be filled with "
                 "training-split medians"
             )
-        return X, y, notes
+        return X, notes
+
+    @property
+    def input_names(self) -> list[str]:
+        """The model's input columns in order (a one-hot column is ``COLUMN_LEVEL``)."""
+        return [n for c in self.codes for n in _input_names(c)]
+
+    def renumbered(self, remap: np.ndarray) -> TableEncoder:
+        """The encoder after classes were renumbered: class ``c`` becomes ``remap[c]``, and
+        classes with ``remap[c] < 0`` (dropped) are no longer labels."""
+        keys = {k: int(remap[i]) for k, i in self.label_keys.items() if remap[i] >= 0}
+        return replace(self, label_keys=keys)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready description (no pickle: text, numbers and lists only)."""
+        return {
+            "source": self.source,
+            "target": self.target,
+            "task_type": self.task_type,
+            "columns": list(self.columns),
+            "codes": [
+                {"name": c.name, "kind": c.kind, "levels": [_json_level(v) for v in c.levels]}
+                for c in self.codes
+            ],
+            "label_keys": dict(self.label_keys),
+            "impute": self.impute,
+        }
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> TableEncoder:
+        """The encoder :meth:`to_json` described.
+
+        Raises:
+            SlemError: ``doc`` lacks a field or has one of the wrong kind.
+        """
+        try:
+            return TableEncoder(
+                source=str(doc["source"]),
+                target=str(doc["target"]),
+                task_type=doc["task_type"],
+                columns=tuple(str(c) for c in doc["columns"]),
+                codes=tuple(
+                    ColumnCode(str(c["name"]), c["kind"], tuple(c["levels"])) for c in doc["codes"]
+                ),
+                label_keys={str(k): int(v) for k, v in doc["label_keys"].items()},
+                impute=bool(doc["impute"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SlemError(f"the saved table encoding is damaged ({exc!r})") from None
 
     def _encode_labels(self, column: pd.Series, name: str) -> np.ndarray:
         if self.task_type == "regression":
@@ -215,7 +303,15 @@ def fit_table(
         label_keys=label_keys,
         impute=impute,
     )
-    return dataset, encoder
+    return replace(dataset, encoder=encoder), encoder
+
+
+def _json_level(value: object) -> object:
+    """A one-hot level as JSON keeps it: numbers and text as they are, anything else as
+    text (a level is compared with ``isin``, so ``3`` must stay a number)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value if isinstance(value, str | int | float | bool) else str(value)
 
 
 def _drop_row_names(frame: pd.DataFrame, target: str) -> pd.DataFrame:
@@ -277,7 +373,7 @@ def _label_key(value: object) -> str:
 
 def _as_number(series: pd.Series, column: str, name: str, source: str) -> np.ndarray:
     try:
-        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return series.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)  # writable
     except (TypeError, ValueError):
         example = next((v for v in series.dropna().tolist() if not isinstance(v, int | float)), "?")
         raise SlemError(
@@ -298,7 +394,7 @@ def _encode_target(
                 f"{name}: target '{target}' is not numeric ({column.dtype}) and cannot be a "
                 "regression target; use task_type classification"
             )
-        values = column.to_numpy(dtype=np.float64)
+        values = column.to_numpy(dtype=np.float64, copy=True)
         if not np.isfinite(values).all():
             raise SlemError(f"{name}: target '{target}' has infinite values")
         return values, (), "regression", "", {}

@@ -38,6 +38,7 @@ from slem.data.config import DataConfig, NoiseSpec, parse_data_config
 from slem.data.corruption import long_tail
 from slem.data.dataset import Dataset, TaskType
 from slem.data.splits import stage_rng, take_fraction
+from slem.data.tabular import TableEncoder
 from slem.data.task_corruption import TRUSTED as TRUSTED
 from slem.data.task_corruption import LabelKind as LabelKind
 from slem.data.task_corruption import (
@@ -89,6 +90,9 @@ class Task:
     synthetic_corruption: str | None = None
     #: the user's own data (labels as given, not known to be clean)
     user_data: bool = False
+    #: how a table's columns became inputs and labels (None: not a table); with
+    #: ``normalizer`` it is the task's preprocessing (:class:`slem.data.Preprocessing`)
+    encoder: TableEncoder | None = None
 
     @property
     def is_classification(self) -> bool:
@@ -325,4 +329,5 @@ def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: A
         **provenance_fields(dataset, meta is not None, synthetic),
         user_data=dataset.user_data,
         synthetic_corruption=synthetic,
+        encoder=dataset.encoder,
     )

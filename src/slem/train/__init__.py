@@ -23,6 +23,7 @@ from slem.train.meta_test import apply, apply_config
 from slem.train.meta_trainer import MetaTrainer
 from slem.train.models import build_model
 from slem.train.plugin import MetaWeighting
+from slem.train.predict import TrainedModel, load_trained
 from slem.train.record import RunRecord
 from slem.train.run import read_run_config, train_run
 from slem.train.trainer import Trainer, TrainResult, make_trainer
@@ -42,11 +43,13 @@ __all__ = [
     "RunRecord",
     "TrainConfig",
     "TrainResult",
+    "TrainedModel",
     "Trainer",
     "TrainingStopped",
     "apply",
     "apply_config",
     "build_model",
+    "load_trained",
     "make_trainer",
     "parse_train_config",
     "read_run_config",

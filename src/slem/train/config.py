@@ -89,13 +89,36 @@ METHOD_SECTIONS = (
 
 
 class ModelConfig(_Strict):
-    arch: Literal["auto", "mlp", "cnn1d", "cnn2d"] = Field(
-        "auto", description="auto: mlp for tables, cnn1d for signals, cnn2d for images"
+    arch: str = Field(
+        "auto",
+        description="auto: mlp for tables, cnn1d for signals, cnn2d for images; or your own "
+        "nn.Module class as 'package.module:ClassName' (built with kwargs)",
     )
     width: int = Field(32, ge=1, description="hidden units / base channels")
     depth: int = Field(2, ge=1, description="hidden layers of the MLP")
     dropout: float = Field(0.0, ge=0, lt=1)
     activation: Activation = Field("relu", description="MLP")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of a custom arch's constructor (it also gets "
+        "input_shape, n_features and n_outputs when its signature names them)",
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from slem.train.models import check_arch
+
+        return check_arch(arch)
+
+    @model_validator(mode="after")
+    def _kwargs_need_custom_arch(self) -> ModelConfig:
+        if self.kwargs and ":" not in self.arch:
+            raise ValueError(
+                f"kwargs are for a custom arch ('package.module:ClassName'); arch {self.arch} "
+                "takes width, depth, dropout and activation"
+            )
+        return self
 
 
 class OptimConfig(_Strict):

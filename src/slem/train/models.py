@@ -1,10 +1,18 @@
 """Small reference models, chosen by input shape: an MLP for tables, a 1-D CNN for signals
 (MNIST-1D), a 2-D CNN for images (Fashion-MNIST, digits). Any stock ``nn.Module`` that maps a
-batch to ``(batch, n_classes)`` logits works with the trainers too."""
+batch to ``(batch, n_classes)`` logits works with the trainers too: in Python pass it to
+``make_trainer(..., model=...)``; in a config name its class, ``model: {arch:
+"package.module:ClassName", kwargs: {...}}`` (:func:`build_model`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import importlib
+import inspect
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -92,19 +100,53 @@ def cnn2d(channels: int, n_out: int, width: int = 32) -> nn.Module:
     return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
+BUILTIN_ARCHS = ("auto", "mlp", "cnn1d", "cnn2d")
+#: ``package.module:ClassName`` (a dotted module path, a colon, an attribute name)
+CUSTOM_ARCH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+#: what slem passes a custom model's constructor when its signature names them
+BUILD_ARGS = ("input_shape", "n_features", "n_outputs")
+
+
+def check_arch(arch: str) -> str:
+    """``arch`` if it is a built-in architecture or ``package.module:ClassName``.
+
+    Raises:
+        ValueError: neither (pydantic turns it into the config's one-line error).
+    """
+    if arch in BUILTIN_ARCHS or CUSTOM_ARCH.match(arch):
+        return arch
+    raise ValueError(
+        f"unknown arch '{arch}'; use one of {', '.join(BUILTIN_ARCHS)}, or your own nn.Module "
+        "class as 'package.module:ClassName'"
+    )
+
+
 def build_model(
     input_shape: tuple[int, ...],
     n_classes: int,
-    arch: Arch = "auto",
+    arch: str = "auto",
     width: int = 32,
     depth: int = 2,
     dropout: float = 0.0,
     activation: Activation = "relu",
+    kwargs: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """The reference model for inputs of ``input_shape`` (one sample, without the batch);
-    ``activation`` applies to the MLP."""
+    """The model for inputs of ``input_shape`` (one sample, without the batch) and
+    ``n_classes`` outputs (1 for regression): a reference model (``activation`` applies to
+    the MLP), or a custom ``arch`` ``package.module:ClassName`` built as
+    ``ClassName(**kwargs)`` plus whichever of ``input_shape`` (tuple), ``n_features`` (int,
+    the flattened input size) and ``n_outputs`` (int) its signature names and ``kwargs``
+    does not set. A custom module is imported from ``sys.path``, then from the working
+    directory.
+
+    Raises:
+        SlemError: an unknown arch, a reference arch that does not fit the inputs, or a
+            custom class that cannot be imported or built, or is not an ``nn.Module``.
+    """
+    if ":" in arch:
+        return _custom_model(arch, dict(kwargs or {}), input_shape, n_classes)
     if arch == "auto":
-        arch = {1: "mlp", 2: "cnn1d", 3: "cnn2d"}.get(len(input_shape), "mlp")  # type: ignore[assignment]
+        arch = {1: "mlp", 2: "cnn1d", 3: "cnn2d"}.get(len(input_shape), "mlp")
     if arch == "mlp":
         n_in = 1
         for s in input_shape:
@@ -119,3 +161,100 @@ def build_model(
             raise SlemError(f"model.arch cnn2d needs (channels, h, w) inputs, got {input_shape}")
         return cnn2d(input_shape[0], n_classes, width)
     raise SlemError(f"model.arch '{arch}' is unknown; use auto, mlp, cnn1d or cnn2d")
+
+
+def import_arch(arch: str) -> Any:
+    """The class (or factory) ``package.module:ClassName`` names.
+
+    Raises:
+        SlemError: the module cannot be imported (or fails while importing), or has no such
+            attribute.
+    """
+    module_name, _, attr = arch.partition(":")
+    where = f"model.arch '{arch}'"
+    try:
+        module = _import(module_name)
+    except ModuleNotFoundError as exc:
+        raise SlemError(
+            f"{where}: cannot import {module_name} ({exc}); install it or put it on "
+            "PYTHONPATH (or run slem from the directory that holds it)"
+        ) from None
+    except Exception as exc:
+        raise SlemError(
+            f"{where}: importing {module_name} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    if not hasattr(module, attr):
+        defined = sorted(
+            n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
+        )
+        shown = f"; its nn.Module classes: {', '.join(defined[:10])}" if defined else ""
+        raise SlemError(f"{where}: {module_name} has no '{attr}'{shown}")
+    return getattr(module, attr)
+
+
+def import_root(arch: str) -> str | None:
+    """The directory a custom ``arch``'s top-level package was imported from (what
+    ``sys.path`` needs to import it again, e.g. to predict from another directory); None for
+    a reference arch or a module without a file."""
+    if ":" not in arch:
+        return None
+    module_name = arch.partition(":")[0]
+    module = sys.modules.get(module_name) or _import(module_name)
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return None
+    path = os.path.abspath(file)
+    depth = module_name.count(".") + (1 if os.path.basename(path) == "__init__.py" else 0)
+    root = os.path.dirname(path)
+    for _ in range(depth):
+        root = os.path.dirname(root)
+    return root
+
+
+def with_import_root(root: str | None) -> None:
+    """Make a custom model's module importable again from ``root`` (see
+    :func:`import_root`), after ``sys.path`` and the working directory."""
+    if root and root not in sys.path:
+        sys.path.append(root)
+
+
+def _import(module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        top = module_name.split(".")[0]
+        if exc.name != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)  # as `python -m` would find it
+        return importlib.import_module(module_name)
+
+
+def _custom_model(
+    arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], n_outputs: int
+) -> nn.Module:
+    factory = import_arch(arch)
+    if not callable(factory):
+        raise SlemError(f"model.arch '{arch}' is not a class or function")
+    n_features = 1
+    for s in input_shape:
+        n_features *= s
+    given = {"input_shape": tuple(input_shape), "n_features": n_features, "n_outputs": n_outputs}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    args = {k: v for k, v in given.items() if k in params and k not in kwargs}
+    call = ", ".join(f"{k}={v!r}" for k, v in {**kwargs, **args}.items())
+    try:
+        model = factory(**kwargs, **args)
+    except Exception as exc:
+        raise SlemError(
+            f"model.arch '{arch}': {arch.partition(':')[2]}({call}) failed: "
+            f"{type(exc).__name__}: {exc}; fix model.kwargs"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise SlemError(
+            f"model.arch '{arch}' built a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model

@@ -48,6 +48,7 @@ class Objective(Protocol):
         self, model: nn.Module, x: Tensor, title: str
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float, float]: ...
+    def target_scaling(self) -> tuple[float, float]: ...
 
 
 def objective_for(task: Task, config: TrainConfig, device: torch.device) -> Objective:
@@ -55,6 +56,25 @@ def objective_for(task: Task, config: TrainConfig, device: torch.device) -> Obje
     if task.is_classification:
         return Classification(task, config, device)
     return Regression(task, device)
+
+
+def probe(model: nn.Module, x: Tensor) -> Any:
+    """``model``'s output on ``x`` in eval mode, without gradients.
+
+    Raises:
+        SlemError: the model fails on such a batch (one line with its error).
+    """
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x)
+    except Exception as exc:
+        shape = tuple(x.shape)
+        raise SlemError(
+            f"the model failed on a batch of inputs of shape {shape}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}; make its forward take inputs of "
+            f"shape (batch, {', '.join(map(str, shape[1:]))})"
+        ) from None
 
 
 def best_model(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
@@ -96,6 +116,10 @@ class Classification:
     def __repr__(self) -> str:
         return f"Classification({self.n_classes} classes, select on val {self.select_on})"
 
+    def target_scaling(self) -> tuple[float, float]:
+        """Logits need no rescaling: ``(0, 1)``."""
+        return 0.0, 1.0
+
     def tensors(self, split: Split) -> tuple[Tensor, Tensor]:
         """A split's inputs (in torch's default dtype: float32 unless set) and labels (int64)
         on the device."""
@@ -118,9 +142,7 @@ class Classification:
 
     def check_output(self, model: nn.Module, x: Tensor) -> None:
         """Refuse a model whose output on ``x[:2]`` is not ``(batch, n_classes)`` logits."""
-        model.eval()
-        with torch.no_grad():
-            out = model(x[:2])
+        out = probe(model, x[:2])
         if not isinstance(out, Tensor) or out.shape != (min(2, len(x)), self.n_classes):
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise SlemError(
@@ -276,6 +298,10 @@ class Regression:
             f"Regression(center {self.y_center:.4g}, scale {self.y_scale:.4g}, select on val mae)"
         )
 
+    def target_scaling(self) -> tuple[float, float]:
+        """``(center, scale)``: the model predicts ``(y - center) / scale``."""
+        return self.y_center, self.y_scale
+
     def tensors(self, split: Split) -> tuple[Tensor, Tensor]:
         """A split's inputs and targets (float32; targets as a vector) on the device."""
         return (
@@ -293,11 +319,8 @@ class Regression:
 
     def check_output(self, model: nn.Module, x: Tensor) -> None:
         """Refuse a model whose output on ``x[:2]`` is not ``(batch, 1)`` or ``(batch,)``."""
-        model.eval()
         n = min(2, len(x))
-        with torch.no_grad():
-            out = model(x[:n])
-        flat_predictions(out, n)
+        flat_predictions(probe(model, x[:n]), n)
 
     def standardize(self, y: Tensor) -> Tensor:
         """Targets in robust units: ``(y - median) / (1.4826 MAD)``."""

@@ -1,10 +1,13 @@
 """A training run on disk: build the task, train, and write the run directory.
 
 The directory holds ``config.yaml`` (the resolved config plus seed, versions and git
-revision), ``metrics.jsonl``, ``summary.json``, ``checkpoint.pt`` (resumable) and
-``model.safetensors``, the ``methodology/`` artifact when one was learned or applied, and
-PNG plots in ``plots/`` when a renderer is given (``render=slem.report.write_run_plots``: the
-CLI passes it; ``train`` sits below ``report`` and does not import it).
+revision), ``metrics.jsonl``, ``summary.json``, ``checkpoint.pt`` (resumable), the final model
+``model.safetensors`` and the model of the epoch validation chose ``model_best.safetensors``
+(``summary.json``'s ``weights`` says which is which), ``preprocessing.json`` (how new rows
+become inputs: :class:`slem.data.preprocess.Preprocessing`), the ``methodology/`` artifact
+when one was learned or applied, and PNG plots in ``plots/`` when a renderer is given
+(``render=slem.report.write_run_plots``: the CLI passes it; ``train`` sits below ``report``
+and does not import it).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import yaml
 from safetensors.torch import save
 from torch import nn
 
+from slem.data.preprocess import PREPROCESSING_FILE, Preprocessing
 from slem.data.task import Task, build_task
 from slem.errors import SlemError
 from slem.methodology import Methodology, freeze, load_frozen
@@ -31,6 +35,7 @@ from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config, without_unread_sections
 from slem.train.distributed import Ranks, mark_job, on_main, ranks
 from slem.train.methods import check_fits, data_parallel_refusal
+from slem.train.models import import_root
 from slem.train.record import RunRecord, meta_loss_array, read_jsonl
 from slem.train.threads import set_threads
 from slem.train.trainer import Stoppable, Trainer, make_trainer, resolve_device
@@ -42,6 +47,9 @@ SUMMARY_FILE = "summary.json"
 #: files whose presence means a directory already holds a run
 RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, META_CHECKPOINT_FILE, SUMMARY_FILE)
 META_METRICS_FILE = "meta_metrics.jsonl"
+#: the model at the end of training, and at the epoch validation chose
+FINAL_WEIGHTS = "model.safetensors"
+BEST_WEIGHTS = "model_best.safetensors"
 
 #: renders a run record into a run directory and returns the files it wrote, e.g.
 #: :func:`slem.report.write_run_plots`
@@ -282,9 +290,17 @@ def write_outputs(
 ) -> None:
     """The model, the methodology artifact, the plots (by ``render``) and ``summary.json``,
     whose contents ``record.summary`` then holds."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
-    atomic_write_bytes(run_dir / "model.safetensors", save(weights))
     summary = record.summary
+    summary["model"] = {
+        "arch": config.model.arch,
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "import_root": import_root(config.model.arch),
+    }
+    summary["weights"] = save_weights(run_dir, trainer)
+    center, scale = trainer.objective.target_scaling()
+    preprocessing = Preprocessing.of(task).with_target_scaling(center, scale)
+    atomic_write_text(run_dir / PREPROCESSING_FILE, preprocessing.to_text())
+    summary["preprocessing"] = PREPROCESSING_FILE
     if config.spec.meta_train is not None:  # its artifact was written after meta-training
         summary["methodology"] = str(run_dir / "methodology")
     elif trainer.methodology is not None:
@@ -306,6 +322,33 @@ def write_outputs(
         summary["methodology"] = str(artifact_dir)
     summary["plots"] = [str(p) for p in render(record, run_dir)] if render is not None else []
     atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+
+
+def save_weights(run_dir: Path, trainer: Trainer) -> dict[str, Any]:
+    """Write the final model (:data:`FINAL_WEIGHTS`) and, when validation chose an epoch, that
+    epoch's model (:data:`BEST_WEIGHTS`); returns the summary's ``weights`` entry: each
+    file with its epoch, and ``chosen`` (``best`` or ``final``), the one ``slem predict``
+    uses unless told otherwise."""
+
+    def write(name: str, state: dict[str, Any]) -> None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        atomic_write_bytes(run_dir / name, save(tensors))
+
+    progress = trainer.progress
+    write(FINAL_WEIGHTS, trainer.model.state_dict())
+    entry: dict[str, Any] = {"final": {"file": FINAL_WEIGHTS, "epoch": progress.epoch}}
+    best = progress.best
+    if best.get("state") is not None:
+        write(BEST_WEIGHTS, best["state"])
+        entry["best"] = {
+            "file": BEST_WEIGHTS,
+            "epoch": best["epoch"],
+            "val_score": best["val_score"],
+        }
+    else:
+        (run_dir / BEST_WEIGHTS).unlink(missing_ok=True)
+    entry["chosen"] = "best" if "best" in entry else "final"
+    return entry
 
 
 def meta_train_optimizer(

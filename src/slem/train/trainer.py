@@ -105,6 +105,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         shape, n_out = task.features.input_shape, self.objective.n_outputs
         self.model = model or build_model(shape, n_out, **config.model.model_dump())
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise SlemError(
+                f"the model ({type(self.model).__name__}) has no trainable parameters; give it "
+                "layers with weights"
+            )
         self.model.to(self.device)
         self.methodology = methodology.to(self.device) if methodology is not None else None
         self.callbacks = list(callbacks)

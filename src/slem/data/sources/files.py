@@ -94,6 +94,17 @@ def load_file(
     )
 
 
+def read_table(path: str | Path, role: str, target: str | None) -> pd.DataFrame:
+    """The table in ``path`` (any of :data:`SUFFIXES`), for the config field or option
+    ``role`` named in errors.
+
+    Raises:
+        SlemError: the file is missing, a directory, of an unsupported kind, or unreadable.
+    """
+    path = Path(path)
+    return _read_frame(path, _checked_suffix(path, role), target)
+
+
 def _checked_suffix(path: Path, role: str) -> str:
     if path.is_dir():
         raise SlemError(

@@ -1,0 +1,249 @@
+"""Use a finished run: load its model and preprocessing, predict new rows.
+
+:func:`load_trained` rebuilds a run directory's model from its ``config.yaml`` (the same
+:func:`~slem.train.models.build_model` call that trained it, a custom ``model.arch`` included),
+loads the weights ``summary.json`` names (the epoch validation chose, unless told otherwise:
+:func:`slem.train.run.save_weights`) and the saved :class:`~slem.data.preprocess.Preprocessing`.
+The returned :class:`TrainedModel` predicts labels in the training file's own label text
+(strings stay strings), class probabilities, or regression targets in original units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from slem.data.preprocess import PREPROCESSING_FILE, Preprocessing
+from slem.errors import SlemError
+from slem.train.models import build_model, with_import_root
+
+Weights = Literal["chosen", "best", "final"]
+WEIGHT_CHOICES: tuple[str, ...] = ("chosen", "best", "final")
+#: rows per forward pass
+BATCH = 1024
+#: an HPO directory keeps the model it refitted here
+REFIT_DIR = "refit"
+
+
+@dataclass
+class TrainedModel:
+    """A run's trained model and the preprocessing of its inputs, in eval mode.
+
+    Attributes:
+        model: the network (on ``device``).
+        preprocessing: how rows become inputs and outputs become predictions.
+        weights: which weights are loaded, ``best`` (the epoch validation chose) or ``final``.
+        epoch: the epoch (1-based) those weights are from.
+        run_dir: the run directory.
+    """
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    weights: str
+    epoch: int
+    run_dir: Path
+    device: torch.device
+
+    @property
+    def is_classification(self) -> bool:
+        return self.preprocessing.task_type == "classification"
+
+    def outputs(self, X: np.ndarray) -> np.ndarray:
+        """The model's raw outputs (logits ``(n, C)``, or ``(n,)`` standardized regression
+        predictions) for preprocessed inputs ``X`` ``(n, *input_shape)``."""
+        self.model.eval()
+        out: list[np.ndarray] = []
+        dtype = torch.get_default_dtype()
+        with torch.no_grad():
+            for i in range(0, len(X), BATCH):
+                xb = torch.as_tensor(X[i : i + BATCH], dtype=dtype, device=self.device)
+                out.append(self.model(xb).detach().cpu().double().numpy())
+        if not out:
+            width = len(self.preprocessing.class_names) if self.is_classification else 1
+            return np.zeros((0, width))
+        z = np.concatenate(out)
+        return z if self.is_classification else z.reshape(len(z))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(n, C)`` (softmax of the logits) for preprocessed ``X``.
+
+        Raises:
+            SlemError: the run is a regression.
+        """
+        if not self.is_classification:
+            raise SlemError(f"{self.run_dir} is a regression run; it has no class probabilities")
+        logits = torch.as_tensor(self.outputs(X))
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Labels (the training file's label text, an object array ``(n,)``) or regression
+        targets in original units (float64 ``(n,)``) for preprocessed ``X``."""
+        z = self.outputs(X)
+        if self.is_classification:
+            return self.preprocessing.labels(z.argmax(axis=1))
+        return self.preprocessing.targets(z)
+
+    def predict_frame(self, X: np.ndarray) -> pd.DataFrame:
+        """One row per input: ``prediction``, and for classification ``proba_<class>`` per
+        class."""
+        if not self.is_classification:
+            return pd.DataFrame({"prediction": self.predict(X)})
+        proba = self.predict_proba(X)
+        names = self.preprocessing.class_names
+        frame = pd.DataFrame({"prediction": self.preprocessing.labels(proba.argmax(axis=1))})
+        for k, name in enumerate(names):
+            frame[f"proba_{name}"] = proba[:, k]
+        return frame
+
+    def predict_file(self, path: str | Path) -> Prediction:
+        """Predict every row of a file (see :meth:`Preprocessing.read` for what it may hold).
+
+        Raises:
+            SlemError: the file does not fit the run's preprocessing (one line naming what).
+        """
+        X, y, notes = self.preprocessing.read(path)
+        frame = self.predict_frame(X)
+        return Prediction(frame, self.score(frame, y), notes)
+
+    def score(self, frame: pd.DataFrame, y: np.ndarray | None) -> dict[str, Any] | None:
+        """Accuracy (classification) or MSE and MAE (regression) of ``frame``'s predictions
+        against encoded targets ``y`` on the rows that have one; None without targets."""
+        if y is None:
+            return None
+        if self.is_classification:
+            known = y >= 0
+            if not known.any():
+                return None
+            hits = frame["prediction"].to_numpy()[known] == self.preprocessing.labels(y[known])
+            return {"rows": int(known.sum()), "accuracy": float(np.mean(hits))}
+        known = ~np.isnan(y)
+        if not known.any():
+            return None
+        err = frame["prediction"].to_numpy(dtype=np.float64)[known] - y[known]
+        return {
+            "rows": int(known.sum()),
+            "mse": float(np.mean(err**2)),
+            "mae": float(np.mean(np.abs(err))),
+        }
+
+
+@dataclass
+class Prediction:
+    """Predictions of a file's rows: ``frame`` (see :meth:`TrainedModel.predict_frame`),
+    ``score`` when the file has targets, and ``notes`` on what was done to its rows."""
+
+    frame: pd.DataFrame
+    score: dict[str, Any] | None
+    notes: list[str]
+
+
+def run_with_model(run_dir: str | Path) -> Path:
+    """``run_dir``, or the run an HPO directory refitted (``DIR/refit``), whichever holds a
+    finished run.
+
+    Raises:
+        SlemError: neither is a finished run directory.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SlemError(f"run directory '{run_dir}' does not exist")
+    if (run_dir / "summary.json").is_file():
+        return run_dir
+    refit = run_dir / REFIT_DIR
+    if (refit / "summary.json").is_file():
+        return refit
+    if (run_dir / "config.yaml").is_file():
+        raise SlemError(
+            f"'{run_dir}' holds an unfinished run (no summary.json); finish it with "
+            f"'slem train --resume {run_dir}'"
+        )
+    if (run_dir / "study.json").is_file() or (run_dir / "trials.csv").is_file():
+        raise SlemError(
+            f"'{run_dir}' is a study without a refitted model; run it again with --refit, or "
+            f"train its best.yaml with slem train"
+        )
+    raise SlemError(f"'{run_dir}' is not a slem run directory (no summary.json)")
+
+
+def load_trained(
+    run_dir: str | Path, weights: Weights = "chosen", device: str | torch.device = "cpu"
+) -> TrainedModel:
+    """The model of a finished run (or of an HPO directory's ``refit/`` run).
+
+    ``weights``: ``chosen`` (what the summary's ``weights.chosen`` says: the epoch validation
+    chose when there was one), ``best`` or ``final``.
+
+    Raises:
+        SlemError: not a finished run; its preprocessing, config or weights are missing or
+            damaged; ``best`` asked of a run without a chosen epoch; or the model in the
+            config is not the one trained (a model given in Python).
+    """
+    from slem.train.run import read_run_config
+
+    if weights not in WEIGHT_CHOICES:
+        raise SlemError(f"weights '{weights}' is unknown; use one of {', '.join(WEIGHT_CHOICES)}")
+    run_dir = run_with_model(run_dir)
+    summary = _read_json(run_dir / "summary.json")
+    entry = summary.get("weights")
+    if not isinstance(entry, dict) or "final" not in entry:
+        raise SlemError(
+            f"{run_dir}/summary.json does not say which weights it saved (a run from an older "
+            "slem); train it again to predict with it"
+        )
+    which = str(entry.get("chosen", "final")) if weights == "chosen" else weights
+    if which not in entry:
+        raise SlemError(
+            f"{run_dir} has no '{which}' weights (no epoch was chosen on validation); use "
+            "--weights final"
+        )
+    preprocessing = Preprocessing.load(run_dir / PREPROCESSING_FILE)
+    config = read_run_config(run_dir, task_given=True)
+    n_out = len(preprocessing.class_names) if preprocessing.task_type == "classification" else 1
+    model_info = summary.get("model")
+    if isinstance(model_info, dict):
+        with_import_root(model_info.get("import_root"))
+    model = build_model(preprocessing.input_shape, n_out, **config.model.model_dump())
+    path = run_dir / str(entry[which]["file"])
+    try:
+        state = load_file(path)
+    except (OSError, SafetensorError) as exc:
+        raise SlemError(f"{path} could not be read ({exc}); restore it from a copy") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise SlemError(
+            f"{path} does not fit the model config.yaml describes ({first}); a model given "
+            "in Python is not in the config: load the weights into your own module"
+        ) from None
+    device = torch.device(device)
+    model.to(device).eval()
+    epoch = entry[which].get("epoch")
+    return TrainedModel(
+        model=model,
+        preprocessing=preprocessing,
+        weights=which,
+        epoch=int(epoch) if isinstance(epoch, int | float) and math.isfinite(epoch) else -1,
+        run_dir=run_dir,
+        device=device,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SlemError(f"{path} could not be read ({exc}); restore it from a copy") from None
+    if not isinstance(doc, dict):
+        raise SlemError(f"{path} is damaged (not a JSON object)")
+    return doc
