@@ -167,7 +167,7 @@ def run_with_model(run_dir: str | Path) -> Path:
             f"'{run_dir}' holds an unfinished run (no summary.json); finish it with "
             f"'slem train --resume {run_dir}'"
         )
-    if (run_dir / "study.json").is_file() or (run_dir / "trials.csv").is_file():
+    if (run_dir / "hpo.yaml").is_file() or (run_dir / "best.json").is_file():
         raise SlemError(
             f"'{run_dir}' is a study without a refitted model; run it again with --refit, or "
             f"train its best.yaml with slem train"
