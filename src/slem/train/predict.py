@@ -195,6 +195,11 @@ def load_trained(
     run_dir = run_with_model(run_dir)
     summary = _read_json(run_dir / "summary.json")
     entry = summary.get("weights")
+    if not (run_dir / "model.safetensors").is_file() and (run_dir / "methodology").is_dir():
+        raise SlemError(
+            f"'{run_dir}' learned a methodology, not a model; train a model with it: slem "
+            f"apply {run_dir / 'methodology'} --data new.csv --target COLUMN"
+        )
     if not isinstance(entry, dict) or "final" not in entry:
         raise SlemError(
             f"{run_dir}/summary.json does not say which weights it saved (a run from an older "
