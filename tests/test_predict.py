@@ -201,6 +201,9 @@ def test_predict_refuses_what_is_not_a_finished_run(runner: CliRunner, tmp_path:
     (tmp_path / "half" / "config.yaml").write_text("method: erm\n")
     assert "unfinished run" in error(str(tmp_path / "half"), "--data", str(new))
     assert "not a slem run directory" in error(str(tmp_path), "--data", str(new))
+    (tmp_path / "half" / "methodology.json").write_text("{}")
+    (tmp_path / "half" / "config.yaml").unlink()
+    assert "is a methodology artifact" in error(str(tmp_path / "half"), "--data", str(new))
     assert "--weights 'x' is unknown" in error(str(tmp_path), "--data", str(new), "--weights", "x")
 
 

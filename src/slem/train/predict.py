@@ -172,6 +172,11 @@ def run_with_model(run_dir: str | Path) -> Path:
             f"'{run_dir}' is a study without a refitted model; run it again with --refit, or "
             f"train its best.yaml with slem train"
         )
+    if (run_dir / "methodology.json").is_file():
+        raise SlemError(
+            f"'{run_dir}' is a methodology artifact, not a trained model; train one with it: "
+            f"slem apply {run_dir} --data new.csv --target COLUMN"
+        )
     raise SlemError(f"'{run_dir}' is not a slem run directory (no summary.json)")
 
 
