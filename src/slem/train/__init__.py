@@ -9,7 +9,14 @@ training loop; :func:`apply` trains on a new task with a saved, frozen methodolo
 ``slem apply`` does); :func:`save_methodology` writes an artifact with its metadata."""
 
 from slem.train.artifacts import save_methodology
-from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
+from slem.train.callbacks import (
+    Callback,
+    CheckpointCallback,
+    CsvLogger,
+    JsonlLogger,
+    ProgressBar,
+    TensorBoardLogger,
+)
 from slem.train.config import (
     LossConfig,
     MetaConfig,
@@ -30,6 +37,7 @@ from slem.train.trainer import Trainer, TrainResult, make_trainer
 __all__ = [
     "Callback",
     "CheckpointCallback",
+    "CsvLogger",
     "JsonlLogger",
     "LossConfig",
     "MetaConfig",
@@ -40,6 +48,7 @@ __all__ = [
     "OptimConfig",
     "ProgressBar",
     "RunRecord",
+    "TensorBoardLogger",
     "TrainConfig",
     "TrainResult",
     "Trainer",
