@@ -40,5 +40,5 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP_ARGS=(-q --disable-pip-version-check -c constraints.txt)
 [ -d /opt/wheels ] && PIP_ARGS+=(--find-links /opt/wheels)
-.venv/bin/python -m pip install "${PIP_ARGS[@]}" -e ".[dev,parquet,bench]"
+.venv/bin/python -m pip install "${PIP_ARGS[@]}" -e ".[dev,parquet,bench,tensorboard]"
 echo "slem installed in .venv ($(.venv/bin/slem --version))"

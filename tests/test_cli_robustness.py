@@ -212,10 +212,11 @@ def test_apply_finds_the_methodology_of_a_run_directory(
     assert config["optim"]["epochs"] == 1
     assert (out / ".lock").is_file() and (out / "methodology" / "methodology.json").is_file()
     assert not list(out.rglob("*.tmp"))
-    # progress outside a terminal: one plain line per epoch, then the result
+    # the settings it inherited, then outside a terminal one plain line per epoch, the result
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("apply wine  epoch 1/1  train loss ")
-    assert "val acc" in lines[0] and "ETA 0:00:00" in lines[0]
+    assert lines[0].startswith("model: mlp width ") and lines[1].startswith("optim: ")
+    assert lines[2].startswith("apply wine  epoch 1/1  train loss ")
+    assert "val acc" in lines[2] and "ETA 0:00:00" in lines[2]
 
 
 # ---------------------------------------------------------------- damaged files

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
@@ -57,6 +57,16 @@ ResumeOption = Annotated[
     Path | None, typer.Option("--resume", help="Continue the run in this directory.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+LoggerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--logger",
+        metavar="NAME",
+        help="Also log the epoch metrics to csv (RUN_DIR/metrics.csv) or tensorboard "
+        "(RUN_DIR/tensorboard/, needs the tensorboard extra of slem); repeatable, added to "
+        "the config's loggers.",
+    ),
+]
 PresetOption = Annotated[
     str | None,
     typer.Option(
@@ -89,18 +99,22 @@ def stop_on_signals(trainers: list[Stoppable]) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def report_stopped(exc: TrainingStopped, run_dir: Path, command: str) -> NoReturn:
-    """Say where the checkpoint is and how to continue; exit 130 (Ctrl-C) or 143 (kill)."""
+def report_stopped(
+    exc: TrainingStopped, run_dir: Path, command: str, resume_dir: Path | None = None
+) -> NoReturn:
+    """Say where the checkpoint is and how to continue (``--resume resume_dir``, default
+    ``run_dir``); exit 130 (Ctrl-C) or 143 (kill)."""
+    again = resume_dir or run_dir
     checkpoints = [run_dir / CHECKPOINT_FILE, run_dir / "meta_checkpoint.pt"]
     if not any(p.is_file() for p in checkpoints):
         saved = "no checkpoint was written yet"
-        how = f"'{command} --resume {run_dir}' starts it from the beginning"
+        how = f"'{command} --resume {again}' starts it from the beginning"
     else:
         saved = "the last checkpoint is kept" if exc.reason == "aborted" else "checkpoint saved"
-        how = f"continue with '{command} --resume {run_dir}'"
+        how = f"continue with '{command} --resume {again}'"
     size = distributed.ranks().size
     if size > 1:  # the checkpoint holds every rank's state: resume on as many
-        how = how.replace(f"--resume {run_dir}'", f"--resume {run_dir} --nproc {size}'")
+        how = how.replace(f"--resume {again}'", f"--resume {again} --nproc {size}'")
     err_console.print(f"{exc.reason}: {saved} in {run_dir}; {how}")
     raise typer.Exit(code=EXIT_CODES.get(exc.reason, 1)) from None
 
@@ -121,11 +135,26 @@ def reject_with_resume(given: dict[str, object]) -> None:
 
 
 def run_and_report(
-    config: TrainConfig, run_dir: Path, resume: bool, quiet: bool, command: str = "slem train"
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    quiet: bool,
+    command: str = "slem train",
+    on_trainer: Callable[[Stoppable], None] | None = None,
+    resume_dir: Path | None = None,
 ) -> RunRecord:
+    """Train ``config`` into ``run_dir`` and print its result. ``on_trainer``: called with
+    the trainer before training starts; ``resume_dir``: the directory a stopped run is
+    continued from (default ``run_dir``)."""
     from slem.report import write_run_plots  # here: matplotlib only when a run is written
 
     trainers: list[Stoppable] = []
+
+    def started(trainer: Stoppable) -> None:
+        trainers.append(trainer)
+        if on_trainer is not None:
+            on_trainer(trainer)
+
     try:
         with stop_on_signals(trainers):
             result, _ = train_run(
@@ -133,14 +162,14 @@ def run_and_report(
                 run_dir,
                 resume=resume,
                 progress=not quiet,
-                on_trainer=trainers.append,
+                on_trainer=started,
                 command=command,
                 render=write_run_plots,
             )
     except TrainingStopped as exc:
         if not distributed.ranks().main:
             raise typer.Exit(1) from None
-        report_stopped(exc, run_dir, command)
+        report_stopped(exc, run_dir, command, resume_dir)
     if not distributed.ranks().main:  # rank 0 reports
         return result
     s = result.summary
@@ -177,6 +206,7 @@ def train(
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
     preset: PresetOption = None,
+    logger: LoggerOption = None,
     nproc: NprocOption = None,
     max_restarts: MaxRestartsOption = 0,
 ) -> None:
@@ -186,6 +216,7 @@ def train(
     if resume is not None:
         reject_with_resume({"CONFIG": config, "--out": out, "--set": set_, "--preset": preset})
         cfg = distributed.on_main(lambda: read_run_config(resume))
+        cfg = with_loggers(cfg, logger)
         if threads is not None:
             cfg = cfg.model_copy(update={"threads": threads})
         on_ranks(cfg, resume, True, quiet, "slem train", nproc, max_restarts)
@@ -197,8 +228,24 @@ def train(
         values["preset"] = preset
     if threads is not None:
         values["threads"] = threads
-    cfg = parse_train_config(values)
+    cfg = with_loggers(parse_train_config(values), logger)
     on_ranks(cfg, out or default_run_dir(cfg), False, quiet, "slem train", nproc, max_restarts)
+
+
+def with_loggers(cfg: TrainConfig, names: list[str] | None) -> TrainConfig:
+    """``cfg`` with the loggers of ``--logger`` added to its own (``loggers``).
+
+    Raises:
+        SlemError: an unknown logger name.
+    """
+    from slem.train.callbacks import LOGGER_NAMES
+
+    for name in names or []:
+        if name not in LOGGER_NAMES:
+            raise SlemError(f"--logger {name}: unknown logger; use {' or '.join(LOGGER_NAMES)}")
+    if not names:
+        return cfg
+    return cfg.model_copy(update={"loggers": list(dict.fromkeys([*cfg.loggers, *names]))})
 
 
 def on_ranks(
@@ -209,6 +256,7 @@ def on_ranks(
     command: str,
     nproc: int | None,
     max_restarts: int,
+    on_trainer: Callable[[Stoppable], None] | None = None,
 ) -> None:
     """:func:`run_and_report` in this process, or on ``nproc`` ranks (relaunched under
     torchrun), or as one rank of the torchrun run this process belongs to (resuming by
@@ -227,7 +275,7 @@ def on_ranks(
             check_new_run_dir(run_dir, command)
         raise typer.Exit(relaunch(nproc, max_restarts, None if resume else run_dir, cfg.threads))
     if not distributed.launched():
-        run_and_report(cfg, run_dir, resume, quiet, command)
+        run_and_report(cfg, run_dir, resume, quiet, command, on_trainer)
         return
     set_threads(cfg.threads)
     ranks = distributed.start(resolve_device(cfg.device))
@@ -237,7 +285,8 @@ def on_ranks(
             err_console.print(
                 f"torchrun restarted the ranks: {run_dir} resumes from its checkpoint"
             )
-        run_and_report(cfg, run_dir, resuming, quiet or not ranks.main, command)
+        hook = on_trainer if ranks.main else None
+        run_and_report(cfg, run_dir, resuming, quiet or not ranks.main, command, hook)
     finally:
         distributed.stop()
 
@@ -346,10 +395,23 @@ def apply(
     resume: ResumeOption = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
+    logger: LoggerOption = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--compare",
+            metavar="METHODS",
+            help="Also train these baselines (comma-separated, e.g. erm,gce) on the same task "
+            "split with the same model and optimizer settings, into OUT/compare/METHOD, and "
+            "print the side-by-side table (OUT/compare.json).",
+        ),
+    ] = None,
     nproc: NprocOption = None,
     max_restarts: MaxRestartsOption = 0,
 ) -> None:
     """Train on a new task with a saved, frozen methodology: no meta set, no tuning."""
+    from slem.cli import compare as cmp
+
     check_launch_options(out, resume, nproc, max_restarts)
     if resume is not None:
         reject_with_resume(
@@ -365,15 +427,25 @@ def apply(
                 "--seed": seed,
                 "--out": out,
                 "--set": set_,
+                "--compare": compare,
             }
         )
         cfg = distributed.on_main(lambda: read_run_config(resume))
+        cfg = with_loggers(cfg, logger)
         if threads is not None:
             cfg = cfg.model_copy(update={"threads": threads})
-        on_ranks(cfg, resume, True, quiet, "slem apply", nproc, max_restarts)
+        recorded = distributed.on_main(lambda: cmp.read_compare(resume))
+        if recorded is None:
+            on_ranks(cfg, resume, True, quiet, "slem apply", nproc, max_restarts)
+            return
+        refuse_compare_on_ranks(nproc)
+        if not (resume / "summary.json").is_file():  # the applied run has not finished
+            on_ranks(cfg, resume, True, quiet, "slem apply", nproc, max_restarts)
+        compare_baselines(resume, cfg, recorded, quiet, threads, logger)
         return
     if artifact is None or data is None:
         raise SlemError("give the ARTIFACT directory and --data NAME (or --resume RUN_DIR)")
+    from slem.methodology import read_artifact_info
     from slem.train.meta_test import apply_config
 
     overrides = [*(set_ or []), *([f"threads={threads}"] if threads is not None else [])]
@@ -386,7 +458,80 @@ def apply(
         "data_dir": data_dir,
     }
     cfg = apply_config(artifact, data_values, epochs=epochs, seed=seed or 0, overrides=overrides)
-    on_ranks(cfg, out or default_run_dir(cfg), False, quiet, "slem apply", nproc, max_restarts)
+    cfg = with_loggers(cfg, logger)
+    trained = read_artifact_info(artifact).get("training_config") or {}
+    hooks = [cmp.settings_announcer(cfg, trained, _say)]
+    baselines: list[str] = []
+    if compare is not None:  # every baseline checked before anything is written
+        refuse_compare_on_ranks(nproc)
+        baselines = cmp.parse_compare(compare, artifact_target(cfg))
+        for name in baselines:
+            cmp.baseline_config(cfg, name)
+    run_dir = out or default_run_dir(cfg)
+    if baselines:  # recorded once the applied run holds its directory, for --resume
+
+        def record(_: Stoppable) -> None:
+            cmp.write_compare(run_dir, baselines, [])
+
+        hooks.append(record)
+
+    def started(trainer: Stoppable) -> None:
+        for hook in hooks:
+            hook(trainer)
+
+    on_ranks(cfg, run_dir, False, quiet, "slem apply", nproc, max_restarts, started)
+    if baselines:
+        compare_baselines(run_dir, cfg, baselines, quiet, threads, logger)
+
+
+def _say(line: str) -> None:
+    console.print(line, soft_wrap=True)
+
+
+def refuse_compare_on_ranks(nproc: int | None) -> None:
+    """``--compare`` trains its baselines in this process, one after another.
+
+    Raises:
+        SlemError: with ``--nproc``, or under torchrun.
+    """
+    if nproc is not None or distributed.launched():
+        raise SlemError(
+            "--compare trains the baselines in one process: drop --nproc (and run it "
+            "outside torchrun)"
+        )
+
+
+def artifact_target(cfg: TrainConfig) -> str | None:
+    """The targets (classification, regression) the applied artifact trains on."""
+    from slem.methodology import load_frozen
+    from slem.train.methods import spec_applying
+
+    assert cfg.methodology is not None
+    return spec_applying(load_frozen(cfg.methodology)).target
+
+
+def compare_baselines(
+    out: Path,
+    cfg: TrainConfig,
+    baselines: list[str],
+    quiet: bool,
+    threads: int | None,
+    logger: list[str] | None,
+) -> None:
+    """Train (or resume, or read back) the baselines into ``OUT/compare/`` and print the
+    table of the applied run against them."""
+    from slem.cli import compare as cmp
+
+    def run(config: TrainConfig, run_dir: Path, resume: bool) -> None:
+        run_and_report(config, run_dir, resume, quiet, "slem apply", resume_dir=out)
+
+    def read_config(run_dir: Path) -> TrainConfig:
+        config = with_loggers(read_run_config(run_dir), logger)
+        return config.model_copy(update={"threads": threads}) if threads is not None else config
+
+    rows = cmp.run_baselines(out, cfg, baselines, run, read_config)
+    console.print(cmp.compare_table(rows))
+    console.print(f"comparison: {out / cmp.COMPARE_FILE}", soft_wrap=True)
 
 
 def demo(

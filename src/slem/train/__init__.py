@@ -9,7 +9,14 @@ training loop; :func:`apply` trains on a new task with a saved, frozen methodolo
 ``slem apply`` does); :func:`save_methodology` writes an artifact with its metadata."""
 
 from slem.train.artifacts import save_methodology
-from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
+from slem.train.callbacks import (
+    Callback,
+    CheckpointCallback,
+    CsvLogger,
+    JsonlLogger,
+    ProgressBar,
+    TensorBoardLogger,
+)
 from slem.train.config import (
     LossConfig,
     MetaConfig,
@@ -31,6 +38,7 @@ from slem.train.trainer import Trainer, TrainResult, make_trainer
 __all__ = [
     "Callback",
     "CheckpointCallback",
+    "CsvLogger",
     "JsonlLogger",
     "LossConfig",
     "MetaConfig",
@@ -41,6 +49,7 @@ __all__ = [
     "OptimConfig",
     "ProgressBar",
     "RunRecord",
+    "TensorBoardLogger",
     "TrainConfig",
     "TrainResult",
     "TrainedModel",

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from slem.errors import SlemError
+from slem.rundir import atomic_write_text
 
 if TYPE_CHECKING:
     from slem.bilevel import Hypergrad
@@ -75,6 +82,157 @@ class JsonlLogger(Callback):
     def on_epoch_end(self, trainer: Learner, metrics: dict[str, Any]) -> None:
         with self.path.open("a") as fh:
             fh.write(json.dumps(metrics) + "\n")
+
+
+#: the metric loggers a run may ask for (``TrainConfig.loggers``, ``--logger``)
+LoggerName = Literal["csv", "tensorboard"]
+LOGGER_NAMES: tuple[str, ...] = get_args(LoggerName)
+CSV_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class CsvLogger(Callback):
+    """``metrics.csv``: one row per epoch, the same rows as ``metrics.jsonl``; the header is
+    the union of the rows' keys (in the order they first appear), a missing value is empty,
+    a value that is not a number or text is written as JSON. The file is rewritten whole and
+    atomically from the history after every epoch (a resumed run's file holds every epoch
+    once, and no reader ever sees half a row)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_fit_start(self, trainer: Learner) -> None:
+        self._write(trainer.progress.history)
+
+    def on_epoch_end(self, trainer: Learner, metrics: dict[str, Any]) -> None:
+        history = trainer.progress.history
+        self._write(history if history and history[-1] is metrics else [*history, metrics])
+
+    def _write(self, rows: Sequence[dict[str, Any]]) -> None:
+        atomic_write_text(self.path, csv_text(rows))
+
+
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """``rows`` as CSV: a header of the union of their keys, then one line per row."""
+    header: dict[str, None] = {}
+    for row in rows:
+        header.update(dict.fromkeys(row))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(_csv_value(row.get(k)) for k in header)
+    return out.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value)
+
+
+class TensorBoardLogger(Callback):
+    """TensorBoard scalars in ``RUN_DIR/tensorboard/`` (``torch.utils.tensorboard``), all on
+    the global-step axis: each step's training loss as ``step/loss``, and every numeric entry
+    of an epoch's row as ``epoch/KEY`` at the step the epoch ended.
+
+    Events are flushed at the end of every epoch and every ``flush_every`` steps (pass the
+    run's ``checkpoint_every`` and put this callback before the checkpoint's: a checkpoint
+    then never holds a step whose events are not on disk). A resumed run's writer purges the
+    events after its checkpoint's step (TensorBoard's ``purge_step``): the steps trained
+    again are logged once."""
+
+    def __init__(self, directory: str | Path, flush_every: int = 200) -> None:
+        self.directory = Path(directory)
+        self.flush_every = flush_every
+        self._writer: Any = None
+
+    def on_fit_start(self, trainer: Learner) -> None:
+        writer = summary_writer()
+        step = trainer.progress.global_step
+        resumed = self.directory.is_dir() and any(self.directory.iterdir())
+        self._writer = writer(log_dir=str(self.directory), purge_step=step + 1 if resumed else None)
+
+    def on_step_end(self, trainer: Learner, stats: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        step = trainer.progress.global_step
+        loss = stats.get("loss")
+        if loss is not None and _scalar(loss):
+            self._writer.add_scalar("step/loss", float(loss), step)
+        if step % self.flush_every == 0:
+            self._writer.flush()
+
+    def on_epoch_end(self, trainer: Learner, metrics: dict[str, Any]) -> None:
+        if self._writer is None:
+            return
+        step = trainer.progress.global_step
+        for key, value in metrics.items():
+            if key not in ("epoch", "step") and _scalar(value):
+                self._writer.add_scalar(f"epoch/{key}", float(value), step)
+        self._writer.flush()
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def on_stop(self, trainer: Learner, reason: str) -> None:
+        self._close()
+
+    def on_fit_end(self, trainer: Learner, result: Any) -> None:
+        self._close()
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def summary_writer() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter``.
+
+    Raises:
+        SlemError: the ``tensorboard`` package is not installed (one line: how to install it).
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SlemError(
+            "the tensorboard logger needs the tensorboard package: pip install "
+            "'slem[tensorboard]' (or drop tensorboard from loggers / --logger)"
+        ) from None
+    return SummaryWriter
+
+
+def check_loggers(names: Sequence[str]) -> None:
+    """Refuse, before a run writes anything, loggers that cannot run here.
+
+    Raises:
+        SlemError: an unknown name, or tensorboard without its package.
+    """
+    for name in names:
+        if name not in LOGGER_NAMES:
+            raise SlemError(f"logger '{name}' is unknown; use {' or '.join(LOGGER_NAMES)}")
+    if "tensorboard" in names:
+        summary_writer()
+
+
+def make_loggers(
+    names: Sequence[str], run_dir: str | Path, checkpoint_every: int = 200
+) -> list[Callback]:
+    """The callbacks of the loggers ``names`` (``csv``, ``tensorboard``) writing into
+    ``run_dir``; they go before the checkpoint callback (which saves every
+    ``checkpoint_every`` steps), so what a checkpoint holds is logged."""
+    check_loggers(names)
+    run_dir = Path(run_dir)
+    made: list[Callback] = []
+    if "csv" in names:
+        made.append(CsvLogger(run_dir / CSV_FILE))
+    if "tensorboard" in names:
+        made.append(TensorBoardLogger(run_dir / TENSORBOARD_DIR, checkpoint_every))
+    return made
 
 
 class ProgressBar(Callback):

@@ -31,6 +31,7 @@ from pydantic import (
 from slem.data.config import DataConfig
 from slem.errors import SlemError, validation_message
 from slem.methodology.inputs import STATEFUL, check_inputs
+from slem.train.callbacks import LoggerName
 from slem.train.config_io import apply_overrides as apply_overrides
 from slem.train.config_io import load_yaml as load_yaml
 from slem.train.config_io import set_dotted as set_dotted
@@ -308,6 +309,18 @@ class TrainConfig(_Strict):
         "setting when OMP_NUM_THREADS is set (slem.train.threads). Not part of the result.",
     )
     checkpoint_every: int = Field(200, ge=1, description="steps between mid-epoch checkpoints")
+    loggers: list[LoggerName] = Field(
+        default_factory=list,
+        description="where the epoch metrics go besides metrics.jsonl: csv (metrics.csv), "
+        "tensorboard (tensorboard/, needs pip install 'slem[tensorboard]'). Not part of the "
+        "result.",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _each_logger_once(cls, names: list[LoggerName]) -> list[LoggerName]:
+        return list(dict.fromkeys(names))
+
     select_on: Literal["auto", "accuracy", "balanced_accuracy"] = Field(
         "auto",
         description="validation metric that picks the best epoch; auto: balanced accuracy "

@@ -30,7 +30,14 @@ from slem.methodology import Methodology, freeze, load_frozen
 from slem.provenance import provenance
 from slem.rundir import LOCK_NAME, atomic_write_bytes, atomic_write_text, lock_run_dir
 from slem.train.artifacts import save_methodology
-from slem.train.callbacks import Callback, CheckpointCallback, JsonlLogger, ProgressBar
+from slem.train.callbacks import (
+    Callback,
+    CheckpointCallback,
+    JsonlLogger,
+    ProgressBar,
+    check_loggers,
+    make_loggers,
+)
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config, without_unread_sections
 from slem.train.distributed import Ranks, mark_job, on_main, ranks
@@ -176,6 +183,7 @@ def train_run(
     run_dir = Path(run_dir)
     set_threads(config.threads)
     resolve_device(config.device)
+    check_loggers(config.loggers)
     r = ranks() if data_parallel is not False else Ranks()
     refusal = data_parallel_refusal(config) if r.active else None
     if refusal is not None:
@@ -252,7 +260,8 @@ def _train_into(
     """The run itself, in the locked ``run_dir`` (see :func:`train_run`); on several ranks
     ``r``, rank 0 logs, shows progress and writes the outputs (every rank checkpoints: a
     collective whose file rank 0 writes)."""
-    callbacks: list[Callback] = [
+    callbacks: list[Callback] = [  # loggers first: a checkpoint never outruns what they wrote
+        *(make_loggers(config.loggers, run_dir, config.checkpoint_every) if r.main else []),
         CheckpointCallback(run_dir / CHECKPOINT_FILE, config.checkpoint_every),
         *([JsonlLogger(run_dir / "metrics.jsonl")] if r.main else []),
         *extra_callbacks,
