@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,7 @@ from slem.cli.train_cmd import (
     stop_on_signals,
 )
 from slem.errors import SlemError
-from slem.rundir import atomic_write_text, lock_run_dir
+from slem.rundir import atomic_write_text, lock_run_dir, make_run_dir
 from slem.train.bbo import bbo_run
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import apply_overrides, load_yaml, parse_bbo_config
@@ -114,6 +115,13 @@ def run(
     budget: Annotated[int, typer.Option(help="Queries per search.")] = 30,
     repeats: Annotated[int, typer.Option(help="Independent searches.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory for regret_FUNCTION.png (the regret curve) and regret_FUNCTION.json "
+            "(its numbers); created if needed."
+        ),
+    ] = None,
     threads: ThreadsOption = None,
 ) -> None:
     """Search a held-out test function with the frozen optimizer, against random search."""
@@ -125,12 +133,17 @@ def run(
 
     if budget < 2 or repeats < 1:
         raise SlemError("--budget must be at least 2 and --repeats at least 1")
+    if out is not None and out.exists() and not out.is_dir():
+        raise SlemError(f"--out {out} is a file, not a directory; choose another --out")
     net, _ = load_methodology(artifact)
     if not isinstance(net, RNNBlackBoxOptimizer):
         raise SlemError(f"'{artifact}' holds a '{net.kind}' methodology, not learned_bbo")
     functions = held_out(function, batch=repeats)
-    learned = search_regret(net, functions, budget, seed)[-1]
-    rand = random_search_regret(functions, budget, seed)[-1]
+    learned_curve = search_regret(net, functions, budget, seed)
+    random_curve = random_search_regret(functions, budget, seed)
+    if out is not None:
+        make_run_dir(out)  # before any output: a path under a file is one line
+    learned, rand = learned_curve[-1], random_curve[-1]
     ddof = 1 if repeats > 1 else 0
 
     def stat(r: torch.Tensor) -> str:
@@ -141,3 +154,46 @@ def run(
         f"learned {stat(learned)}, random search {stat(rand)}",
         soft_wrap=True,
     )
+    if out is not None:
+        written = write_regret(
+            out,
+            {"learned optimizer": learned_curve, "random search": random_curve},
+            {
+                "artifact": str(artifact),
+                "function": function,
+                "budget": budget,
+                "repeats": repeats,
+                "seed": seed,
+            },
+        )
+        console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True)
+
+
+def write_regret(
+    out: Path, curves: dict[str, torch.Tensor], setting: dict[str, object]
+) -> list[Path]:
+    """``regret_FUNCTION.json`` (the setting, and per searcher the regret after each query of
+    every search and its mean) and ``regret_FUNCTION.png`` into ``out``, each written
+    atomically."""
+    from slem.report.bbo_plots import regret_curve
+
+    name = str(setting["function"])
+    numbers: dict[str, object] = {
+        **setting,
+        "regret": "simple regret: best value found so far minus the function's minimum",
+    }
+    for searcher, curve in curves.items():
+        r = curve.double()
+        numbers[searcher.replace(" ", "_")] = {
+            "mean_per_query": r.mean(1).tolist(),
+            "per_search": r.T.tolist(),  # one list per search, one value per query
+        }
+    data = atomic_write_text(out / f"regret_{name}.json", json.dumps(numbers, indent=2) + "\n")
+    title = (
+        f"{name}: learned black-box optimizer against random search\n"
+        f"({setting['budget']} queries per search, {setting['repeats']} searches)"
+    )
+    png = regret_curve(
+        {k: v.double().numpy() for k, v in curves.items()}, out / f"regret_{name}.png", title
+    )
+    return [png, data]

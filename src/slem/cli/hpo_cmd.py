@@ -6,6 +6,7 @@ study; the same command on other machines adds workers to it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -151,6 +152,7 @@ def hpo(
         else:
             check_fresh(run_dir, storage)  # again, now that no other slem hpo can write here
         study = joined(cfg, url, objective, create=not resume)
+        plots = functools.partial(write_study_plots, metric=cfg.objective.metric)
         target = planned(study, objective, total)
         write_run_file(cfg, run_dir, storage, total)
         enqueue_starts(study, starts)
@@ -163,12 +165,12 @@ def hpo(
         except StudyFailed as exc:
             failure = exc
         except KeyboardInterrupt:
-            write_results(study, run_dir, target, write_study_plots)
+            write_results(study, run_dir, target, plots)
             err_console.print(
                 f"interrupted: continue with 'slem hpo --resume --out {run_dir}'", highlight=False
             )
             raise typer.Exit(code=130) from None
-        summary = write_results(study, run_dir, target, write_study_plots)
+        summary = write_results(study, run_dir, target, plots)
         report(study, summary, run_dir, total, target, quiet)
         if failure is not None:
             raise failure

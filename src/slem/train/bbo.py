@@ -32,6 +32,14 @@ from slem.train.guard import NonFiniteLoss
 from slem.train.loop import Iterations, MetaLearner
 from slem.train.record import RunRecord, meta_loss_array
 
+#: the meta loss of each ``BBOConfig.loss`` in words (per query: the sum over a search of
+#: ``steps`` queries, divided by ``steps``, averaged over the batch of functions)
+META_LOSS_LABELS = {
+    "sum": "meta loss (sum):\nmean observed function value per query",
+    "oi": "meta loss (oi):\nobserved improvement per query (<= 0)",
+    "ei": "meta loss (ei):\nminus the expected improvement per query",
+}
+
 
 def observed_improvement(ys: Tensor) -> Tensor:
     """``sum_t min(y_t - min_{j<t} y_j, 0)`` per function, for ``ys`` of shape (T, B).
@@ -171,7 +179,14 @@ def bbo_run(
         "iterations": meta.iteration,
         "seconds": round(meta.elapsed, 1),
     }
-    record = RunRecord(list(meta.history), summary, meta_loss_array(meta.history))
+    info = {
+        "meta_loss_label": META_LOSS_LABELS[cfg.loss],
+        "meta_title": (
+            f"meta-training the black-box optimizer ({cfg.dim}-D, loss {cfg.loss}, "
+            f"{cfg.steps} queries per search)"
+        ),
+    }
+    record = RunRecord(list(meta.history), summary, meta_loss_array(meta.history), info)
     if render is not None:
         summary["plots"] = [str(p) for p in render(record, run_dir)]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

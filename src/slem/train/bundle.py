@@ -392,7 +392,12 @@ class BundleTrainer(MetaTrainer):
         record.arrays.update(
             lr_arrays(self.lr_trace, self.stage_trace, o.lr, o.epochs * self.plan.steps_per_epoch)
         )
-        record.info["lr0"] = o.lr
+        warmup = self.config.meta.warmup_epochs if self.meta_training else 0
+        record.info.update(
+            lr0=o.lr,
+            steps_per_epoch=self.plan.steps_per_epoch,
+            lr_warmup_steps=min(warmup, o.epochs) * self.plan.steps_per_epoch,
+        )
         return record
 
     # ------------------------------------------------------------------ state

@@ -33,6 +33,9 @@ from slem.train.models import build_model
 if TYPE_CHECKING:
     from slem.train.callbacks import Callback
 
+#: what the meta loss of :meth:`OptimizerMetaTrainer.meta_step` is, for plots
+OPTIMIZER_META_LOSS = "optimizee training loss / log C\n(weighted mean over each unroll)"
+
 
 @dataclass
 class Optimizee:

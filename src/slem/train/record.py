@@ -23,6 +23,7 @@ from slem.methodology.regression import HyperWeightNet, base_loss
 from slem.train.diagnostics import plain_step_times, weight_auc
 
 if TYPE_CHECKING:
+    from slem.data.task import Task
     from slem.train.trainer import Trainer
 
 #: points of the grids the learned curves are evaluated on
@@ -70,8 +71,14 @@ class RunRecord:
               against clean test targets (original units);
             - ``meta_loss`` (iterations,): the meta loss at every meta-training iteration.
         info: names and scalars the arrays need to be read: ``weighting_kind``,
-            ``adjuster_names``, ``adjuster_family``, ``transition_label``, ``lr0``,
-            ``hwnet_mode``, ``hwnet_losses``, ``title``.
+            ``weight_heads`` (the weighting net's class-group heads), ``adjuster_names``,
+            ``adjuster_family``, ``transition_label``, ``lr0``, ``steps_per_epoch``,
+            ``lr_warmup_steps`` (steps before the first meta step), ``hwnet_mode``,
+            ``hwnet_losses``, ``title``, ``meta_loss_label`` and ``meta_title`` (what the
+            ``meta_loss`` curve is); of the task: ``val_labels``
+            (what the validation labels are: ``clean``, ``noisy`` or ``as_given``, the
+            user's own, possibly noisy), ``class_names``, ``class_counts`` (observed training
+            labels) and ``class_groups`` (each class's size group).
     """
 
     history: list[dict[str, Any]]
@@ -120,6 +127,7 @@ def trainer_record(trainer: Trainer, result: TrainResult) -> RunRecord:
     arrays, info = trainer.objective.record(trainer.model, trainer.test_x, title)
     record.arrays.update(arrays)
     record.info.update(info)
+    record.info.update(task_info(trainer.task))
     sw = trainer.sample_weights
     if sw is not None and result.train_weights is not None:
         observed = trainer.labels.eval_losses(trainer.model, trainer.train_x, trainer.train_y)
@@ -133,7 +141,27 @@ def trainer_record(trainer: Trainer, result: TrainResult) -> RunRecord:
         )
         record.info["weighting_kind"] = sw.net.kind
         record.info["weight_curve_input"] = along
+        record.info["weight_heads"] = sw.net.n_groups
     return record
+
+
+def task_info(task: Task) -> dict[str, Any]:
+    """What the plots say about the task: ``val_labels`` (``noisy``: synthetic noise on
+    train and val; ``as_given``: the user's own labels, possibly noisy; else ``clean``) and,
+    with class labels, ``class_names``, ``class_counts`` (observed training labels) and
+    ``class_groups`` (each class's size group)."""
+    noisy = bool(task.val.noisy_mask.any()) or (task.noise is not None and task.noise.rate > 0)
+    info: dict[str, Any] = {
+        "val_labels": "noisy" if noisy else "as_given" if task.user_data else "clean"
+    }
+    if task.is_classification:
+        f = task.features
+        info.update(
+            class_names=[str(c) for c in task.class_names],
+            class_counts=list(f.class_counts),
+            class_groups=list(f.class_groups),
+        )
+    return info
 
 
 def lr_arrays(

@@ -41,6 +41,7 @@ from slem.train.callbacks import (
 from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import TrainConfig, parse_train_config, without_unread_sections
 from slem.train.distributed import Ranks, mark_job, on_main, ranks
+from slem.train.learned_optimizer import OPTIMIZER_META_LOSS
 from slem.train.methods import check_fits, data_parallel_refusal
 from slem.train.models import import_root
 from slem.train.record import RunRecord, meta_loss_array, read_jsonl
@@ -280,8 +281,11 @@ def _train_into(
         on_trainer(trainer)
     record = trainer.record(trainer.fit(progress=False))
     meta_history = read_jsonl(run_dir / META_METRICS_FILE)  # a meta-training phase
-    if meta_history:
+    if meta_history:  # the one such phase: the learned optimizer's
         record.arrays.update(meta_loss_array(meta_history))
+        record.info.update(
+            meta_loss_label=OPTIMIZER_META_LOSS, meta_title="meta-training the learned optimizer"
+        )
     if r.active:
         record.summary["ranks"] = r.size
     if r.main:

@@ -358,7 +358,7 @@ class ScheduleTrainer(Trainer):
         record.arrays.update(
             lr_arrays(self.lr_trace, self.stage_trace, o.lr, o.epochs * self.plan.steps_per_epoch)
         )
-        record.info["lr0"] = o.lr
+        record.info.update(lr0=o.lr, steps_per_epoch=self.plan.steps_per_epoch)
         return record
 
     def state(self) -> dict[str, Any]:
