@@ -210,7 +210,7 @@ def test_cli_hpo_writes_results_plots_and_resumes(runner: Any, tmp_path: Path) -
 def test_cli_hpo_bad_inputs_are_one_line(runner: Any, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "objective:\n  kind: train\n  base: examples/erm_mnist1d.yaml\n"
+        f"objective:\n  kind: train\n  base: {EXAMPLES / 'erm_mnist1d.yaml'}\n"
         "  space:\n    optim.lr: {low: 0.5, high: 0.1}\n"
     )
     result = runner.invoke(app, ["hpo", str(bad), "--out", str(tmp_path / "o")])

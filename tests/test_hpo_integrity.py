@@ -609,9 +609,10 @@ def test_piped_and_quiet_output(runner: Any, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     # the final table, then every summary on a line of its own
-    assert lines[-3] == "study piped: 3/3 finished trials (3 complete, 0 pruned)"
-    assert lines[-2].startswith("best trial ") and lines[-1].startswith("run directory: ")
-    assert any(line.startswith("┃ rank") for line in lines[:-3])
+    assert lines[-4] == "study piped: 3/3 finished trials (3 complete, 0 pruned)"
+    assert lines[-3].startswith("best trial ") and lines[-2].startswith("best config: ")
+    assert lines[-1].startswith("run directory: ")
+    assert any(line.startswith("┃ rank") for line in lines[:-4])
     quiet = slem(
         "hpo",
         str(config),
@@ -627,9 +628,10 @@ def test_piped_and_quiet_output(runner: Any, tmp_path: Path) -> None:
     assert "A new study created" not in quiet.stdout + quiet.stderr and "[I " not in quiet.stderr
     assert quiet.stderr == ""
     lines = quiet.stdout.splitlines()
-    assert len(lines) == 3, quiet.stdout
+    assert len(lines) == 4, quiet.stdout
     assert lines[0].startswith("study piped: 3/3 finished trials (")
-    assert lines[1].startswith("best trial ") and lines[2].startswith("run directory: ")
+    assert lines[1].startswith("best trial ") and lines[2].startswith("best config: ")
+    assert lines[3].startswith("run directory: ")
 
 
 def test_meta_dataset_never_writes_into_the_package(

@@ -309,12 +309,13 @@ def test_every_example_config_loads(path: Path) -> None:
         cross = parse_cross_task_config(values)
         assert cross.tasks.n_distinct > 1, path.name
         return
-    if "objective" in values:  # an HPO study
-        config = parse_hpo_config(values)
-        if config.objective.kind == "train":
-            base_path = config.objective.base
-            objective = config.objective.model_copy(update={"base": str(ROOT / str(base_path))})
-            TrainTrial(objective)
+    if "objective" in values:  # an HPO study, read as slem hpo reads it
+        from slem.automl.config import TrainObjective
+        from slem.automl.load import load_study_config
+
+        config = load_study_config(path)  # objective.base: relative to the study config
+        if isinstance(config.objective, TrainObjective):
+            TrainTrial(config.objective)
         return
     cfg = parse_train_config(values)
     assert set(values) & set(METHOD_SECTIONS) <= set(cfg.spec.sections_of(cfg)), path.name

@@ -3,12 +3,15 @@
 :func:`cash_space` is one conditional space: the model family first, then the family's own
 hyperparameters and its preprocessing (imputation is always median; scaling is a choice for
 the families that are sensitive to it, never for trees). :func:`build_pipeline` turns a
-trial's values into an unfitted ``sklearn`` pipeline.
+trial's values into an unfitted ``sklearn`` pipeline; :func:`save_pipeline` and
+:func:`load_pipeline` write and read a fitted one with skops (no pickle).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from slem.automl.space import Param, SearchSpace
@@ -176,3 +179,89 @@ def build_pipeline(config: Mapping[str, Any], seed: int = 0) -> Any:
         steps.append(("scale", QuantileTransformer(n_quantiles=100, random_state=seed)))
     steps.append(("model", model))
     return Pipeline(steps)
+
+
+#: the modules whose types a saved pipeline may hold (skops refuses every other type)
+TRUSTED_MODULES = ("sklearn", "numpy", "scipy", "slem")
+
+
+def save_pipeline(pipeline: Any, path: str | Path) -> Path:
+    """Write a fitted pipeline with skops (``skops.io.dump``: no pickle), atomically."""
+    import skops.io
+
+    from slem.rundir import atomic_write_bytes
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    skops.io.dump(pipeline, buffer)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def load_pipeline(path: str | Path) -> Any:
+    """A pipeline written by :func:`save_pipeline` (e.g. ``OUT/refit/pipeline.skops`` of
+    ``slem hpo --refit``), loaded with ``skops.io.load``: the types it holds must all come
+    from scikit-learn, NumPy, SciPy or slem (:data:`TRUSTED_MODULES`); nothing is unpickled.
+
+    Raises:
+        SlemError: the file is missing, not a skops file, or holds a type from another
+            module (named; such a file is not loaded).
+    """
+    import skops.io
+
+    p = Path(path)
+    if not p.is_file():
+        raise SlemError(f"no pipeline at '{p}'; write one with 'slem hpo CONFIG.yaml --refit'")
+    try:
+        untrusted = skops.io.get_untrusted_types(file=p)
+    except Exception as exc:  # a zip/JSON error of a damaged or foreign file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SlemError(
+            f"{p} is not a skops pipeline file ({first}); refit with 'slem hpo --refit'"
+        ) from None
+    foreign = [t for t in untrusted if t.split(".", 1)[0] not in TRUSTED_MODULES]
+    if foreign:
+        raise SlemError(
+            f"{p} holds types outside {', '.join(TRUSTED_MODULES)} ({', '.join(foreign[:3])}); "
+            "it was not written by slem: not loaded"
+        )
+    try:
+        return skops.io.load(p, trusted=untrusted)
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SlemError(f"{p} cannot be loaded ({first}); refit with 'slem hpo --refit'") from None
+
+
+def pipeline_steps(pipeline: Any) -> list[dict[str, Any]]:
+    """A fitted or unfitted pipeline in readable form: per step its name, class and the
+    parameters that differ from the class's defaults (JSON/YAML-ready)."""
+    out: list[dict[str, Any]] = []
+    for name, step in pipeline.steps:
+        cls = type(step)
+        defaults = cls().get_params(deep=False)
+        params = {
+            k: _plain(v)
+            for k, v in step.get_params(deep=False).items()
+            if k not in defaults or not _same(_plain(defaults[k]), _plain(v))
+        }
+        out.append({"step": name, "class": f"{cls.__module__.split('._')[0]}.{cls.__name__}"})
+        out[-1]["params"] = params
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    both_nan = isinstance(a, float) and isinstance(b, float) and a != a and b != b
+    return both_nan or bool(a == b)
+
+
+def _plain(value: Any) -> Any:
+    """A parameter value as plain YAML/JSON data (NumPy scalars as numbers, tuples as
+    lists)."""
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return repr(value)

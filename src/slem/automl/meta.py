@@ -229,9 +229,23 @@ def warm_start_configs(
     exclude: Sequence[str] = (),
 ) -> list[Config]:
     """The best configurations of the ``k`` nearest stored tasks, nearest first."""
-    out: list[Config] = []
+    return [c for c, _ in warm_start_sources(store, meta_features, k, per_task, exclude)]
+
+
+def warm_start_sources(
+    store: MetaStore,
+    meta_features: Mapping[str, float],
+    k: int = 3,
+    per_task: int = 1,
+    exclude: Sequence[str] = (),
+) -> list[tuple[Config, str]]:
+    """:func:`warm_start_configs` with the name of the stored task each came from (the
+    nearest that holds it)."""
+    out: list[tuple[Config, str]] = []
     for name, _ in store.nearest(meta_features, k, exclude):
-        out.extend(c for c in store.record(name).best(per_task) if c not in out)
+        for c in store.record(name).best(per_task):
+            if all(c != seen for seen, _ in out):
+                out.append((c, name))
     return out
 
 

@@ -86,6 +86,20 @@ class CashTrial:
             pipe.fit(t.train.X.reshape(len(t.train), -1)[rows], t.train.y[rows])
         return pipe
 
+    def refit(self, values: Mapping[str, Any]) -> Any:
+        """The pipeline of ``values`` fitted on the training and validation splits together
+        (all the rows the study may use; the test split stays out), for ``--refit``."""
+        t = self.task
+        X = np.concatenate([s.X.reshape(len(s), -1) for s in (t.train, t.val)])
+        y = np.concatenate([t.train.y, t.val.y])
+        pipe = build_pipeline(values, self.seed)
+        if values.get("family") == "knn":
+            pipe.set_params(model__n_neighbors=min(int(values["knn.n_neighbors"]), len(y)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe.fit(X, y)
+        return pipe
+
     def evaluate(self, pipe: Any, split: str) -> float:
         s = getattr(self.task, split)
         return score(self.config.metric, s.y, pipe.predict(s.X.reshape(len(s), -1)))

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import yaml
 from slem.automl.config import HPOConfig, parse_hpo_config
 from slem.automl.objectives import CashTrial, TrainTrial, make_objective
 from slem.automl.study import (
+    SOURCE,
     STUDY_DB,
     Tally,
     best_rows,
@@ -99,7 +101,21 @@ def stored_storage(run_dir: Path) -> str | None:
 
 
 def _comparable(cfg: HPOConfig) -> dict[str, Any]:
+    """The config as :func:`~slem.automl.load.load_study_config` makes it now (base read in,
+    paths absolute), also for a study started before it did, without the keys a resume may
+    change."""
+    from slem.automl.load import absolute_paths, read_base
+
     doc = cfg.model_dump(mode="json")
+    objective = doc["objective"]
+    if objective["kind"] == "train":
+        base = objective["base"]
+        with contextlib.suppress(SlemError):  # a base file gone: compared as it is (differs)
+            objective["base"] = read_base(
+                base, Path(base).parent if isinstance(base, str) else Path.cwd()
+            )
+    else:
+        objective["data"] = absolute_paths({"data": objective["data"]})["data"]
     for key in ("trials", "timeout"):  # a resumed study may be longer, or get more time
         doc["study"].pop(key, None)
     return doc
@@ -233,11 +249,24 @@ def joined(
     raise AssertionError("unreachable")
 
 
-def enqueue_starts(study: optuna.Study, starts: Sequence[dict[str, Any]]) -> None:
-    """Meta-learned first trials (:func:`meta_learned_starts`) for a study with no trials."""
+@dataclass(frozen=True)
+class Start:
+    """A configuration enqueued before the sampler's first proposal, and where it came from
+    (the trial's ``source`` user attr): ``zero_shot:<meta-dataset>#<rank>`` or
+    ``warm_start:<task>``."""
+
+    params: dict[str, Any]
+    source: str
+
+
+def enqueue_starts(study: optuna.Study, starts: Sequence[Start]) -> None:
+    """Meta-learned first trials (:func:`meta_learned_starts`) for a study with no trials,
+    each tagged with its ``source``."""
     if not study.trials:
-        for values in starts:
-            study.enqueue_trial(values, skip_if_exists=True)
+        for start in starts:
+            study.enqueue_trial(
+                start.params, user_attrs={SOURCE: start.source}, skip_if_exists=True
+            )
 
 
 def run_worker(
@@ -264,30 +293,35 @@ def run_worker(
     return study
 
 
-def meta_learned_starts(config: HPOConfig, objective: Any) -> list[dict[str, Any]]:
-    """CASH: zero-shot proposals, then the best configurations of the nearest earlier tasks
-    (reads the meta-dataset: a damaged one is a SlemError)."""
+def meta_learned_starts(config: HPOConfig, objective: Any) -> list[Start]:
+    """CASH: zero-shot proposals, then the best configurations of the nearest earlier tasks,
+    each with its source (reads the meta-dataset: a damaged one is a SlemError). A
+    configuration proposed twice keeps its first source; one outside the study's space (a
+    model family it leaves out) is dropped."""
     study_cfg = config.study
     if not isinstance(objective, CashTrial) or not (study_cfg.warm_start or study_cfg.zero_shot):
         return []
     from slem.automl.build import SHIPPED
-    from slem.automl.meta import MetaStore, ZeroShot, warm_start_configs
+    from slem.automl.meta import MetaStore, ZeroShot, warm_start_sources
     from slem.data.meta_features import meta_features
 
-    store = MetaStore.load(study_cfg.meta_dataset or SHIPPED)
+    path = Path(study_cfg.meta_dataset or SHIPPED)
+    store = MetaStore.load(path)
     mf = meta_features(objective.task)
     exclude = [objective.task.name]  # never start from the task's own earlier study
-    starts: list[dict[str, Any]] = []
+    starts: list[tuple[dict[str, Any], str]] = []
     if study_cfg.zero_shot:
         model = ZeroShot(study_cfg.seed).fit(store, exclude)
-        starts += model.rank(mf)[: study_cfg.zero_shot]
+        ranked = model.rank(mf)[: study_cfg.zero_shot]
+        starts += [(c, f"zero_shot:{path.name}#{i}") for i, c in enumerate(ranked, 1)]
     if study_cfg.warm_start:
-        starts += warm_start_configs(store, mf, study_cfg.warm_start, exclude=exclude)
-    out: list[dict[str, Any]] = []
-    for c in starts:
+        near = warm_start_sources(store, mf, study_cfg.warm_start, exclude=exclude)
+        starts += [(c, f"warm_start:{task}") for c, task in near]
+    out: list[Start] = []
+    for c, source in starts:
         c = objective.space.active_config(c)
-        if c not in out:
-            out.append(c)
+        if objective.space.holds(c) and all(c != s.params for s in out):
+            out.append(Start(c, source))  # not one of a family the study leaves out
     return out
 
 
@@ -366,11 +400,15 @@ def write_results(
     run_dir: Path,
     target: int | None = None,
     plots: Callable[[optuna.Study, Path], Sequence[Path]] | None = None,
+    objective: CashTrial | TrainTrial | None = None,
 ) -> dict[str, Any]:
-    """``trials.csv``, ``best.json`` and the plots (by ``plots``, e.g.
+    """``trials.csv``, ``best.json``, with ``objective`` ``best.yaml``
+    (:func:`slem.automl.outputs.write_best_config`), and the plots (by ``plots``, e.g.
     :func:`slem.report.write_study_plots`, into ``run_dir/plots``; ``automl`` sits below
     ``report``); returns the summary (``trials``: the finished trials, which count toward the
-    study's total; ``plots``: the files written)."""
+    study's total; ``best_source``: where the best configuration came from; ``starts``: the
+    trials enqueued from earlier tasks, with their sources; ``best_config``: ``best.yaml``;
+    ``plots``: the files written)."""
     atomic_write_text(run_dir / "trials.csv", study.trials_dataframe().to_csv(index=False))
     n = tally(study)
     best = best_rows(study, 1)
@@ -393,7 +431,22 @@ def write_results(
             best_value=t.value,
             best_params=t.params,
             best_test={k: v for k, v in t.user_attrs.items() if k.startswith("test_")},
+            best_source=t.user_attrs.get(SOURCE, "sampler"),
         )
+        if objective is not None:
+            from slem.automl.outputs import write_best_config
+
+            summary["best_config"] = str(write_best_config(study, objective, t, run_dir))
+    summary["starts"] = [
+        {
+            "trial": t.number,
+            "source": t.user_attrs[SOURCE],
+            "state": t.state.name.lower(),
+            "value": t.value,
+        }
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(SOURCE, "sampler") != "sampler"
+    ]
     written = plots(study, run_dir / "plots") if plots is not None else []
     summary["plots"] = [str(p) for p in written]
     atomic_write_text(run_dir / "best.json", json.dumps(summary, indent=2, default=str))

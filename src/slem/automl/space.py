@@ -227,6 +227,24 @@ class SearchSpace:
                 out[p.name] = values[p.name]
         return out
 
+    def holds(self, values: Mapping[str, Any]) -> bool:
+        """Whether ``values`` (an active configuration) lies in this space: every value a
+        choice of its param, or within its range (e.g. a configuration of another task's
+        study, whose space held more model families)."""
+        for p in self.params:
+            if p.name not in values:
+                continue
+            v = values[p.name]
+            if p.kind == "categorical":
+                inside = v in p.choices
+            else:
+                low, high = p.low, p.high
+                number = isinstance(v, int | float) and low is not None and high is not None
+                inside = number and low <= v <= high
+            if not inside:
+                return False
+        return True
+
     def grid(self, points: int = 5) -> dict[str, list[Any]]:
         """Every param's grid values (for the grid itself, over the tree of conditions, see
         :meth:`grid_configurations`)."""

@@ -56,6 +56,7 @@ from slem.automl.study_tally import ERROR as ERROR
 from slem.automl.study_tally import FINISHED as FINISHED
 from slem.automl.study_tally import LIVE as LIVE
 from slem.automl.study_tally import SKIPPED as SKIPPED
+from slem.automl.study_tally import SOURCE as SOURCE
 from slem.automl.study_tally import WORKER as WORKER
 from slem.automl.study_tally import Tally as Tally
 from slem.automl.study_tally import best_rows as best_rows
@@ -171,6 +172,8 @@ def run_trial(
     state = TrialState.COMPLETE
     with get_heartbeat_thread(trial._trial_id, study._storage):
         trial.set_user_attr(WORKER, worker_name())
+        if SOURCE not in trial.user_attrs:  # not enqueued with a source (enqueue_starts)
+            trial.set_user_attr(SOURCE, "sampler")
         if _ahead(study, trial.number) >= target:
             return _skip(study, trial, f"surplus: the study already has its {target} trials")
         try:

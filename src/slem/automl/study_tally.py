@@ -14,6 +14,9 @@ LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 ERROR = "error"  # user attr of a trial whose objective raised (or returned no number)
 SKIPPED = "skipped"  # user attr of a trial that was never evaluated (duplicate, surplus)
 WORKER = "worker"  # user attr: host:pid of the process that ran the trial
+#: user attr: where a trial's configuration came from: ``sampler`` (the study's sampler),
+#: ``zero_shot:<meta-dataset>#<rank>`` or ``warm_start:<task>`` (enqueued from earlier tasks)
+SOURCE = "source"
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,19 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from slem.automl.config import HPOConfig, parse_hpo_config
+from slem.automl.config import HPOConfig
+from slem.automl.load import load_study_config
+from slem.automl.objectives import CashTrial, TrainTrial
+from slem.automl.outputs import (
+    PIPELINE_FILE,
+    PIPELINE_INFO,
+    REFIT_DIR,
+    best_train_config,
+    check_refit_dir,
+    refit_cash,
+)
 from slem.automl.run import (
     CONFIG_FILE,
-    RUN_KEYS,
     build_objective,
     check_fresh,
     check_resume,
@@ -27,7 +36,7 @@ from slem.automl.run import (
     joined,
     meta_learned_starts,
     read_hpo_config,
-    read_yaml_mapping,
+    read_run_file,
     run_worker,
     spawn_workers,
     storage_errors,
@@ -38,6 +47,7 @@ from slem.automl.run import (
     write_run_file,
 )
 from slem.automl.study import (
+    SOURCE,
     StudyFailed,
     best_rows,
     default_storage,
@@ -47,39 +57,30 @@ from slem.automl.study import (
     work,
 )
 from slem.cli.console import ThreadsOption, console, err_console, set_threads, user_errors
-from slem.cli.train_cmd import OutOption, QuietOption, SetOption
+from slem.cli.train_cmd import OutOption, QuietOption
 from slem.errors import SlemError
 from slem.rundir import lock_run_dir
-from slem.train.config import apply_overrides
 
 
 def progress_table(study: optuna.Study, total: int) -> Table:
-    """The best-so-far table, titled with the study's tally."""
+    """The best-so-far table, titled with the study's tally; ``source`` says where a
+    configuration came from (``sampler``, ``zero_shot:...``, ``warm_start:<task>``)."""
     table = Table(title=tally_line(study, total))
-    for col in ("rank", "trial", "value", "params"):
+    for col in ("rank", "trial", "value", "source", "params"):
         table.add_column(col)
     for rank, t in enumerate(best_rows(study, 5), 1):
         params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
-        table.add_row(str(rank), str(t.number), f"{t.value:.4f}", params)
+        source = str(t.user_attrs.get(SOURCE, ""))
+        table.add_row(str(rank), str(t.number), f"{t.value:.4f}", source, params)
     return table
+
+
+def _score(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def load_config(path: Path, overrides: list[str]) -> HPOConfig:
-    """A study config from YAML with ``--set`` overrides; ``objective.base`` resolved."""
-    values = read_yaml_mapping(path, "give a YAML study config (see examples/)")
-    for key in RUN_KEYS:
-        values.pop(key, None)  # a run's own hpo.yaml works as a config too
-    cfg = parse_hpo_config(apply_overrides(values, overrides))
-    base = getattr(cfg.objective, "base", None)
-    if isinstance(base, str) and not Path(base).is_absolute():
-        # relative to the working directory, else to the config's own directory
-        found = next((p for p in (Path(base), path.parent / base) if p.is_file()), Path(base))
-        cfg.objective.base = str(found.resolve())  # type: ignore[union-attr]
-    return cfg
 
 
 def hpo(
@@ -109,8 +110,25 @@ def hpo(
             min=1, help="Finished trials the study ends with, over all workers (default: config)."
         ),
     ] = None,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit",
+            help="After the study, train the best configuration once more into OUT/refit/: "
+            "a train objective as a slem train run directory (model.safetensors, ...), a "
+            "CASH pipeline fitted on train + validation (pipeline.skops, pipeline.json).",
+        ),
+    ] = False,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
-    set_: SetOption = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a config field: key=value (repeatable). study.* and objective.* "
+            "keys set the study config; any other key (optim.epochs=2, or objective.base.KEY) "
+            "the base training config of a train objective.",
+        ),
+    ] = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -118,7 +136,9 @@ def hpo(
 
     The study ends with exactly --trials finished (complete or pruned) trials, each a
     distinct configuration, however many workers and machines share it; failed trials are
-    replaced. A second `slem hpo` on the same --out stops with an error.
+    replaced. A second `slem hpo` on the same --out stops with an error. The best
+    configuration goes to OUT/best.yaml (for a train objective: `slem train OUT/best.yaml`
+    runs it); --refit trains it once more into OUT/refit/.
     """
     from slem.report import write_study_plots  # here: matplotlib only when a study runs
 
@@ -133,13 +153,17 @@ def hpo(
         if not (resume and out is not None):
             raise SlemError("give a CONFIG.yaml (see examples/), or --resume --out RUN_DIR")
         cfg = read_hpo_config(out)
+        if set_:
+            cfg = load_study_config(out / CONFIG_FILE, set_, values=read_run_file(out))
     else:
-        cfg = load_config(config, set_ or [])
+        cfg = load_study_config(config, set_ or [])
     run_dir = out or Path("runs") / f"hpo-{cfg.study.name}"
     if resume:
         check_resume(cfg, run_dir, storage)
     else:
         check_fresh(run_dir, storage)
+    if refit:
+        check_refit_dir(run_dir)
     total = trials or cfg.study.trials
     objective = build_objective(cfg)  # the space, the data, the grid: before any write
     starts = [] if resume else meta_learned_starts(cfg, objective)
@@ -165,27 +189,67 @@ def hpo(
         except StudyFailed as exc:
             failure = exc
         except KeyboardInterrupt:
-            write_results(study, run_dir, target, plots)
+            write_results(study, run_dir, target, plots, objective)
             err_console.print(
                 f"interrupted: continue with 'slem hpo --resume --out {run_dir}'", highlight=False
             )
             raise typer.Exit(code=130) from None
-        summary = write_results(study, run_dir, target, plots)
-        report(study, summary, run_dir, total, target, quiet)
+        summary = write_results(study, run_dir, target, plots, objective)
+        report(study, summary, run_dir, total, target, quiet, isinstance(objective, TrainTrial))
         if failure is not None:
             raise failure
         finished = tally(study).finished
         if finished < target:
-            if cfg.study.timeout is not None:
-                console.print(
-                    f"study.timeout reached; continue with 'slem hpo --resume --out {run_dir}'",
-                    highlight=False,
+            if cfg.study.timeout is None:
+                raise SlemError(
+                    f"study '{cfg.study.name}' ended with {finished} of {target} finished "
+                    f"trials; continue it with 'slem hpo --resume --out {run_dir}'"
                 )
-                return
-            raise SlemError(
-                f"study '{cfg.study.name}' ended with {finished} of {target} finished trials; "
-                f"continue it with 'slem hpo --resume --out {run_dir}'"
+            console.print(
+                f"study.timeout reached; continue with 'slem hpo --resume --out {run_dir}'",
+                highlight=False,
             )
+        if refit:
+            run_refit(study, objective, run_dir, quiet)
+
+
+def run_refit(
+    study: optuna.Study, objective: CashTrial | TrainTrial, run_dir: Path, quiet: bool
+) -> None:
+    """``--refit``: the best trial's configuration trained once more into ``run_dir/refit``
+    (a train objective: a ``slem train`` run directory; CASH: the pipeline fitted on train +
+    validation, saved with skops); says where it is and its scores."""
+    rows = best_rows(study, 1)
+    if not rows:
+        raise SlemError("--refit: no trial completed, so there is no configuration to refit")
+    best = rows[0]
+    out = run_dir / REFIT_DIR
+    if isinstance(objective, CashTrial):
+        info = refit_cash(objective, best, study.study_name, run_dir)
+        metric = info["metric"]
+        console.print(
+            f"refit: {out / PIPELINE_FILE} (trial {best.number}'s pipeline fitted on train + "
+            f"validation, {info['rows']} rows; load it with slem.automl.cash.load_pipeline; "
+            f"feature and class names in {PIPELINE_INFO}): test {metric} {info['test']:.4f}; "
+            f"validation {metric} {best.value:.4f} in the study (fitted on train)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    from slem.cli.train_cmd import run_and_report
+
+    config = best_train_config(objective, best.params)
+    record = run_and_report(config, out, resume=False, quiet=quiet)
+    metric = objective.config.metric
+    final = record.history[-1].get(metric) if record.history else None
+    test = {k: v for k, v in record.summary.items() if k.startswith("test_") and v is not None}
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
+    console.print(
+        f"refit: {out / 'model.safetensors'} (trial {best.number}'s config): {metric} "
+        f"{_score(final)} (final epoch; {best.value:.4f} in the study); {scores}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def report(
@@ -195,9 +259,10 @@ def report(
     total: int,
     target: int,
     quiet: bool,
+    train: bool = False,
 ) -> None:
-    """The final table (when no live one was shown), the tally, the best trial and the run
-    directory, each on its own line."""
+    """The final table (when no live one was shown), the tally, the best trial, its
+    ``best.yaml`` (``train``: how to run it) and the run directory, each on its own line."""
     if not quiet and not console.is_terminal:
         console.print(progress_table(study, target))
     console.print(tally_line(study, target), highlight=False, soft_wrap=True)
@@ -211,10 +276,16 @@ def report(
     if "best_value" in summary:
         console.print(
             f"best trial {summary['best_trial']}: value {summary['best_value']:.4f} "
-            f"(validation); test {summary['best_test'] or 'n/a'}; params {summary['best_params']}",
+            f"(validation); test {summary['best_test'] or 'n/a'}; params {summary['best_params']}"
+            f"; source {summary['best_source']}",
             highlight=False,
             soft_wrap=True,
         )
+        if "best_config" in summary:
+            path = summary["best_config"]
+            name = f"runs/{study.study_name}-best"
+            run = f"; run it with 'slem train {path} --out {name}'" if train else ""
+            console.print(f"best config: {path}{run}", highlight=False, soft_wrap=True)
     else:
         console.print("no trial completed; see trials.csv for the errors", highlight=False)
     console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
@@ -224,7 +295,7 @@ def run_spawned_worker(config: Path, url: str, trials: int | None) -> None:
     """``slem hpo --worker``: one of the processes a parent ``slem hpo --workers N`` starts;
     it dies with its parent."""
     watch_parent()
-    cfg = load_config(config, [])
+    cfg = load_study_config(config)
     with storage_errors(url):
         run_worker(cfg, url, trials=trials or cfg.study.trials)
 
