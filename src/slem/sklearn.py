@@ -55,7 +55,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 from torch import nn
 
 from slem import zoo
@@ -67,16 +67,6 @@ from slem.train.meta_test import apply_config
 from slem.train.methods import make_trainer
 from slem.train.threads import set_threads
 from slem.train.trainer import Trainer
-
-try:  # scikit-learn >= 1.6
-    from sklearn.utils.validation import validate_data
-except ImportError:  # pragma: no cover - older scikit-learn
-
-    def validate_data(
-        estimator: Any, X: Any = "no_validation", y: Any = "no_validation", **kw: Any
-    ) -> Any:
-        return estimator._validate_data(X, y, **kw)
-
 
 __all__ = [
     "CMWNetClassifier",
