@@ -165,6 +165,16 @@ def test_refit_writes_a_run_directory(train_study: tuple[Path, Any]) -> None:
     line = next(x for x in result.stdout.splitlines() if x.startswith("refit: "))
     assert str(refit / "model.safetensors") in line and "test_accuracy" in line
     assert "val_accuracy" in line
+    # slem predict takes the study's directory and uses the refitted model
+    table = out.parent / "proj" / "data" / "table.csv"
+    predicted = out.parent / "predicted.csv"
+    run = CliRunner().invoke(
+        app, ["predict", str(out), "--data", str(table), "--out", str(predicted)]
+    )
+    assert run.exit_code == 0, run.stderr
+    assert f"of {refit}" in run.stdout
+    labels = pd.read_csv(table)["label"].astype(str)
+    assert set(pd.read_csv(predicted)["prediction"].astype(str)) <= set(labels)
 
 
 def test_resume_without_config_from_another_directory(
@@ -316,6 +326,31 @@ def test_cash_sources_best_yaml_and_refit_pipeline(project: Path, tmp_path: Path
     predicted = pipe.predict(task.test.X.reshape(len(task.test), -1))
     assert balanced_accuracy_score(task.test.y, predicted) == pytest.approx(info["test"])
     assert "refit: " + str(out / "refit" / "pipeline.skops") in result.stdout
+    # slem predict on the study's directory: the pipeline, on the test split's raw rows
+    rows = pd.read_csv(csv).iloc[task.test.index]
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    run = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(out),
+            "--data",
+            str(tmp_path / "rows.csv"),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ],
+    )
+    assert run.exit_code == 0, run.stderr
+    assert "pipeline of" in run.stdout
+    frame = pd.read_csv(tmp_path / "p.csv")
+    assert balanced_accuracy_score(rows["label"], frame["prediction"]) == pytest.approx(
+        info["test"]
+    )
+    assert list(frame.columns) == ["prediction", "proba_high", "proba_low", "proba_mid"]
+    again = CliRunner().invoke(
+        app, ["predict", str(out), "--data", str(tmp_path / "rows.csv"), "--weights", "final"]
+    )
+    assert again.exit_code == 2 and "has one fit" in again.stderr
 
 
 class Foreign:

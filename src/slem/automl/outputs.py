@@ -12,8 +12,9 @@
   directory (``config.yaml``, ``summary.json``, ``model.safetensors``, ...). ``cash``
   (:func:`refit_cash`): the chosen pipeline fitted on the training and validation splits,
   saved with skops as ``pipeline.skops`` (read it with
-  :func:`slem.automl.cash.load_pipeline`), and ``pipeline.json``: what a predictor needs to
-  map new rows (the input columns in order, the class names, the input standardization).
+  :func:`slem.automl.cash.load_pipeline`), ``preprocessing.json`` (how new rows become its
+  inputs: :class:`slem.data.Preprocessing`) and ``pipeline.json`` (what the pipeline is, the
+  trial, its scores, the input columns and class names); ``slem predict RUN`` uses them.
 
 The best trial is the best *complete* trial on the study's objective, a validation score;
 test scores are reported and never used to choose.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,14 +36,16 @@ from slem.automl.cash import pipeline_steps, save_pipeline
 from slem.automl.load import absolute_paths
 from slem.automl.objectives import CashTrial, TrainTrial
 from slem.automl.study import SOURCE
+from slem.data.preprocess import PREPROCESSING_FILE, Preprocessing
 from slem.errors import SlemError
 from slem.rundir import atomic_write_text
+from slem.train.predict import REFIT_DIR as REFIT_DIR  # where slem predict looks
+from slem.train.predict import TrainedModel, Weights, load_trained
 
 if TYPE_CHECKING:
     from slem.train.config import TrainConfig
 
 BEST_CONFIG = "best.yaml"
-REFIT_DIR = "refit"
 PIPELINE_FILE = "pipeline.skops"
 PIPELINE_INFO = "pipeline.json"
 PIPELINE_FORMAT = "slem-cash-pipeline"
@@ -157,6 +161,7 @@ def refit_cash(
     info = pipeline_info(objective, trial, study_name, test)
     out.mkdir(parents=True, exist_ok=True)
     save_pipeline(pipe, out / PIPELINE_FILE)
+    atomic_write_text(out / PREPROCESSING_FILE, Preprocessing.of(objective.task).to_text())
     atomic_write_text(out / PIPELINE_INFO, json.dumps(info, indent=2, default=_plain))
     return info
 
@@ -171,7 +176,6 @@ def pipeline_info(
     from slem import __version__
 
     task = objective.task
-    norm = task.normalizer
     return {
         "format": PIPELINE_FORMAT,
         "version": 1,
@@ -190,22 +194,13 @@ def pipeline_info(
         "dataset": task.name,
         "data": _data(objective),
         "inputs": (
-            "rows encoded as the training table was (slem.data.tabular.TableEncoder: the "
-            "columns feature_names, in this order), missing values filled with "
-            "normalizer.fill, then standardized: (x - normalizer.mean) / normalizer.std "
-            "(normalizer null: as encoded)"
+            f"rows encoded and standardized as {PREPROCESSING_FILE} says "
+            "(slem.data.Preprocessing.load(path).read(file)); slem predict does it"
         ),
         "n_features": int(np.prod(task.train.X.shape[1:])),
-        "feature_names": feature_names(objective),
+        "feature_names": task.encoder.input_names if task.encoder is not None else None,
         "class_names": list(task.class_names),
         "predicts": "class indices: class_names[i] is the label of prediction i",
-        "normalizer": None
-        if norm is None
-        else {
-            "mean": norm.mean.reshape(-1).tolist(),
-            "std": norm.std.reshape(-1).tolist(),
-            "fill": None if norm.fill is None else norm.fill.reshape(-1).tolist(),
-        },
         "versions": {
             "slem": __version__,
             "scikit-learn": sklearn.__version__,
@@ -214,33 +209,66 @@ def pipeline_info(
     }
 
 
-def feature_names(objective: CashTrial) -> list[str] | None:
-    """The encoded input columns of the objective's table in input order (None when the
-    source names none, e.g. a signal)."""
-    from slem.data.registry import LoadOptions, load_dataset
-    from slem.data.task_sampling import generated_size
-
-    c = objective.config.data
-    dataset = load_dataset(
-        c.name,
-        LoadOptions(
-            seed=c.seed,
-            size=c.size if c.train_size is None else generated_size(c),
-            data_seed=c.data_seed,
-            data_dir=c.data_dir,
-            target=c.target,
-            task_type=c.task_type,
-            impute=c.impute,
-            meta=c.meta,
-            test=c.test,
-        ),
-    )
-    names = list(dataset.feature_names)
-    width = int(np.prod(objective.task.train.X.shape[1:]))
-    return names if len(names) == width else None
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@dataclass
+class PipelinePredictor:
+    """A fitted scikit-learn pipeline as a :class:`slem.train.predict.Predictor`: inputs
+    flattened to ``(n, d)``, predictions as class indices (the CASH pipeline's labels) with
+    ``predict_proba``'s columns placed at their classes (a one-hot of ``predict`` for a
+    model without probabilities)."""
+
+    model: Any
+    n_classes: int
+
+    def classes(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(X.reshape(len(X), -1)), dtype=np.int64)
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        flat = X.reshape(len(X), -1)
+        full = np.zeros((len(X), self.n_classes))
+        if hasattr(self.model, "predict_proba"):
+            columns = np.asarray(self.model.classes_, dtype=np.int64)
+            full[:, columns] = self.model.predict_proba(flat)
+        else:
+            full[np.arange(len(X)), self.classes(X)] = 1.0
+        return full
+
+    def values(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(X.reshape(len(X), -1)), dtype=np.float64)
+
+
+def load_model(run_dir: str | Path, weights: Weights = "chosen") -> TrainedModel:
+    """What ``slem predict`` uses: the scikit-learn pipeline a CASH study refitted
+    (``pipeline.skops`` in ``run_dir`` or ``run_dir/refit``, with its
+    ``preprocessing.json``), else the network of a training run
+    (:func:`slem.train.load_trained`, which also finds a train study's ``refit/`` run).
+
+    Raises:
+        SlemError: neither is there, a file is missing or damaged, or ``weights`` other
+            than ``chosen`` asked of a pipeline (it has a single fit).
+    """
+    from slem.automl.cash import load_pipeline
+
+    run_dir = Path(run_dir)
+    for where in (run_dir, run_dir / REFIT_DIR):
+        if (where / PIPELINE_FILE).is_file():
+            if weights != "chosen":
+                raise SlemError(
+                    f"{where} holds a refitted scikit-learn pipeline, which has one fit; "
+                    "drop --weights"
+                )
+            preprocessing = Preprocessing.load(where / PREPROCESSING_FILE)
+            n_classes = len(preprocessing.class_names)
+            return TrainedModel(
+                predictor=PipelinePredictor(load_pipeline(where / PIPELINE_FILE), n_classes),
+                preprocessing=preprocessing,
+                weights="pipeline",
+                epoch=-1,
+                run_dir=where,
+            )
+    return load_trained(run_dir, weights)

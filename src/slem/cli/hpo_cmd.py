@@ -231,7 +231,8 @@ def run_refit(
             f"refit: {out / PIPELINE_FILE} (trial {best.number}'s pipeline fitted on train + "
             f"validation, {info['rows']} rows; load it with slem.automl.cash.load_pipeline; "
             f"feature and class names in {PIPELINE_INFO}): test {metric} {info['test']:.4f}; "
-            f"validation {metric} {best.value:.4f} in the study (fitted on train)",
+            f"validation {metric} {best.value:.4f} in the study (fitted on train); use it: "
+            f"slem predict {run_dir} --data NEW.csv",
             highlight=False,
             soft_wrap=True,
         )
@@ -246,7 +247,8 @@ def run_refit(
     scores = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
     console.print(
         f"refit: {out / 'model.safetensors'} (trial {best.number}'s config): {metric} "
-        f"{_score(final)} (final epoch; {best.value:.4f} in the study); {scores}",
+        f"{_score(final)} (final epoch; {best.value:.4f} in the study); {scores}; use it: "
+        f"slem predict {run_dir} --data NEW.csv",
         highlight=False,
         soft_wrap=True,
     )

@@ -8,10 +8,11 @@ from typing import Annotated, cast
 
 import typer
 
+from slem.automl.outputs import load_model
 from slem.cli.console import ThreadsOption, console, err_console, set_threads, user_errors
 from slem.errors import SlemError
 from slem.rundir import atomic_write_text
-from slem.train.predict import WEIGHT_CHOICES, Weights, load_trained
+from slem.train.predict import WEIGHT_CHOICES, Weights
 
 
 @user_errors
@@ -49,10 +50,14 @@ def predict(
         raise SlemError(f"--weights '{weights}' is unknown; use one of {', '.join(WEIGHT_CHOICES)}")
     if out is not None and out.is_dir():
         raise SlemError(f"--out '{out}' is a directory; give a file name, e.g. {out}/pred.csv")
-    trained = load_trained(run_dir, cast(Weights, weights))
+    trained = load_model(run_dir, cast(Weights, weights))
     result = trained.predict_file(data)
     text = result.frame.to_csv(index=False)
-    where = f"{trained.weights} weights (epoch {trained.epoch}) of {trained.run_dir}"
+    where = (
+        f"{trained.weights} weights (epoch {trained.epoch}) of {trained.run_dir}"
+        if trained.epoch >= 0
+        else f"{trained.weights} of {trained.run_dir}"
+    )
     for note in result.notes:
         err_console.print(f"note: {note}")
     score = result.score

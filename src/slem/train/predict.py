@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -35,32 +35,35 @@ BATCH = 1024
 REFIT_DIR = "refit"
 
 
-@dataclass
-class TrainedModel:
-    """A run's trained model and the preprocessing of its inputs, in eval mode.
+class Predictor(Protocol):
+    """What a :class:`TrainedModel` asks of the fitted model, on preprocessed inputs ``X``
+    ``(n, *input_shape)``: a network (:class:`Network`) or a scikit-learn pipeline (the CASH
+    refit of ``slem hpo``, :func:`slem.automl.outputs.load_model`)."""
 
-    Attributes:
-        model: the network (on ``device``).
-        preprocessing: how rows become inputs and outputs become predictions.
-        weights: which weights are loaded, ``best`` (the epoch validation chose) or ``final``.
-        epoch: the epoch (1-based) those weights are from.
-        run_dir: the run directory.
-    """
+    def classes(self, X: np.ndarray) -> np.ndarray:
+        """Predicted class indices ``(n,)`` (int64)."""
+        ...
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(n, C)``, column ``k`` for class ``k``."""
+        ...
+
+    def values(self, X: np.ndarray) -> np.ndarray:
+        """Regression predictions ``(n,)`` in original target units."""
+        ...
+
+
+@dataclass
+class Network:
+    """A trained ``nn.Module`` as a :class:`Predictor`: softmax of its logits, or its
+    standardized regression output mapped back by ``preprocessing``; eval mode, batched."""
 
     model: nn.Module
     preprocessing: Preprocessing
-    weights: str
-    epoch: int
-    run_dir: Path
     device: torch.device
 
-    @property
-    def is_classification(self) -> bool:
-        return self.preprocessing.task_type == "classification"
-
     def outputs(self, X: np.ndarray) -> np.ndarray:
-        """The model's raw outputs (logits ``(n, C)``, or ``(n,)`` standardized regression
-        predictions) for preprocessed inputs ``X`` ``(n, *input_shape)``."""
+        """The raw outputs: logits ``(n, C)``, or ``(n,)`` standardized predictions."""
         self.model.eval()
         out: list[np.ndarray] = []
         dtype = torch.get_default_dtype()
@@ -68,39 +71,76 @@ class TrainedModel:
             for i in range(0, len(X), BATCH):
                 xb = torch.as_tensor(X[i : i + BATCH], dtype=dtype, device=self.device)
                 out.append(self.model(xb).detach().cpu().double().numpy())
+        classification = self.preprocessing.task_type == "classification"
         if not out:
-            width = len(self.preprocessing.class_names) if self.is_classification else 1
-            return np.zeros((0, width))
+            return np.zeros((0, len(self.preprocessing.class_names)) if classification else 0)
         z = np.concatenate(out)
-        return z if self.is_classification else z.reshape(len(z))
+        return z if classification else z.reshape(len(z))
+
+    def classes(self, X: np.ndarray) -> np.ndarray:
+        return self.outputs(X).argmax(axis=1)
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        return torch.softmax(torch.as_tensor(self.outputs(X)), dim=1).numpy()
+
+    def values(self, X: np.ndarray) -> np.ndarray:
+        return self.preprocessing.targets(self.outputs(X))
+
+
+@dataclass
+class TrainedModel:
+    """A run's trained model and the preprocessing of its inputs.
+
+    Attributes:
+        predictor: the fitted model (a :class:`Network`, or a scikit-learn pipeline's).
+        preprocessing: how rows become inputs and outputs become predictions.
+        weights: which weights are loaded: ``best`` (the epoch validation chose), ``final``,
+            or ``pipeline`` (a refitted scikit-learn pipeline).
+        epoch: the epoch (1-based) those weights are from (-1: not an epoch).
+        run_dir: the run directory.
+    """
+
+    predictor: Predictor
+    preprocessing: Preprocessing
+    weights: str
+    epoch: int
+    run_dir: Path
+
+    @property
+    def model(self) -> Any:
+        """The network (``nn.Module``) or the pipeline."""
+        return getattr(self.predictor, "model", self.predictor)
+
+    @property
+    def is_classification(self) -> bool:
+        return self.preprocessing.task_type == "classification"
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(n, C)`` (softmax of the logits) for preprocessed ``X``.
+        """Class probabilities ``(n, C)`` for preprocessed ``X`` (column ``k``: the class
+        ``preprocessing.class_names[k]``).
 
         Raises:
             SlemError: the run is a regression.
         """
         if not self.is_classification:
             raise SlemError(f"{self.run_dir} is a regression run; it has no class probabilities")
-        logits = torch.as_tensor(self.outputs(X))
-        return torch.softmax(logits, dim=1).numpy()
+        return self.predictor.proba(X)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Labels (the training file's label text, an object array ``(n,)``) or regression
         targets in original units (float64 ``(n,)``) for preprocessed ``X``."""
-        z = self.outputs(X)
         if self.is_classification:
-            return self.preprocessing.labels(z.argmax(axis=1))
-        return self.preprocessing.targets(z)
+            return self.preprocessing.labels(self.predictor.classes(X))
+        return self.predictor.values(X)
 
     def predict_frame(self, X: np.ndarray) -> pd.DataFrame:
         """One row per input: ``prediction``, and for classification ``proba_<class>`` per
         class."""
+        frame = pd.DataFrame({"prediction": self.predict(X)})
         if not self.is_classification:
-            return pd.DataFrame({"prediction": self.predict(X)})
+            return frame
         proba = self.predict_proba(X)
         names = self.preprocessing.class_names
-        frame = pd.DataFrame({"prediction": self.preprocessing.labels(proba.argmax(axis=1))})
         for k, name in enumerate(names):
             frame[f"proba_{name}"] = proba[:, k]
         return frame
@@ -240,12 +280,11 @@ def load_trained(
     model.to(device).eval()
     epoch = entry[which].get("epoch")
     return TrainedModel(
-        model=model,
+        predictor=Network(model, preprocessing, device),
         preprocessing=preprocessing,
         weights=which,
         epoch=int(epoch) if isinstance(epoch, int | float) and math.isfinite(epoch) else -1,
         run_dir=run_dir,
-        device=device,
     )
 
 
