@@ -167,3 +167,57 @@ def test_architecture_names_at_most_four_files_for_one_meta_step() -> None:
     files = set(re.findall(r"`(src/slem/[\w/]+\.py)`", section))
     assert 1 <= len(files) <= 4, files
     assert all((ROOT / f).is_file() for f in files)
+
+
+def _readme_block(section: str, lang: str, index: int = 0) -> str:
+    part = README.read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(rf"```{lang}\n(.*?)```", part, re.S)
+    return str(blocks[index])
+
+
+def test_readme_csv_quickstart_trains_and_predicts_string_labels(
+    tmp_path: Path, monkeypatch: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's own-CSV quickstart as printed: its config, its train and predict command
+    lines (CLI), then its estimator example, on string labels."""
+    import numpy as np
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from slem.cli.app import app
+
+    rng = np.random.default_rng(0)
+    names = np.array(["apple", "banana", "cherry"])
+
+    def table(n: int) -> pd.DataFrame:
+        x = rng.normal(size=(n, 4))
+        label = names[np.digitize(x[:, 0] + 0.5 * x[:, 1], [-0.5, 0.5])]
+        flip = rng.random(n) < 0.2
+        label = np.where(flip, rng.choice(names, size=n), label)
+        return pd.DataFrame(
+            {"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "d": x[:, 3], "label": label}
+        )
+
+    monkeypatch.chdir(tmp_path)
+    table(400).to_csv("my.csv", index=False)
+    table(60).to_csv("trusted.csv", index=False)
+    table(200).to_csv("test.csv", index=False)
+    table(30).drop(columns="label").to_csv("new.csv", index=False)
+    config = yaml.safe_load(_readme_block("Quickstart: your own CSV", "yaml"))
+    config["optim"]["epochs"] = 5  # the README's 30, shortened
+    Path("my.yaml").write_text(yaml.safe_dump(config))
+    lines = _readme_block("Quickstart: your own CSV", "bash").splitlines()
+    runner = CliRunner()
+    for line in lines[:2]:  # train, then predict
+        args = line.split("#")[0].split()
+        assert args[0] == ".venv/bin/slem"
+        result = runner.invoke(app, [*args[1:], "--quiet"] if args[1] == "train" else args[1:])
+        assert result.exit_code == 0, (line, result.stderr)
+    predicted = pd.read_csv("predictions.csv")
+    assert len(predicted) == 30 and set(predicted["prediction"]) <= set(names)
+    assert {f"proba_{n}" for n in names} <= set(predicted.columns)
+
+    code = _readme_block("Quickstart: your own CSV", "python").replace("epochs=30", "epochs=5")
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert all(n in names for n in re.findall(r"'(\w+)'", printed)) and "'" in printed
