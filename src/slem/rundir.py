@@ -13,10 +13,12 @@ created with the user's umask (``tempfile`` would create them 0600).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -114,3 +116,19 @@ def fix_mode(path: str | Path) -> None:
     """Give a file written by a library that creates 0600 files (``tempfile``) the mode
     ``open`` would have given it under the user's umask."""
     os.chmod(path, 0o666 & ~_umask())
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (a run's ``summary.json``, ``preprocessing.json``, ...).
+
+    Raises:
+        SlemError: the file is missing, unreadable, not JSON, or not a JSON object.
+    """
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SlemError(f"{p} could not be read ({exc}); restore it from a copy") from None
+    if not isinstance(doc, dict):
+        raise SlemError(f"{p} is damaged (not a JSON object)")
+    return doc

@@ -25,6 +25,7 @@ from slem.data.tabular import TableEncoder
 from slem.data.task import Task
 from slem.data.task_parts import Normalizer
 from slem.errors import SlemError
+from slem.rundir import read_json_object
 
 #: the file name in a run directory
 PREPROCESSING_FILE = "preprocessing.json"
@@ -219,12 +220,7 @@ class Preprocessing:
         path = Path(path)
         if not path.is_file():
             raise SlemError(f"{path} does not exist; the run predates saved preprocessing")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SlemError(f"{path} could not be read ({exc}); restore it from a copy") from None
-        if not isinstance(doc, dict):
-            raise SlemError(f"{path} is damaged (not a JSON object)")
+        doc = read_json_object(path)
         try:
             return Preprocessing.from_json(doc)
         except SlemError as exc:

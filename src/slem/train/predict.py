@@ -10,7 +10,6 @@ The returned :class:`TrainedModel` predicts labels in the training file's own la
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 
 from slem.data.preprocess import PREPROCESSING_FILE, Preprocessing
 from slem.errors import SlemError
+from slem.rundir import read_json_object
 from slem.train.models import build_model, with_import_root
 
 Weights = Literal["chosen", "best", "final"]
@@ -238,7 +238,7 @@ def load_trained(
     if weights not in WEIGHT_CHOICES:
         raise SlemError(f"weights '{weights}' is unknown; use one of {', '.join(WEIGHT_CHOICES)}")
     run_dir = run_with_model(run_dir)
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json_object(run_dir / "summary.json")
     entry = summary.get("weights")
     if not (run_dir / "model.safetensors").is_file() and (run_dir / "methodology").is_dir():
         raise SlemError(
@@ -286,13 +286,3 @@ def load_trained(
         epoch=int(epoch) if isinstance(epoch, int | float) and math.isfinite(epoch) else -1,
         run_dir=run_dir,
     )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SlemError(f"{path} could not be read ({exc}); restore it from a copy") from None
-    if not isinstance(doc, dict):
-        raise SlemError(f"{path} is damaged (not a JSON object)")
-    return doc
