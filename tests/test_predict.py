@@ -81,6 +81,10 @@ def test_predict_reproduces_the_runs_test_accuracy_with_string_labels(
     assert weights["best"]["file"] == "model_best.safetensors"
     assert weights["best"]["epoch"] == summary["best_epoch"]
     assert weights["chosen"] == "best"
+    # the user's own labels: which are wrong is unknown, so no clean/noisy statistics
+    assert summary["weight_auc"] is None
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any("weight_mean_clean" in r or "weight_auc" in r for r in rows)
     assert (run / "model_best.safetensors").is_file() and (run / PREPROCESSING_FILE).is_file()
 
     for choice, key in (("chosen", "test_accuracy_at_best_val"), ("final", "test_accuracy")):
@@ -205,6 +209,24 @@ def test_predict_refuses_what_is_not_a_finished_run(runner: CliRunner, tmp_path:
     (tmp_path / "half" / "config.yaml").unlink()
     assert "is a methodology artifact" in error(str(tmp_path / "half"), "--data", str(new))
     assert "--weights 'x' is unknown" in error(str(tmp_path), "--data", str(new), "--weights", "x")
+
+
+def test_predict_never_overwrites_its_run_or_its_input(runner: CliRunner, tmp_path: Path) -> None:
+    paths = _files(tmp_path)
+    run = tmp_path / "run"
+    _train(runner, _config(tmp_path, paths, "label"), run)
+    summary = (run / "summary.json").read_text()
+    for out, message in (
+        (run / "summary.json", "is inside the run directory"),
+        (run / "plots" / "p.csv", "is inside the run directory"),
+        (paths["new"], "is the --data file"),
+    ):
+        result = runner.invoke(
+            app, ["predict", str(run), "--data", str(paths["new"]), "--out", str(out)]
+        )
+        assert result.exit_code == 2 and message in result.stderr
+    assert (run / "summary.json").read_text() == summary
+    assert "prediction" not in pd.read_csv(paths["new"]).columns
 
 
 def test_a_run_on_arrays_predicts_npy_inputs(runner: CliRunner, tmp_path: Path) -> None:

@@ -51,6 +51,8 @@ def predict(
     if out is not None and out.is_dir():
         raise SlemError(f"--out '{out}' is a directory; give a file name, e.g. {out}/pred.csv")
     trained = load_model(run_dir, cast(Weights, weights))
+    if out is not None:
+        check_out(out, data, [run_dir, trained.run_dir])
     result = trained.predict_file(data)
     text = result.frame.to_csv(index=False)
     where = (
@@ -80,6 +82,23 @@ def predict(
     except OSError as exc:
         raise SlemError(f"cannot write --out '{out}': {exc.strerror or exc}") from None
     console.print(f"{len(result.frame)} predictions -> {out} ({where}){scored}", soft_wrap=True)
+
+
+def check_out(out: Path, data: Path, runs: list[Path]) -> None:
+    """Predictions may not overwrite their input or any file of the run that made them.
+
+    Raises:
+        SlemError: ``out`` is the ``--data`` file, or lies inside a run directory.
+    """
+    target = out.resolve()
+    if data.exists() and target == data.resolve():
+        raise SlemError(f"--out '{out}' is the --data file; write the predictions to another file")
+    for run in runs:
+        if target.is_relative_to(run.resolve()):
+            raise SlemError(
+                f"--out '{out}' is inside the run directory '{run}'; write the predictions "
+                "outside it (e.g. --out predictions.csv)"
+            )
 
 
 def register(app: typer.Typer) -> None:

@@ -241,4 +241,5 @@ def _with_truth(task: Task, truth: np.ndarray) -> Task:
         val=mark(task.val),
         test=drawn(task.test, "test"),
         meta=drawn(task.meta, "meta") if task.meta is not None else None,
+        y_true_given=True,
     )

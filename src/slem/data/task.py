@@ -93,6 +93,8 @@ class Task:
     #: how a table's columns became inputs and labels (None: not a table); with
     #: ``normalizer`` it is the task's preprocessing (:class:`slem.data.Preprocessing`)
     encoder: TableEncoder | None = None
+    #: the user gave the true labels of their data (``Task.from_arrays(..., y_true=...)``)
+    y_true_given: bool = False
 
     @property
     def is_classification(self) -> bool:
@@ -101,6 +103,14 @@ class Task:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def corruption_known(self) -> bool:
+        """Whether ``train.noisy_mask`` says which labels are wrong: a benchmark's clean
+        labels and the noise slem added to them, or the synthetic corruption asked of a
+        user's file, or true labels the user gave; a user's own labels (as given) carry no
+        such truth."""
+        return not self.user_data or self.synthetic_corruption is not None or self.y_true_given
 
     @staticmethod
     def from_arrays(x: Any, y: Any, **options: Any) -> Task:

@@ -141,7 +141,7 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
             )
         paths.append(
             weight_histograms(
-                a["train_weights"], a["noisy_mask"], out / "weight_histograms.png", title
+                a["train_weights"], a.get("noisy_mask"), out / "weight_histograms.png", title
             )
         )
     return paths
@@ -347,11 +347,19 @@ def weight_vs_loss(
     return save_figure(fig, path)
 
 
-def weight_histograms(weights: np.ndarray, noisy: np.ndarray, path: Path, title: str = "") -> Path:
-    """Histograms of the learned weights of the truly clean and the truly noisy samples."""
+def weight_histograms(
+    weights: np.ndarray, noisy: np.ndarray | None, path: Path, title: str = ""
+) -> Path:
+    """Histograms of the learned weights of the truly clean and the truly noisy samples
+    (``noisy`` ``(n,)`` bool); of all training samples when which labels are wrong is not
+    known (``noisy`` None: a user's own labels)."""
     fig, ax = new_figure(figsize=(7, 4.4))
     bins = np.linspace(float(weights.min()), float(weights.max()) + 1e-9, 40).tolist()
-    ax.hist(weights[~noisy], bins=bins, alpha=0.6, label=f"truly clean ({(~noisy).sum()})")
+    if noisy is None:
+        ax.hist(weights, bins=bins, alpha=0.6, label=f"all training samples ({len(weights)})")
+        noisy = np.zeros(len(weights), dtype=bool)
+    else:
+        ax.hist(weights[~noisy], bins=bins, alpha=0.6, label=f"truly clean ({(~noisy).sum()})")
     if noisy.any():
         ax.hist(weights[noisy], bins=bins, alpha=0.6, label=f"truly noisy ({noisy.sum()})")
     ax.set_title((f"{title}: " if title else "") + "learned weights of the training samples")

@@ -95,7 +95,8 @@ def run_summary(
     clean vs noisy samples, the meta step's time relative to a plain step, and where the
     test labels came from."""
     task, meta = trainer.task, trainer.progress.timings["meta"]
-    auc = weight_auc(task.train.noisy_mask, weights) if weights is not None else None
+    known = weights is not None and task.corruption_known
+    auc = weight_auc(task.train.noisy_mask, weights) if known else None
     return {
         "method": trainer.config.method,
         "dataset": task.name,
@@ -135,10 +136,11 @@ def trainer_record(trainer: Trainer, result: TrainResult) -> RunRecord:
         grid, curves, along = sw.weight_curve(observed, n_groups, WEIGHT_GRID)
         record.arrays.update(
             train_weights=np.asarray(result.train_weights),
-            noisy_mask=np.asarray(trainer.task.train.noisy_mask, dtype=bool),
             weight_curve_loss=grid.cpu().numpy(),
             weight_curve=curves.cpu().numpy(),
         )
+        if trainer.task.corruption_known:  # which labels are wrong is known
+            record.arrays["noisy_mask"] = np.asarray(trainer.task.train.noisy_mask, dtype=bool)
         record.info["weighting_kind"] = sw.net.kind
         record.info["weight_curve_input"] = along
         record.info["weight_heads"] = sw.net.n_groups

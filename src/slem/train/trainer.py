@@ -257,7 +257,7 @@ class Trainer:
             "seconds": round(p.elapsed, 2),
             **self.objective.validation_metrics(self.model, self.val_x, self.val_y),
         }
-        if self.has_sample_weights():
+        if self.has_sample_weights() and self.task.corruption_known:
             row.update(weight_metrics(self.train_weights(), self.task.train.noisy_mask))
         if self.sample_weights is not None and self.sample_weights.teacher is not None:
             row.update(self.sample_weights.teacher.metrics(self.train_x, self.task.train))
