@@ -347,3 +347,41 @@ def test_custom_model_errors_are_one_line(
     assert message.replace("MOD", module) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()  # nothing left behind
+
+
+def test_a_config_finds_its_files_and_model_module_next_to_it(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    project = tmp_path / "project"
+    project.mkdir()
+    module = f"slem_test_nextto_{os.getpid()}"
+    (project / f"{module}.py").write_text(MODELS)
+    _table(300, 0).to_csv(project / "my.csv", index=False)
+    _table(100, 1).to_csv(project / "test.csv", index=False)
+    config = {
+        "method": "erm",
+        "data": {"name": "my.csv", "target": "label", "test": "test.csv"},  # next to it
+        "model": {"arch": f"{module}:TinyNet"},
+        "optim": {"epochs": 2},
+        "threads": 1,
+    }
+    (project / "my.yaml").write_text(yaml.safe_dump(config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # restored afterwards
+    summary = _train(runner, project / "my.yaml", elsewhere / "run")
+    assert summary["test_accuracy"] is not None
+    written = yaml.safe_load((elsewhere / "run" / "config.yaml").read_text())
+    assert written["data"]["name"] == str(project / "my.csv")  # the file it read, absolute
+    assert written["data"]["test"] == str(project / "test.csv")
+    # a path found nowhere is one line saying where it was looked for
+    config["data"]["name"] = "missing.csv"
+    (project / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["train", str(project / "bad.yaml"), "--out", "r2", "--quiet"])
+    assert result.exit_code == 2
+    assert f"data file 'missing.csv' does not exist (looked for {elsewhere / 'missing.csv'})" in (
+        result.stderr
+    )

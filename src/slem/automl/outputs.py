@@ -33,12 +33,12 @@ import optuna
 import yaml
 
 from slem.automl.cash import pipeline_steps, save_pipeline
-from slem.automl.load import absolute_paths
 from slem.automl.objectives import CashTrial, TrainTrial
 from slem.automl.study import SOURCE
 from slem.data.preprocess import PREPROCESSING_FILE, Preprocessing
 from slem.errors import SlemError
 from slem.rundir import atomic_write_text
+from slem.train.config_io import resolve_paths
 from slem.train.predict import REFIT_DIR as REFIT_DIR  # where slem predict looks
 from slem.train.predict import TrainedModel, Weights, load_trained
 
@@ -130,7 +130,7 @@ def cash_best(
 
 def _data(objective: CashTrial) -> dict[str, Any]:
     data = objective.config.data.model_dump(mode="json", exclude_defaults=True)
-    return dict(absolute_paths({"data": data})["data"])
+    return dict(resolve_paths({"data": data})["data"])
 
 
 def check_refit_dir(run_dir: Path) -> None:

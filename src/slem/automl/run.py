@@ -104,7 +104,8 @@ def _comparable(cfg: HPOConfig) -> dict[str, Any]:
     """The config as :func:`~slem.automl.load.load_study_config` makes it now (base read in,
     paths absolute), also for a study started before it did, without the keys a resume may
     change."""
-    from slem.automl.load import absolute_paths, read_base
+    from slem.automl.load import read_base
+    from slem.train.config_io import resolve_paths
 
     doc = cfg.model_dump(mode="json")
     objective = doc["objective"]
@@ -115,7 +116,7 @@ def _comparable(cfg: HPOConfig) -> dict[str, Any]:
                 base, Path(base).parent if isinstance(base, str) else Path.cwd()
             )
     else:
-        objective["data"] = absolute_paths({"data": objective["data"]})["data"]
+        objective["data"] = resolve_paths({"data": objective["data"]})["data"]
     for key in ("trials", "timeout"):  # a resumed study may be longer, or get more time
         doc["study"].pop(key, None)
     return doc

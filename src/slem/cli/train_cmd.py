@@ -27,10 +27,12 @@ from slem.train.config import (
     apply_overrides,
     load_yaml,
     parse_train_config,
+    resolve_paths,
     without_unread_sections,
 )
 from slem.train.guard import TrainingStopped
 from slem.train.methods import data_parallel_refusal
+from slem.train.models import with_import_root
 from slem.train.record import RunRecord
 from slem.train.run import (
     CHECKPOINT_FILE,
@@ -223,7 +225,11 @@ def train(
         return
     if config is None:
         raise SlemError("give a CONFIG.yaml (see examples/) or --resume RUN_DIR")
-    values = apply_overrides(load_yaml(config), set_ or [])
+    # paths in the file: next to it first; on the command line (--set): the working directory
+    values = resolve_paths(
+        apply_overrides(resolve_paths(load_yaml(config), config.parent), set_ or [])
+    )
+    with_import_root(str(config.resolve().parent))  # model.arch modules next to the config
     if preset is not None:
         values["preset"] = preset
     if threads is not None:

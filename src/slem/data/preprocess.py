@@ -90,7 +90,7 @@ class Preprocessing:
         """
         path = Path(path)
         if self.encoder is not None:
-            frame = read_table(path, "data", self.encoder.target)
+            frame = read_table(path, "--data", self.encoder.target)
             return self.table_inputs(frame, path.name)
         if path.suffix.lower() not in (".npy", ".npz"):
             raise SlemError(

@@ -34,6 +34,7 @@ from slem.methodology.inputs import STATEFUL, check_inputs
 from slem.train.callbacks import LoggerName
 from slem.train.config_io import apply_overrides as apply_overrides
 from slem.train.config_io import load_yaml as load_yaml
+from slem.train.config_io import resolve_paths as resolve_paths
 from slem.train.config_io import set_dotted as set_dotted
 from slem.train.config_methods import (  # the learned algorithms' sections, re-exported
     Activation as Activation,

