@@ -186,7 +186,7 @@ def test_missing_values_error_or_reported_imputation(tmp_path: Path, table: pd.D
     d = load_dataset(str(tmp_path / "t.csv"), LoadOptions(target="label", impute=True))
     assert len(d.y) == 59
     assert any("dropped 1 rows with a missing target" in n for n in d.notes)
-    assert any("2 missing feature values" in n for n in d.notes)
+    assert any("missing feature values (a: 2) will be filled" in n for n in d.notes)
 
 
 def test_task_type_inference_and_override(tmp_path: Path) -> None:

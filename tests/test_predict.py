@@ -160,11 +160,19 @@ def test_predict_with_missing_values_uses_training_medians(
     _train(runner, _config(tmp_path, paths, "label"), run)
     frame = pd.read_csv(paths["new"])
     frame.loc[3, "a"] = np.nan
+    frame.loc[[4, 5], "color"] = np.nan  # one category: its three one-hot inputs
     holey = tmp_path / "holey.csv"
     frame.to_csv(holey, index=False)
     result = runner.invoke(app, ["predict", str(run), "--data", str(holey)])
     assert result.exit_code == 0, result.stderr
-    assert "filled with training-split medians" in result.stderr
+    assert "missing feature values (a: 1, color: 2) will be filled with training-split" in (
+        result.stderr
+    )
+    frame.loc[3, "a"] = np.inf
+    frame.to_csv(holey, index=False)
+    result = runner.invoke(app, ["predict", str(run), "--data", str(holey)])
+    assert result.exit_code == 2 and "--impute" not in result.stderr
+    assert "or empty the cells (they are filled with training-split medians)" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -201,6 +209,7 @@ def test_predict_refuses_what_is_not_a_finished_run(runner: CliRunner, tmp_path:
     new = tmp_path / "new.csv"
     _table(5, 0).to_csv(new, index=False)
     assert "does not exist" in error(str(tmp_path / "nope"), "--data", str(new))
+    assert "is a file; give the run directory" in error(str(new), "--data", str(new))
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.yaml").write_text("method: erm\n")
     assert "unfinished run" in error(str(tmp_path / "half"), "--data", str(new))
@@ -227,6 +236,10 @@ def test_predict_never_overwrites_its_run_or_its_input(runner: CliRunner, tmp_pa
         assert result.exit_code == 2 and message in result.stderr
     assert (run / "summary.json").read_text() == summary
     assert "prediction" not in pd.read_csv(paths["new"]).columns
+    empty = tmp_path / "empty.csv"
+    pd.read_csv(paths["new"]).iloc[:0].to_csv(empty, index=False)
+    result = runner.invoke(app, ["predict", str(run), "--data", str(empty)])
+    assert result.exit_code == 2 and "has no rows" in result.stderr
 
 
 def test_a_run_on_arrays_predicts_npy_inputs(runner: CliRunner, tmp_path: Path) -> None:

@@ -175,7 +175,9 @@ def test_missing_values_in_a_test_file_get_training_medians_only_with_impute(
     test = pd.read_csv(files["test"])
     test.loc[3, "a"] = np.nan
     test.to_csv(files["test"], index=False)
-    with pytest.raises(SlemError, match=r"data.test test.csv: 1 missing feature values .*impute"):
+    with pytest.raises(
+        SlemError, match=r"data.test test.csv: missing feature values \(a: 1\); .*impute"
+    ):
         task_of(files["my"], test=str(files["test"]))
     task = task_of(files["my"], test=str(files["test"]), impute=True)
     train_a = pd.read_csv(files["my"])["a"].to_numpy()[task.train.index]  # type: ignore[attr-defined]

@@ -91,6 +91,8 @@ class Preprocessing:
         path = Path(path)
         if self.encoder is not None:
             frame = read_table(path, "--data", self.encoder.target)
+            if len(frame) == 0:
+                raise SlemError(f"data file '{path}' has no rows; give rows to predict")
             return self.table_inputs(frame, path.name)
         if path.suffix.lower() not in (".npy", ".npz"):
             raise SlemError(

@@ -101,7 +101,8 @@ class TableEncoder:
         y = y.astype(labels.dtype)
         y[known] = labels
         if not known.all():
-            notes.append(f"{int((~known).sum())} rows have no target; they are not scored")
+            n = int((~known).sum())
+            notes.append(f"{n} row{'s' * (n != 1)} without a target, not scored")
         return X, y, notes
 
     def _checked_columns(
@@ -141,12 +142,9 @@ class TableEncoder:
                 )
             blocks.append(block)
         X = np.concatenate(blocks, axis=1).astype(np.float32)
-        _check_missing_features(X, self.input_names, impute, name)
-        if np.isnan(X).any():
-            notes.append(
-                f"{int(np.isnan(X).sum())} missing feature values will be filled with "
-                "training-split medians"
-            )
+        missing = _check_missing_features(X, self.codes, impute, name)
+        if missing:
+            notes.append(f"{missing} will be filled with training-split medians")
         return X, notes
 
     @property
@@ -275,14 +273,9 @@ def fit_table(
     X, codes, feature_notes = _encode_features(frame.drop(columns=[target]), name)
     notes.extend(feature_notes)
     feature_names = [n for c in codes for n in _input_names(c)]
-    _check_missing_features(X, feature_names, impute, name)
-    n_missing = int(np.isnan(X).sum())
-    if n_missing:
-        bad = [feature_names[j] for j in np.flatnonzero(np.isnan(X).any(axis=0))]
-        notes.append(
-            f"{n_missing} missing feature values in {_shown(bad)} will be filled with "
-            "training-split medians"
-        )
+    missing = _check_missing_features(X, codes, impute, name)
+    if missing:
+        notes.append(f"{missing} will be filled with training-split medians")
     dataset = Dataset(
         name=name,
         X=X,
@@ -338,30 +331,37 @@ def _drop_missing_targets(
     ]
 
 
-def _check_finite_features(X: np.ndarray, feature_names: list[str], name: str) -> None:
-    """Infinite feature values are a data error, named by column, before any training."""
+def _check_missing_features(
+    X: np.ndarray, codes: tuple[ColumnCode, ...], impute: bool, name: str
+) -> str | None:
+    """Infinite values are always an error (named by input column), missing ones unless
+    ``impute``; returns how many cells of which source columns are empty (None: none)."""
     infinite = np.isinf(X)
     if infinite.any():
-        bad = [feature_names[j] for j in np.flatnonzero(infinite.any(axis=0))]
+        names = [n for c in codes for n in _input_names(c)]
+        bad = [names[j] for j in np.flatnonzero(infinite.any(axis=0))]
+        fill = (
+            "they are filled with training-split medians"
+            if impute
+            else f"and set {IMPUTE} to fill them with training-split medians"
+        )
         raise SlemError(
             f"{name}: {int(infinite.sum())} infinite feature values (inf or -inf) in columns "
-            f"{_shown(bad)}; replace them with finite numbers, or empty the cells and pass "
-            "--impute"
+            f"{_shown(bad)}; replace them with finite numbers, or empty the cells ({fill})"
         )
-
-
-def _check_missing_features(
-    X: np.ndarray, feature_names: list[str], impute: bool, name: str
-) -> None:
-    """Infinite values are always an error; missing ones unless ``impute``."""
-    _check_finite_features(X, feature_names, name)
-    n_missing = int(np.isnan(X).sum())
-    if n_missing and not impute:
-        bad = [feature_names[j] for j in np.flatnonzero(np.isnan(X).any(axis=0))]
-        raise SlemError(
-            f"{name}: {n_missing} missing feature values in columns {_shown(bad)}; set "
-            f"{IMPUTE} to fill them with training-split medians"
-        )
+    cells, j = [], 0
+    for code in codes:  # a missing category leaves all its one-hot inputs NaN: count it once
+        width = 1 if code.kind == "number" else len(code.levels)
+        n = int(np.isnan(X[:, j]).sum()) if width else 0
+        if n:
+            cells.append(f"{code.name}: {n}")
+        j += width
+    if not cells:
+        return None
+    text = f"missing feature values ({_shown(cells)})"
+    if not impute:
+        raise SlemError(f"{name}: {text}; set {IMPUTE} to fill them with training-split medians")
+    return text
 
 
 def _label_key(value: object) -> str:

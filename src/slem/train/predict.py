@@ -195,6 +195,8 @@ def run_with_model(run_dir: str | Path) -> Path:
         SlemError: neither is a finished run directory.
     """
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise SlemError(f"'{run_dir}' is a file; give the run directory (slem train --out)")
     if not run_dir.is_dir():
         raise SlemError(f"run directory '{run_dir}' does not exist")
     if (run_dir / "summary.json").is_file():
@@ -208,9 +210,11 @@ def run_with_model(run_dir: str | Path) -> Path:
             f"'slem train --resume {run_dir}'"
         )
     if (run_dir / "hpo.yaml").is_file() or (run_dir / "best.json").is_file():
+        best = run_dir / "best.yaml"
+        train = f", or train its best.yaml: slem train {best}" if best.is_file() else ""
         raise SlemError(
-            f"'{run_dir}' is a study without a refitted model; run it again with --refit, or "
-            f"train its best.yaml with slem train"
+            f"'{run_dir}' is a study without a refitted model; refit its best configuration: "
+            f"slem hpo --resume --out {run_dir} --refit{train}"
         )
     if (run_dir / "methodology.json").is_file():
         raise SlemError(
