@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slem.methodology.inputs import WEIGHT_INPUTS
 from slem.report.figure import (  # first: it selects the Agg backend
     integer_ticks,
     legend,
@@ -330,9 +331,12 @@ def weight_vs_loss(
     fig, ax = new_figure(figsize=(7.5, 5.4))
     for head, label in used:
         line(ax, loss, weights[min(head, len(weights) - 1)], label=label)
+    described = WEIGHT_INPUTS.get(along)
     ax.set_xlabel(
         "per-sample training loss (cross-entropy, nats)"
         if along == "loss"
+        else f"{along}: {described.why}"
+        if described is not None
         else f"{along} of a sample"
     )
     ax.set_ylabel("sample weight (before normalization)")
