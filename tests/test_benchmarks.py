@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -206,3 +207,32 @@ def test_transfer_targets_and_memorization_evidence() -> None:
     evidence = {(m["regime"], m["corruption"]): m for m in bench.memorization_evidence(rows)}
     assert evidence[("short", "sym40")]["gap"] == pytest.approx(0.1)
     assert evidence[("short", "sym40")]["best_epochs"] == [2, 2]
+
+
+def test_sklearn_estimators_quick_run_noise_and_resume(tmp_path: Path) -> None:
+    """The estimators benchmark's quick run: noise only in the training folds (exactly 30%),
+    every estimator scored on the clean test fold, and a rerun that trains nothing."""
+    import numpy as np
+
+    bench = pytest.importorskip("sklearn_estimators")
+    report = pytest.importorskip("report")
+    y = np.repeat(np.arange(3), 20)
+    for noise in ("symmetric", "pairflip"):
+        noisy, flipped = bench.corrupt(y, 3, noise, bench.noise_rng("t", noise, 0, 0))
+        assert flipped.sum() == 18 and (noisy[flipped] != y[flipped]).all()
+        assert (noisy[~flipped] == y[~flipped]).all()
+    assert (noisy[flipped] == (y[flipped] + 1) % 3).all()  # pair-flip: c -> c + 1
+    out = tmp_path / "quick.json"
+    threads = torch.get_num_threads()
+    bench.main(["--quick", "--json", str(out)])
+    assert torch.get_num_threads() == threads
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    assert len(rows) == 2 * 2 * len(bench.ESTIMATORS)  # 2 noises x 2 folds
+    assert all(abs(r["noise_rate"] - 0.3) < 0.01 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert all("accuracy_last_epoch" in r for r in rows if r["estimator"] in report.SLEM_ESTIMATORS)
+    bench.main(["--quick", "--json", str(out)])  # resumes: nothing left to fit
+    again = json.loads(out.read_text())
+    assert again["rows"] == rows and len(again["sessions"]) == 1
+    assert report.sign_test(9, 1) == pytest.approx(22 / 1024)
+    assert report.sign_test(5, 5) == 1.0
