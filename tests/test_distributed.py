@@ -291,3 +291,42 @@ def test_nproc_checks_what_the_ranks_would_refuse_before_starting_them(
     assert result.exit_code == 2
     assert message in result.stderr
     assert not (tmp_path / "new").exists()
+
+
+def _leave(rank: int, port: int, out: str) -> None:
+    """A rank of a group whose TCP store rank 0's process hosts (as under ``--nproc``):
+    rank 1 is slow to leave; each writes the time it has left."""
+    import time
+
+    import torch.distributed as dist
+
+    from slem.train import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.barrier()
+    if rank == 1:
+        time.sleep(1.0)
+    distributed.stop(finished=True)
+    Path(out).write_text(str(time.monotonic()))
+
+
+def test_rank_zero_hosting_the_store_leaves_last(tmp_path: Path) -> None:
+    """A rank still leaving the group when rank 0's process (the TCP store's host) is gone
+    aborts ('terminate called without an active exception'): a finished run's rank 0 waits
+    for the others to leave."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    outs = [tmp_path / f"left-{r}" for r in range(2)]
+    procs = [ctx.Process(target=_leave, args=(r, port, str(outs[r]))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    left = [float(o.read_text()) for o in outs]
+    assert left[0] >= left[1]  # rank 0 left after rank 1

@@ -97,6 +97,7 @@ def meta_train(
     try:
         with run_directory(run_dir, COMMAND, prepare), stop_on_signals(learners):
             summary = cross_task_run(cfg, run_dir, resuming, not quiet, learners.append)
+        distributed.stop(finished=True)
     except TrainingStopped as exc:
         if not ranks.main:
             raise typer.Exit(1) from None

@@ -293,6 +293,7 @@ def on_ranks(
             )
         hook = on_trainer if ranks.main else None
         run_and_report(cfg, run_dir, resuming, quiet or not ranks.main, command, hook)
+        distributed.stop(finished=True)
     finally:
         distributed.stop()
 

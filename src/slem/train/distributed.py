@@ -21,8 +21,10 @@ rank's state, :func:`gather`), the other ranks are quiet.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,10 +118,38 @@ def start(device: torch.device, timeout_s: float = 1800.0) -> Ranks:
     return ranks()
 
 
-def stop() -> None:
-    """Leave the process group (at the end of a run)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+#: the store key every other rank increments once it has left the process group
+EXITED_KEY = "slem/exited"
+#: how long rank 0 waits for the others to leave before it exits anyway
+EXIT_WAIT_S = 60.0
+
+
+def stop(finished: bool = False) -> None:
+    """Leave the process group (at the end of a run).
+
+    ``finished`` (every rank reached the end of the run): rank 0 leaves last. Its process may
+    host the group's TCP store (torchrun with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, as
+    ``--nproc`` sets it); a rank still leaving when it is gone loses the store and aborts
+    (``terminate called without an active exception``, exit 1 at the end of a run that
+    succeeded). So each other rank counts itself out in the store after leaving, and rank 0
+    waits for them (at most :data:`EXIT_WAIT_S`). Without ``finished`` (an error path,
+    where another rank may never get here) nobody waits.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    size, rank = dist.get_world_size(), dist.get_rank()
+    get_store = getattr(dist.distributed_c10d, "_get_default_store", None)
+    store = get_store() if finished and size > 1 and get_store is not None else None
+    dist.destroy_process_group()
+    if store is None:
+        return
+    with contextlib.suppress(Exception):  # the store gone already: nothing left to order
+        if rank != 0:
+            store.add(EXITED_KEY, 1)
+            return
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while store.add(EXITED_KEY, 0) < size - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def _comm_device() -> torch.device:
