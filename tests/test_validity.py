@@ -35,6 +35,7 @@ def values(cell: V.Cell) -> dict[str, Any]:
         "objective": cell.objective,
         "order": cell.order,
         "jvp_mode": cell.jvp_mode,
+        "scope": cell.scope,
         "warmup_epochs": 0,
         "hidden": 4,
         "batch_size": 16,

@@ -230,6 +230,14 @@ class MetaConfig(_Strict):
         "the hypergradient is that of the iterate training will reach) or sgd (plain "
         "theta - lr * grad, as the official MW-Net and CMW-Net code)",
     )
+    scope: Literal["model", "head"] = Field(
+        "model",
+        description="the parameters the virtual step moves and the hypergradient flows "
+        "through: model (every trainable parameter: the exact one-step hypergradient of "
+        "MW-Net) or head (the fast mode: only the model's output layer, on features computed "
+        "once; about 1.3x an ERM step instead of 3-4x, a biased hypergradient; the layer-subset "
+        "approximation of FaMUS, Xu et al. 2021)",
+    )
     dac_weight: float = Field(1.0, ge=0, description="weight of DAC-MR in the meta objective")
     dac_prior_weight: float = Field(
         0.0,

@@ -224,6 +224,9 @@ class PendingStep:
         loss: the batch's training loss (a learned schedule reads it for its rate).
         grads: the real step's gradient, computed in phase one (a learned schedule's).
         idx: the batch's training-sample indices (a weighting rule's loss histories).
+        terms: the real step's per-sample terms with their graph, from phase one's forward
+            (the fast path's kept forward, or the head split's; None: the real step runs its
+            own forward).
     """
 
     result: Hypergrad
@@ -236,6 +239,7 @@ class PendingStep:
     loss: Tensor | None = None
     grads: dict[str, Tensor] | None = None
     idx: Tensor | None = None
+    terms: Any = None
 
 
 @runtime_checkable

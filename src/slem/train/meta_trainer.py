@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slem.bilevel import BilevelProblem, PerSample, functional
+from slem.bilevel.head import HeadSplit
 from slem.data.task import Task
 from slem.errors import SlemError
 from slem.methodology import Methodology
@@ -25,6 +26,9 @@ from slem.train.meta_step import MetaStep, PendingStep, phased_meta_step
 from slem.train.methods import method_spec
 from slem.train.teacher import weighted_terms
 from slem.train.trainer import Trainer
+
+#: the outer batch's model inputs (the head's features under meta.scope head)
+_INPUTS = ("x", "weak", "strong")
 
 
 def _rank_mean(tensors: dict[str, Tensor], weight: float) -> dict[str, Tensor]:
@@ -85,6 +89,15 @@ class MetaTrainer(Trainer):
         self.selected: Tensor | None = None
         self._f_model = functional(self.model)
         self._f_meth = functional(self.methodology)
+        # meta.scope head (the fast mode): the meta step's problem is the output layer on
+        # features computed once; model: the whole model on the inputs
+        self._head = HeadSplit(self.model) if meta.scope == "head" else None
+        if self._head is not None:  # refuse a model without an output layer now, not later
+            frozen = self._f_model.params(detach=True)
+            with torch.no_grad():
+                self._head.run(lambda t: self._f_model(frozen, t), self.train_x[:2])
+        self._net: Any = self._head.head if self._head is not None else self._f_model
+        self._live_logits: Tensor | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -163,8 +176,9 @@ class MetaTrainer(Trainer):
     def _per_sample(self, params: dict[str, Tensor], batch: tuple[Any, ...]) -> PerSample:
         x, y, pseudo, _ = batch
         # functional: no side effects, except the fast path's live forward (the real step's
-        # forward, options live_forward/keep_graph) which moves BatchNorm statistics once
-        return weighted_terms(self._f_model(params, x), y, pseudo)
+        # forward, options live_forward/keep_graph) which moves BatchNorm statistics once;
+        # under meta.scope head, x are the head's input features
+        return weighted_terms(self._net(params, x), y, pseudo)
 
     def _weights(self, hyper: dict[str, Tensor], losses: Tensor, batch: tuple[Any, ...]) -> Tensor:
         assert self.sample_weights is not None
@@ -214,7 +228,7 @@ class MetaTrainer(Trainer):
         meta = self.config.meta
         total = torch.zeros((), device=self.device)
         if "y" in batch:
-            logits = self._f_model(params, batch["x"])
+            logits = self._net(params, batch["x"])
             if "clean_rows" in batch:
                 ce = self._batch_mean(L.cross_entropy(logits, batch["y"]), batch["clean_rows"])
             else:
@@ -223,9 +237,9 @@ class MetaTrainer(Trainer):
         if "weak" in batch:  # DAC-MR: predictions on strong views should match weak views
             with torch.no_grad():
                 target = F.softmax(
-                    self._f_model(params, batch["weak"]).detach() / meta.dac_temperature, dim=1
+                    self._net(params, batch["weak"]).detach() / meta.dac_temperature, dim=1
                 )
-            logits = self._f_model(params, batch["strong"])
+            logits = self._net(params, batch["strong"])
             rows = batch.get("dac_rows")
             dac = self._batch_mean(L.soft_cross_entropy(logits, target), rows)
             total = total + meta.dac_weight * dac
@@ -265,11 +279,33 @@ class MetaTrainer(Trainer):
         assert sw is not None and step is not None
         pseudo = sw.pseudo_labels(x)
         params = self.inner_params()
+        outer = self._outer_batch()
+        if self._head is not None:
+            params, x, outer = self._head_inputs(params, x, outer)
         reduce = _rank_mean if self.ranks.active else None
         problem = step.weighted_problem(
             params, self._per_sample, self._weights, self._outer_loss, reduce
         )
-        return problem, (x, y, pseudo, idx), self._outer_batch()
+        return problem, (x, y, pseudo, idx), outer
+
+    def _head_inputs(
+        self, params: dict[str, Tensor], x: Tensor, outer: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
+        """``meta.scope head``: the head's parameters, the training batch's features from the
+        real step's own forward (kept, with its graph, in :attr:`_live_logits` for the real
+        step) and the outer batch's features from one forward without a graph at the current
+        parameters (functional: BatchNorm normalizes with the batch's statistics and its
+        running statistics do not move, as in the whole-model lookahead)."""
+        assert self._head is not None
+        logits, features = self._head.run(self.forward, x)
+        self._live_logits = logits
+        frozen = {k: v.detach() for k, v in params.items()}
+        with torch.no_grad():
+            outer = {
+                k: (self._head.run(lambda t: self._f_model(frozen, t), v)[1] if k in _INPUTS else v)
+                for k, v in outer.items()
+            }
+        return self._head.head_params(params), features.detach(), outer
 
     @property
     def meta_step_due(self) -> bool:
@@ -288,10 +324,24 @@ class MetaTrainer(Trainer):
         assert step is not None
         self.model.train()
         problem, inner, outer = self.meta_problem(x, y, idx)
-        reuse = step.fast and self.config.meta.order == "mwnet"
-        result = step.hypergradient(problem, inner, outer, keep_graph=reuse, live_forward=True)
+        head = self._head is not None
+        keep = step.fast and self.config.meta.order == "mwnet" and not head
+        result = step.hypergradient(problem, inner, outer, keep_graph=keep, live_forward=not head)
+        terms = result.diagnostics.get("losses") if keep else None
+        if head:  # the real step's forward ran in meta_problem
+            assert self.sample_weights is not None and self._live_logits is not None
+            terms = self.sample_weights.terms(self._live_logits, y, inner[2])
+            self._live_logits = None
         return PendingStep(
-            result, x, y, start, problem.params, pseudo=inner[2], reuse=reuse, idx=idx
+            result,
+            x,
+            y,
+            start,
+            problem.params,
+            pseudo=inner[2],
+            reuse=terms is not None,
+            idx=idx,
+            terms=terms,
         )
 
     def real_step(self, pending: PendingStep) -> dict[str, float]:
@@ -312,7 +362,7 @@ class MetaTrainer(Trainer):
             loss_value = result.outer_loss
         else:
             x, y, pseudo = pending.x, pending.y, pending.pseudo
-            terms = result.diagnostics["losses"] if pending.reuse else None
+            terms = pending.terms
             terms = terms if terms is not None else sw.terms(self.forward(x), y, pseudo)
             loss = sw.loss(terms, y, pending.idx, same_batch=pending.reuse)
             loss_value = self._apply_step(loss)

@@ -5,7 +5,8 @@ A configuration is a cell of
     methodology (method) x hypergradient method (meta.hypergrad) x inner optimizer
     (optim.optimizer, meta.virtual_step) x meta objective (meta.objective) x task type,
 
-plus the options that only one path reads (``meta.order``, ``meta.jvp_mode``). A cell is
+plus the options that only one path reads (``meta.order``, ``meta.jvp_mode``,
+``meta.scope``). A cell is
 invalid when the methodology provably learns nothing in it, or when a setting the user chose
 would be silently ignored. :func:`check_config` refuses the invalid cells of a config (called
 by :class:`~slem.train.config.TrainConfig`'s validation, so ``slem train`` stops with one line
@@ -39,6 +40,10 @@ Rules (why):
    so it is refused.
 4. ``meta.order: lagged`` and ``meta.jvp_mode: difference`` are options of the ``lookahead``
    fast path for sample weighting (mwnet, cmwnet, cmwnet_sl); elsewhere they would be ignored.
+   ``meta.scope: head`` (the virtual step moves only the output layer) is an option of the
+   same methods' meta step (any hypergradient method); it cannot go with ``meta.order:
+   lagged``, which would make the head-only virtual step the real step and never train the
+   rest of the model.
 5. Inner optimizer: the virtual step is the real optimizer's update (``meta.virtual_step:
    optimizer``), available for SGD and Adam; RMSprop needs ``meta.virtual_step: sgd`` (the
    plain step of the official MW-Net code). A learned learning rate (``lr_schedule``, ``joint``
@@ -85,6 +90,7 @@ META_DEFAULTS = {
     "order": "mwnet",
     "jvp_mode": "forward",
     "virtual_step": "optimizer",
+    "scope": "model",
 }
 
 
@@ -100,6 +106,7 @@ class Cell:
     task_type: str = "classification"
     order: str = "mwnet"
     jvp_mode: str = "forward"
+    scope: str = "model"
     components: tuple[str, ...] = ()
 
 
@@ -208,6 +215,17 @@ def reason(cell: Cell) -> str | None:
             f"meta.hypergrad lookahead and method {_either(FAST_PATH)} (got "
             f"{cell.hypergrad}, {m}); remove meta.jvp_mode"
         )
+    if cell.scope != "model" and m not in FAST_PATH:
+        return (
+            f"meta.scope {cell.scope} splits the model for a sample-weighting meta step: it "
+            f"needs method {_either(FAST_PATH)} (got {m}); remove meta.scope"
+        )
+    if cell.scope != "model" and cell.order == "lagged":
+        return (
+            f"meta.scope {cell.scope} with meta.order lagged would make the virtual step, which "
+            "moves only the output layer, the real step: the rest of the model would never "
+            "train; use meta.order mwnet"
+        )
     if _learns_rate(cell) and cell.optimizer != "sgd":
         return (
             f"joint's lr_schedule learns an SGD learning rate: set optim.optimizer sgd "
@@ -242,6 +260,7 @@ def cell_of(config: TrainConfig, task_type: str | None = None) -> Cell:
         task_type=task_type,
         order=meta.order,
         jvp_mode=meta.jvp_mode,
+        scope=meta.scope,
         components=tuple(spec.components_of(config)) if spec.components is not None else (),
     )
 
