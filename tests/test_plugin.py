@@ -120,15 +120,20 @@ def test_own_tensors_example_writes_a_run_directory(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- MetaWeighting
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_meta_weighting_equals_meta_trainer_bit_for_bit(task: Task, optimizer: str) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "scope"), [("sgd", "model"), ("adam", "model"), ("sgd", "head")]
+)
+def test_meta_weighting_equals_meta_trainer_bit_for_bit(
+    task: Task, optimizer: str, scope: str
+) -> None:
     """The same model, batches and optimizer: MetaWeighting in a plain loop and MetaTrainer
-    reach the same parameters and the same weighting net exactly (a frozen layer included)."""
+    reach the same parameters and the same weighting net exactly (a frozen layer included),
+    in the exact and the fast mode (``scope``)."""
     lr = 0.05 if optimizer == "sgd" else 1e-3
     config = TrainConfig(
         method="mwnet",
         optim={"epochs": 1, "schedule": "constant", "optimizer": optimizer, "lr": lr},
-        meta={"warmup_epochs": 0, "normalize_weights": "batch"},
+        meta={"warmup_epochs": 0, "normalize_weights": "batch", "scope": scope},
     )
     torch.manual_seed(1)
     model = mlp()
@@ -143,7 +148,9 @@ def test_meta_weighting_equals_meta_trainer_bit_for_bit(task: Task, optimizer: s
         else torch.optim.Adam(mine.parameters(), lr=lr, weight_decay=5e-4)
     )
     assert task.meta is not None
-    weighting = MetaWeighting(mine, opt, (task.meta.X, task.meta.y), normalize_weights="batch")
+    weighting = MetaWeighting(
+        mine, opt, (task.meta.X, task.meta.y), normalize_weights="batch", scope=scope
+    )
     x, y = task.train.tensors()
     bs = trainer.plan.batch_size
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # epoch 0, seed 0

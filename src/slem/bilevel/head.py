@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from slem.bilevel.problem import Params
+from slem.bilevel.problem import FunctionalModel, Params
 from slem.errors import SlemError
 
 
@@ -91,3 +92,11 @@ class HeadSplit:
                 "inputs; it needs one tensor (the features), else set meta.scope model"
             )
         return out, inputs[0]
+
+    def features(self, model: FunctionalModel, params: Params, x: Tensor) -> Tensor:
+        """The head's input for ``x`` at ``params`` (the model's, detached), without a graph:
+        a functional call, so BatchNorm in train mode normalizes with the batch's statistics
+        and its running statistics do not move (as in a whole-model lookahead)."""
+        frozen = {k: v.detach() for k, v in params.items()}
+        with torch.no_grad():
+            return self.run(lambda t: model(frozen, t), x)[1]

@@ -93,9 +93,7 @@ class MetaTrainer(Trainer):
         # features computed once; model: the whole model on the inputs
         self._head = HeadSplit(self.model) if meta.scope == "head" else None
         if self._head is not None:  # refuse a model without an output layer now, not later
-            frozen = self._f_model.params(detach=True)
-            with torch.no_grad():
-                self._head.run(lambda t: self._f_model(frozen, t), self.train_x[:2])
+            self._head.features(self._f_model, self._f_model.params(), self.train_x[:2])
         self._net: Any = self._head.head if self._head is not None else self._f_model
         self._live_logits: Tensor | None = None
 
@@ -293,18 +291,13 @@ class MetaTrainer(Trainer):
     ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
         """``meta.scope head``: the head's parameters, the training batch's features from the
         real step's own forward (kept, with its graph, in :attr:`_live_logits` for the real
-        step) and the outer batch's features from one forward without a graph at the current
-        parameters (functional: BatchNorm normalizes with the batch's statistics and its
-        running statistics do not move, as in the whole-model lookahead)."""
+        step) and the outer batch's features at the current parameters, without a graph
+        (:meth:`~slem.bilevel.head.HeadSplit.features`)."""
         assert self._head is not None
         logits, features = self._head.run(self.forward, x)
         self._live_logits = logits
-        frozen = {k: v.detach() for k, v in params.items()}
-        with torch.no_grad():
-            outer = {
-                k: (self._head.run(lambda t: self._f_model(frozen, t), v)[1] if k in _INPUTS else v)
-                for k, v in outer.items()
-            }
+        head, f = self._head, self._f_model
+        outer = {k: (head.features(f, params, v) if k in _INPUTS else v) for k, v in outer.items()}
         return self._head.head_params(params), features.detach(), outer
 
     @property

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from slem.bilevel import Hypergrad, PerSample, functional, replay_randomness, same_randomness
 from slem.bilevel.fast import inner_value, weight_input
+from slem.bilevel.head import HeadSplit
 from slem.bilevel.problem import as_params
 from slem.data.task import group_by_size
 from slem.errors import SlemError
@@ -80,9 +81,11 @@ class MetaWeighting:
         **options: fields of the ``meta`` config section (:class:`~slem.train.MetaConfig`),
             e.g. ``lr`` (1e-3), ``hypergrad`` (``lookahead``), ``interval`` (a meta step every
             k steps), ``batch_size`` (100), ``normalize_weights``, ``virtual_step``,
-            ``hidden``, ``monotone``. ``normalize_weights`` ``auto`` is ``batch`` (weights of
-            mean 1 in the batch, as MW-Net) unless ``class_counts`` show balanced classes,
-            where it is ``class`` (as the trainer).
+            ``hidden``, ``monotone``, ``scope`` (``"head"``: the fast mode, whose virtual
+            step moves only the model's output layer; the model's forward must end in
+            it). ``normalize_weights`` ``auto`` is ``batch`` (weights of mean 1 in the
+            batch, as MW-Net) unless ``class_counts`` show balanced classes, where it is
+            ``class`` (as the trainer).
 
     Raises:
         SlemError: an unknown option or bad value (one line naming it), a methodology or
@@ -141,6 +144,9 @@ class MetaWeighting:
         self._meta = _MetaSource(meta, self.device, cfg.batch_size, self.generator)
         self._f_model = functional(model)
         self._f_meth = functional(self.methodology)
+        # scope head (the fast mode): the meta step's problem is the output layer on features
+        self._head = HeadSplit(model) if cfg.scope == "head" else None
+        self._net: Any = self._head.head if self._head is not None else self._f_model
         self.steps = 0
         self.meta_steps = 0
         #: the last batch's weights, shape (n,), detached
@@ -190,16 +196,24 @@ class MetaWeighting:
     def _meta_step(self, x: Tensor, y: Tensor) -> PerSample | None:
         step = self.meta_step
         params = as_params(self.model, "params")
-        problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
-        fast = step.fast
         meta_batch = _like_training(self._meta.next(), x, y)
-        result = step.hypergradient(problem, (x, y), meta_batch, keep_graph=fast, live_forward=True)
+        terms: PerSample | None = None
+        if self._head is not None:  # the real forward, its features, the meta batch's
+            replay_randomness()
+            out, features = self._head.run(self.model, x)
+            terms = PerSample(self.loss_fn(out, y))
+            meta_batch = (self._head.features(self._f_model, params, meta_batch[0]), meta_batch[1])
+            params, x = self._head.head_params(params), features.detach()
+        problem = step.weighted_problem(params, self._per_sample, self._weights, self._outer_loss)
+        keep = step.fast and terms is None
+        result = step.hypergradient(
+            problem, (x, y), meta_batch, keep_graph=keep, live_forward=self._head is None
+        )
         self._check(result)
         step.update(result)
         self.meta_steps += 1
         self.meta_loss = result.outer_loss
-        terms: PerSample | None = result.diagnostics.get("losses") if fast else None
-        return terms
+        return terms if terms is not None else result.diagnostics.get("losses") if keep else None
 
     def _check_finite(self, value: Tensor, what: str) -> None:
         if not bool(torch.isfinite(value).all()):
@@ -219,7 +233,7 @@ class MetaWeighting:
 
     def _per_sample(self, params: dict[str, Tensor], batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
-        return self.loss_fn(self._f_model(params, x), y)
+        return self.loss_fn(self._net(params, x), y)
 
     def _weights(
         self, hyper: dict[str, Tensor], losses: Tensor, batch: tuple[Tensor, Tensor]
@@ -232,7 +246,7 @@ class MetaWeighting:
         self, params: dict[str, Tensor], hyper: dict[str, Tensor], batch: tuple[Tensor, Tensor]
     ) -> Tensor:
         x, y = batch
-        return self.loss_fn(self._f_model(params, x), y).mean()
+        return self.loss_fn(self._net(params, x), y).mean()
 
     def _groups(self, y: Tensor | None) -> Tensor | None:
         if self.class_groups is None or y is None:
