@@ -21,6 +21,7 @@ Pages and their sources (all under ``benchmarks/results/``):
 * ``hypergrad``: ``hypergrad.json`` (``hypergrad.py --json``)
 * ``data_layer``: ``data_layer.json`` (``data_layer.py --json``)
 * ``cnn_speed``: ``cnn_speed.json`` (``cnn_speed.py --json``)
+* ``fast_mode``: ``fast_mode.json`` (``fast_mode.py --json``)
 * ``zoo``: ``docs/zoo.md`` (not under results/), from the model cards
   ``src/slem/zoo/*/card.json`` (written by ``zoo_build.py``)
 * ``transfer``: ``transfer.json`` (written by ``transfer.py``)
@@ -629,6 +630,219 @@ def virtual_step() -> str:
                 ],
                 outcome,
             ),
+        },
+    )
+
+
+# ---------------------------------------------------------------------- fast mode
+
+FAST_DATASETS = {"mnist1d": "MNIST-1D", "fashion-mnist": "Fashion-MNIST"}
+
+
+def fast_mode_bias(doc: dict[str, Any]) -> str:
+    """Per dataset, the per-epoch agreement of the head's and the whole model's
+    hypergradients along the fast-mode run."""
+    parts = []
+    for entry in doc["bias"]:
+        rows = [
+            [
+                str(r["epoch"]),
+                sig(r["cosine_median"], 3),
+                sig(r["cosine_min"], 2),
+                sig(r["rel_error_median"], 3),
+                sig(r["rel_error_max"], 2),
+                sig(r["norm_ratio_median"], 2),
+                sig(r["norm_fast_median"], 2),
+                sig(r["norm_exact_median"], 2),
+                sig(r["decay_median"], 2),
+            ]
+            for r in entry["per_epoch"]
+        ]
+        reached = (
+            f"; the run's final test accuracy {100 * entry['test_accuracy']:.2f}%"
+            if entry.get("test_accuracy") is not None
+            else ""
+        )
+        parts.append(
+            f"### {FAST_DATASETS.get(entry['dataset'], entry['dataset'])}\n\n"
+            f"{entry['epochs']} epochs (the first is ERM warm-up), seed {entry['seed']}, "
+            f"{entry['meta_steps']} meta steps; over all of them median cosine "
+            f"{sig(entry['cosine_median'], 3)} (min {sig(entry['cosine_min'], 2)}), median "
+            f"relative error {sig(entry['rel_error_median'], 2)} (max "
+            f"{sig(entry['rel_error_max'], 2)}){reached}.\n\n"
+            + table(
+                [
+                    "epoch",
+                    "median cosine",
+                    "min cosine",
+                    "median rel. error",
+                    "max rel. error",
+                    "median norm ratio",
+                    "median norm, head",
+                    "median norm, exact",
+                    "meta weight decay term",
+                ],
+                rows,
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def fast_mode_accuracy(acc: dict[str, Any]) -> str:
+    rows = []
+    for r in acc["table"]:
+        ratio, share = r["meta_step_time_ratio"], r.get("noisy_over_clean")
+        rows.append(
+            [
+                r["variant"],
+                str(len(r["seeds"])),
+                pct(r["test_accuracy"]["mean"], r["test_accuracy"]["std"]),
+                pct(r["test_accuracy_at_best_val"]["mean"], r["test_accuracy_at_best_val"]["std"]),
+                "–" if ratio["mean"] is None else f"{ratio['mean']:.1f}x",
+                "–" if not share or share["mean"] is None else f"{share['mean']:.2f}",
+            ]
+        )
+    return table(
+        [
+            "variant",
+            "seeds",
+            "final test acc (%)",
+            "test acc at best val (%)",
+            "meta step / ERM step",
+            "weight noisy / clean, last epoch",
+        ],
+        rows,
+    )
+
+
+def fast_mode_paired(acc: dict[str, Any]) -> str:
+    rows = []
+    for r in acc["paired"]:
+        cells = [r["variant"]]
+        for m in ("test_accuracy", "test_accuracy_at_best_val"):
+            seeds = r["per_seed"][m]
+            cells.append(", ".join(_points(seeds[s]) for s in sorted(seeds, key=int)))
+            cells.append(f"{_points(r[m]['mean'])} ± {100 * r[m]['std']:.2f}")
+        rows.append(cells)
+    return table(
+        [
+            "variant - exact",
+            "final test, per seed",
+            "final test, mean ± std",
+            "at best val, per seed",
+            "at best val, mean ± std",
+        ],
+        rows,
+    )
+
+
+def fast_mode_weights(acc: dict[str, Any], every: int = 3) -> str:
+    """Per epoch (every ``every``-th and the last), the mean over seeds of the learned weights'
+    noisy / clean ratio, one column per weighting variant."""
+    traces: dict[str, dict[int, list[float]]] = {}
+    for run in acc["runs"]:
+        for w in run.get("weights") or []:
+            traces.setdefault(run["variant"], {}).setdefault(w["epoch"], []).append(
+                w["noisy_over_clean"]
+            )
+    variants = [r["variant"] for r in acc["table"] if r["variant"] in traces]
+    epochs = sorted({e for t in traces.values() for e in t})
+    shown = [e for e in epochs if e % every == 0 or e == epochs[-1] or e == epochs[0]]
+    rows = [
+        [str(e)]
+        + [f"{statistics.mean(traces[v][e]):.2f}" if traces[v].get(e) else "–" for v in variants]
+        for e in shown
+    ]
+    return table(["epoch", *variants], rows)
+
+
+def fast_mode_diagnosis(doc: dict[str, Any], every: int = 3) -> str:
+    """Per diagnosed variant, every ``every``-th epoch: test accuracy, memorization, what the
+    learned rule gives noisy and hard clean samples, the rule at three losses, its norm."""
+    if not doc.get("diagnosis"):
+        return "*(not run: `--diagnose`)*"
+    parts = []
+    for entry in doc["diagnosis"]:
+        rows = []
+        last = entry["epochs"][-1]["epoch"]
+        for r in entry["epochs"]:
+            if not (r["epoch"] % every == 0 or r["epoch"] in (1, last)):
+                continue
+            rule = r.get("rule")
+            rows.append(
+                [
+                    str(r["epoch"]),
+                    f"{100 * r['test_accuracy']:.2f}",
+                    f"{100 * r['clean_fit']:.1f}",
+                    f"{100 * r['noisy_memorized']:.1f}",
+                    f"{100 * r['noisy_true']:.1f}",
+                    "–" if rule is None else f"{r['noisy_over_clean']:.2f}",
+                    "–" if rule is None else f"{r['hard_clean_over_clean']:.2f}",
+                    "–"
+                    if rule is None
+                    else " / ".join(sig(w, 2) for w in (rule[0], rule[3], rule[6])),
+                    "–" if rule is None else f"{r['rule_norm']:.2f}",
+                ]
+            )
+        parts.append(
+            f"**{entry['variant']}** (seed {entry['seed']}):\n\n"
+            + table(
+                [
+                    "epoch",
+                    "test acc (%)",
+                    "clean labels fit (%)",
+                    "noisy labels memorized (%)",
+                    "noisy samples' true label (%)",
+                    "weight noisy / clean",
+                    "weight hardest clean / clean",
+                    "rule at loss 0.05 / 1 / 5",
+                    "rule norm",
+                ],
+                rows,
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def fast_mode_other(acc: dict[str, Any] | None) -> str:
+    """Another dataset's accuracy table and paired differences (or a line saying it was not
+    run)."""
+    if acc is None:
+        return "*(not run: `--fashion-seeds 0` or Fashion-MNIST not installed)*"
+    seeds = sorted({r["seed"] for r in acc["runs"]})
+    named = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    return (
+        f"{acc['epochs']} epochs, {named}:\n\n{fast_mode_accuracy(acc)}\n\n{fast_mode_paired(acc)}"
+    )
+
+
+def fast_mode_acceptance(acc: dict[str, Any]) -> str:
+    """The issue's bound (fast within 0.3 points of exact, mean over the seeds), met or not."""
+    (fast,) = [r for r in acc["paired"] if r["variant"] == "fast"]
+    final, best = fast["test_accuracy"]["mean"], fast["test_accuracy_at_best_val"]["mean"]
+    n = len(fast["per_seed"]["test_accuracy"])
+    met = abs(final) <= 0.003 and abs(best) <= 0.003
+    return (
+        f"Fast minus exact over {n} seeds: {_points(final)} points of final test accuracy and "
+        f"{_points(best)} at the best-validation epoch; the acceptance bound of issue 19 (within "
+        f"0.3 points of exact) is **{'met' if met else 'not met'}**."
+    )
+
+
+def fast_mode() -> str:
+    doc = load("fast_mode.json")
+    acc = doc["accuracy"]
+    return fill(
+        "fast_mode",
+        {
+            "bias": fast_mode_bias(doc),
+            "accuracy": fast_mode_accuracy(acc),
+            "paired": fast_mode_paired(acc),
+            "acceptance": fast_mode_acceptance(acc),
+            "weights": fast_mode_weights(acc),
+            "fashion": fast_mode_other(doc.get("accuracy_fashion")),
+            "diagnosis": fast_mode_diagnosis(doc),
+            "epochs": str(acc["epochs"]),
         },
     )
 
@@ -1581,6 +1795,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "data_layer": data_layer,
     "cnn_speed": cnn_speed,
     "virtual_step": virtual_step,
+    "fast_mode": fast_mode,
     "zoo": zoo,
     "transfer": transfer,
     "distributed": distributed,

@@ -236,3 +236,63 @@ def test_sklearn_estimators_quick_run_noise_and_resume(tmp_path: Path) -> None:
     assert again["rows"] == rows and len(again["sessions"]) == 1
     assert report.sign_test(9, 1) == pytest.approx(22 / 1024)
     assert report.sign_test(5, 5) == 1.0
+
+
+def test_fast_mode_bias_is_measured_on_the_runs_own_steps() -> None:
+    """The fast-mode benchmark's comparison: every meta step's head hypergradient against the
+    exact one on the same state and batches (a finite cosine in [-1, 1]); with a frozen body
+    the two problems are one (agreement to 1e-4); the instrumented run is the plain run."""
+    bench = pytest.importorskip("fast_mode")
+    from slem.data import LoadOptions, load_dataset, make_task
+    from slem.train import make_trainer, parse_train_config
+    from slem.train.models import build_model
+
+    task = make_task(
+        load_dataset("mnist1d", LoadOptions(size=400)),
+        noise="symmetric:0.4",
+        meta_per_class=5,
+        seed=0,
+    )
+    cfg = parse_train_config(
+        {
+            "method": "mwnet",
+            "data": {"name": "mnist1d", "noise": "symmetric:0.4", "meta_per_class": 5},
+            "model": {"arch": "cnn1d", "width": 8},
+            "optim": {"epochs": 1, "batch_size": 64, "lr": 0.1},
+            "meta": {"warmup_epochs": 0, "hidden": 8, "batch_size": 32, "scope": "head"},
+        }
+    )
+    steps = bench.bias_run(cfg, max_steps=3, task=task)["steps"]
+    assert len(steps) == 3
+    for s in steps:
+        assert -1 - 1e-9 <= s["cosine"] <= 1 + 1e-9 and s["rel_error"] >= 0
+        assert s["norm_ratio"] > 0
+    assert any(s["rel_error"] > 1e-3 for s in steps)  # the whole model's is another problem
+    torch.manual_seed(0)
+    model = build_model(task.features.input_shape, task.n_classes, "cnn1d", 8, 2, 0.0, "relu")
+    params = list(model.parameters())
+    for p in params[:-2]:  # all but the output layer's weight and bias
+        p.requires_grad_(False)
+    frozen = bench.bias_run(cfg, max_steps=3, task=task, model=model)["steps"]
+    assert all(s["rel_error"] < 1e-4 and s["cosine"] > 1 - 1e-6 for s in frozen)
+    runs = []
+    for instrumented in (False, True):
+        trainer = make_trainer(cfg, task)
+        if instrumented:
+            assert len(bench.instrument(trainer)) == 0
+        trainer.fit(progress=False)
+        runs.append([p.detach().clone() for p in trainer.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_fast_mode_accuracy_summary_pairs_seeds() -> None:
+    bench = pytest.importorskip("fast_mode")
+    rows = [
+        {"variant": v, "seed": s, "test_accuracy": a, "test_accuracy_at_best_val": a}
+        for v, s, a in [("exact", 0, 0.9), ("exact", 1, 0.8), ("fast", 1, 0.85), ("fast", 0, 0.8)]
+    ]
+    summary = bench.accuracy_summary(rows)
+    (paired,) = summary["paired"]
+    assert paired["per_seed"]["test_accuracy"] == pytest.approx({"0": -0.1, "1": 0.05})
+    assert paired["test_accuracy"]["mean"] == pytest.approx(-0.025)
+    assert bench.variant_config("fast + interval 2", 1, 30).meta.interval == 2
