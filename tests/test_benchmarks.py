@@ -236,3 +236,40 @@ def test_sklearn_estimators_quick_run_noise_and_resume(tmp_path: Path) -> None:
     assert again["rows"] == rows and len(again["sessions"]) == 1
     assert report.sign_test(9, 1) == pytest.approx(22 / 1024)
     assert report.sign_test(5, 5) == 1.0
+
+
+def test_meta_cost_quick_run_and_float64_agreement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/meta_cost.py end to end on a tiny MNIST-1D CNN (3 rounds, profile on): every
+    variant is timed and measured, each meta variant takes its meta steps, the ratios the
+    issue names are written, and the published recipe's hypergradient is slem's in float64."""
+    bench = pytest.importorskip("meta_cost")
+    tiny = {
+        "label": "tiny CNN",
+        "model": {"arch": "cnn1d", "width": 8},
+        "data": {"name": "mnist1d", "size": 600, "noise": "symmetric:0.4", "meta_per_class": 10},
+    }
+    monkeypatch.setitem(bench.MODELS, "mnist1d_cnn", tiny)
+    out = tmp_path / "meta_cost.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--quick", "--rounds", "3", "--threads", "1", "--profile", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads(out.read_text())
+    assert doc["ratios_model"] == "mnist1d_cnn" and doc["discarded_rounds"] == 2
+    for key in ("ratio_fast_to_plain", "ratio_exact_to_plain", "ratio_published_to_exact"):
+        assert doc[key] > 0
+    model = doc["models"]["mnist1d_cnn"]
+    rows = {r["variant"]: r for r in model["rows"]}
+    assert set(rows) == set(bench.VARIANTS)
+    assert rows["erm"]["ratio_to_erm"] == 1.0 and rows["erm"]["meta_steps_per_step"] == 0
+    assert rows["fast_interval2"]["meta_steps_per_step"] == 0.5
+    for name, row in rows.items():
+        if name not in ("erm", "published", "fast_interval2"):
+            assert row["meta_steps_per_step"] == 1.0, name
+    assert model["agreement"]["max_rel_error"] <= 1e-6
+    profile = model["profile"]
+    assert set(profile["breakdown"]) == {"erm", "exact", "fast", "published"}
+    assert profile["unit_costs"]["jvp_ms"] > 0
