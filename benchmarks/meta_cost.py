@@ -21,8 +21,12 @@ median step time, its quartiles, and the ratio of the medians to ERM's.
 * **slem exact**: ``method: mwnet`` at its defaults (``meta.scope: model``, ``meta.order:
   mwnet``), and in the ``lagged`` order.
 * **slem fast**: ``meta.scope: head`` (the virtual step moves only the output layer), also
-  with ``meta.interval: 2``, timed over blocks of 2 consecutive steps (a meta step and a plain
-  one) whose time is halved.
+  with ``meta.interval: 2``.
+* **slem exact, amortized**: a meta step every 5th training step in the lagged order
+  (``meta.interval: 5``), and every 7th in the mwnet order (``meta.interval: 7``).
+  A variant with ``meta.interval: k`` is timed over blocks of k consecutive steps (one meta
+  step and k-1 plain ones), each block starting with the meta step, and the block's time is
+  divided by k.
 * **the other meta-learned methodologies** at their defaults: CMW-Net, CMW-Net-SL, the loss
   adjuster, the transition net, MLR-SNet (``lr_schedule``), the joint bundle. Every meta
   variant runs with ``meta.warmup_epochs: 0``, and every one of them takes a meta step on
@@ -105,6 +109,20 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any], int, str]] = {
         "mwnet",
         {"scope": "head", "interval": 2},
         2,
+        "main",
+    ),
+    "interval5_lagged": (
+        "slem exact every 5th step, order lagged (meta.interval 5)",
+        "mwnet",
+        {"interval": 5, "order": "lagged"},
+        5,
+        "main",
+    ),
+    "interval7": (
+        "slem exact every 7th step (meta.interval 7)",
+        "mwnet",
+        {"interval": 7},
+        7,
         "main",
     ),
     "cmwnet": ("CMW-Net", "cmwnet", {}, 1, "other"),
@@ -398,6 +416,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     put("ratio_published_to_plain", "published", "erm")
     put("ratio_lagged_to_plain", "exact_lagged", "erm")
     put("ratio_fast_interval2_to_plain", "fast_interval2", "erm")
+    put("ratio_interval5_lagged_to_plain", "interval5_lagged", "erm")
+    put("ratio_interval7_to_plain", "interval7", "erm")
     put("ratio_published_to_lagged", "published", "exact_lagged")
     for name, label in (("exact", "exact"), ("fast", "fast"), ("published", "published")):
         if mem.get(name) is not None:
