@@ -22,6 +22,7 @@ Pages and their sources (all under ``benchmarks/results/``):
 * ``data_layer``: ``data_layer.json`` (``data_layer.py --json``)
 * ``cnn_speed``: ``cnn_speed.json`` (``cnn_speed.py --json``)
 * ``fast_mode``: ``fast_mode.json`` (``fast_mode.py --json``)
+* ``meta_cost``: ``meta_cost.json`` (``meta_cost.py --json``)
 * ``zoo``: ``docs/zoo.md`` (not under results/), from the model cards
   ``src/slem/zoo/*/card.json`` (written by ``zoo_build.py``)
 * ``transfer``: ``transfer.json`` (written by ``transfer.py``)
@@ -539,6 +540,271 @@ def hypergrad() -> str:
                     "ratio_meta_overhead_to_plain",
                 )
             },
+        },
+    )
+
+
+# ---------------------------------------------------------------------- meta cost
+
+#: the issue-19 targets: (label, JSON ratio, bound, at most?)
+META_TARGETS = (
+    ("fast mode time <= 1.5x ERM", "ratio_fast_to_plain", 1.5, True),
+    ("fast mode, interval 2: time <= 1.5x ERM", "ratio_fast_interval2_to_plain", 1.5, True),
+    (
+        "exact every 5th step (lagged): time <= 1.5x ERM",
+        "ratio_interval5_lagged_to_plain",
+        1.5,
+        True,
+    ),
+    ("exact every 7th step: time <= 1.5x ERM", "ratio_interval7_to_plain", 1.5, True),
+    ("exact mode time <= 2.5x ERM", "ratio_exact_to_plain", 2.5, True),
+    ("published recipe / slem exact >= 4x", "ratio_published_to_exact", 4.0, False),
+    ("exact mode peak memory <= 1.5x ERM", "memory_ratio_exact_to_plain", 1.5, True),
+    ("fast mode peak memory <= 1.5x ERM", "memory_ratio_fast_to_plain", 1.5, True),
+)
+
+
+def _x(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}x"
+
+
+def _mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def _meta_rows(doc: dict[str, Any], which: str) -> str:
+    rows = [
+        [
+            r["label"],
+            f"{r['median_ms']:.1f}",
+            f"**{r['ratio_to_erm']:.2f}x**",
+            f"{r['iqr_ms']:.1f}",
+            _mib(r["peak_mib"]),
+            _x(r["memory_ratio_to_erm"]),
+            "–" if r["meta_steps_per_step"] is None else f"{r['meta_steps_per_step']:g}",
+        ]
+        for r in doc["rows"]
+        if r["table"] == which or r["variant"] == "erm"
+    ]
+    header = ["variant", "median ms", "× ERM", "IQR ms", "peak MiB", "× ERM memory", "meta/step"]
+    return table(header, rows)
+
+
+def _per_model(models: dict[str, Any], which: str) -> str:
+    return "\n\n".join(
+        f"**{m['label']}** ({m['params']:,} parameters):\n\n{_meta_rows(m, which)}"
+        for m in models.values()
+    )
+
+
+def _row(model: dict[str, Any], variant: str) -> dict[str, Any]:
+    return next(r for r in model["rows"] if r["variant"] == variant)
+
+
+def _both(models: dict[str, Any], value: Callable[[dict[str, Any]], str]) -> str:
+    """``value`` of each model, as "a (Fashion CNN) and b (MNIST-1D CNN)"."""
+    return " and ".join(f"{value(m)} ({m['label']})" for m in models.values())
+
+
+def meta_cost_findings(models: dict[str, Any]) -> tuple[str, str]:
+    """The targets table and the sentence on which are met."""
+    labels = [m["label"] for m in models.values()]
+    rows = []
+    verdicts: dict[str, list[str]] = {"all": [], "some": [], "none": []}
+    for label, key, bound, at_most in META_TARGETS:
+        cells, met = [label], []
+        for m in models.values():
+            value = m["ratios"].get(key)
+            if value is None:
+                cells.append("–")
+                continue
+            ok = value <= bound if at_most else value >= bound
+            if ok:
+                met.append(m["label"])
+            cells.append(f"{value:.2f}x: {'met' if ok else '**not met**'}")
+        rows.append(cells)
+        measured = len(cells) - 1 - cells.count("–")
+        if met and len(met) == measured:
+            verdicts["all"].append(label)
+        elif met:
+            verdicts["some"].append(f"{label} (on the {', '.join(met)} only)")
+        else:
+            verdicts["none"].append(label)
+    verdict = " ".join(
+        f"**{title}:** {'; '.join(verdicts[k])}."
+        for k, title in (("all", "Met on every CNN"), ("some", "Met on one"), ("none", "Not met"))
+        if verdicts[k]
+    )
+    return table(["target", *labels], rows), verdict
+
+
+PROFILE_COLUMNS = (
+    ("conv_forward", "conv fwd"),
+    ("conv_backward", "conv bwd"),
+    ("batch_norm", "BatchNorm"),
+    ("pooling", "pooling"),
+    ("other_ops", "other ops"),
+    ("other_events", "non-op events"),
+    ("python_untracked", "untracked (Python)"),
+    ("wall_ms", "wall"),
+)
+PROFILE_NAMES = {
+    "erm": "ERM",
+    "exact": "slem exact",
+    "fast": "slem fast",
+    "published": "published recipe",
+}
+
+
+def meta_cost_profile(models: dict[str, Any]) -> tuple[str, str, str]:
+    """The profile breakdown, the heaviest other operators and the unit-cost table."""
+    rows, tops, units = [], [], []
+    for m in models.values():
+        prof = m.get("profile")
+        if prof is None:
+            continue
+        for name, b in prof["breakdown"].items():
+            rows.append(
+                [m["label"], PROFILE_NAMES.get(name, name)]
+                + [f"{b[k]:.1f}" for k, _ in PROFILE_COLUMNS]
+            )
+            top = ", ".join(f"`{k}` {v:.1f}" for k, v in b["top_other_ops"].items())
+            tops.append([m["label"], PROFILE_NAMES.get(name, name), top])
+        u = prof["unit_costs"]
+        units.append(
+            [
+                m["label"],
+                f"{u['forward_ms']:.1f}",
+                f"{u['forward_no_grad_ms']:.1f}",
+                f"{u['backward_ms']:.1f} ({u['backward_to_forward']:.2f} F)",
+                f"{u['jvp_ms']:.1f} ({u['jvp_to_forward']:.2f} F)",
+                f"{u['floor_erm_ms']:.0f}",
+                f"{u['floor_exact_ms']:.0f} ({_x(u['floor_ratio_exact'])})",
+                f"{u['floor_lagged_ms']:.0f} ({_x(u['floor_ratio_lagged'])})",
+                f"{u['floor_fast_ms']:.0f} ({_x(u['floor_ratio_fast'])})",
+            ]
+        )
+    profile_table = table(["model", "step", *[c for _, c in PROFILE_COLUMNS]], rows)
+    top_table = table(["model", "step", "operator: ms per step"], tops)
+    unit_table = table(
+        [
+            "model",
+            "forward ms",
+            "forward, no graph",
+            "backward",
+            "JVP",
+            "floor ERM",
+            "floor exact",
+            "floor lagged",
+            "floor fast",
+        ],
+        units,
+    )
+    return profile_table, top_table, unit_table
+
+
+def meta_cost_agreement(models: dict[str, Any]) -> str:
+    rows = [
+        [
+            m["label"],
+            f"{m['agreement']['params']:,}",
+            f"{m['agreement']['max_rel_error']:.1e}",
+            f"{m['agreement']['rel_error_all']:.1e}",
+            "yes" if m["agreement"]["max_rel_error"] <= 1e-6 else "**no**",
+            f"{m['agreement']['fast_cosine_to_exact']:.3f}",
+            f"{m['agreement']['fast_rel_error_to_exact']:.2f}",
+        ]
+        for m in models.values()
+    ]
+    header = [
+        "model (width 8)",
+        "parameters",
+        "max rel. error",
+        "rel. error, all",
+        "<= 1e-6",
+        "fast: cosine to exact",
+        "fast: rel. error",
+    ]
+    return table(header, rows)
+
+
+def meta_cost() -> str:
+    doc = load("meta_cost.json")
+    models = doc["models"]
+    machine = doc["machine"]
+    targets, verdict = meta_cost_findings(models)
+    if doc.get("skipped"):
+        verdict += (
+            " Not measured: " + "; ".join(f"{k} ({why})" for k, why in doc["skipped"].items()) + "."
+        )
+    profile, top_other, unit_costs = meta_cost_profile(models)
+    with_profile = {k: m for k, m in models.items() if "profile" in m}
+
+    def unit(key: str, digits: int = 1) -> str:
+        return _both(with_profile, lambda m: _x(m["profile"]["unit_costs"][key], digits))
+
+    setups = [
+        f"* **{m['label']}**: `model: {json.dumps(m['model'])}` ({m['params']:,} parameters) "
+        f"on `data: {json.dumps(m['data'])}`"
+        for m in models.values()
+    ]
+    steps = {m["profile"]["steps"] for m in with_profile.values()}
+    load_avg = lambda v: "–" if v is None else ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
+    return fill(
+        "meta_cost",
+        {
+            "machine": (
+                f"{machine['device'].upper()} with {machine['threads']} threads, "
+                f"torch {machine['torch']}"
+            ),
+            "rounds": str(doc["rounds"]),
+            "discarded": str(doc["discarded_rounds"]),
+            "load_before": load_avg(doc["loadavg_before"]),
+            "load_after": load_avg(doc["loadavg_after"]),
+            "seconds": f"{doc['seconds']:.0f}",
+            "load_note": (
+                "The load rose above 0.5 during the run: other processes shared the cores for "
+                "part of it, which slows every variant (the interleaved rounds spread that over "
+                "all of them alike), so the absolute times are above a quiet machine's."
+                if max(doc["loadavg_before"][0], doc["loadavg_after"][0]) >= 0.5
+                else "The machine was quiet (load below 0.5) before and after the run."
+            ),
+            "gpu_note": (
+                "No GPU was measured: no device was available to this run."
+                if machine["device"] == "cpu"
+                else ""
+            ),
+            "models": "\n".join(setups),
+            "main_tables": _per_model(models, "main"),
+            "other_tables": _per_model(models, "other"),
+            "targets": targets,
+            "verdict": verdict,
+            "floor_exact": unit("floor_ratio_exact"),
+            "floor_lagged": unit("floor_ratio_lagged"),
+            "exact_measured": _both(models, lambda m: _x(m["ratios"].get("ratio_exact_to_plain"))),
+            "b_to_f": unit("backward_to_forward"),
+            "jvp_to_f": unit("jvp_to_forward"),
+            "published_to_exact": _both(
+                models, lambda m: _x(m["ratios"].get("ratio_published_to_exact"))
+            ),
+            "lagged_memory": _both(
+                models, lambda m: _x(_row(m, "exact_lagged")["memory_ratio_to_erm"])
+            ),
+            "fast_memory": _both(models, lambda m: _x(_row(m, "fast")["memory_ratio_to_erm"])),
+            "published_to_plain": _both(
+                models, lambda m: _x(m["ratios"].get("ratio_published_to_plain"))
+            ),
+            "published_bound": _both(
+                models, lambda m: _x(m["ratios"]["ratio_published_to_plain"] / 2, 1)
+            ),
+            "published_to_fast": _both(
+                models, lambda m: _x(m["ratios"].get("ratio_published_to_fast"))
+            ),
+            "profile_steps": "/".join(str(s) for s in sorted(steps)) or "–",
+            "profile": profile,
+            "top_other": top_other,
+            "unit_costs": unit_costs,
+            "agreement": meta_cost_agreement(models),
         },
     )
 
@@ -1794,6 +2060,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "hypergrad": hypergrad,
     "data_layer": data_layer,
     "cnn_speed": cnn_speed,
+    "meta_cost": meta_cost,
     "virtual_step": virtual_step,
     "fast_mode": fast_mode,
     "zoo": zoo,

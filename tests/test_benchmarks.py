@@ -296,3 +296,40 @@ def test_fast_mode_accuracy_summary_pairs_seeds() -> None:
     assert paired["per_seed"]["test_accuracy"] == pytest.approx({"0": -0.1, "1": 0.05})
     assert paired["test_accuracy"]["mean"] == pytest.approx(-0.025)
     assert bench.variant_config("fast + interval 2", 1, 30).meta.interval == 2
+
+
+def test_meta_cost_quick_run_and_float64_agreement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/meta_cost.py end to end on a tiny MNIST-1D CNN (3 rounds, profile on): every
+    variant is timed and measured, each meta variant takes its meta steps, the ratios the
+    issue names are written, and the published recipe's hypergradient is slem's in float64."""
+    bench = pytest.importorskip("meta_cost")
+    tiny = {
+        "label": "tiny CNN",
+        "model": {"arch": "cnn1d", "width": 8},
+        "data": {"name": "mnist1d", "size": 600, "noise": "symmetric:0.4", "meta_per_class": 10},
+    }
+    monkeypatch.setitem(bench.MODELS, "mnist1d_cnn", tiny)
+    out = tmp_path / "meta_cost.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--quick", "--rounds", "3", "--threads", "1", "--profile", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads(out.read_text())
+    assert doc["ratios_model"] == "mnist1d_cnn" and doc["discarded_rounds"] == 2
+    for key in ("ratio_fast_to_plain", "ratio_exact_to_plain", "ratio_published_to_exact"):
+        assert doc[key] > 0
+    model = doc["models"]["mnist1d_cnn"]
+    rows = {r["variant"]: r for r in model["rows"]}
+    assert set(rows) == set(bench.VARIANTS)
+    assert rows["erm"]["ratio_to_erm"] == 1.0 and rows["erm"]["meta_steps_per_step"] == 0
+    for name, row in rows.items():
+        if name not in ("erm", "published"):
+            interval = bench.VARIANTS[name][2].get("interval", 1)
+            assert row["meta_steps_per_step"] == round(1 / interval, 3), name
+    assert model["agreement"]["max_rel_error"] <= 1e-6
+    profile = model["profile"]
+    assert set(profile["breakdown"]) == {"erm", "exact", "fast", "published"}
+    assert profile["unit_costs"]["jvp_ms"] > 0
