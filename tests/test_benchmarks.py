@@ -331,5 +331,5 @@ def test_meta_cost_quick_run_and_float64_agreement(
             assert row["meta_steps_per_step"] == round(1 / interval, 3), name
     assert model["agreement"]["max_rel_error"] <= 1e-6
     profile = model["profile"]
-    assert set(profile["breakdown"]) == {"erm", "exact", "fast", "published"}
+    assert set(profile["breakdown"]) == {"erm", "exact", "head", "published"}
     assert profile["unit_costs"]["jvp_ms"] > 0
