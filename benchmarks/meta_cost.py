@@ -34,7 +34,9 @@ median step time, its quartiles, and the ratio of the medians to ERM's.
   every timed step (their ``interval`` settings default to 1; the JSON records the count).
 
 Also measured: the peak extra memory of one step of each variant (peak RSS on CPU,
-``max_memory_allocated`` on CUDA; :func:`hypergrad.measure`) and its ratio to ERM's; the
+``max_memory_allocated`` on CUDA; :func:`hypergrad.measure`; the median of 3 repetitions of the
+largest single-step peak in a block, :func:`step_peak`; ``--memory-only JSON`` measures it
+again into an earlier run's JSON) and its ratio to ERM's; the
 agreement in float64 of slem's exact hypergradient with the published recipe's on a small
 copy of each CNN (width 8), with the virtual step made plain SGD on both sides; and, with
 ``--profile`` (on by default in a full run), a torch.profiler breakdown of the ERM, slem
@@ -361,17 +363,42 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def step_peak(bench: Bench, name: str, repeats: int = 3) -> float | None:
+    """The peak extra memory (MiB) of one training step of variant ``name``: the median over
+    ``repeats`` of the largest single-step peak within a block (a ``meta.interval: k`` block
+    from its meta step: the step's peak is its meta step's, measured alone, not the rise over
+    k steps, which heap growth between the steps inflates)."""
+    block = VARIANTS[name][3]
+    trainer = bench.trainers.get(name)
+    one = bench._trainer_step(trainer, 1) if trainer is not None else bench.steps[name]
+    worst: list[float] = []
+    for _ in range(repeats):
+        peaks = [measure(one)[2] for _ in range(block)]
+        if any(p is None for p in peaks):
+            return None
+        worst.append(max(p for p in peaks if p is not None))
+    return statistics.median(worst)
+
+
+def step_peaks(bench: Bench) -> dict[str, float | None]:
+    """:func:`step_peak` of every variant, after one warm-up block each."""
+    malloc_mode(measuring=True)
+    try:
+        out: dict[str, float | None] = {}
+        for name, fn in bench.steps.items():
+            fn()
+            out[name] = step_peak(bench, name)
+        return out
+    finally:
+        malloc_mode(measuring=False)
+
+
 def time_model(bench: Bench, rounds: int) -> list[dict[str, Any]]:
     """The timing table of one model (then the peak memory of each variant)."""
     malloc_mode(measuring=False)
     times = interleaved(bench.steps, rounds)
     discard = min(DISCARD, rounds - 1)
-    malloc_mode(measuring=True)
-    peaks: dict[str, float | None] = {}
-    for name, fn in bench.steps.items():
-        fn()
-        peaks[name] = measure(fn)[2]
-    malloc_mode(measuring=False)
+    peaks = step_peaks(bench)
     rows: list[dict[str, Any]] = []
     for name, seconds in times.items():
         label, _, _, block, table = VARIANTS[name]
@@ -712,7 +739,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--models", default=None, help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument(
+        "--memory-only",
+        metavar="JSON",
+        help="measure the peak memory again into an earlier run's JSON (no timing)",
+    )
     return parser.parse_args(argv)
+
+
+def refresh_memory(path: str, keys: list[str]) -> None:
+    """``--memory-only JSON``: measure the peak memory of every variant of the models in an
+    earlier run's JSON again (:func:`step_peaks`; no timing) and rewrite its memory columns
+    and ratios."""
+    with open(path) as fh:
+        report = json.load(fh)
+    for key in keys:
+        doc = report["models"].get(key)
+        if doc is None:
+            continue
+        task = build_task(parse_train_config(run_values(MODELS[key], "erm")).data)
+        bench = Bench(key, MODELS[key], task, [r["variant"] for r in doc["rows"]])
+        bench.build()
+        peaks = step_peaks(bench)
+        base = peaks.get("erm")
+        for r in doc["rows"]:
+            mib = peaks[r["variant"]]
+            r["peak_mib"] = None if mib is None else round(mib, 1)
+            r["memory_ratio_to_erm"] = None if mib is None or not base else round(mib / base, 2)
+        doc["ratios"] = ratios(doc["rows"])
+        print_model(key, doc)
+    top = report["ratios_model"]
+    if top in report["models"]:
+        report.update(report["models"][top]["ratios"])
+    report["memory_loadavg"] = loadavg()
+    with open(path, "w") as fh:
+        json.dump(report, fh, indent=2)
+        fh.write("\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -728,6 +790,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     with_profile = (not args.quick) if args.profile is None else args.profile
+    if args.memory_only:
+        refresh_memory(args.memory_only, keys)
+        return
     load_before = loadavg()
     start = time.perf_counter()
     models: dict[str, Any] = {}
