@@ -910,7 +910,7 @@ FAST_DATASETS = {"mnist1d": "MNIST-1D", "fashion-mnist": "Fashion-MNIST"}
 
 def fast_mode_bias(doc: dict[str, Any]) -> str:
     """Per dataset, the per-epoch agreement of the head's and the whole model's
-    hypergradients along the fast-mode run."""
+    hypergradients along the ``meta.scope: head`` run."""
     parts = []
     for entry in doc["bias"]:
         rows = [
@@ -933,7 +933,7 @@ def fast_mode_bias(doc: dict[str, Any]) -> str:
             else ""
         )
         parts.append(
-            f"### {FAST_DATASETS.get(entry['dataset'], entry['dataset'])}\n\n"
+            f"#### {FAST_DATASETS.get(entry['dataset'], entry['dataset'])}\n\n"
             f"{entry['epochs']} epochs (the first is ERM warm-up), seed {entry['seed']}, "
             f"{entry['meta_steps']} meta steps; over all of them median cosine "
             f"{sig(entry['cosine_median'], 3)} (min {sig(entry['cosine_min'], 2)}), median "
@@ -957,36 +957,61 @@ def fast_mode_bias(doc: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def fast_mode_accuracy(acc: dict[str, Any]) -> str:
+#: the fast mode's variants (amortized: the exact meta step every k-th step) and the
+#: layer-subset ones (``meta.scope: head``), each table with exact and ERM for reference
+FAST_INTERVAL = ("exact", "interval 5, lagged", "interval 7", "ERM")
+FAST_HEAD = (
+    "exact",
+    "exact + meta wd 0",
+    "head",
+    "head + interval 2",
+    "head + meta wd 0",
+    "head + monotone",
+    "head + monotone + meta wd 0",
+    "ERM",
+)
+
+
+def fast_mode_accuracy(acc: dict[str, Any], variants: Sequence[str]) -> str:
+    """The accuracy of ``variants``: per seed and mean ± std, the meta step's time over an
+    ERM step's and the average step's (at the variant's interval), the weights on noisy
+    over clean samples at the last epoch."""
     rows = []
     for r in acc["table"]:
+        if r["variant"] not in variants:
+            continue
         ratio, share = r["meta_step_time_ratio"], r.get("noisy_over_clean")
+        cost, final = r.get("step_cost_ratio"), r.get("per_seed", {}).get("test_accuracy", {})
         rows.append(
             [
                 r["variant"],
-                str(len(r["seeds"])),
+                ", ".join(f"{100 * final[s]:.2f}" for s in sorted(final, key=int)),
                 pct(r["test_accuracy"]["mean"], r["test_accuracy"]["std"]),
                 pct(r["test_accuracy_at_best_val"]["mean"], r["test_accuracy_at_best_val"]["std"]),
                 "–" if ratio["mean"] is None else f"{ratio['mean']:.1f}x",
+                "–" if cost is None else f"{cost:.2f}x",
                 "–" if not share or share["mean"] is None else f"{share['mean']:.2f}",
             ]
         )
     return table(
         [
             "variant",
-            "seeds",
+            "final test acc per seed (%)",
             "final test acc (%)",
             "test acc at best val (%)",
             "meta step / ERM step",
+            "average step / ERM step",
             "weight noisy / clean, last epoch",
         ],
         rows,
     )
 
 
-def fast_mode_paired(acc: dict[str, Any]) -> str:
+def fast_mode_paired(acc: dict[str, Any], variants: Sequence[str]) -> str:
     rows = []
     for r in acc["paired"]:
+        if r["variant"] not in variants:
+            continue
         cells = [r["variant"]]
         for m in ("test_accuracy", "test_accuracy_at_best_val"):
             seeds = r["per_seed"][m]
@@ -1005,11 +1030,119 @@ def fast_mode_paired(acc: dict[str, Any]) -> str:
     )
 
 
-def fast_mode_weights(acc: dict[str, Any], every: int = 3) -> str:
+def fast_mode_acceptance(acc: dict[str, Any], variants: Sequence[str]) -> str:
+    """Issue 19's bound (within 0.3 points of exact, mean over the seeds, on the final test
+    accuracy and on the test accuracy at the best-validation epoch), per variant: met or
+    not."""
+    bound = 100 * acc.get("bound", 0.003)
+    lines = []
+    for r in acc["paired"]:
+        if r["variant"] not in variants:
+            continue
+        final, best = r["test_accuracy"]["mean"], r["test_accuracy_at_best_val"]["mean"]
+        within = r.get("within_bound") or {
+            "both": abs(final) <= bound / 100 and abs(best) <= bound / 100
+        }
+        n = len(r["per_seed"]["test_accuracy"])
+        lines.append(
+            f"* `{r['variant']}` minus exact over {n} seed{'s' if n > 1 else ''}: "
+            f"{_points(final)} points of final test accuracy and {_points(best)} at the "
+            f"best-validation epoch: the bound of issue 19 (within {bound:.1f} points of exact "
+            f"on both) is **{'met' if within['both'] else 'not met'}**."
+        )
+    return "\n".join(lines)
+
+
+def fast_mode_staleness(doc: dict[str, Any]) -> dict[str, str]:
+    """The staleness of the amortized mode's hypergradient along its run: a summary line,
+    the table per lag and the table per epoch (markers ``staleness``, ``staleness_lag``,
+    ``staleness_epochs``)."""
+    s = doc.get("staleness")
+    if s is None:
+        missing = "*(not run: `--parts staleness`)*"
+        return {"staleness": missing, "staleness_lag": "", "staleness_epochs": ""}
+    stale, cons = s["stale"], s["consecutive"]
+    same = s.get("same_as_plain")
+    check = (
+        ""
+        if same is None
+        else f" The instrumented run {'is' if same else 'is **not**'} the plain run: the same "
+        f"per-epoch weights and final test accuracy ({100 * s['test_accuracy']:.2f}% against "
+        f"{100 * s['plain_test_accuracy']:.2f}%)."
+    )
+    worst = s["own_rel_error_max"]
+    own = "are the same, bit for bit" if worst == 0 else f"differ by at most {worst:.1e} (relative)"
+    summary = (
+        f"MNIST-1D, seed {s['seed']}, {s['epochs']} epochs (the first is ERM warm-up), "
+        f"`meta.interval: {s['meta']['interval']}`, `meta.order: {s['meta']['order']}`: "
+        f"{s['steps']} steps after the warm-up, {s['meta_steps']} of them meta steps (a share "
+        f"of {s['meta_share']:.3f}). On the {stale['n']} steps between meta steps the "
+        f"hypergradient last applied has median cosine {sig(stale['cosine_median'], 2)} "
+        f"(mean {sig(stale['cosine_mean'], 2)}, positive on "
+        f"{100 * stale['cosine_positive']:.0f}% of the steps) and median relative error "
+        f"{sig(stale['rel_error_median'], 3)} to the exact one; the exact hypergradients of "
+        f"consecutive steps, median cosine {sig(cons['cosine_median'], 2)} (mean "
+        f"{sig(cons['cosine_mean'], 2)}, positive on {100 * cons['cosine_positive']:.0f}%) and "
+        f"median relative error {sig(cons['rel_error_median'], 3)}. At the meta steps the "
+        f"run's own hypergradient and the functional one {own}.{check}"
+    )
+
+    def cells(d: dict[str, Any], extremes: bool = True) -> list[str]:
+        if not d.get("n"):
+            return ["–"] * (5 if extremes else 4)
+        out = [
+            sig(d["cosine_median"], 2),
+            sig(d["cosine_mean"], 2),
+            f"{d['cosine_positive']:.2f}",
+            sig(d["rel_error_median"], 3),
+        ]
+        return [*out, sig(d["rel_error_max"], 2)] if extremes else out
+
+    stats = ["median cos", "mean cos", "share cos > 0", "median rel. error"]
+    lag_rows = [
+        [str(r["lag"]), str(r["n"]), *cells(r), *cells(r["consecutive"], False)]
+        for r in s["per_lag"]
+    ]
+    lag_rows.append(["all between meta steps", str(stale["n"]), *cells(stale), *["–"] * 4])
+    lag_rows.append(["all", str(cons["n"]), *["–"] * 5, *cells(cons, False)])
+    lag_table = table(
+        [
+            "lag",
+            "steps",
+            *(f"stale: {h}" for h in stats),
+            "stale: max rel. error",
+            *(f"consecutive: {h}" for h in stats),
+        ],
+        lag_rows,
+    )
+    epoch_rows = [
+        [
+            str(r["epoch"]),
+            f"{r['meta_steps']} / {r['steps']}",
+            *cells(r["stale"], False),
+            *cells(r["consecutive"], False),
+            "–" if r.get("norm_exact_median") is None else sig(r["norm_exact_median"], 2),
+        ]
+        for r in s["per_epoch"]
+    ]
+    epoch_table = table(
+        [
+            "epoch",
+            "meta steps / steps",
+            *(f"stale: {h}" for h in stats),
+            *(f"consecutive: {h}" for h in stats),
+            "median norm, exact",
+        ],
+        epoch_rows,
+    )
+    return {"staleness": summary, "staleness_lag": lag_table, "staleness_epochs": epoch_table}
+
+
+def fast_mode_weights(acc: dict[str, Any], variants: Sequence[str], every: int = 3) -> str:
     """Per epoch (every ``every``-th and the last), the mean over seeds of the learned weights'
-    noisy / clean ratio, one column per weighting variant."""
+    noisy / clean ratio, one column per weighting variant of ``variants``."""
     traces: dict[str, dict[int, list[float]]] = {}
-    for run in acc["runs"]:
+    for run in (r for r in acc["runs"] if r["variant"] in variants):
         for w in run.get("weights") or []:
             traces.setdefault(run["variant"], {}).setdefault(w["epoch"], []).append(
                 w["noisy_over_clean"]
@@ -1073,43 +1206,77 @@ def fast_mode_diagnosis(doc: dict[str, Any], every: int = 3) -> str:
     return "\n\n".join(parts)
 
 
-def fast_mode_other(acc: dict[str, Any] | None) -> str:
-    """Another dataset's accuracy table and paired differences (or a line saying it was not
-    run)."""
+def fast_mode_other(acc: dict[str, Any] | None, variants: Sequence[str]) -> str:
+    """Another dataset's accuracy table and paired differences for ``variants`` (or a line
+    saying it was not run)."""
     if acc is None:
         return "*(not run: `--fashion-seeds 0` or Fashion-MNIST not installed)*"
-    seeds = sorted({r["seed"] for r in acc["runs"]})
+    runs = [r for r in acc["runs"] if r["variant"] in variants]
+    seeds = sorted({r["seed"] for r in runs})
     named = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     return (
-        f"{acc['epochs']} epochs, {named}:\n\n{fast_mode_accuracy(acc)}\n\n{fast_mode_paired(acc)}"
+        f"{acc['epochs']} epochs, {named}:\n\n{fast_mode_accuracy(acc, variants)}\n\n"
+        f"{fast_mode_paired(acc, variants)}"
     )
 
 
-def fast_mode_acceptance(acc: dict[str, Any]) -> str:
-    """The issue's bound (fast within 0.3 points of exact, mean over the seeds), met or not."""
-    (fast,) = [r for r in acc["paired"] if r["variant"] == "fast"]
-    final, best = fast["test_accuracy"]["mean"], fast["test_accuracy_at_best_val"]["mean"]
-    n = len(fast["per_seed"]["test_accuracy"])
-    met = abs(final) <= 0.003 and abs(best) <= 0.003
-    return (
-        f"Fast minus exact over {n} seeds: {_points(final)} points of final test accuracy and "
-        f"{_points(best)} at the best-validation epoch; the acceptance bound of issue 19 (within "
-        f"0.3 points of exact) is **{'met' if met else 'not met'}**."
+def fast_mode_seed0(acc: dict[str, Any] | None, variants: Sequence[str]) -> str:
+    """Seed 0's runs of ``variants`` on another dataset: both accuracies, the difference to
+    exact, the meta step's time over an ERM step's."""
+    if acc is None:
+        return "*(not run: `--fashion-seeds 0` or Fashion-MNIST not installed)*"
+    runs = {r["variant"]: r for r in acc["runs"] if r["seed"] == 0 and r["variant"] in variants}
+    exact = runs.get("exact")
+    rows = []
+    for v in variants:
+        r = runs.get(v)
+        if r is None:
+            continue
+        diff = (
+            "–"
+            if exact is None or v == "exact"
+            else _points(r["test_accuracy"] - exact["test_accuracy"])
+        )
+        ratio = r.get("meta_step_time_ratio")
+        rows.append(
+            [
+                v,
+                f"{100 * r['test_accuracy']:.2f}",
+                f"{100 * r['test_accuracy_at_best_val']:.2f}",
+                diff,
+                "–" if ratio is None else f"{ratio:.1f}x",
+            ]
+        )
+    return f"{acc['epochs']} epochs, seed 0:\n\n" + table(
+        [
+            "variant",
+            "final test acc (%)",
+            "test acc at best val (%)",
+            "final - exact (points)",
+            "meta step / ERM step",
+        ],
+        rows,
     )
 
 
 def fast_mode() -> str:
     doc = load("fast_mode.json")
-    acc = doc["accuracy"]
+    acc, fashion = doc["accuracy"], doc.get("accuracy_fashion")
     return fill(
         "fast_mode",
         {
+            "fast_accuracy": fast_mode_accuracy(acc, FAST_INTERVAL),
+            "fast_paired": fast_mode_paired(acc, FAST_INTERVAL),
+            "fast_acceptance": fast_mode_acceptance(acc, FAST_INTERVAL),
+            "fast_weights": fast_mode_weights(acc, FAST_INTERVAL),
+            "fast_fashion": fast_mode_other(fashion, ("exact", "interval 5, lagged", "ERM")),
+            **fast_mode_staleness(doc),
             "bias": fast_mode_bias(doc),
-            "accuracy": fast_mode_accuracy(acc),
-            "paired": fast_mode_paired(acc),
-            "acceptance": fast_mode_acceptance(acc),
-            "weights": fast_mode_weights(acc),
-            "fashion": fast_mode_other(doc.get("accuracy_fashion")),
+            "accuracy": fast_mode_accuracy(acc, FAST_HEAD),
+            "paired": fast_mode_paired(acc, FAST_HEAD),
+            "acceptance": fast_mode_acceptance(acc, FAST_HEAD),
+            "weights": fast_mode_weights(acc, FAST_HEAD),
+            "fashion": fast_mode_seed0(fashion, FAST_HEAD),
             "diagnosis": fast_mode_diagnosis(doc),
             "epochs": str(acc["epochs"]),
         },

@@ -289,13 +289,66 @@ def test_fast_mode_accuracy_summary_pairs_seeds() -> None:
     bench = pytest.importorskip("fast_mode")
     rows = [
         {"variant": v, "seed": s, "test_accuracy": a, "test_accuracy_at_best_val": a}
-        for v, s, a in [("exact", 0, 0.9), ("exact", 1, 0.8), ("fast", 1, 0.85), ("fast", 0, 0.8)]
+        for v, s, a in [("exact", 0, 0.9), ("exact", 1, 0.8), ("head", 1, 0.85), ("head", 0, 0.8)]
     ]
     summary = bench.accuracy_summary(rows)
     (paired,) = summary["paired"]
     assert paired["per_seed"]["test_accuracy"] == pytest.approx({"0": -0.1, "1": 0.05})
     assert paired["test_accuracy"]["mean"] == pytest.approx(-0.025)
-    assert bench.variant_config("fast + interval 2", 1, 30).meta.interval == 2
+    assert paired["within_bound"] == {
+        "test_accuracy": False,
+        "test_accuracy_at_best_val": False,
+        "both": False,
+    }
+    assert bench.variant_config("head + interval 2", 1, 30).meta.interval == 2
+    fast = bench.variant_config("interval 5, lagged", 1, 30).meta
+    assert (fast.interval, fast.order, fast.scope) == (5, "lagged", "model")
+
+
+@pytest.mark.parametrize("order", ["lagged", "mwnet"])
+def test_fast_mode_staleness_compares_every_step_with_the_exact_hypergradient(order: str) -> None:
+    """The amortized mode's staleness: every step after the warm-up is compared; the meta
+    steps' own hypergradient is the exact one; one step after a meta step, the applied
+    hypergradient's comparison is the consecutive steps' one; the instrumented run is the
+    plain run (model and weighting net, bit for bit)."""
+    bench = pytest.importorskip("fast_mode")
+    from slem.data import LoadOptions, load_dataset, make_task
+    from slem.train import make_trainer, parse_train_config
+
+    task = make_task(
+        load_dataset("mnist1d", LoadOptions(size=300)),
+        noise="symmetric:0.4",
+        meta_per_class=5,
+        seed=0,
+    )
+    cfg = parse_train_config(
+        {
+            "method": "mwnet",
+            "data": {"name": "mnist1d", "noise": "symmetric:0.4", "meta_per_class": 5},
+            "model": {"arch": "cnn1d", "width": 8},
+            "optim": {"epochs": 2, "batch_size": 64, "lr": 0.1},
+            "meta": {"hidden": 8, "batch_size": 32, "interval": 3, "order": order},
+        }
+    )
+    out = bench.staleness_run(cfg, task=task)
+    records = out["records"]
+    assert [r["meta"] for r in records] == [r["step"] % 3 == 0 for r in records]
+    assert out["meta_steps"] == sum(r["meta"] for r in records) >= 1
+    assert out["own_rel_error_max"] < 1e-6
+    for r in records:
+        if r.get("lag") == 1:
+            assert r["stale"]["cosine"] == pytest.approx(r["consecutive"]["cosine"], abs=1e-6)
+    assert all(-1 - 1e-9 <= r["stale"]["cosine"] <= 1 + 1e-9 for r in records if "stale" in r)
+    runs = []
+    for instrumented in (False, True):
+        trainer = make_trainer(cfg, task)
+        if instrumented:
+            assert len(bench.track_staleness(trainer)) == 0
+        trainer.fit(progress=False)
+        assert trainer.methodology is not None
+        params = [*trainer.model.parameters(), *trainer.methodology.parameters()]
+        runs.append([p.detach().clone() for p in params])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
 
 
 def test_meta_cost_quick_run_and_float64_agreement(
