@@ -712,7 +712,7 @@ def print_model(key: str, doc: dict[str, Any]) -> None:
     a = doc["agreement"]
     print(
         f"\nfloat64 agreement (width {a['width']}): max rel. error {a['max_rel_error']:.2e}; "
-        f"fast vs exact cosine {a['head_cosine_to_exact']:.4f}"
+        f"layer subset (head) vs exact cosine {a['head_cosine_to_exact']:.4f}"
     )
     print("ratios:", json.dumps(doc["ratios"]))
     if "profile" in doc:

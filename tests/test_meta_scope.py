@@ -125,3 +125,45 @@ def test_head_split_reproduces_the_output() -> None:
     params = dict(model.named_parameters())
     assert split.names(params) == ["5.weight", "5.bias"]
     torch.testing.assert_close(split.head(params, features), out)
+
+
+class TiedHead(nn.Module):
+    """The output layer shares its weight with an earlier layer (listed under that name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(10, 10, bias=False)
+        self.body = nn.Linear(40, 10)
+        self.fc = nn.Linear(10, 10, bias=False)
+        self.fc.weight = self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.embed(torch.relu(self.body(x.flatten(1))))))
+
+
+def test_a_head_tied_to_another_layer_is_refused_when_built(task) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SlemError, match=r"no trainable parameters of its own"):
+        make_trainer(config({"scope": "head"}), task, model=TiedHead())
+
+
+def test_the_summary_gives_the_amortized_cost_of_the_fast_mode(task) -> None:  # type: ignore[no-untyped-def]
+    cfg = config({"interval": 3, "order": "lagged"})
+    summary = make_trainer(cfg, task, model=bn_model()).fit().summary
+    r = summary["meta_step_time_ratio"]
+    assert summary["amortized_step_time_ratio"] == pytest.approx((r + 2) / 3)
+    values = {"method": "erm", "data": {"name": "mnist1d"}, "optim": {"epochs": 1}}
+    erm = make_trainer(parse_train_config(values), task, model=bn_model()).fit().summary
+    assert erm["meta_step_time_ratio"] is None and erm["amortized_step_time_ratio"] is None
+
+
+def test_meta_weighting_refuses_an_order_it_cannot_take() -> None:
+    from slem.train import MetaWeighting
+
+    model = bn_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    meta = (torch.randn(20, 1, 40), torch.randint(0, 10, (20,)))
+    with pytest.raises(SlemError, match="drop order"):
+        MetaWeighting(model, opt, meta, order="lagged")
+    with pytest.raises(SlemError, match=r"meta\.scope model"):
+        tied = TiedHead()
+        MetaWeighting(tied, torch.optim.SGD(tied.parameters(), lr=0.1), meta, scope="head")

@@ -57,8 +57,20 @@ class HeadSplit:
         return [k for k in params if k.startswith(self.prefix)]
 
     def head_params(self, params: Params) -> Params:
-        """The head's entries of the model's ``params`` (full names kept)."""
-        return {k: params[k] for k in self.names(params)}
+        """The head's entries of the model's ``params`` (full names kept).
+
+        Raises:
+            SlemError: there are none (the head's parameters are tied to an earlier layer's,
+                under whose name the model lists them, or frozen).
+        """
+        own = {k: params[k] for k in self.names(params)}
+        if not own:
+            raise SlemError(
+                f"meta.scope head: the model's last layer '{self.name}' has no trainable "
+                "parameters of its own (tied to another layer's, or frozen); set meta.scope "
+                "model"
+            )
+        return own
 
     def head(self, params: Params, features: Tensor) -> Tensor:
         """The head applied to ``features`` ``(n, ...)`` with the head's entries of ``params``

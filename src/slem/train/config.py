@@ -241,7 +241,7 @@ class MetaConfig(_Strict):
         description="the parameters the virtual step moves and the hypergradient flows "
         "through: model (every trainable parameter: the exact one-step hypergradient of "
         "MW-Net) or head (only the model's output layer, on features computed once: about "
-        "1.1-1.5x a plain step instead of 3-4x, but the hypergradient of a frozen body, which "
+        "1.3-1.7x a plain step instead of 3-4x, but the hypergradient of a frozen body, which "
         "cost accuracy on MNIST-1D; the layer-subset approximation of FaMUS, Xu et al. 2021). "
         "For a cheap exact hypergradient use meta.interval",
     )

@@ -89,10 +89,11 @@ class MetaTrainer(Trainer):
         self.selected: Tensor | None = None
         self._f_model = functional(self.model)
         self._f_meth = functional(self.methodology)
-        # meta.scope head (the fast mode): the meta step's problem is the output layer on
+        # meta.scope head (the layer subset): the meta step's problem is the output layer on
         # features computed once; model: the whole model on the inputs
         self._head = HeadSplit(self.model) if meta.scope == "head" else None
         if self._head is not None:  # refuse a model without an output layer now, not later
+            self._head.head_params(self.inner_params())
             self._head.features(self._f_model, self._f_model.params(), self.train_x[:2])
         self._net: Any = self._head.head if self._head is not None else self._f_model
         self._live_logits: Tensor | None = None

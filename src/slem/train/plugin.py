@@ -81,10 +81,12 @@ class MetaWeighting:
         **options: fields of the ``meta`` config section (:class:`~slem.train.MetaConfig`),
             e.g. ``lr`` (1e-3), ``hypergrad`` (``lookahead``), ``interval`` (a meta step every
             k steps), ``batch_size`` (100), ``normalize_weights``, ``virtual_step``,
-            ``hidden``, ``monotone``, ``scope`` (``"head"``: the fast mode, whose virtual
-            step moves only the model's output layer; the model's forward must end in
-            it). ``normalize_weights`` ``auto`` is ``batch`` (weights of mean 1 in the
-            batch, as MW-Net) unless ``class_counts`` show balanced classes, where it is
+            ``hidden``, ``monotone``, ``scope`` (``"head"``: the layer subset, whose
+            virtual step moves only the model's output layer; the model's forward must end
+            in it). The fast mode here is ``interval`` (e.g. 7); ``order`` is refused (the
+            plug-in's real step is yours, after the rule's update). ``normalize_weights``
+            ``auto`` is ``batch`` (weights of mean 1 in the batch, as MW-Net) unless
+            ``class_counts`` show balanced classes, where it is
             ``class`` (as the trainer).
 
     Raises:
@@ -144,8 +146,10 @@ class MetaWeighting:
         self._meta = _MetaSource(meta, self.device, cfg.batch_size, self.generator)
         self._f_model = functional(model)
         self._f_meth = functional(self.methodology)
-        # scope head (the fast mode): the meta step's problem is the output layer on features
+        # scope head (the layer subset): the meta step's problem is the output layer on features
         self._head = HeadSplit(model) if cfg.scope == "head" else None
+        if self._head is not None:
+            self._head.head_params(as_params(model, "params"))
         self._net: Any = self._head.head if self._head is not None else self._f_model
         self.steps = 0
         self.meta_steps = 0
@@ -303,6 +307,11 @@ def _config(
         raise SlemError(
             f"MetaWeighting learns methodology mwnet or cmwnet, not {kind!r} (cmwnet_sl "
             "needs a teacher model: use slem train)"
+        )
+    if options.get("order", "mwnet") != "mwnet":
+        raise SlemError(
+            "MetaWeighting takes the real step you take, after the rule's update: drop order "
+            "(for a cheaper meta step use interval, e.g. interval=7)"
         )
     if options.get("objective", "clean") != "clean":
         raise SlemError("MetaWeighting's meta objective is the meta set's loss: drop objective")

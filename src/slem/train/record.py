@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from slem.methodology import LossAdjusterNet
 from slem.methodology.regression import HyperWeightNet, base_loss
 from slem.train.diagnostics import plain_step_times, weight_auc
+from slem.train.methods import method_spec
 
 if TYPE_CHECKING:
     from slem.data.task import Task
@@ -94,7 +95,7 @@ def run_summary(
     it ran, the objective's test and selection ``metrics``, the learned ``weights``' AUC for
     clean vs noisy samples, the meta step's time relative to a plain step, and where the
     test labels came from."""
-    task, meta = trainer.task, trainer.progress.timings["meta"]
+    task = trainer.task
     known = weights is not None and task.corruption_known  # which labels are wrong
     auc = weight_auc(task.train.noisy_mask, weights) if known and weights is not None else None
     return {
@@ -112,10 +113,27 @@ def run_summary(
         "noise_rate_realized": task.train.noise_rate,
         "n_train": len(task.train),
         "n_meta": len(task.meta) if task.meta is not None else 0,
-        "meta_step_time_ratio": (
-            float(np.median(meta) / np.median(plain_step_times(trainer))) if meta else None
-        ),
+        **step_time_ratios(trainer),
         **task.provenance(),  # where the test labels came from: clean or as given
+    }
+
+
+def step_time_ratios(trainer: Trainer) -> dict[str, float | None]:
+    """``meta_step_time_ratio``: the median meta step over the median plain step;
+    ``amortized_step_time_ratio``: what a training step costs on average once meta-learning
+    runs, a meta step every ``k`` steps (``meta.interval``; ``schedule.interval`` for a learned
+    schedule) and plain steps between them, ``(r + k - 1) / k`` (the fast mode's cost; None
+    without meta steps)."""
+    meta = trainer.progress.timings["meta"]
+    if not meta:
+        return {"meta_step_time_ratio": None, "amortized_step_time_ratio": None}
+    ratio = float(np.median(meta) / np.median(plain_step_times(trainer)))
+    config = trainer.config
+    rate = method_spec(config).meta_step == "rate"
+    k = config.schedule.interval if rate else config.meta.interval
+    return {
+        "meta_step_time_ratio": ratio,
+        "amortized_step_time_ratio": (ratio + k - 1) / k,
     }
 
 
