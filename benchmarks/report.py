@@ -29,6 +29,7 @@ Pages and their sources (all under ``benchmarks/results/``):
 * ``distributed``: ``distributed.json`` (``distributed.py --json``) and
   ``distributed_dp.json`` (``distributed_dp.py``)
 * ``estimators``: ``sklearn_estimators.json`` (written by ``sklearn_estimators.py``)
+* ``few_shot``: ``few_shot.json`` (``few_shot.py --json``)
 
 Only the standard library is used, so the pages render without torch or slem.
 """
@@ -2205,7 +2206,111 @@ def estimators() -> str:
     return fill("estimators", values, "benchmarks/results/sklearn_estimators.json")
 
 
-# ---------------------------------------------------------------------- main
+# ---------------------------------------------------------------------- few-shot
+
+#: the published sinusoid MSE (10-shot, one step) each learner is held to, and its source
+FEW_SHOT_TARGETS = {"maml": 0.77, "metasgd": 0.53}
+
+
+def _mean_std(entry: dict[str, Any] | None, digits: int = 2, scale: float = 1.0) -> str:
+    if not entry:
+        return "n/a"
+    return f"{entry['mean'] * scale:.{digits}f} ± {entry['std'] * scale:.{digits}f}"
+
+
+def few_shot_sinusoid(doc: dict[str, Any]) -> tuple[str, str]:
+    rows = ["| learner | MSE (mean ± std over seeds) | per seed | target | train s / seed |",
+            "|---|---|---|---|---|"]
+    table = doc.get("sinusoid", {})
+    maml = table.get("maml", {}).get("mse", {}).get("mean")
+    verdicts = []
+    for learner, entry in table.items():
+        per_seed = ", ".join(f"{r['mse']:.3f}" for r in entry["runs"])
+        target = FEW_SHOT_TARGETS.get(learner)
+        if target is not None:
+            goal = f"<= {target}"
+            met = entry["mse"]["mean"] <= target
+        elif maml:
+            goal = f"<= 1.2 x MAML = {1.2 * maml:.3f}"
+            met = entry["mse"]["mean"] <= 1.2 * maml
+        else:
+            goal, met = "n/a", True
+        verdicts.append(f"{learner} {'met' if met else 'missed'}")
+        rows.append(
+            f"| {learner} | {_mean_std(entry['mse'], 3)} | {per_seed} | {goal} | "
+            f"{entry['train_seconds']['mean']:.0f} |"
+        )
+    return "\n".join(rows), "; ".join(verdicts)
+
+
+FEW_SHOT_EVALS = [("5w1s", "5-way 1-shot"), ("5w5s", "5-way 5-shot"),
+                  ("20w1s", "20-way 1-shot"), ("20w5s", "20-way 5-shot")]
+
+
+def few_shot_omniglot(doc: dict[str, Any]) -> str:
+    head = " | ".join(label for _, label in FEW_SHOT_EVALS)
+    rows = [f"| learner | {head} | Lake 20 runs, error % | meta-train s / seed | s / meta step |",
+            "|---|" + "---|" * (len(FEW_SHOT_EVALS) + 3)]
+    for learner, entry in doc.get("omniglot", {}).items():
+        cells = [_mean_std(entry.get(f"acc_{key}")) for key, _ in FEW_SHOT_EVALS]
+        rows.append(
+            f"| {learner} | {' | '.join(cells)} | {_mean_std(entry.get('lake_error'), 1)} | "
+            f"{entry['train_seconds']['mean']:.0f} | "
+            f"{entry['seconds_per_meta_step']['mean']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def few_shot_speed(doc: dict[str, Any]) -> str:
+    rows = ["| setting | tasks | vmap s | engine loop s | autograd loop s | vs engine loop | "
+            "vs autograd loop |", "|---|---|---|---|---|---|---|"]
+    for r in doc.get("speed", []):
+        rows.append(
+            f"| {r['setting']} | {r['tasks']} | {r['seconds_vmap']:.4f} | "
+            f"{r['seconds_engine_loop']:.4f} | {r['seconds_autograd_loop']:.4f} | "
+            f"{r['speedup_vs_engine_loop']:.2f}x | {r['speedup_vs_autograd_loop']:.2f}x |"
+        )
+    return "\n".join(rows)
+
+
+def few_shot_memory(doc: dict[str, Any]) -> str:
+    rows = doc.get("memory", [])
+    steps = sorted({r["steps"] for r in rows})
+    out = ["| method | " + " | ".join(f"{k} steps" for k in steps) + " |",
+           "|---|" + "---|" * len(steps)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = {r["steps"]: r for r in rows if r["method"] == method}
+        out.append(f"| {method} | " + " | ".join(
+            f"{cells[k]['extra_mib']:.0f} MiB ({cells[k]['seconds']:.1f} s)" if k in cells
+            else "" for k in steps) + " |")
+    return "\n".join(out)
+
+
+def few_shot() -> str:
+    doc = load("few_shot.json")
+    sinusoid, verdicts = few_shot_sinusoid(doc)
+    omniglot = doc.get("omniglot", {})
+    config = {k: v.get("config", {}) for k, v in omniglot.items()}
+    seeds = {len(v["runs"]) for part in ("sinusoid", "omniglot") for v in doc.get(part, {}).values()}
+    return fill(
+        "few_shot",
+        {
+            "sinusoid": sinusoid,
+            "sinusoid_verdicts": verdicts,
+            "omniglot": few_shot_omniglot(doc),
+            "speed": few_shot_speed(doc),
+            "memory": few_shot_memory(doc),
+            "seeds": ", ".join(str(n) for n in sorted(seeds)),
+            "omniglot_config": "; ".join(
+                f"{k}: {c.get('ways')}-way {c.get('shots')}-shot, {c.get('queries')} queries per "
+                f"class, {c.get('task_batch')} tasks per meta step, {c.get('iterations')} meta "
+                f"steps, {c.get('hidden')} channels"
+                for k, c in config.items()
+            ),
+        },
+        "benchmarks/results/few_shot.json",
+    )
+
 
 # ---------------------------------------------------------------------- the zoo
 
@@ -2237,6 +2342,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "transfer": transfer,
     "distributed": distributed,
     "estimators": estimators,
+    "few_shot": few_shot,
 }
 #: pages written elsewhere than ``OUT/PAGE.md``
 PAGE_FILES = {"zoo": ROOT / "docs" / "zoo.md"}

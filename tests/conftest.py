@@ -53,6 +53,29 @@ def float64() -> Iterator[None]:
     torch.set_default_dtype(previous)
 
 
+def _omniglot_dir() -> Path | None:
+    """``../shared/data/omniglot`` beside the checkout (CI), or beside the main checkout when
+    this is a git worktree; None when neither holds the files."""
+    root = Path(__file__).resolve().parents[1]
+    candidates = [root.parent / "shared" / "data" / "omniglot"]
+    git = root / ".git"
+    if git.is_file() and git.read_text().startswith("gitdir:"):  # a worktree
+        main = Path(git.read_text().split(":", 1)[1].strip()).resolve().parents[2]
+        candidates.append(main.parent / "shared" / "data" / "omniglot")
+    return next((d for d in candidates if (d / "images_background_small1.zip").is_file()), None)
+
+
+OMNIGLOT = _omniglot_dir()
+
+
+@pytest.fixture(scope="session")
+def omniglot_dir() -> Path:
+    """The offline Omniglot zips (the test is skipped where they are absent)."""
+    if OMNIGLOT is None:
+        pytest.skip("Omniglot files not found at ../shared/data/omniglot")
+    return OMNIGLOT
+
+
 @pytest.fixture()
 def runner() -> CliRunner:
     return CliRunner()

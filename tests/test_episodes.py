@@ -24,28 +24,6 @@ from slem.data import (
 from slem.errors import DataNotFoundError, SlemError
 
 
-def _omniglot_dir() -> Path | None:
-    """``../shared/data/omniglot`` beside the checkout (CI), or beside the main checkout when
-    this is a git worktree; None when neither holds the files."""
-    root = Path(__file__).resolve().parents[1]
-    candidates = [root.parent / "shared" / "data" / "omniglot"]
-    git = root / ".git"
-    if git.is_file() and git.read_text().startswith("gitdir:"):  # a worktree
-        main = Path(git.read_text().split(":", 1)[1].strip()).resolve().parents[2]
-        candidates.append(main.parent / "shared" / "data" / "omniglot")
-    return next((d for d in candidates if (d / "images_background_small1.zip").is_file()), None)
-
-
-OMNIGLOT = _omniglot_dir()
-
-
-@pytest.fixture(scope="module")
-def omniglot_dir() -> Path:
-    if OMNIGLOT is None:
-        pytest.skip("Omniglot files not found at ../shared/data/omniglot")
-    return OMNIGLOT
-
-
 @pytest.fixture(scope="module")
 def small1(omniglot_dir: Path) -> ClassImages:
     return load_omniglot(omniglot_dir, "small1")

@@ -23,6 +23,9 @@ hyperparameters by any method, so callers switch methods by name::
 ``unrolled`` and ``first_order`` also take ``trajectory_weights=`` (the outer loss summed over
 the unrolled iterates, a learned optimizer's meta loss), and every method but ``forward`` returns
 the final ``params`` and ``optimizer_state`` for the caller to continue from.
+
+:func:`task_hypergrad` averages a hypergradient over a batch of tasks (MAML, first-order MAML,
+iMAML, prototypical networks), vectorized with ``torch.func.vmap``.
 """
 
 from slem.bilevel.fast import PerSample, WeightedProblem, weighted_lookahead
@@ -49,10 +52,12 @@ from slem.bilevel.problem import (
     same_randomness,
 )
 from slem.bilevel.rate import RateProblem, rate_lookahead
+from slem.bilevel.tasks import TASK_METHODS, adapt, task_hypergrad
 
 __all__ = [
     "METHODS",
     "SGD",
+    "TASK_METHODS",
     "Adam",
     "BilevelProblem",
     "FunctionalModel",
@@ -63,6 +68,7 @@ __all__ = [
     "RandomState",
     "RateProblem",
     "WeightedProblem",
+    "adapt",
     "finite_difference",
     "first_order",
     "forward",
@@ -75,6 +81,7 @@ __all__ = [
     "rate_lookahead",
     "replay_randomness",
     "same_randomness",
+    "task_hypergrad",
     "unrolled",
     "weighted_lookahead",
 ]

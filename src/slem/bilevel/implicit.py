@@ -28,19 +28,25 @@ def axpy(alpha: float | Tensor, x: Params, y: Params) -> Params:
 
 
 def conjugate_gradient(
-    hvp: HVP, v: Params, iterations: int, tol: float
+    hvp: HVP, v: Params, iterations: int, tol: float, negative_curvature: str = "raise"
 ) -> tuple[Params, dict[str, Any]]:
     """CG for a symmetric positive-definite ``H`` (add damping otherwise); stops when the
-    residual falls below ``tol`` relative to ``|v|``."""
+    residual falls below ``tol`` relative to ``|v|``. On a direction of non-positive
+    curvature it raises (``negative_curvature="raise"``) or returns the iterate so far
+    (``"stop"``, truncated CG as in Steihaug 1983; diagnostics ``negative_curvature``)."""
     q = {k: torch.zeros_like(t) for k, t in v.items()}
     r = {k: t.clone() for k, t in v.items()}
     p = {k: t.clone() for k, t in v.items()}
     rr = dot(r, r)
     v_norm = max(float(torch.sqrt(rr)), 1e-30)
     done = 0
+    stopped = False
     while done < iterations and float(torch.sqrt(rr)) > tol * v_norm:
         hp = hvp(p)
         curvature = dot(p, hp)
+        if float(curvature) <= 0 and negative_curvature == "stop":
+            stopped = True
+            break
         if float(curvature) <= 0:
             raise SlemError(
                 "conjugate gradient met non-positive curvature: the inner Hessian is not "
@@ -54,7 +60,7 @@ def conjugate_gradient(
         rr = rr_new
         done += 1
     residual = float(torch.sqrt(rr)) / v_norm
-    return q, {"iterations": done, "relative_residual": residual}
+    return q, {"iterations": done, "relative_residual": residual, "negative_curvature": stopped}
 
 
 def neumann(hvp: HVP, v: Params, iterations: int, alpha: float) -> tuple[Params, dict[str, Any]]:
@@ -80,9 +86,13 @@ def solve(
     iterations: int | None,
     tol: float,
     alpha: float | None,
+    negative_curvature: str = "raise",
 ) -> tuple[Params, dict[str, Any]]:
+    if negative_curvature not in ("raise", "stop"):
+        raise SlemError(f"negative_curvature must be raise or stop, got '{negative_curvature}'")
     if solver == "cg":
-        return conjugate_gradient(hvp, v, 100 if iterations is None else iterations, tol)
+        iterations = 100 if iterations is None else iterations
+        return conjugate_gradient(hvp, v, iterations, tol, negative_curvature)
     if solver == "neumann":
         if alpha is None:
             raise SlemError("solver='neumann' needs alpha (the series step, e.g. the inner lr)")

@@ -292,6 +292,7 @@ def implicit(
     damping: float = 0.0,
     alpha: float | None = None,
     inner_steps: int = 0,
+    negative_curvature: str = "raise",
 ) -> Hypergrad:
     """Implicit function theorem at the inner optimum (Pedregosa 2016; Lorraine et al. 2020):
     ``d L/d phi = dL/dphi - (d^2 L_in/dphi dtheta) H^{-1} dL/dtheta`` with ``H`` the Hessian of
@@ -303,7 +304,9 @@ def implicit(
     the given inner batches; ``inner_steps`` runs that many plain steps first. Cost: one
     Hessian-vector product (about 2 steps) per iteration, memory of one step, independent of
     how long the inner problem was trained. Use it when the inner problem is trained to
-    convergence (HPO of regularizers, iMAML-style problems).
+    convergence (HPO of regularizers, iMAML-style problems). ``negative_curvature="stop"``
+    makes CG return its iterate at a direction of non-positive curvature instead of raising
+    (truncated CG, for non-convex inner problems such as iMAML's networks).
     """
     if problem.initial_params is not None:
         raise SlemError("implicit needs fixed inner parameters; initial_params is not supported")
@@ -336,7 +339,7 @@ def implicit(
         out: Params = push_forward(lambda t: stationarity(t, hyper), (params,), (u,))[1]
         return {k: out[k] + damping * u[k] for k in out} if damping else out
 
-    q, info = implicit_solvers.solve(hvp, v, solver, iterations, tol, alpha)
+    q, info = implicit_solvers.solve(hvp, v, solver, iterations, tol, alpha, negative_curvature)
     (mixed,) = pullback(lambda h: stationarity(params, h), hyper)(q)
     grads = {k: (direct[k] - mixed[k]).detach() for k in hyper}
     return Hypergrad(

@@ -20,11 +20,11 @@ from torch import Tensor
 from slem.bilevel.problem import Params
 from slem.errors import SlemError
 
-Setting = float | Callable[[Params], Tensor]
+Setting = float | Callable[[Params], Tensor | Params]
 State = dict[str, Any]
 
 
-def resolve(setting: Setting, hyper: Params) -> float | Tensor:
+def resolve(setting: Setting, hyper: Params) -> Any:
     return setting(hyper) if callable(setting) else setting
 
 
@@ -52,7 +52,13 @@ class InnerOptimizer(ABC):
 
 @dataclass
 class SGD(InnerOptimizer):
-    """SGD with momentum, dampening, Nesterov and (coupled) weight decay, as torch.optim.SGD."""
+    """SGD with momentum, dampening, Nesterov and (coupled) weight decay, as torch.optim.SGD.
+
+    ``lr`` may also resolve to a dict of per-parameter rates, one tensor per parameter name
+    (its shape, or broadcastable to it): the learned elementwise rates of Meta-SGD (Li et al.
+    2017, eq. 1: ``theta - alpha * grad``, ``alpha`` a hyperparameter of the parameters'
+    shape).
+    """
 
     lr: Setting
     momentum: Setting = 0.0
@@ -82,7 +88,7 @@ class SGD(InnerOptimizer):
                 buf = g if prev is None else mu * prev + (1.0 - self.dampening) * g
                 buffers[name] = buf
                 g = g + mu * buf if self.nesterov else buf
-            new_params[name] = p - lr * g
+            new_params[name] = p - (lr[name] if isinstance(lr, dict) else lr) * g
         return new_params, {"step": state["step"] + 1, "momentum": buffers}
 
     def state_from_torch(self, optimizer: torch.optim.Optimizer, params: Params) -> State:

@@ -7,7 +7,16 @@ from typing import Annotated
 import typer
 
 from slem import __version__
-from slem.cli import bbo_cmd, data_cmd, hpo_cmd, meta_train_cmd, predict_cmd, train_cmd, zoo_cmd
+from slem.cli import (
+    bbo_cmd,
+    data_cmd,
+    fewshot_cmd,
+    hpo_cmd,
+    meta_train_cmd,
+    predict_cmd,
+    train_cmd,
+    zoo_cmd,
+)
 from slem.cli.console import err_console
 
 app = typer.Typer(
@@ -19,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(bbo_cmd.app, name="bbo")
+app.add_typer(fewshot_cmd.app, name="fewshot")
 app.add_typer(zoo_cmd.app, name="zoo")
 train_cmd.register(app)
 predict_cmd.register(app)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slem.methodology.inputs import WEIGHT_INPUTS
+from slem.report.few_shot_plots import adaptation_curves, validation_curve
 from slem.report.figure import (  # first: it selects the Agg backend
     integer_ticks,
     legend,
@@ -42,7 +43,8 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
     ``learning_curves.png`` (a per-epoch history), ``meta_training.png`` (``meta_loss``),
     ``learned_loss.png`` and ``predicted_vs_true.png`` (regression), ``adjuster_vs_margin.png``,
     ``transition.png``, ``lr_schedule.png`` (``lr_trace``), ``weight_vs_loss.png`` and
-    ``weight_histograms.png`` (``train_weights``). The CLI writes them into every run
+    ``weight_histograms.png`` (``train_weights``), ``meta_validation.png`` (``val_metric``)
+    and ``adaptation.png`` (``sinusoid_*``: few-shot runs). The CLI writes them into every run
     directory; from Python: ``slem.report.write_run_plots(record, run_dir)`` with the record
     :func:`slem.train.train_run` returns.
     """
@@ -58,6 +60,29 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
                 out / "meta_training.png",
                 str(info.get("meta_loss_label", "meta loss")),
                 str(info.get("meta_title", "meta-training")),
+            )
+        )
+    if len(a.get("val_iteration", ())) > 0:
+        paths.append(
+            validation_curve(
+                a["val_iteration"],
+                a["val_metric"],
+                str(info.get("val_label", "meta-validation score")),
+                out / "meta_validation.png",
+                str(info.get("meta_title", "meta-training")),
+            )
+        )
+    if "sinusoid_x" in a:
+        paths.append(
+            adaptation_curves(
+                a["sinusoid_x"],
+                a["sinusoid_truth"],
+                a["sinusoid_support_x"],
+                a["sinusoid_support_y"],
+                a["sinusoid_prediction"],
+                a["sinusoid_steps"],
+                out / "adaptation.png",
+                "adapting to new sinusoids from the meta-learned start",
             )
         )
     if record.history and all("epoch" in row for row in record.history):  # not meta-training

@@ -30,6 +30,7 @@ from slem.bilevel import (
     WeightedProblem,
     from_torch,
     hypergrad,
+    task_hypergrad,
 )
 from slem.bilevel.fast import Reduce
 from slem.train.config import MetaConfig
@@ -89,7 +90,9 @@ class MetaStep:
         meta: the ``meta`` section: ``hypergrad`` (the method), ``virtual_step``
             (``optimizer``: the real optimizer's own update; ``sgd``: ``theta - lr * grad``),
             ``jvp_mode``, and the methodology optimizer's settings.
-        optimizer: the model's real optimizer (the virtual step reads its rate and state).
+        optimizer: the model's real optimizer (the virtual step reads its rate and state);
+            None for a meta step over task batches (:meth:`task_hypergradient`), whose inner
+            optimizer is the problem's own.
         hyper: the methodology's parameters the meta step learns, by name (the
             hyperparameters of every bilevel problem built here).
         check_finite: ``(tensor, what)`` raising on NaN or infinity (default: a plain
@@ -101,7 +104,7 @@ class MetaStep:
     def __init__(
         self,
         meta: MetaConfig,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None,
         hyper: Mapping[str, nn.Parameter],
         check_finite: Callable[[Tensor, str], None] = _finite,
         observers: Iterable[Callable[[Hypergrad], None]] = (),
@@ -124,12 +127,18 @@ class MetaStep:
         whose forward pass the real step may reuse."""
         return self.meta.hypergrad == "lookahead"
 
+    @property
+    def real_optimizer(self) -> torch.optim.Optimizer:
+        """The model's real optimizer (a meta step over task batches has none)."""
+        assert self.optimizer is not None, "this meta step runs over task batches"
+        return self.optimizer
+
     def virtual_optimizer(
         self, params: dict[str, Tensor], lr: float | Any = None
     ) -> tuple[InnerOptimizer, Any]:
         """The differentiable update of the virtual step and its state (see
         :func:`virtual_step_of`); ``lr``: a float or a function of the hyperparameters."""
-        return virtual_step_of(self.optimizer, params, self.meta.virtual_step, lr)
+        return virtual_step_of(self.real_optimizer, params, self.meta.virtual_step, lr)
 
     def problem(
         self,
@@ -175,11 +184,26 @@ class MetaStep:
         ``fast``: the lookahead fast path's options (``keep_graph``, ``live_forward``;
         ``jvp_mode`` comes from ``meta``), ignored by the other methods."""
         options = hypergrad_options(
-            self.method, self.optimizer, jvp_mode=self.meta.jvp_mode, **fast
+            self.method, self.real_optimizer, jvp_mode=self.meta.jvp_mode, **fast
         )
         result = hypergrad(
             problem, self.method, inner_batch=inner_batch, outer_batch=outer_batch, **options
         )
+        return self._observed(result)
+
+    def task_hypergradient(
+        self, problem: BilevelProblem, inner_batch: Any, outer_batch: Any, **options: Any
+    ) -> Hypergrad:
+        """The hypergradient averaged over a batch of tasks,
+        ``task_hypergrad(problem, meta.hypergrad)`` (:func:`~slem.bilevel.task_hypergrad`:
+        ``steps``, ``vectorize``, ``checkpoint``, the implicit solver's options), checked
+        finite and passed to every observer."""
+        result = task_hypergrad(
+            problem, self.method, inner_batch=inner_batch, outer_batch=outer_batch, **options
+        )
+        return self._observed(result)
+
+    def _observed(self, result: Hypergrad) -> Hypergrad:
         for g in result.grads.values():
             self.check_finite(g, "hypergradient")
         for observe in self.observers:

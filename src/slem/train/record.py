@@ -70,6 +70,10 @@ class RunRecord:
               (robust target units);
             - ``test_prediction`` and ``test_target`` (n_test,): regression predictions
               against clean test targets (original units);
+            - ``val_iteration`` and ``val_metric`` (n_val,): few-shot meta-validation scores
+              (accuracy in %, or MSE) and the meta steps they were taken at;
+              ``sinusoid_*``: a sinusoid learner's adaptation to new tasks
+              (:func:`slem.train.few_shot.adaptation_arrays`);
             - ``meta_loss`` (iterations,): the meta loss at every meta-training iteration.
         info: names and scalars the arrays need to be read: ``weighting_kind``,
             ``weight_heads`` (the weighting net's class-group heads), ``adjuster_names``,
