@@ -10,7 +10,7 @@ Parts (each resumable from its cache, ``benchmarks/results/few_shot/PART/runs.js
 * ``sinusoid``: MAML, Meta-SGD, first-order MAML and Reptile on Finn et al.'s sinusoids,
   10-shot, one inner step at meta-test, MSE on 600 new tasks of 100 query points each; the
   selected state is the best on 100 meta-validation tasks.
-* ``omniglot``: prototypical networks (meta-trained 20-way 1-shot, 2,500 episodes), MAML
+* ``omniglot``: prototypical networks (meta-trained 20-way 1-shot, 1,000 and 2,500 episodes), MAML
   (5-way 1-shot, 4 tasks per meta step, 1,000 meta steps, one inner step in meta-training,
   three at meta-test), both on the four-block CNN with 32 channels (64 costs 3-4x more on
   these CPUs), meta-trained on ``images_background_small1`` and
@@ -88,7 +88,8 @@ OMNIGLOT: dict[str, dict[str, Any]] = {
         "hidden": 32,
     },
 }
-OMNIGLOT_ITERATIONS = {"protonet": 2500, "maml": 1000}
+#: the Omniglot rows: a learner and its meta steps (protonet also at 2,500, within 10 minutes)
+OMNIGLOT_ROWS = [("protonet", 1000), ("protonet", 2500), ("maml", 1000)]
 EVALS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 
 
@@ -195,7 +196,7 @@ def speed_rows(repeats: int, data_dir: str) -> list[dict[str, Any]]:
         ("sinusoid maml", {**SINUSOID_BASE, "learner": "maml"}, "mlp"),
         ("sinusoid fomaml", {**SINUSOID_BASE, "learner": "fomaml"}, "mlp"),
         (
-            "omniglot maml (conv 64)",
+            "omniglot maml, 4 tasks",
             {
                 **OMNIGLOT["maml"],
                 "learner": "maml",
@@ -210,6 +211,18 @@ def speed_rows(repeats: int, data_dir: str) -> list[dict[str, Any]]:
                 "task_batch": 8,
                 "ways": 5,
                 "learner": "protonet",
+                "data": {"source": "omniglot", "data_dir": data_dir},
+            },
+            "conv",
+        ),
+        (
+            "omniglot protonet, 16 tasks, 15 queries, 64 channels",
+            {
+                "learner": "protonet",
+                "task_batch": 16,
+                "ways": 5,
+                "queries": 15,
+                "hidden": 64,
                 "data": {"source": "omniglot", "data_dir": data_dir},
             },
             "conv",
@@ -257,24 +270,45 @@ MEMORY_METHODS = {
 
 
 def memory_probe(method: str, steps: int, data_dir: str) -> dict[str, Any]:
-    """One meta step in this (fresh) process; its peak resident memory above the baseline."""
+    """One meta step's task-batch hypergradient in this (fresh) process, on random episodes
+    of Omniglot's shapes (no data is loaded, so the baseline is the interpreter and torch);
+    its peak resident memory above the baseline."""
+    from slem.data import Episodes
+    from slem.train.few_shot import build_learner
+
     values = {
         **MEMORY_METHODS[method],
-        "data": {"source": "omniglot", "data_dir": data_dir},
+        "data": {"source": "omniglot"},
         "ways": 5,
         "shots": 5,
         "queries": 15,
-        "task_batch": 2,
         "inner_steps": steps,
-        "vectorize": False,
-        "iterations": 1,
-        "val_every": 10,
     }
     cfg = FewShotConfig.model_validate(values)
-    meta = FewShotMetaTrainer(cfg, load_pools(cfg.data, 0))
+    net = build_learner(cfg, (1, 28, 28))
+    g = torch.Generator().manual_seed(0)
+    tasks, labels = 2, torch.arange(5)
+    episodes = Episodes(
+        torch.rand(tasks, 25, 1, 28, 28, generator=g),
+        labels.repeat_interleave(5).expand(tasks, -1),
+        torch.rand(tasks, 75, 1, 28, 28, generator=g),
+        labels.repeat_interleave(15).expand(tasks, -1),
+        5,
+    )
+    inner, outer = net.batches(episodes)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    meta.meta_step()
+    result = task_hypergrad(
+        net.problem(),
+        net.method,
+        inner_batch=inner,
+        outer_batch=outer,
+        steps=steps,
+        vectorize=False,
+        checkpoint=cfg.checkpoint,
+        **net.hypergrad_options(),
+    )
+    net.meta_gradient(result)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
@@ -367,7 +401,7 @@ def main() -> None:
     if "omniglot" in parts:
         cache = Cache(RESULTS / "omniglot")
         table = {}
-        for learner, iterations in OMNIGLOT_ITERATIONS.items():
+        for learner, iterations in OMNIGLOT_ROWS:
             if chosen and learner not in chosen:
                 continue
             n = 20 if args.quick else iterations
@@ -381,7 +415,7 @@ def main() -> None:
             keys = [
                 k for k in rows[0] if k.startswith(("acc_", "lake_", "train_sec", "seconds_per"))
             ]
-            table[learner] = {
+            table[f"{learner}, {n} meta steps"] = {
                 "runs": [
                     {k: v for k, v in r.items() if k not in ("config", "provenance")} for r in rows
                 ],

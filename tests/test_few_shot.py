@@ -348,11 +348,74 @@ def test_cli_train_and_eval_on_sinusoids(runner, tmp_path: Path) -> None:  # typ
     assert json.loads((tmp_path / "e.json").read_text())["episodes"] == 20
     for args, message in (
         (["--split", "lake"], "Omniglot's"),
-        (["--episodes", "0"], "at least 1"),
+        (["--split", "lake", "--ways", "5"], "drop --ways"),
+        (["--episodes", "0"], "--episodes must be at least 1"),
+        (["--shots", "0"], "--shots must be at least 1"),
+        (["--steps", "-1"], "--steps must be at least 0"),
+        (["--ways", "5"], "sinusoid tasks are generated"),
+        (["--split", "val"], "sinusoid tasks are generated"),
         (["--split", "nope"], "--split must be"),
     ):
         result = runner.invoke(app, ["fewshot", "eval", str(out), *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_cli_bad_configs_are_one_line(runner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "bad.yaml"
+    config.write_text("learner: maml\ndata: sinusoid\n")
+    result = runner.invoke(app, ["fewshot", "train", str(config), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "data must be a mapping" in result.output
+    config.write_text(yaml.safe_dump(sinusoid_config().model_dump(mode="json")))
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2 and "slem fewshot train FILE" in result.output
+
+
+def test_a_pool_too_small_for_the_episodes_fails_before_meta_training() -> None:
+    from slem.data import ClassImages
+
+    def pool(classes: int) -> ClassImages:
+        x = torch.randn(classes * 4, 1, 8, 8)
+        return ClassImages(
+            x,
+            torch.arange(classes).repeat(4),
+            [str(i) for i in range(classes)],
+            f"{classes} classes",
+        )
+
+    cfg = parse_few_shot_config(
+        {
+            "learner": "protonet",
+            "ways": 4,
+            "shots": 1,
+            "queries": 1,
+            "layers": 2,
+            "data": {"source": "mnist1d"},
+        }
+    )
+    with pytest.raises(SlemError, match="3 classes"):
+        FewShotMetaTrainer(cfg, Pools(pool(8), pool(3), pool(8)))
+
+
+def test_predict_checks_the_example_shape_and_the_steps() -> None:
+    with pytest.raises(SlemError, match="examples of shape"):
+        learner("maml").predict(
+            Episodes(
+                *[
+                    t[..., :4] if t.dim() > 2 else t
+                    for t in (
+                        image_episodes().support_x,
+                        image_episodes().support_y,
+                        image_episodes().query_x,
+                        image_episodes().query_y,
+                    )
+                ],
+                3,
+            )
+        )
+    with pytest.raises(SlemError, match="closed form"):
+        learner("protonet").predict(image_episodes(), steps=2)
+    with pytest.raises(SlemError, match="at least 0"):
+        learner("maml").predict(image_episodes(), steps=-1)
 
 
 def test_cli_missing_omniglot_is_one_line(runner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -309,6 +309,11 @@ def test_every_example_config_loads(path: Path) -> None:
         cross = parse_cross_task_config(values)
         assert cross.tasks.n_distinct > 1, path.name
         return
+    if "learner" in values:  # slem fewshot train
+        from slem.train.few_shot import parse_few_shot_config
+
+        parse_few_shot_config(values)
+        return
     if "objective" in values:  # an HPO study, read as slem hpo reads it
         from slem.automl.config import TrainObjective
         from slem.automl.load import load_study_config

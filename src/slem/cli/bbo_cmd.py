@@ -9,24 +9,19 @@ from typing import Annotated
 
 import torch
 import typer
-import yaml
 
 from slem.cli.console import ThreadsOption, console, set_threads, user_errors
 from slem.cli.train_cmd import (
     QuietOption,
     SetOption,
+    read_config_values,
     reject_with_resume,
-    report_stopped,
-    stop_on_signals,
+    run_meta_learner,
 )
 from slem.errors import SlemError
-from slem.rundir import atomic_write_text, lock_run_dir, make_run_dir
+from slem.rundir import atomic_write_text, make_run_dir
 from slem.train.bbo import bbo_run
-from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import apply_overrides, load_yaml, parse_bbo_config
-from slem.train.guard import TrainingStopped
-from slem.train.run import check_new_run_dir
-from slem.train.trainer import Stoppable
 
 app = typer.Typer(help="Learned black-box optimization (Chen et al., 2017).", no_args_is_help=True)
 
@@ -63,7 +58,7 @@ def train(
                 "--set": set_,
             }
         )
-        cfg = parse_bbo_config(_read_config(resume))
+        cfg = parse_bbo_config(read_config_values(resume, "bbo"))
         run_dir = resume
     else:
         values = load_yaml(config) if config is not None else {}
@@ -72,20 +67,15 @@ def train(
         cfg = parse_bbo_config(apply_overrides(values, set_ or []))
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-bbo-{cfg.dim}d-{cfg.loss}"
-    trainers: list[Stoppable] = []
-    try:
-        with lock_run_dir(run_dir, "slem bbo train"):
-            if resume is None:
-                check_new_run_dir(run_dir, "slem bbo train")
-                atomic_write_text(
-                    run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"))
-                )
-            with stop_on_signals(trainers):
-                record = bbo_run(
-                    cfg, run_dir, resume is not None, not quiet, trainers.append, write_run_plots
-                )
-    except TrainingStopped as exc:
-        report_stopped(exc, run_dir, "slem bbo train")
+    record = run_meta_learner(
+        run_dir,
+        "slem bbo train",
+        cfg,
+        resume is not None,
+        lambda register: bbo_run(
+            cfg, run_dir, resume is not None, not quiet, register, write_run_plots
+        ),
+    )
     summary = record.summary
     console.print(
         f"learned black-box optimizer ({cfg.dim}-D, loss {cfg.loss}): mean regret after "
@@ -94,15 +84,6 @@ def train(
         soft_wrap=True,
     )
     console.print(f"run directory: {run_dir}", soft_wrap=True)
-
-
-def _read_config(run_dir: Path) -> dict[str, object]:
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise SlemError(f"run directory '{run_dir}' does not exist; nothing to resume")
-    if not path.is_file():
-        raise SlemError(f"'{run_dir}' is not a bbo run directory (no config.yaml)")
-    return read_yaml_mapping(path, "restore it from a copy, or start a new run with another --out")
 
 
 @app.command("run")

@@ -8,23 +8,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from slem.cli.console import ThreadsOption, console, set_threads, user_errors
 from slem.cli.train_cmd import (
     QuietOption,
     SetOption,
+    read_config_values,
     reject_with_resume,
-    report_stopped,
-    stop_on_signals,
+    run_meta_learner,
 )
 from slem.errors import SlemError
-from slem.rundir import atomic_write_text, lock_run_dir, make_run_dir
-from slem.train.checkpoint_io import read_yaml_mapping
+from slem.rundir import atomic_write_text, make_run_dir
 from slem.train.config import apply_overrides, load_yaml
-from slem.train.guard import TrainingStopped
-from slem.train.run import check_new_run_dir
-from slem.train.trainer import Stoppable
 
 app = typer.Typer(
     help="Few-shot meta-learning: MAML, first-order MAML, Reptile, Meta-SGD, ANIL, iMAML, "
@@ -44,8 +39,13 @@ DataDirOption = Annotated[
 @user_errors
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML of FewShotConfig.")] = None,
-    learner: Annotated[str | None, typer.Option(help="maml, fomaml, reptile, ...")] = None,
-    source: Annotated[str | None, typer.Option(help="omniglot, sinusoid, ...")] = None,
+    learner: Annotated[
+        str | None,
+        typer.Option(help="maml, fomaml, reptile, metasgd, anil, imaml, protonet or matching."),
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="omniglot, sinusoid, fashion_mnist or mnist1d.")
+    ] = None,
     iterations: Annotated[int | None, typer.Option(help="Meta steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
     data_dir: DataDirOption = None,
@@ -73,38 +73,40 @@ def train(
                 "--set": set_,
             }
         )
-        values: dict[str, Any] = _read_config(resume)
+        values: dict[str, Any] = read_config_values(resume, "fewshot")
+        if "learner" not in values:
+            raise SlemError(
+                f"'{resume}' is not a slem fewshot run (its config.yaml names no learner); "
+                "resume it with the command that started it"
+            )
         if data_dir is not None:
-            values["data"] = {**(values.get("data") or {}), "data_dir": str(data_dir)}
+            values["data"] = {**_mapping(values.get("data")), "data_dir": _absolute(data_dir)}
         cfg = parse_few_shot_config(values)
         run_dir = resume
     else:
         values = load_yaml(config) if config is not None else {}
         given: dict[str, Any] = {"learner": learner, "iterations": iterations, "seed": seed}
         values.update({k: v for k, v in given.items() if v is not None})
-        data = dict(values.get("data") or {})
+        data = _mapping(values.get("data"))
         if source is not None:
             data["source"] = source
         if data_dir is not None:
-            data["data_dir"] = str(data_dir)
+            data["data_dir"] = _absolute(data_dir)
         values["data"] = data
         cfg = parse_few_shot_config(apply_overrides(values, set_ or []))
+        if cfg.data.data_dir is not None:  # the run resumes and evaluates from anywhere
+            cfg.data.data_dir = _absolute(Path(cfg.data.data_dir))
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-fewshot-{cfg.learner}-{cfg.data.source}"
-    trainers: list[Stoppable] = []
-    try:
-        with lock_run_dir(run_dir, "slem fewshot train"):
-            if resume is None:
-                check_new_run_dir(run_dir, "slem fewshot train")
-                atomic_write_text(
-                    run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"))
-                )
-            with stop_on_signals(trainers):
-                record = few_shot_run(
-                    cfg, run_dir, resume is not None, not quiet, trainers.append, write_run_plots
-                )
-    except TrainingStopped as exc:
-        report_stopped(exc, run_dir, "slem fewshot train")
+    record = run_meta_learner(
+        run_dir,
+        "slem fewshot train",
+        cfg,
+        resume is not None,
+        lambda register: few_shot_run(
+            cfg, run_dir, resume is not None, not quiet, register, write_run_plots
+        ),
+    )
     s = record.summary
     metric = "accuracy" if "test_accuracy" in s else "mse"
     unit = "%" if metric == "accuracy" else ""
@@ -125,25 +127,33 @@ def train(
     console.print(f"run directory: {run_dir}", soft_wrap=True)
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise SlemError(f"run directory '{run_dir}' does not exist; nothing to resume")
-    if not path.is_file():
-        raise SlemError(f"'{run_dir}' is not a fewshot run directory (no config.yaml)")
-    return read_yaml_mapping(path, "restore it from a copy, or start a new run with another --out")
+def _mapping(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SlemError(f"data must be a mapping, e.g. 'data: {{source: sinusoid}}', not {value!r}")
+    return dict(value)
+
+
+def _absolute(path: Path) -> str:
+    return str(path.expanduser().resolve())
 
 
 @app.command("eval")
 @user_errors
 def evaluate_cmd(
-    artifact: Annotated[Path, typer.Argument(help="A few-shot learner (a run directory).")],
-    ways: Annotated[int | None, typer.Option(help="N of N-way (default: as trained).")] = None,
+    artifact: Annotated[Path, typer.Argument(help="A few-shot run directory.")],
+    ways: Annotated[
+        int | None,
+        typer.Option(help="N of N-way (default: as trained; MAML-family learners only at that N)."),
+    ] = None,
     shots: Annotated[int | None, typer.Option(help="K of K-shot (default: as trained).")] = None,
-    queries: Annotated[int, typer.Option(help="Query examples per class (task).")] = 15,
-    episodes: Annotated[int, typer.Option(help="New tasks to average over.")] = 600,
+    queries: Annotated[
+        int | None, typer.Option(help="Query examples per class (per task for sinusoids).")
+    ] = None,
+    episodes: Annotated[int | None, typer.Option(help="New tasks to average over.")] = None,
     steps: Annotated[
-        int | None, typer.Option(help="Inner steps (default: as meta-trained).")
+        int | None, typer.Option(help="Inner steps (default: the run's eval_steps).")
     ] = None,
     split: Annotated[
         str,
@@ -152,57 +162,92 @@ def evaluate_cmd(
             "20-way one-shot)."
         ),
     ] = "test",
-    seed: Annotated[int, typer.Option(help="Seed of the episodes.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the episodes.")] = None,
     data_dir: DataDirOption = None,
     out: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
     threads: ThreadsOption = None,
 ) -> None:
-    """The frozen learner on new tasks: mean and 95% interval over ``--episodes`` tasks."""
-    from slem.methodology import load_methodology
-    from slem.methodology.few_shot import FewShotLearner
-    from slem.train.few_shot import FewShotConfig, evaluate, lake_error, load_pools, make_sampler
+    """The frozen learner on new tasks: mean and 95% interval over ``--episodes`` tasks. With
+    no option it draws the run's own meta-test tasks (its seed, ways, shots, queries,
+    episodes and inner steps), so it reproduces the score in the run's summary.json."""
+    from slem.train.few_shot import evaluate, lake_error, load_learner_run, load_pools, make_sampler
 
     set_threads(threads)
-    if episodes < 1 or queries < 1:
-        raise SlemError("--episodes and --queries must be at least 1")
+    for name, value, least in (
+        ("--ways", ways, 2),
+        ("--shots", shots, 1),
+        ("--queries", queries, 1),
+        ("--episodes", episodes, 1),
+        ("--steps", steps, 0),
+    ):
+        if value is not None and value < least:
+            raise SlemError(f"{name} must be at least {least}, got {value}")
     if split not in ("test", "val", "train", "lake"):
         raise SlemError(f"--split must be test, val, train or lake, not '{split}'")
-    learner, meta = load_methodology(artifact)
-    if not isinstance(learner, FewShotLearner):
+    learner, cfg = load_learner_run(artifact, data_dir)
+    if steps is not None and steps > 0 and not learner.gradient_based:
         raise SlemError(
-            f"'{artifact}' holds a '{learner.kind}' methodology, not a few-shot learner; "
-            "pass the run directory of slem fewshot train"
+            f"{learner.kind} adapts in closed form and takes no inner steps; drop --steps"
         )
-    cfg = FewShotConfig.model_validate(meta.get("training_config") or {})
-    if data_dir is not None:
-        cfg.data.data_dir = str(data_dir)
+    steps = cfg.eval_steps if steps is None else steps
     if split == "lake":
+        given = {
+            "--ways": ways,
+            "--shots": shots,
+            "--queries": queries,
+            "--episodes": episodes,
+            "--seed": seed,
+        }
+        extra = [k for k, v in given.items() if v is not None]
+        if extra:
+            raise SlemError(
+                f"--split lake is Lake et al.'s fixed 20 runs of 20-way one-shot; drop "
+                f"{', '.join(extra)}"
+            )
         if cfg.data.source != "omniglot":
             raise SlemError(
                 f"--split lake is Omniglot's; this learner was meta-trained on {cfg.data.source}"
             )
-        learner.check_ways(20)
-        error = lake_error(learner, cfg.data, steps)
+        if learner.gradient_based and learner.ways != 20:
+            raise SlemError(
+                f"Lake's runs are 20-way; this {learner.kind} learner was meta-trained "
+                f"{learner.ways}-way (meta-train one with ways 20, or use protonet or matching)"
+            )
+        errors = lake_error(learner, cfg.data, steps, per_run=True)
+        error = sum(errors) / len(errors)
         console.print(
             f"Lake et al.'s 20 runs of 20-way one-shot: error {error:.1f}% (humans 4.5%)",
             soft_wrap=True,
         )
-        result: dict[str, object] = {"split": "lake", "error": error}
+        result: dict[str, object] = {"split": "lake", "error": error, "per_run_error": errors}
     else:
-        n_ways = cfg.task_ways if ways is None else (0 if cfg.task_ways == 0 else ways)
+        if cfg.task_ways == 0 and (ways is not None or split != "test"):
+            raise SlemError(
+                "sinusoid tasks are generated: they have no ways and no class split; drop "
+                + ("--ways" if ways is not None else "--split")
+            )
+        n_ways = cfg.task_ways if ways is None else ways
+        n_shots = shots or cfg.shots
         learner.check_ways(n_ways)
         pools = load_pools(cfg.data, cfg.seed)
         pool = {"test": pools.test, "val": pools.val, "train": pools.train}[split]
-        sampler = make_sampler(pool, n_ways, shots or cfg.shots, queries, seed)
-        score = evaluate(learner, sampler, episodes, steps)
+        sampler = make_sampler(
+            pool,
+            n_ways,
+            n_shots,
+            queries or cfg.queries,
+            cfg.seed + 104729 if seed is None else seed,
+        )
+        score = evaluate(learner, sampler, episodes or cfg.test_episodes, steps)
         unit = "%" if score["metric"] == "accuracy" else ""
-        task = f"{n_ways}-way {shots or cfg.shots}-shot" if n_ways else "regression"
+        task = f"{n_ways}-way {n_shots}-shot" if n_ways else f"{n_shots}-shot regression"
+        ci = f"{score['ci95']:.2f}" if score["episodes"] > 1 else "n/a"
         console.print(
             f"{learner.kind} on {cfg.data.source} {split} ({task}): {score['metric']} "
-            f"{score['mean']:.2f}{unit} ± {score['ci95']:.2f} (95% interval, {episodes} tasks)",
+            f"{score['mean']:.2f}{unit} ± {ci} (95% interval, {score['episodes']} tasks)",
             soft_wrap=True,
         )
-        result = {"split": split, "ways": n_ways, "shots": shots or cfg.shots, **score}
+        result = {"split": split, "ways": n_ways, "shots": n_shots, "steps": steps, **score}
     if out is not None:
         make_run_dir(out.parent if out.suffix else out)
         path = out if out.suffix else out / "fewshot_eval.json"

@@ -22,6 +22,7 @@ from slem.cli.launch import (
 from slem.cli.train_cmd import (
     QuietOption,
     SetOption,
+    read_config_values,
     reject_with_resume,
     report_stopped,
     stop_on_signals,
@@ -29,7 +30,6 @@ from slem.cli.train_cmd import (
 from slem.errors import SlemError
 from slem.rundir import atomic_write_text
 from slem.train import distributed
-from slem.train.checkpoint_io import read_yaml_mapping
 from slem.train.config import apply_overrides, load_yaml
 from slem.train.cross_task import check_family, cross_task_run, parse_cross_task_config
 from slem.train.guard import TrainingStopped
@@ -119,14 +119,7 @@ def meta_train(
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise SlemError(f"run directory '{run_dir}' does not exist; nothing to resume")
-    if not path.is_file():
-        raise SlemError(f"'{run_dir}' is not a meta-train run directory (no config.yaml)")
-    values = read_yaml_mapping(
-        path, "restore it from a copy, or start a new run with another --out"
-    )
+    values = read_config_values(run_dir, "meta-train")
     if "method" in values and "tasks" not in values:
         raise SlemError(
             f"'{run_dir}' is a slem train or apply run, not a meta-train run; continue it with: "

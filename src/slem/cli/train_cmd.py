@@ -121,6 +121,55 @@ def report_stopped(
     raise typer.Exit(code=EXIT_CODES.get(exc.reason, 1)) from None
 
 
+def read_config_values(run_dir: Path, kind: str) -> dict[str, Any]:
+    """The ``config.yaml`` of a run directory to resume (``kind`` names the command's runs).
+
+    Raises:
+        SlemError: no such directory, or no ``config.yaml`` in it (one line each).
+    """
+    from slem.train.checkpoint_io import read_yaml_mapping
+
+    path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise SlemError(f"run directory '{run_dir}' does not exist; nothing to resume")
+    if not path.is_file():
+        raise SlemError(f"'{run_dir}' is not a {kind} run directory (no config.yaml)")
+    return read_yaml_mapping(path, "restore it from a copy, or start a new run with another --out")
+
+
+def run_meta_learner(
+    run_dir: Path,
+    command: str,
+    config: Any,
+    resume: bool,
+    run: Callable[[Callable[[Stoppable], None]], RunRecord],
+) -> RunRecord:
+    """A meta-learner's run in ``run_dir`` (``slem bbo train``, ``slem fewshot train``): one
+    writer (the directory's lock), a new directory checked empty and its ``config.yaml``
+    (the pydantic ``config``) written first, Ctrl-C and SIGTERM turned into a clean stop;
+    ``run`` gets the callback that registers the meta-trainer for those signals.
+
+    Raises:
+        typer.Exit: the run was stopped (the checkpoint and how to continue are printed).
+    """
+    import yaml
+
+    from slem.rundir import atomic_write_text, lock_run_dir
+
+    trainers: list[Stoppable] = []
+    try:
+        with lock_run_dir(run_dir, command):
+            if not resume:
+                check_new_run_dir(run_dir, command)
+                atomic_write_text(
+                    run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"))
+                )
+            with stop_on_signals(trainers):
+                return run(trainers.append)
+    except TrainingStopped as exc:
+        report_stopped(exc, run_dir, command)
+
+
 def reject_with_resume(given: dict[str, object]) -> None:
     """``--resume`` continues a run with its own config: any argument that would change it is
     an error, not silently dropped.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from slem.data.episodes import ClassImages
+from slem.data.episodes import ClassImages, class_ids
 from slem.data.registry import LoadOptions, canonical_name, load_dataset
 from slem.errors import SlemError
 
@@ -53,13 +53,8 @@ def class_pool(
             f"class_pool: '{name}' is a regression dataset; few-shot class pools need "
             "classification labels (use SinusoidTasks for few-shot regression)"
         )
-    ids = [int(c) for c in classes]
-    bad = [c for c in ids if not 0 <= c < dataset.n_classes]
-    if not ids or bad or len(set(ids)) != len(ids):
-        raise SlemError(
-            f"class_pool: classes must be distinct ids in 0..{dataset.n_classes - 1} "
-            f"('{canonical_name(name)}' has {dataset.n_classes} classes), got {ids}"
-        )
+    detail = f" ('{canonical_name(name)}' has {dataset.n_classes} classes)"
+    ids = class_ids(classes, dataset.n_classes, "class_pool", detail)
     if split == "train":
         X, y = dataset.X, dataset.y
     elif dataset.X_test is not None and dataset.y_test is not None:

@@ -206,13 +206,7 @@ class ClassImages:
 
         Raises :class:`~slem.errors.SlemError` for an empty list, repeats or ids out of range.
         """
-        ids = [int(c) for c in classes]
-        bad = [c for c in ids if not 0 <= c < self.classes]
-        if not ids or bad or len(set(ids)) != len(ids):
-            raise SlemError(
-                f"class pool '{self.name}': classes must be distinct ids in 0..{self.classes - 1}, "
-                f"got {ids}"
-            )
+        ids = class_ids(classes, self.classes, f"class pool '{self.name}'")
         remap = torch.full((self.classes,), -1, dtype=torch.int64)
         remap[torch.tensor(ids)] = torch.arange(len(ids))
         new = remap[self.y.cpu()]
@@ -512,3 +506,19 @@ class SinusoidTasks(SeededSampler):
             return v
 
         return per_task(amplitude) * torch.sin(x - per_task(phase))
+
+
+def class_ids(classes: Sequence[int], n_classes: int, what: str, detail: str = "") -> list[int]:
+    """``classes`` as a list of distinct ints in ``0..n_classes - 1``.
+
+    Raises:
+        SlemError: an empty list, repeats or ids out of range (one line naming ``what``;
+            ``detail`` is added after the range).
+    """
+    ids = [int(c) for c in classes]
+    bad = [c for c in ids if not 0 <= c < n_classes]
+    if not ids or bad or len(set(ids)) != len(ids):
+        raise SlemError(
+            f"{what}: classes must be distinct ids in 0..{n_classes - 1}{detail}, got {ids}"
+        )
+    return ids

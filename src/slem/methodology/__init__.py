@@ -17,6 +17,7 @@ from slem.methodology.base import (
 )
 from slem.methodology.bbo import RNNBlackBoxOptimizer
 from slem.methodology.bundle import ROLES, MethodologyBundle, as_bundle
+from slem.methodology.few_shot import LEARNERS, FewShotLearner
 from slem.methodology.optimizer import (
     LearnedInnerOptimizer,
     LearnedOptimizer,
@@ -34,10 +35,12 @@ from slem.methodology.weighting import (
 )
 
 __all__ = [
+    "LEARNERS",
     "REGISTRY",
     "ROLES",
     "CMWNet",
     "CMWNetSL",
+    "FewShotLearner",
     "HyperWeightNet",
     "LSTMOptimizerNet",
     "LearnedInnerOptimizer",

@@ -258,10 +258,19 @@ class FewShotLearner(Methodology):
         meta-training). ``vectorize``: the tasks under ``vmap`` (default: :meth:`vectorizes`).
         Nothing of the learner changes (its parameters stay frozen)."""
         self.check_ways(getattr(episodes, "ways", self.ways))
+        shape = tuple(episodes.support_x.shape[2:])
+        if shape != self.input_shape:
+            raise SlemError(
+                f"this learner was meta-trained on examples of shape {self.input_shape}; "
+                f"these tasks' are {shape}"
+            )
+        k = self.inner_steps if steps is None else steps
+        if k < 0 or (k > 0 and not self.gradient_based):
+            allowed = "at least 0" if self.gradient_based else "0 (it adapts in closed form)"
+            raise SlemError(f"{self.kind}: inner steps must be {allowed}, got {k}")
         inner, outer = self.batches(episodes)
         problem = self.problem()
-        hyper = {k: v.detach() for k, v in self.named_parameters()}
-        k = self.inner_steps if steps is None else steps
+        hyper = {name: v.detach() for name, v in self.named_parameters()}
 
         def one(support: tuple[Tensor, Tensor], episode: Episode) -> Tensor:
             with torch.enable_grad() if k > 0 else torch.no_grad():

@@ -25,10 +25,10 @@ def validation_curve(
         facecolors="none",
         edgecolors="C3",
         zorder=3,
-        label=f"selected (meta step {int(iterations[best])})",
+        label=f"selected (meta-iteration {int(iterations[best])})",
     )
     ax.set_title(title)
-    ax.set_xlabel("meta step")
+    ax.set_xlabel("meta-iteration")
     ax.set_ylabel(label)
     integer_ticks(ax)
     legend(ax)

@@ -69,7 +69,7 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
                 a["val_metric"],
                 str(info.get("val_label", "meta-validation score")),
                 out / "meta_validation.png",
-                str(info.get("meta_title", "meta-training")),
+                str(info.get("val_title", "meta-validation")),
             )
         )
     if "sinusoid_x" in a:

@@ -485,6 +485,11 @@ def parse_train_config(values: dict[str, Any]) -> TrainConfig:
     :class:`TrainConfig`; a one-line SlemError otherwise."""
     from slem.train.presets import apply_preset
 
+    if "learner" in values and "method" not in values:
+        raise SlemError(
+            "this is a slem fewshot config (it names a learner, not a method); run it with: "
+            "slem fewshot train FILE"
+        )
     values = apply_preset(values)
     try:
         return TrainConfig.model_validate(values)

@@ -23,16 +23,17 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import torch
+import yaml
 from pydantic import Field, ValidationError, model_validator
 from torch import Tensor
 
 from slem.errors import SlemError, validation_message
 from slem.methodology.few_shot import LEARNERS, FewShotLearner
-from slem.rundir import make_run_dir
+from slem.rundir import atomic_write_text, make_run_dir
 from slem.train.artifacts import save_methodology
 from slem.train.callbacks import CheckpointCallback
 from slem.train.config import MetaConfig
@@ -41,6 +42,7 @@ from slem.train.guard import NonFiniteLoss
 from slem.train.loop import Iterations, MetaLearner
 from slem.train.meta_step import MetaStep
 from slem.train.record import RunRecord, meta_loss_array
+from slem.train.run import check_new_run_dir
 
 if TYPE_CHECKING:
     from slem.data import ClassImages, Episodes, TaskSampler
@@ -152,13 +154,16 @@ def load_pools(data: FewShotData, seed: int = 0) -> Pools:
     Raises:
         SlemError: the offline files are missing (one line naming the directory).
     """
-    from slem.data import class_pool, load_omniglot
+    from slem.data import ClassImages, class_pool, load_omniglot
 
     if data.source == "sinusoid":
         return Pools(None, None, None)
     if data.source == "omniglot":
         small1 = load_omniglot(data.data_dir, "small1", data.image_size)
-        train, val = small1.split_classes(1.0 - data.val_fraction, seed)
+        train, held_out = small1.split_classes(1.0 - data.val_fraction, seed)
+        val = ClassImages(
+            held_out.x, held_out.y, held_out.class_names, "omniglot small1 (meta-validation)"
+        )
         small2 = load_omniglot(data.data_dir, "small2", data.image_size)
         seen = {name.split("/")[0] for name in small1.class_names}
         unseen = [i for i, n in enumerate(small2.class_names) if n.split("/")[0] not in seen]
@@ -295,6 +300,7 @@ class FewShotMetaTrainer(MetaLearner):
         self.outer = MetaStep(meta, None, dict(self.net.named_parameters()))
         self.meta_optimizer = self.outer.meta_optimizer
         self.best: dict[str, Any] = {}
+        self.validation_sampler()  # a pool too small for the episodes fails now, not later
 
     @property
     def vectorized(self) -> bool:
@@ -376,11 +382,19 @@ def few_shot_run(
     """``slem fewshot train``: meta-train into ``run_dir`` (resumable from its checkpoint),
     write the selected learner (``methodology/``), ``meta_metrics.jsonl``, the plots (by
     ``render``) and ``summary.json``: the meta-test score on ``test_episodes`` new tasks
-    (mean and 95% interval), and for Omniglot 20-way learners the error on Lake et al.'s 20
-    one-shot runs. Returns the record."""
+    (mean and 95% interval), and for Omniglot metric learners (any number of ways) the error
+    on Lake et al.'s 20 one-shot runs. A new ``run_dir`` gets ``config.yaml`` (so
+    ``slem fewshot train --resume`` continues it); an existing one is refused unless
+    ``resume``. Returns the record."""
     pools = load_pools(cfg.data, cfg.seed)
-    make_run_dir(run_dir)
+    if not resume and not (run_dir / "config.yaml").is_file():  # the CLI writes it first
+        check_new_run_dir(run_dir, "few_shot_run")
+        make_run_dir(run_dir)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json")))
     checkpoint = run_dir / "meta_checkpoint.pt"
+    test_sampler = make_sampler(
+        pools.test, cfg.task_ways, cfg.shots, cfg.queries, cfg.seed + 104729
+    )
     meta = FewShotMetaTrainer(cfg, pools, [CheckpointCallback(checkpoint, cfg.checkpoint_every)])
     if resume and checkpoint.is_file():
         meta.load_checkpoint(checkpoint)
@@ -388,9 +402,6 @@ def few_shot_run(
         on_trainer(meta)
     meta.fit(progress)
     learner = meta.net  # the state selected on meta-validation
-    test_sampler = make_sampler(
-        pools.test, cfg.task_ways, cfg.shots, cfg.queries, cfg.seed + 104729
-    )
     test = evaluate(learner, test_sampler, cfg.test_episodes, cfg.eval_steps)
     summary: dict[str, Any] = {
         "learner": cfg.learner,
@@ -401,7 +412,9 @@ def few_shot_run(
         "test_ci95": round(test["ci95"], 4),
         "test_episodes": test["episodes"],
         "selected_iteration": meta.best.get("iteration"),
-        f"val_{test['metric']}": meta.best.get("score"),
+        f"val_{test['metric']}": None
+        if meta.best.get("score") is None
+        else round(meta.best["score"], 4),
         "iterations": meta.iteration,
         "seconds": round(meta.elapsed, 1),
         "seconds_per_meta_step": round(meta.elapsed / max(meta.iteration, 1), 4),
@@ -423,9 +436,12 @@ def few_shot_run(
     with (run_dir / "meta_metrics.jsonl").open("w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in meta.history)
     info = {
-        "meta_loss_label": "query loss after adaptation"
+        "meta_loss_label": (
+            "query loss after adaptation" if learner.gradient_based else "query loss"
+        )
         + (" (cross-entropy)" if learner.ways else " (MSE)"),
         "meta_title": f"meta-training {cfg.learner} on {cfg.data.source}",
+        "val_title": f"meta-validation of {cfg.learner} on {cfg.data.source}",
     }
     arrays: dict[str, np.ndarray] = meta_loss_array(meta.history)
     validated = [r for r in meta.history if f"val_{test['metric']}" in r]
@@ -478,15 +494,64 @@ def adaptation_arrays(
     }
 
 
-def lake_error(learner: FewShotLearner, data: FewShotData, steps: int | None = None) -> float:
-    """The error (%) on Lake et al. (2015)'s 20 runs of 20-way one-shot classification."""
+@overload
+def lake_error(
+    learner: FewShotLearner,
+    data: FewShotData,
+    steps: int | None = ...,
+    per_run: Literal[False] = ...,
+) -> float: ...
+
+
+@overload
+def lake_error(
+    learner: FewShotLearner, data: FewShotData, steps: int | None, per_run: Literal[True]
+) -> list[float]: ...
+
+
+def lake_error(
+    learner: FewShotLearner, data: FewShotData, steps: int | None = None, per_run: bool = False
+) -> float | list[float]:
+    """The error (%) on Lake et al. (2015)'s 20 runs of 20-way one-shot classification (20
+    queries each; ``per_run``: the 20 runs' errors)."""
     from slem.data import load_omniglot_runs
 
     runs = load_omniglot_runs(data.data_dir, data.image_size)
-    correct = total = 0
+    errors = []
     device = next(learner.parameters()).device
     for run in (r.to(device) for r in runs):
         out = learner.predict(run, steps)
-        correct += int((out.argmax(-1) == run.query_y).sum())
-        total += run.query_y.numel()
-    return 100.0 * (1.0 - correct / total)
+        right = int((out.argmax(-1) == run.query_y).sum())
+        errors.append(100.0 * (1.0 - right / run.query_y.numel()))
+    return errors if per_run else sum(errors) / len(errors)
+
+
+def load_learner_run(
+    directory: str | Path, data_dir: str | Path | None = None
+) -> tuple[FewShotLearner, FewShotConfig]:
+    """The learner a ``slem fewshot train`` run saved and the config it was trained with;
+    ``data_dir`` overrides the run's (a stored one that no longer exists falls back to
+    ``$SLEM_DATA``).
+
+    Raises:
+        SlemError: not a few-shot learner, or an artifact without its training config.
+    """
+    from slem.methodology import load_methodology
+
+    learner, meta = load_methodology(directory)
+    if not isinstance(learner, FewShotLearner):
+        raise SlemError(
+            f"'{directory}' holds a '{learner.kind}' methodology, not a few-shot learner; "
+            "pass the run directory of slem fewshot train"
+        )
+    if not meta.get("training_config"):
+        raise SlemError(
+            f"'{directory}' has no training config (saved with learner.save?); save it with "
+            "slem.train.save_methodology(learner, DIR, config) to evaluate it here"
+        )
+    cfg = FewShotConfig.model_validate(meta["training_config"])
+    if data_dir is not None:
+        cfg.data.data_dir = str(Path(data_dir).expanduser().resolve())
+    elif cfg.data.data_dir is not None and not Path(cfg.data.data_dir).is_dir():
+        cfg.data.data_dir = None
+    return learner, cfg

@@ -102,6 +102,11 @@ def read_run_config(run_dir: str | Path, task_given: bool = False) -> TrainConfi
             f"'{run_dir}' is a slem meta-train run; continue it with: slem meta-train "
             f"--resume {run_dir}"
         )
+    if "learner" in values and "method" not in values:
+        raise SlemError(
+            f"'{run_dir}' is a slem fewshot run; continue it with: slem fewshot train "
+            f"--resume {run_dir} (evaluate it with slem fewshot eval {run_dir})"
+        )
     if values.get("data", "") is None and not task_given:  # train_run(..., task=...) wrote it
         raise SlemError(
             f"{path} is from a run on a task given in Python (data: null): continue it there "
