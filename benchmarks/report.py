@@ -2219,8 +2219,10 @@ def _mean_std(entry: dict[str, Any] | None, digits: int = 2, scale: float = 1.0)
 
 
 def few_shot_sinusoid(doc: dict[str, Any]) -> tuple[str, str]:
-    rows = ["| learner | MSE (mean ± std over seeds) | per seed | target | train s / seed |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| learner | MSE (mean ± std over seeds) | per seed | target | train s / seed |",
+        "|---|---|---|---|---|",
+    ]
     table = doc.get("sinusoid", {})
     maml = table.get("maml", {}).get("mse", {}).get("mean")
     verdicts = []
@@ -2243,14 +2245,20 @@ def few_shot_sinusoid(doc: dict[str, Any]) -> tuple[str, str]:
     return "\n".join(rows), "; ".join(verdicts)
 
 
-FEW_SHOT_EVALS = [("5w1s", "5-way 1-shot"), ("5w5s", "5-way 5-shot"),
-                  ("20w1s", "20-way 1-shot"), ("20w5s", "20-way 5-shot")]
+FEW_SHOT_EVALS = [
+    ("5w1s", "5-way 1-shot"),
+    ("5w5s", "5-way 5-shot"),
+    ("20w1s", "20-way 1-shot"),
+    ("20w5s", "20-way 5-shot"),
+]
 
 
 def few_shot_omniglot(doc: dict[str, Any]) -> str:
     head = " | ".join(label for _, label in FEW_SHOT_EVALS)
-    rows = [f"| learner | {head} | Lake 20 runs, error % | meta-train s / seed | s / meta step |",
-            "|---|" + "---|" * (len(FEW_SHOT_EVALS) + 3)]
+    rows = [
+        f"| learner | {head} | Lake 20 runs, error % | meta-train s / seed | s / meta step |",
+        "|---|" + "---|" * (len(FEW_SHOT_EVALS) + 3),
+    ]
     for learner, entry in doc.get("omniglot", {}).items():
         cells = [_mean_std(entry.get(f"acc_{key}")) for key, _ in FEW_SHOT_EVALS]
         rows.append(
@@ -2262,8 +2270,11 @@ def few_shot_omniglot(doc: dict[str, Any]) -> str:
 
 
 def few_shot_speed(doc: dict[str, Any]) -> str:
-    rows = ["| setting | tasks | vmap s | engine loop s | autograd loop s | vs engine loop | "
-            "vs autograd loop |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| setting | tasks | vmap s | engine loop s | autograd loop s | vs engine loop | "
+        "vs autograd loop |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in doc.get("speed", []):
         rows.append(
             f"| {r['setting']} | {r['tasks']} | {r['seconds_vmap']:.4f} | "
@@ -2276,13 +2287,22 @@ def few_shot_speed(doc: dict[str, Any]) -> str:
 def few_shot_memory(doc: dict[str, Any]) -> str:
     rows = doc.get("memory", [])
     steps = sorted({r["steps"] for r in rows})
-    out = ["| method | " + " | ".join(f"{k} steps" for k in steps) + " |",
-           "|---|" + "---|" * len(steps)]
+    out = [
+        "| method | " + " | ".join(f"{k} steps" for k in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
     for method in dict.fromkeys(r["method"] for r in rows):
         cells = {r["steps"]: r for r in rows if r["method"] == method}
-        out.append(f"| {method} | " + " | ".join(
-            f"{cells[k]['extra_mib']:.0f} MiB ({cells[k]['seconds']:.1f} s)" if k in cells
-            else "" for k in steps) + " |")
+        out.append(
+            f"| {method} | "
+            + " | ".join(
+                f"{cells[k]['extra_mib']:.0f} MiB ({cells[k]['seconds']:.1f} s)"
+                if k in cells
+                else ""
+                for k in steps
+            )
+            + " |"
+        )
     return "\n".join(out)
 
 
@@ -2291,7 +2311,9 @@ def few_shot() -> str:
     sinusoid, verdicts = few_shot_sinusoid(doc)
     omniglot = doc.get("omniglot", {})
     config = {k: v.get("config", {}) for k, v in omniglot.items()}
-    seeds = {len(v["runs"]) for part in ("sinusoid", "omniglot") for v in doc.get(part, {}).values()}
+    seeds = {
+        len(v["runs"]) for part in ("sinusoid", "omniglot") for v in doc.get(part, {}).values()
+    }
     return fill(
         "few_shot",
         {
@@ -2303,8 +2325,7 @@ def few_shot() -> str:
             "seeds": ", ".join(str(n) for n in sorted(seeds)),
             "omniglot_config": "; ".join(
                 f"{k}: {c.get('ways')}-way {c.get('shots')}-shot, {c.get('queries')} queries per "
-                f"class, {c.get('task_batch')} tasks per meta step, {c.get('iterations')} meta "
-                f"steps, {c.get('hidden')} channels"
+                f"class, tasks per meta step {c.get('task_batch')}, {c.get('hidden')} channels"
                 for k, c in config.items()
             ),
         },

@@ -93,7 +93,7 @@ class FewShotConfig(_Strict):
     vectorize: bool | Literal["auto"] = Field(
         "auto",
         description="the task batch under torch.func.vmap; auto: yes but for convolutional "
-        "backbones on CPU, where vmap's batched convolutions measured 1.2-2x slower than a "
+        "backbones on CPU, where vmap's batched convolutions measured 0.5-1.3x the speed of a "
         "loop over tasks (docs/results/few_shot.md)",
     )
     checkpoint: bool = Field(
