@@ -43,6 +43,7 @@ from slem.train.loop import Iterations, MetaLearner
 from slem.train.meta_step import MetaStep
 from slem.train.record import RunRecord, meta_loss_array
 from slem.train.run import check_new_run_dir
+from slem.train.threads import resolve_device
 
 if TYPE_CHECKING:
     from slem.data import ClassImages, Episodes, TaskSampler
@@ -188,19 +189,6 @@ def make_sampler(
     return EpisodeSampler(pool, ways, shots, queries, seed)
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else the CPU.
-
-    Raises:
-        SlemError: ``cuda`` on a machine without one.
-    """
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SlemError("device cuda is not available here; use device auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_learner(cfg: FewShotConfig, input_shape: Sequence[int]) -> FewShotLearner:
     """The configured learner for examples of ``input_shape`` (seeded by ``cfg.seed``)."""
     backbone = cfg.backbone
@@ -288,7 +276,7 @@ class FewShotMetaTrainer(MetaLearner):
         self.sampler = make_sampler(pools.train, ways, shots, queries, cfg.seed)
         self.generator = self.sampler.generator
         shape = self.sampler.sample(1).support_x.shape[2:]
-        self.device = pick_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.net = build_learner(cfg, shape).to(self.device)
         meta = MetaConfig(
             hypergrad=self.net.method,
