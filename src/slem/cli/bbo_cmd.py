@@ -42,7 +42,6 @@ def train(
     quiet: QuietOption = False,
 ) -> None:
     """Meta-train the RNN proposer on GP samples, quadratics and standard test functions."""
-    from slem.report import write_run_plots
 
     set_threads(threads)
     if resume is not None:
@@ -67,15 +66,7 @@ def train(
         cfg = parse_bbo_config(apply_overrides(values, set_ or []))
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-bbo-{cfg.dim}d-{cfg.loss}"
-    record = run_meta_learner(
-        run_dir,
-        "slem bbo train",
-        cfg,
-        resume is not None,
-        lambda register: bbo_run(
-            cfg, run_dir, resume is not None, not quiet, register, write_run_plots
-        ),
-    )
+    record = run_meta_learner(run_dir, "slem bbo train", cfg, resume is not None, quiet, bbo_run)
     summary = record.summary
     console.print(
         f"learned black-box optimizer ({cfg.dim}-D, loss {cfg.loss}): mean regret after "

@@ -57,7 +57,6 @@ def train(
 ) -> None:
     """Meta-train on episodes of one task family; select on meta-validation tasks; report
     the meta-test accuracy (or MSE) with its 95% interval."""
-    from slem.report import write_run_plots
     from slem.train.few_shot import few_shot_run, parse_few_shot_config
 
     set_threads(threads)
@@ -99,13 +98,7 @@ def train(
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-fewshot-{cfg.learner}-{cfg.data.source}"
     record = run_meta_learner(
-        run_dir,
-        "slem fewshot train",
-        cfg,
-        resume is not None,
-        lambda register: few_shot_run(
-            cfg, run_dir, resume is not None, not quiet, register, write_run_plots
-        ),
+        run_dir, "slem fewshot train", cfg, resume is not None, quiet, few_shot_run
     )
     s = record.summary
     metric = "accuracy" if "test_accuracy" in s else "mse"

@@ -142,18 +142,23 @@ def run_meta_learner(
     command: str,
     config: Any,
     resume: bool,
-    run: Callable[[Callable[[Stoppable], None]], RunRecord],
+    quiet: bool,
+    run: Callable[..., RunRecord],
 ) -> RunRecord:
     """A meta-learner's run in ``run_dir`` (``slem bbo train``, ``slem fewshot train``): one
     writer (the directory's lock), a new directory checked empty and its ``config.yaml``
-    (the pydantic ``config``) written first, Ctrl-C and SIGTERM turned into a clean stop;
-    ``run`` gets the callback that registers the meta-trainer for those signals.
+    (the pydantic ``config``) written first, Ctrl-C and SIGTERM turned into a clean stop.
+    ``run(config, run_dir, resume, progress, on_trainer, render)`` is the meta-learner's run
+    function (:func:`slem.train.bbo.bbo_run`, :func:`slem.train.few_shot.few_shot_run`); it
+    registers its meta-trainer for those signals through ``on_trainer`` and its plots are
+    :func:`slem.report.write_run_plots`.
 
     Raises:
         typer.Exit: the run was stopped (the checkpoint and how to continue are printed).
     """
     import yaml
 
+    from slem.report import write_run_plots
     from slem.rundir import atomic_write_text, lock_run_dir
 
     trainers: list[Stoppable] = []
@@ -165,7 +170,7 @@ def run_meta_learner(
                     run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"))
                 )
             with stop_on_signals(trainers):
-                return run(trainers.append)
+                return run(config, run_dir, resume, not quiet, trainers.append, write_run_plots)
     except TrainingStopped as exc:
         report_stopped(exc, run_dir, command)
 
