@@ -215,9 +215,10 @@ def first_order(
     optimizer's input, as in Andrychowicz et al. 2016); zero for hyperparameters that act
     only through the inner gradient, such as sample weights. The cheapest option and the one
     that scales out (no double backward, so DDP-safe). ``trajectory_weights``: the weighted
-    sum over the iterates, as in :func:`unrolled`.
+    sum over the iterates, as in :func:`unrolled`. ``steps=0`` differentiates the outer loss
+    at the current parameters, ``d L_out(theta, phi) / d phi`` (first-order DARTS, ``xi = 0``).
     """
-    batches = schedule(inner_batch, inner_batches, steps)
+    batches = schedule(inner_batch, inner_batches, steps, least=0)
     return _reverse(
         problem,
         "first_order",

@@ -50,18 +50,19 @@ NOT_GIVEN: Any = _NotGiven()
 
 
 def schedule(
-    inner_batch: Batch, inner_batches: Sequence[Batch] | None, steps: int | None
+    inner_batch: Batch, inner_batches: Sequence[Batch] | None, steps: int | None, least: int = 1
 ) -> list[Batch]:
     """The batch of every inner step: ``inner_batches`` in order (cycled to ``steps``), or one
-    ``inner_batch`` reused ``steps`` times (default 1)."""
+    ``inner_batch`` reused ``steps`` times (default 1). ``least``: the fewest steps allowed
+    (0 where the method is defined without an inner step)."""
     if (inner_batch is NOT_GIVEN) == (inner_batches is None):
         raise SlemError("give exactly one of inner_batch (reused every step) or inner_batches")
     seq = [inner_batch] if inner_batches is None else list(inner_batches)
     if not seq:
         raise SlemError("inner_batches is empty")
     n = steps if steps is not None else (len(seq) if inner_batches is not None else 1)
-    if n < 1:
-        raise SlemError(f"steps must be at least 1, got {n}")
+    if n < least:
+        raise SlemError(f"steps must be at least {least}, got {n}")
     return [seq[k % len(seq)] for k in range(n)]
 
 

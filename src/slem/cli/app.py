@@ -13,6 +13,7 @@ from slem.cli import (
     fewshot_cmd,
     hpo_cmd,
     meta_train_cmd,
+    nas_cmd,
     predict_cmd,
     train_cmd,
     zoo_cmd,
@@ -29,6 +30,7 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(bbo_cmd.app, name="bbo")
 app.add_typer(fewshot_cmd.app, name="fewshot")
+app.add_typer(nas_cmd.app, name="nas")
 app.add_typer(zoo_cmd.app, name="zoo")
 train_cmd.register(app)
 predict_cmd.register(app)

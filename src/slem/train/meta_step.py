@@ -178,14 +178,23 @@ class MetaStep:
         )
 
     def hypergradient(
-        self, problem: BilevelProblem, inner_batch: Any, outer_batch: Any, **fast: Any
+        self,
+        problem: BilevelProblem,
+        inner_batch: Any,
+        outer_batch: Any,
+        steps: int | None = None,
+        **fast: Any,
     ) -> Hypergrad:
         """``hypergrad(problem, meta.hypergrad)``, checked finite and passed to every observer.
+        ``steps``: the virtual steps of ``unrolled`` / ``first_order`` (default one; 0 for
+        ``first_order`` differentiates at the current parameters, as first-order DARTS).
         ``fast``: the lookahead fast path's options (``keep_graph``, ``live_forward``;
         ``jvp_mode`` comes from ``meta``), ignored by the other methods."""
         options = hypergrad_options(
             self.method, self.real_optimizer, jvp_mode=self.meta.jvp_mode, **fast
         )
+        if steps is not None:
+            options["steps"] = steps
         result = hypergrad(
             problem, self.method, inner_batch=inner_batch, outer_batch=outer_batch, **options
         )
@@ -215,10 +224,15 @@ class MetaStep:
         step_hyper(self.meta_optimizer, self.hyper, result.grads)
 
     def __call__(
-        self, problem: BilevelProblem, inner_batch: Any, outer_batch: Any, **fast: Any
+        self,
+        problem: BilevelProblem,
+        inner_batch: Any,
+        outer_batch: Any,
+        steps: int | None = None,
+        **fast: Any,
     ) -> Hypergrad:
         """:meth:`hypergradient`, then :meth:`update`."""
-        result = self.hypergradient(problem, inner_batch, outer_batch, **fast)
+        result = self.hypergradient(problem, inner_batch, outer_batch, steps, **fast)
         self.update(result)
         return result
 

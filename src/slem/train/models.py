@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from slem.errors import SlemError
+from slem.methodology.architecture import CellNetwork, resolve_genotype
 
-Arch = Literal["auto", "mlp", "cnn1d", "cnn2d"]
+Arch = Literal["auto", "mlp", "cnn1d", "cnn2d", "cell"]
 Activation = Literal["relu", "tanh", "sigmoid", "gelu"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -100,7 +101,7 @@ def cnn2d(channels: int, n_out: int, width: int = 32) -> nn.Module:
     return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
-BUILTIN_ARCHS = ("auto", "mlp", "cnn1d", "cnn2d")
+BUILTIN_ARCHS = ("auto", "mlp", "cnn1d", "cnn2d", "cell")
 #: ``package.module:ClassName`` (a dotted module path, a colon, an attribute name)
 CUSTOM_ARCH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 #: what slem passes a custom model's constructor when its signature names them
@@ -130,6 +131,9 @@ def build_model(
     dropout: float = 0.0,
     activation: Activation = "relu",
     kwargs: Mapping[str, Any] | None = None,
+    genotype: str | None = None,
+    cells: int = 1,
+    stages: int = 2,
 ) -> nn.Module:
     """The model for inputs of ``input_shape`` (one sample, without the batch) and
     ``n_classes`` outputs (1 for regression): a reference model (``activation`` applies to
@@ -137,7 +141,9 @@ def build_model(
     ``ClassName(**kwargs)`` plus whichever of ``input_shape`` (tuple), ``n_features`` (int,
     the flattened input size) and ``n_outputs`` (int) its signature names and ``kwargs``
     does not set. A custom module is imported from ``sys.path``, then from the working
-    directory.
+    directory. ``cell``: the :class:`~slem.methodology.architecture.CellNetwork` of
+    ``genotype`` (a searched architecture: its ``architecture.json`` or string form) with
+    ``width`` channels, ``cells`` cells per stage and ``stages`` stages, for signals or images.
 
     Raises:
         SlemError: an unknown arch, a reference arch that does not fit the inputs, or a
@@ -160,7 +166,37 @@ def build_model(
         if len(input_shape) != 3:
             raise SlemError(f"model.arch cnn2d needs (channels, h, w) inputs, got {input_shape}")
         return cnn2d(input_shape[0], n_classes, width)
-    raise SlemError(f"model.arch '{arch}' is unknown; use auto, mlp, cnn1d or cnn2d")
+    if arch == "cell":
+        return _cell_network(input_shape, n_classes, genotype, width, cells, stages)
+    raise SlemError(f"model.arch '{arch}' is unknown; use auto, mlp, cnn1d, cnn2d or cell")
+
+
+def _cell_network(
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    genotype: str | None,
+    width: int,
+    cells: int,
+    stages: int,
+) -> nn.Module:
+    if genotype is None:
+        raise SlemError("model.arch cell needs model.genotype (an architecture.json)")
+    if len(input_shape) not in (2, 3):
+        raise SlemError(
+            f"model.arch cell needs (channels, length) or (channels, h, w) inputs, got "
+            f"{input_shape}"
+        )
+    cell = resolve_genotype(genotype)
+    dims = len(input_shape) - 1
+    return CellNetwork(
+        input_shape[0],
+        n_classes,
+        genotype=cell,
+        channels=width,
+        cells=cells,
+        stages=stages,
+        dims=dims,
+    )
 
 
 def import_arch(arch: str) -> Any:

@@ -1,0 +1,105 @@
+"""``slem nas``: architecture search of a cell (DARTS or black-box), and what a search found."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from slem.cli.console import ThreadsOption, console, set_threads, user_errors
+from slem.cli.train_cmd import (
+    QuietOption,
+    SetOption,
+    read_config_values,
+    reject_with_resume,
+    run_meta_learner,
+)
+from slem.errors import SlemError
+from slem.train.config import apply_overrides, load_yaml
+
+app = typer.Typer(
+    help="Architecture search: DARTS on the bilevel engine, or black-box search (regularized "
+    "evolution, TPE, GP, NSGA-II) by training each cell or reading NAS-Bench-201.",
+    no_args_is_help=True,
+)
+
+
+@app.command("search")
+@user_errors
+def search(
+    config: Annotated[Path | None, typer.Argument(help="YAML of NasConfig.")] = None,
+    method: Annotated[
+        str | None, typer.Option("--search", help="darts or blackbox (default: the config's).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run directory.")] = None,
+    set_: SetOption = None,
+    threads: ThreadsOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Search a cell for the task; write the cell (architecture.json), a train.yaml that
+    trains it from scratch (slem train RUN/train.yaml), the plots and summary.json."""
+    from slem.automl.nas_run import nas_run, parse_nas_config
+
+    set_threads(threads)
+    if resume is not None:
+        reject_with_resume(
+            {"CONFIG": config, "--search": method, "--seed": seed, "--out": out, "--set": set_}
+        )
+        values: dict[str, Any] = read_config_values(resume, "nas")
+        if "space" not in values or "darts" not in values:
+            raise SlemError(
+                f"'{resume}' is not a slem nas run (its config.yaml has no space); resume it "
+                "with the command that started it"
+            )
+        cfg = parse_nas_config(values)
+        run_dir = resume
+    else:
+        if config is None:
+            raise SlemError("give a config: slem nas search CONFIG.yaml (see examples/nas_*.yaml)")
+        values = load_yaml(config)
+        given = {"search": method, "seed": seed}
+        values.update({k: v for k, v in given.items() if v is not None})
+        cfg = parse_nas_config(apply_overrides(values, set_ or []))
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = out or Path("runs") / f"{stamp}-nas-{cfg.search}"
+    record = run_meta_learner(run_dir, "slem nas search", cfg, resume is not None, quiet, nas_run)
+    s = record.summary
+    if s.get("genotype"):
+        console.print(f"cell: {s['genotype']} (skip connections: {_skips(s)})", soft_wrap=True)
+    if "best_accuracy" in s:
+        line = f"best validation accuracy {s['best_accuracy']:.2f}% in {s['trials']} trials"
+        if "regret" in s:
+            line += f" (table optimum {s['table_optimum']:.2f}%, regret {s['regret']:.2f})"
+        console.print(line, soft_wrap=True)
+    if "hypervolume" in s:
+        console.print(
+            f"Pareto front: {len(s['pareto_trials'])} cells, hypervolume {s['hypervolume']:.4g}",
+            soft_wrap=True,
+        )
+    if s.get("train_config"):
+        console.print(f"train it from scratch: slem train {s['train_config']}", soft_wrap=True)
+    console.print(f"run directory: {run_dir}", soft_wrap=True)
+
+
+def _skips(summary: dict[str, Any]) -> str:
+    ops = summary.get("ops") or str(summary["genotype"]).count("skip_connect")
+    if isinstance(ops, int):
+        return str(ops)
+    return f"{sum(op == 'skip_connect' for op in ops)} of {len(ops)} edges"
+
+
+@app.command("show")
+@user_errors
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="A slem nas search run directory.")],
+) -> None:
+    """Print what a search found (its summary.json)."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise SlemError(f"'{run_dir}' holds no summary.json: not a finished slem nas search run")
+    console.print_json(json.dumps(json.loads(path.read_text())))
