@@ -30,6 +30,8 @@ Pages and their sources (all under ``benchmarks/results/``):
   ``distributed_dp.json`` (``distributed_dp.py``)
 * ``estimators``: ``sklearn_estimators.json`` (written by ``sklearn_estimators.py``)
 * ``few_shot``: ``few_shot.json`` (``few_shot.py --json``)
+* ``nas``: ``nas.json`` (``nas.py --json``), ``nas/mnist1d_cells.json`` (``nas_cells.py``) and
+  ``nas_blackbox.json`` (``nas_blackbox.py``)
 
 Only the standard library is used, so the pages render without torch or slem.
 """
@@ -2333,6 +2335,124 @@ def few_shot() -> str:
     )
 
 
+# ---------------------------------------------------------------------- architecture search
+
+
+def nas_top_cells(cells: list[dict[str, Any]], n: int = 10) -> str:
+    rows = [
+        [
+            str(c["rank_test"]),
+            f"`{c['genotype']}`",
+            f"{c['test_acc']:.2f} ± {c['test_std']:.2f}",
+            f"{c['val_acc']:.2f} ± {c['val_std']:.2f}",
+            str(c["rank_val"]),
+            f"{c['params']:,}",
+        ]
+        for c in cells[:n]
+    ]
+    header = ["rank", "cell", "test acc %", "val acc %", "rank by val", "parameters"]
+    return table(header, rows)
+
+
+def nas_darts(darts: dict[str, Any]) -> tuple[str, str, str]:
+    settings = darts["settings"]["variants"]
+    rows, verdicts, cells = [], [], []
+    for name, v in darts["variants"].items():
+        cost = v["cost_mean"]
+        met = v["median_rank_test"] <= 12.5 and cost <= 3.0
+        verdicts.append(
+            f"{name}: median rank {v['median_rank_test']:g}, cost {cost:.1f}x, "
+            f"{'met' if met else 'missed'}"
+        )
+        rows.append(
+            [
+                name,
+                str(settings[name].get("epochs", "")),
+                f"{v['median_rank_test']:g}",
+                ", ".join(str(r) for r in v["ranks_test"]),
+                ", ".join(str(r) for r in v["ranks_val"]),
+                f"{v['in_top10pct']}/{v['seeds']}",
+                f"{v['test_acc_mean']:.2f} ± {v['test_acc_std']:.2f}",
+                f"{v['skip_share_mean']:.2f}",
+                f"{v['supernet_val_mean']:.1f}",
+                f"{cost:.2f}x ({v['search_seconds_mean']:.0f} s)",
+            ]
+        )
+        cells.append([name, "<br>".join(f"`{g}`" for g in v["genotypes"])])
+    header = [
+        "variant",
+        "epochs",
+        "median rank",
+        "ranks (test)",
+        "ranks (val)",
+        "in top 10%",
+        "found cell's test acc %",
+        "skip share",
+        "supernet val acc %",
+        "cost (trainings)",
+    ]
+    return table(header, rows), "; ".join(verdicts), table(["variant", "cells"], cells)
+
+
+def nas_memory(memory: dict[str, Any]) -> str:
+    rows = [
+        [name, f"{mib:.0f}", f"{memory['ratio_to_one_network'][name]:.2f}x"]
+        for name, mib in memory["peak_mib"].items()
+    ]
+    return table(["run", "peak MiB above baseline", "vs one network"], rows)
+
+
+def nas_cuda_memory(doc: dict[str, Any]) -> str:
+    parts = []
+    for setting, r in doc.items():
+        rows = [
+            [
+                name,
+                f"{mib:.0f}",
+                f"{r['ratio_to_one_network'][name]:.2f}x",
+                f"{1000 * r['seconds_per_step'][name]:.0f}",
+            ]
+            for name, mib in r["peak_mib"].items()
+        ]
+        header = ["run", "peak MiB", "vs one network", "ms per step"]
+        parts.append(f"{setting} ({r['device']}, torch {r['torch']}):\n\n{table(header, rows)}")
+    return "\n\n".join(parts)
+
+
+def nas_blackbox(doc: dict[str, Any] | None) -> str:
+    if not doc:
+        return "(not measured yet: run `benchmarks/nas_blackbox.py`)"
+    return str(doc.get("page", ""))
+
+
+def nas() -> str:
+    doc = load("nas.json")
+    cells = load("nas/mnist1d_cells.json")["cells"]
+    darts = doc["darts"]
+    t = darts["table"]
+    darts_table, verdicts, found = nas_darts(darts)
+    blackbox = load("nas_blackbox.json") if (RESULTS / "nas_blackbox.json").is_file() else None
+    return fill(
+        "nas",
+        {
+            "table_facts": (
+                f"best {t['best_test_acc']:.2f}%, 13th {t['top10pct_cutoff']:.2f}%, median "
+                f"{t['median_test_acc']:.2f}%; the seeds' std averages {t['mean_seed_std']:.2f} "
+                "points per cell"
+            ),
+            "top_cells": nas_top_cells(cells),
+            "reference_seconds": f"{darts['reference_training_seconds']:.1f}",
+            "darts": darts_table,
+            "darts_verdicts": verdicts,
+            "darts_cells": found,
+            "memory": nas_memory(doc["memory"]) if "memory" in doc else "(not measured)",
+            "cuda_memory": nas_cuda_memory(doc.get("cuda_memory", {})),
+            "blackbox": nas_blackbox(blackbox),
+        },
+        "benchmarks/results/nas.json, nas/mnist1d_cells.json, nas_blackbox.json",
+    )
+
+
 # ---------------------------------------------------------------------- the zoo
 
 
@@ -2364,6 +2484,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "distributed": distributed,
     "estimators": estimators,
     "few_shot": few_shot,
+    "nas": nas,
 }
 #: pages written elsewhere than ``OUT/PAGE.md``
 PAGE_FILES = {"zoo": ROOT / "docs" / "zoo.md"}

@@ -37,6 +37,7 @@ from slem.train import make_trainer, parse_train_config
 from slem.train.artifacts import save_methodology
 from slem.train.callbacks import CheckpointCallback
 from slem.train.config_methods import _Strict
+from slem.train.guard import TrainingStopped
 from slem.train.nas import (
     DartsConfig,
     DartsSearch,
@@ -49,6 +50,8 @@ from slem.train.nas import (
 from slem.train.record import RunRecord
 
 Objective = Literal["accuracy", "params", "latency", "train_time"]
+#: the black-box search's study (SQLite) in the run directory: what --resume continues
+STUDY_FILE = "study.db"
 #: black-box objectives: name -> direction; ``accuracy`` is the validation accuracy (%)
 OBJECTIVES: dict[str, Literal["maximize", "minimize"]] = {
     "accuracy": "maximize",
@@ -212,13 +215,13 @@ def darts_run(
     on_trainer: Callable[[Any], None] | None = None,
     render: Callable[[RunRecord, Path], Sequence[Path]] | None = None,
 ) -> RunRecord:
-    """DARTS into ``run_dir`` (resumable from ``search_checkpoint.pt``); writes
+    """DARTS into ``run_dir`` (resumable from ``meta_checkpoint.pt``); writes
     ``architecture.json``, the mixing weights (``methodology/``), ``search.jsonl``,
     ``train.yaml``, the plots and ``summary.json``."""
     assert cfg.data is not None
     task = build_task(cfg.data)
     weights_half, arch_half = split_for_search(task, cfg.seed)
-    checkpoint = run_dir / "search_checkpoint.pt"
+    checkpoint = run_dir / "meta_checkpoint.pt"
     search = DartsSearch(
         cfg.darts,
         cfg.space.space(),
@@ -320,17 +323,20 @@ def blackbox_run(
         for k, v in {"population_size": bb.population_size, "sample_size": bb.sample_size}.items()
         if v is not None
     }
-    study = blackbox_search(
-        space,
-        evaluate,
-        objectives,
-        sampler=bb.sampler,
-        trials=bb.trials,
-        seed=cfg.seed,
-        storage=f"sqlite:///{(run_dir / 'study.db').resolve()}",
-        study_name="slem-nas",
-        sampler_options=options or None,
-    )
+    try:
+        study = blackbox_search(
+            space,
+            evaluate,
+            objectives,
+            sampler=bb.sampler,
+            trials=bb.trials,
+            seed=cfg.seed,
+            storage=f"sqlite:///{(run_dir / STUDY_FILE).resolve()}",
+            study_name="slem-nas",
+            sampler_options=options or None,
+        )
+    except KeyboardInterrupt:  # the finished trials are in the study: --resume goes on
+        raise TrainingStopped("interrupted") from None
     done = [t for t in study.trials if t.values is not None and t.state.name == "COMPLETE"]
     rows = [
         {"trial": t.number, **t.params, **{n: t.values[i] for i, n in enumerate(names)}}
@@ -379,11 +385,13 @@ def blackbox_run(
 
 
 def _reference(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
-    """The hypervolume's reference point: each objective's worst value among the trials
-    (so the hypervolume compares fronts of one run; the benchmark fixes one per table)."""
+    """The hypervolume's reference point: 0 for a maximized objective (accuracy in percent),
+    1.1 times the worst value among the trials for a minimized one (parameters, latency), so
+    every trial adds volume and the hypervolume compares fronts of one task; the benchmark
+    fixes one point per table instead."""
     return np.array(
         [
-            values[:, i].min() if d == "maximize" else values[:, i].max()
+            0.0 if d == "maximize" else 1.1 * float(values[:, i].max())
             for i, d in enumerate(directions)
         ]
     )

@@ -43,8 +43,11 @@ def search(
 ) -> None:
     """Search a cell for the task; write the cell (architecture.json), a train.yaml that
     trains it from scratch (slem train RUN/train.yaml), the plots and summary.json."""
+    import optuna
+
     from slem.automl.nas_run import nas_run, parse_nas_config
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the summary says it all
     set_threads(threads)
     if resume is not None:
         reject_with_resume(
@@ -87,10 +90,10 @@ def search(
 
 
 def _skips(summary: dict[str, Any]) -> str:
-    ops = summary.get("ops") or str(summary["genotype"]).count("skip_connect")
-    if isinstance(ops, int):
-        return str(ops)
-    return f"{sum(op == 'skip_connect' for op in ops)} of {len(ops)} edges"
+    from slem.methodology.architecture import Genotype
+
+    ops = Genotype.parse(str(summary["genotype"])).ops
+    return f"{ops.count('skip_connect')} of {len(ops)} edges"
 
 
 @app.command("show")

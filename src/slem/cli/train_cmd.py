@@ -107,7 +107,8 @@ def report_stopped(
     """Say where the checkpoint is and how to continue (``--resume resume_dir``, default
     ``run_dir``); exit 130 (Ctrl-C) or 143 (kill)."""
     again = resume_dir or run_dir
-    checkpoints = [run_dir / CHECKPOINT_FILE, run_dir / "meta_checkpoint.pt"]
+    # a trainer's checkpoint, a meta-learner's, or a black-box search's study (slem nas)
+    checkpoints = [run_dir / CHECKPOINT_FILE, run_dir / "meta_checkpoint.pt", run_dir / "study.db"]
     if not any(p.is_file() for p in checkpoints):
         saved = "no checkpoint was written yet"
         how = f"'{command} --resume {again}' starts it from the beginning"
