@@ -2375,7 +2375,7 @@ def nas_darts(darts: dict[str, Any]) -> tuple[str, str, str]:
                 f"{v['test_acc_mean']:.2f} ± {v['test_acc_std']:.2f}",
                 f"{v['skip_share_mean']:.2f}",
                 f"{v['supernet_val_mean']:.1f}",
-                f"{cost:.2f}x ({v['search_seconds_mean']:.0f} s)",
+                f"{cost:.2f}x ({v['search_cpu_seconds_mean']:.0f} CPU s)",
             ]
         )
         cells.append([name, "<br>".join(f"`{g}`" for g in v["genotypes"])])
@@ -2441,7 +2441,7 @@ def nas() -> str:
                 "points per cell"
             ),
             "top_cells": nas_top_cells(cells),
-            "reference_seconds": f"{darts['reference_training_seconds']:.1f}",
+            "reference_seconds": f"{darts['reference_training_cpu_seconds']:.1f}",
             "darts": darts_table,
             "darts_verdicts": verdicts,
             "darts_cells": found,
