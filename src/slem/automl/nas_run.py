@@ -230,8 +230,10 @@ def darts_run(
         task.n_classes,
         seed=cfg.seed,
         device=cfg.device,
-        callbacks=[CheckpointCallback(checkpoint, cfg.checkpoint_every)],
     )
+    # checkpoint_every counts epochs; the callback counts iterations
+    every = cfg.checkpoint_every * search.plan.per_epoch
+    search.callbacks.append(CheckpointCallback(checkpoint, every))
     if resume and checkpoint.is_file():
         search.load_checkpoint(checkpoint)
     if on_trainer is not None:

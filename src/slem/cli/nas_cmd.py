@@ -105,4 +105,7 @@ def show(
     path = run_dir / "summary.json"
     if not path.is_file():
         raise SlemError(f"'{run_dir}' holds no summary.json: not a finished slem nas search run")
-    console.print_json(json.dumps(json.loads(path.read_text())))
+    summary = json.loads(path.read_text())
+    if not isinstance(summary, dict) or not ({"genotype", "search"} & set(summary)):
+        raise SlemError(f"'{run_dir}' is not a slem nas search run (its summary names no cell)")
+    console.print_json(json.dumps(summary))

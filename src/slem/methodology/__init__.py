@@ -7,6 +7,7 @@ from slem.methodology.adjust import (
     adjusted_loss,
     forward_corrected,
 )
+from slem.methodology.architecture import ArchitectureMixing
 from slem.methodology.base import (
     REGISTRY,
     Methodology,
@@ -38,6 +39,7 @@ __all__ = [
     "LEARNERS",
     "REGISTRY",
     "ROLES",
+    "ArchitectureMixing",
     "CMWNet",
     "CMWNetSL",
     "FewShotLearner",

@@ -87,6 +87,8 @@ OPERATIONS: dict[str, Callable[[int, int, bool], nn.Module]] = {
     "avg_pool_3": lambda c, d, a: _pool("avg", 3, d),
     "max_pool_3": lambda c, d, a: _pool("max", 3, d),
 }
+#: NAS-Bench-201's operation names -> slem's (a hint where a string uses the former)
+NB201_NAMES = {"nor_conv_1x1": "conv_1", "nor_conv_3x3": "conv_3", "avg_pool_3x3": "avg_pool_3"}
 #: operations without parameters (what the skip-collapse literature counts)
 PARAMETER_FREE = ("none", "skip_connect", "avg_pool_3", "max_pool_3")
 
@@ -171,11 +173,13 @@ class Genotype:
                 f"a {self.space.nodes}-node cell has {len(self.space.edges)} edges, got "
                 f"{len(self.ops)} operations"
             )
-        bad = [op for op in self.ops if op not in self.space.operations]
+        bad = list(dict.fromkeys(op for op in self.ops if op not in self.space.operations))
         if bad:
+            renamed = [f"{op} is {NB201_NAMES[op]}" for op in bad if op in NB201_NAMES]
+            hint = f"; in slem's names NAS-Bench-201's {', '.join(renamed)}" if renamed else ""
             raise SlemError(
                 f"operation(s) {', '.join(bad)} are not in the space "
-                f"({', '.join(self.space.operations)})"
+                f"({', '.join(self.space.operations)}){hint}"
             )
 
     def __str__(self) -> str:

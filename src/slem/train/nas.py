@@ -305,8 +305,8 @@ class DartsSearch(MetaLearner):
         return F.cross_entropy(self.f(params, x, self.mixing(hyper["alpha"]), beta), y)
 
     def meta_step(self) -> float:
-        if not self.batches:
-            self.on_epoch_start()  # resumed mid-epoch: Loop restarts the epoch's batches
+        if not self.batches:  # only before the first epoch: a checkpoint holds its epoch's
+            self.on_epoch_start()
         iw, ia = self.batches[self.iteration % self.plan.per_epoch]
         beta = self.beta()
         inner = (self.x_w[iw], self.y_w[iw], beta)
@@ -350,11 +350,18 @@ class DartsSearch(MetaLearner):
         }
 
     def extra_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+        """The weights' optimizer and schedule, and the current epoch's batches (a run resumed
+        mid-epoch continues them: the generator has already moved past their draw)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "batches": [(w.cpu(), a.cpu()) for w, a in self.batches],
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        self.batches = [(w.to(self.device), a.to(self.device)) for w, a in state["batches"]]
 
     def weight_history(self) -> np.ndarray:
         """The mixing weights after each epoch, ``(epochs, E, K)``."""
