@@ -159,7 +159,7 @@ def test_finite_difference_agrees_with_the_exact_lookahead_through_darts_own_pro
 
 
 def test_history_weights_and_the_decaying_auxiliary_skip() -> None:
-    s = search()
+    s = search(safeguard="aux_skip")
     s.fit(progress=False)
     per_epoch, total = 4, 12  # 64 samples in batches of 16, 3 epochs
     assert s.plan.per_epoch == per_epoch and s.iteration == total

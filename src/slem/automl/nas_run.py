@@ -11,8 +11,10 @@ skeleton around the cells (``network``) and how a cell is trained (``train``: se
   evolution, TPE, GP, NSGA-II or random search (:func:`~slem.automl.nas.blackbox_search`); one
   objective (validation accuracy) or several (accuracy against parameters, latency, ...).
 
-Both write into the run directory the chosen cell (``architecture.json``), a ``train.yaml`` that
-trains it from scratch (``slem train RUN/train.yaml``), ``summary.json`` and the plots.
+Both write into the run directory ``summary.json`` and the plots, and the chosen cell
+(``architecture.json``) with a ``train.yaml`` that trains it from scratch (``slem train
+RUN/train.yaml``); a search of a table names its best cell in the table's own terms in the
+summary instead.
 """
 
 from __future__ import annotations
@@ -345,7 +347,9 @@ def blackbox_run(
         for t in done
     ]
     atomic_write_text(run_dir / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    best = max(done, key=lambda t: t.values[0])
+    front_set = {t.number for t in study.best_trials} if len(names) > 1 else set()
+    # the most accurate; among equals, one on the Pareto front, then the earliest
+    best = max(done, key=lambda t: (t.values[0], t.number in front_set, -t.number))
     summary: dict[str, Any] = {
         "search": "blackbox",
         "sampler": bb.sampler,
