@@ -200,10 +200,12 @@ class RegularizedEvolutionSampler(optuna.samplers.BaseSampler):
     than one value, changed: a categorical param to another choice, uniformly; an int or
     float param to a fresh draw from its distribution (uniform, or log-uniform when ``log``,
     on its ``step`` grid, as ``RandomSampler`` draws it), redrawn until it differs. A child
-    the study already holds (finished or running) is avoided while another one exists: for a
-    categorical mutation the child is drawn among the parent's unseen neighbours, and if the
-    parent has none (or a numeric draw keeps hitting held ones) the tournament is drawn
-    again, up to ``retries`` times; then the last child is proposed anyway.
+    the study already holds (finished or running) is avoided while another one exists: in an
+    all-categorical space the param is chosen uniformly and then one of its other choices
+    whose child is unseen (any unseen neighbour of the parent if that param has none); if
+    the parent has no unseen neighbour (or, with numeric params, the child is held) the
+    tournament is drawn again, up to ``retries`` times, then the last child is proposed
+    anyway (``blackbox_search`` then skips it as a duplicate).
 
     Aging without state: the population is the last ``population_size`` COMPLETE trials by
     trial number (Algorithm 1's queue, from which the oldest model is removed when a child is
