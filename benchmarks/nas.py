@@ -44,6 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: name -> DartsConfig overrides; every variant runs on the same seeds
 VARIANTS: dict[str, dict[str, Any]] = {
     "second order": {"order": "second", "safeguard": "none", "epochs": 10},
+    "second order, 8 epochs": {"order": "second", "safeguard": "none", "epochs": 8},
     "second order + aux skip": {"order": "second", "safeguard": "aux_skip", "epochs": 10},
     "second order + PC k=4": {
         "order": "second",

@@ -21,7 +21,7 @@ accuracy vs model size).
 Selection is on validation accuracy only: the tables hold no test accuracy. Every run uses
 one thread.
 
-Findings (30 seeds, ``results/nas_blackbox.md``): REA's final regret 0.084 ± 0.160 points
+Findings (30 seeds; the page is ``docs/results/nas.md``, by ``benchmarks/report.py nas``): REA's final regret 0.084 ± 0.160 points
 (95 % CI [0.024, 0.144]) against random's 0.592 ± 0.264; REA >= BOHB (0.111) > random, as
 published for REA > random, but BOHB beats random here while Dong & Yang 2020 (Table 5)
 report BOHB below random. Their searches ran under a 12,000 s simulated budget, with
@@ -333,80 +333,6 @@ def multi(cache: Cache, seeds: int, n: int) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------- reporting
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    lines = []
-    if doc.get("tune"):
-        lines += [
-            f"### REA defaults, tuned on NAS-Bench-201 {TUNE_DATASET} ({QUERIES} queries)",
-            "",
-            "| population | sample | seeds | regret (points) mean ± std | 95% CI |",
-            "|---|---|---|---|---|",
-        ]
-        for r in doc["tune"]:
-            lines.append(
-                f"| {r['population_size']} | {r['sample_size']} | {r['seeds']} | "
-                f"{r['mean']:.3f} ± {r['std']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] |"
-            )
-        lines.append("")
-    if doc.get("tune_multi"):
-        lines += [
-            f"### REA defaults, two objectives, {TUNE_DATASET} accuracy-latency hypervolume",
-            "",
-            "| population | sample | seeds | normalized HV mean ± std | 95% CI |",
-            "|---|---|---|---|---|",
-        ]
-        for r in doc["tune_multi"]:
-            lines.append(
-                f"| {r['population_size']} | {r['sample_size']} | {r['seeds']} | "
-                f"{r['hv_mean']:.4f} ± {r['hv_std']:.4f} | "
-                f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}] |"
-            )
-        lines.append("")
-    if doc.get("single"):
-        lines += [
-            f"### NAS-Bench-201 {DATASET}, one objective (validation accuracy)",
-            "",
-            "| method | queries | seeds | regret (points) mean ± std | 95% CI | val acc (%) |",
-            "|---|---|---|---|---|---|",
-        ]
-        notes = []
-        for r in doc["single"]:
-            if "p" in r:
-                notes.append(f"- {r['method']}: p = {r['p']:.2g}")
-                continue
-            lines.append(
-                f"| {r['method']} | {r['queries']} | {r['seeds']} | {r['regret_mean']:.3f} ± "
-                f"{r['regret_std']:.3f} | [{r['regret_ci95'][0]:.3f}, {r['regret_ci95'][1]:.3f}]"
-                f" | {r['val_accuracy_mean']:.2f} |"
-            )
-        published = ", ".join(f"{m} {a:.2f} ± {sd:.2f}" for m, (a, sd) in PUBLISHED.items())
-        lines += [
-            "",
-            *notes,
-            f"- published (Dong & Yang 2020, Table 5, cifar10-valid val acc %): {published}",
-            "",
-        ]
-    if doc.get("multi"):
-        lines += [
-            f"### NAS-Bench-201 {DATASET}, two objectives: hypervolume / true front's",
-            "",
-            "| objectives | method | trials | seeds | normalized HV mean ± std | 95% CI |",
-            "|---|---|---|---|---|---|",
-        ]
-        tests = []
-        for r in doc["multi"]:
-            if "test" in r:
-                tests.append(f"{r['objectives']}: {r['test']}: p = {r['p']:.2g}")
-                continue
-            lines.append(
-                f"| {r['objectives']} | {r['method']} | {r['trials']} | {r['seeds']} | "
-                f"{r['hv_mean']:.4f} ± {r['hv_std']:.4f} | "
-                f"[{r['hv_ci95'][0]:.4f}, {r['hv_ci95'][1]:.4f}] |"
-            )
-        lines += ["", *(f"- {t}" for t in tests)]
-    return "\n".join(lines)
-
-
 def plot(
     curves: dict[str, list[list[float]]], multi_rows: list[dict[str, Any]], path: Path
 ) -> None:
@@ -483,14 +409,12 @@ def main() -> None:
     if "multi" in parts:
         doc["multi"] = multi(cache, seeds, n)
     doc["seconds"] = round(time.perf_counter() - start, 1)
-    text = markdown(doc)
-    print(text)
-    print(f"{doc['seconds']:.0f} s")
+    print(json.dumps({k: doc[k] for k in ("single", "multi") if k in doc}, indent=1))
+    print(f"{doc['seconds']:.0f} s (the page: python benchmarks/report.py nas)")
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=2, default=float))
     if not quick:
         (RESULTS / "nas_blackbox.json").write_text(json.dumps(doc, indent=2, default=float))
-        (RESULTS / "nas_blackbox.md").write_text(text + "\n")
         if curves:
             plot(curves, doc.get("multi", []), RESULTS / "nas_blackbox.png")
 

@@ -2419,10 +2419,84 @@ def nas_cuda_memory(doc: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def nas_blackbox(doc: dict[str, Any] | None) -> str:
+def nas_blackbox(doc: dict[str, Any] | None) -> dict[str, str]:
+    """The black-box page parts from ``nas_blackbox.json``: the tuning of REA's defaults
+    (on cifar100), the one-objective regret at every budget with the tests, the published
+    numbers, and the hypervolumes."""
     if not doc:
-        return "(not measured yet: run `benchmarks/nas_blackbox.py`)"
-    return str(doc.get("page", ""))
+        missing = "(not measured yet: run `benchmarks/nas_blackbox.py`)"
+        return dict.fromkeys(("bb_tune", "bb_single", "bb_published", "bb_multi"), missing)
+    tune = [
+        [
+            str(r["population_size"]),
+            str(r["sample_size"]),
+            str(r["seeds"]),
+            f"{r['mean']:.3f} ± {r['std']:.3f}",
+            f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+        ]
+        for r in doc.get("tune", [])
+    ]
+    tune_multi = [
+        [
+            str(r["population_size"]),
+            str(r["sample_size"]),
+            str(r["seeds"]),
+            f"{r['hv_mean']:.4f} ± {r['hv_std']:.4f}",
+            f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}]",
+        ]
+        for r in doc.get("tune_multi", [])
+    ]
+    single, tests = [], []
+    for r in doc.get("single", []):
+        if "p" in r:
+            tests.append(f"- {r['method']}: p = {r['p']:.2g}")
+            continue
+        single.append(
+            [
+                r["method"],
+                str(r["queries"]),
+                str(r["seeds"]),
+                f"{r['regret_mean']:.3f} ± {r['regret_std']:.3f}",
+                f"[{r['regret_ci95'][0]:.3f}, {r['regret_ci95'][1]:.3f}]",
+                f"{r['val_accuracy_mean']:.2f}",
+            ]
+        )
+    multi, multi_tests = [], []
+    for r in doc.get("multi", []):
+        if "test" in r:
+            multi_tests.append(f"- {r['objectives']}: {r['test']}: p = {r['p']:.2g}")
+            continue
+        multi.append(
+            [
+                r["objectives"],
+                r["method"],
+                str(r["trials"]),
+                str(r["seeds"]),
+                f"{r['hv_mean']:.4f} ± {r['hv_std']:.4f}",
+                f"[{r['hv_ci95'][0]:.4f}, {r['hv_ci95'][1]:.4f}]",
+            ]
+        )
+    published = ", ".join(
+        f"{m} {a:.2f} ± {sd:.2f}" for m, (a, sd) in doc.get("published_table5", {}).items()
+    )
+    header = ["population", "tournament", "seeds"]
+    return {
+        "bb_tune": table([*header, "regret (points)", "95% CI"], tune)
+        + "\n\n"
+        + table([*header, "normalized hypervolume", "95% CI"], tune_multi),
+        "bb_single": table(
+            ["method", "queries", "seeds", "regret (points)", "95% CI", "val acc %"], single
+        )
+        + "\n\n"
+        + "\n".join(tests),
+        "bb_published": published,
+        "bb_multi": table(
+            ["objectives", "method", "trials", "seeds", "hypervolume / true front's", "95% CI"],
+            multi,
+        )
+        + "\n\n"
+        + "\n".join(multi_tests),
+    }
 
 
 def nas() -> str:
@@ -2447,7 +2521,7 @@ def nas() -> str:
             "darts_cells": found,
             "memory": nas_memory(doc["memory"]) if "memory" in doc else "(not measured)",
             "cuda_memory": nas_cuda_memory(doc.get("cuda_memory", {})),
-            "blackbox": nas_blackbox(blackbox),
+            **nas_blackbox(blackbox),
         },
         "benchmarks/results/nas.json, nas/mnist1d_cells.json, nas_blackbox.json",
     )
@@ -2494,6 +2568,8 @@ def images(page: str) -> dict[str, Path]:
     """The plots a page shows: name under ``docs/results/img/`` -> source file."""
     if page == "hpo":
         return {"hpo_regret.png": RESULTS / "hpo_regret.png"}
+    if page == "nas":
+        return {"nas_blackbox.png": RESULTS / "nas_blackbox.png"}
     if page == "learned_optimizers":
         return {"bbo_regret.png": RESULTS / "learned_optimizers" / "bbo_regret.png"}
     if page == "schedules":
