@@ -44,7 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: name -> DartsConfig overrides; every variant runs on the same seeds
 VARIANTS: dict[str, dict[str, Any]] = {
     "second order": {"order": "second", "safeguard": "none", "epochs": 10},
-    "second order, 8 epochs": {"order": "second", "safeguard": "none", "epochs": 8},
+    "second order 8 epochs": {"order": "second", "safeguard": "none", "epochs": 8},
     "second order + aux skip": {"order": "second", "safeguard": "aux_skip", "epochs": 10},
     "second order + PC k=4": {
         "order": "second",
@@ -54,8 +54,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "first order": {"order": "first", "safeguard": "none", "epochs": 20},
     "first order + aux skip": {"order": "first", "safeguard": "aux_skip", "epochs": 20},
-    "first order, 60 epochs": {"order": "first", "safeguard": "none", "epochs": 60},
-    "first order + aux skip, 60 epochs": {
+    "first order 60 epochs": {"order": "first", "safeguard": "none", "epochs": 60},
+    "first order + aux skip 60 epochs": {
         "order": "first",
         "safeguard": "aux_skip",
         "epochs": 60,

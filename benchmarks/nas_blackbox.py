@@ -21,15 +21,10 @@ accuracy vs model size).
 Selection is on validation accuracy only: the tables hold no test accuracy. Every run uses
 one thread.
 
-Findings (30 seeds; the page is ``docs/results/nas.md``, by ``benchmarks/report.py nas``): REA's final regret 0.084 ± 0.160 points
-(95 % CI [0.024, 0.144]) against random's 0.592 ± 0.264; REA >= BOHB (0.111) > random, as
-published for REA > random, but BOHB beats random here while Dong & Yang 2020 (Table 5)
-report BOHB below random. Their searches ran under a 12,000 s simulated budget, with
-Hyperband's low budgets being fewer epochs (noisy, weakly correlated with the final
-accuracy); here the budgets are repeated 200-epoch trainings (1 to 3 seeds), nearly as good
-as the full value, so stopping early is almost free. GP is best at 100 queries (0.016).
-Two objectives: REA's hypervolume exceeds NSGA-II's on both pairs (NSGA-II's population of 50
-makes it random search for half of the budget); MOTPE is close (best on model size).
+Findings (30 seeds) are on the page ``docs/results/nas.md`` (``benchmarks/report.py nas``): REA
+reaches a regret of 0.08 points at 100 queries, random search 0.59; BOHB lands between them,
+above random, unlike Dong & Yang 2020 (Table 5), whose cheap budgets were 12-epoch results;
+REA's hypervolume exceeds NSGA-II's on both objective pairs.
 """
 
 from __future__ import annotations

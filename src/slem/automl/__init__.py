@@ -23,6 +23,6 @@ __all__ = [
     "cash_space",
     "hypervolume",
     "nasbench201_table",
-    "parse_hpo_config",
     "pareto_front",
+    "parse_hpo_config",
 ]

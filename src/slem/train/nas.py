@@ -96,7 +96,12 @@ class DartsConfig(_Strict):
     order: Literal["first", "second"] = Field(
         "second", description="second: the finite-difference hypergradient; first: xi = 0"
     )
-    epochs: int = Field(10, ge=1, description="passes over the weights' half of the data")
+    epochs: int = Field(
+        8,
+        ge=1,
+        description="passes over the weights' half of the data (8: about 2.3 trainings of "
+        "one network on the MNIST-1D benchmark, docs/results/nas.md)",
+    )
     warmup_epochs: int = Field(
         0, ge=0, description="epochs of weight steps alone before the architecture moves"
     )
