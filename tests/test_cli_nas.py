@@ -210,6 +210,11 @@ def test_blackbox_search_of_the_nasbench201_table(tmp_path: Path, runner: CliRun
         ),
         ({**DARTS, "darts": {"epochs": 1, "warmup_epochs": 1}}, ["warmup_epochs"]),
         ({**DARTS, "train": {"model": {"width": 3}}}, ["train sets", "model"]),
+        # the task is checked before the run directory is made (a retry is not blocked)
+        ({**DARTS, "data": {"name": "diabetes"}}, ["classification task", "diabetes"]),
+        ({**BLACKBOX, "data": {"name": "diabetes"}}, ["classification task"]),
+        ({**DARTS, "data": {"name": "breast_cancer"}}, ["signals", "(30,)", "mnist1d"]),
+        ({**DARTS, "darts": {"epochs": 1, "partial_channels": 3}}, ["partial_channels"]),
     ],
 )
 def test_config_errors_are_one_line_and_write_nothing(
@@ -232,6 +237,8 @@ def test_a_bad_genotype_in_slem_train_is_one_line(tmp_path: Path, runner: CliRun
         ({"arch": "cell", "genotype": "|conv_3~0|+|conv_3~1|"}, ["must list its inputs"]),
         ({"arch": "cell"}, ["model.genotype"]),
         ({"arch": "mlp", "genotype": "|conv_3~0|"}, ["needs model.arch cell"]),
+        # no path of operations from the input to the output: it could only output zeros
+        ({"arch": "cell", "genotype": "|conv_3~0|+|none~0|none~1|"}, ["cannot learn"]),
     ]
     for model, fragments in cases:
         config = write(tmp_path, {**base, "model": model}, "train.yaml")
@@ -254,3 +261,25 @@ def test_resume_of_what_is_not_a_nas_run_is_one_line(tmp_path: Path, runner: Cli
     (not_nas / "summary.json").write_text(json.dumps({"method": "erm"}))
     one_line_error(runner.invoke(app, ["nas", "show", str(not_nas)]), "not a slem nas search run")
     one_line_error(runner.invoke(app, ["nas", "search"]), "give a config")
+
+
+def test_predict_on_a_search_run_points_to_its_train_yaml(
+    darts_run: Path, runner: CliRunner, tmp_path: Path
+) -> None:
+    data = tmp_path / "x.npy"
+    np.save(data, np.zeros((3, 40), dtype=np.float32))
+    result = runner.invoke(app, ["predict", str(darts_run), "--data", str(data)])
+    one_line_error(result, "learned a methodology", f"slem train {darts_run}/train.yaml")
+
+
+def test_nas_run_from_python_takes_a_new_directory_as_a_string(tmp_path: Path) -> None:
+    from slem.automl.nas_run import nas_run, parse_nas_config
+
+    run = tmp_path / "py" / "run"
+    record = nas_run(parse_nas_config(dict(BLACKBOX)), str(run), progress=False)
+    assert (run / "config.yaml").is_file() and (run / "architecture.json").is_file()
+    rows = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
+    for row in rows:  # every trial names its cell, ready for model.genotype
+        cell = Genotype.parse(row["genotype"])
+        assert cell.ops == tuple(row[e] for e in ("edge_0_1", "edge_0_2", "edge_1_2"))
+    assert record.summary["trials"] == 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +35,7 @@ from slem.data.config import DataConfig
 from slem.data.task import Task, build_task
 from slem.errors import SlemError, validation_message
 from slem.methodology.architecture import Genotype
-from slem.rundir import atomic_write_text
+from slem.rundir import atomic_write_text, make_run_dir
 from slem.train import make_trainer, parse_train_config
 from slem.train.artifacts import save_methodology
 from slem.train.callbacks import CheckpointCallback
@@ -50,6 +51,7 @@ from slem.train.nas import (
     split_for_search,
 )
 from slem.train.record import RunRecord
+from slem.train.run import check_new_run_dir
 
 Objective = Literal["accuracy", "params", "latency", "train_time"]
 #: the black-box search's study (SQLite) in the run directory: what --resume continues
@@ -143,6 +145,11 @@ class NasConfig(_Strict):
             raise ValueError("data is missing: name the task (e.g. data: {name: mnist1d})")
         if self.data is not None and table:
             raise ValueError("blackbox.table is the task itself; leave data out")
+        if self.network.channels % self.darts.partial_channels:
+            raise ValueError(
+                f"darts.partial_channels ({self.darts.partial_channels}) must divide "
+                f"network.channels ({self.network.channels})"
+            )
         reserved = {"data", "model", "seed", "device", "method"} & set(self.train)
         if reserved:
             raise ValueError(
@@ -164,12 +171,54 @@ def parse_nas_config(values: dict[str, Any]) -> NasConfig:
     except ValidationError as exc:
         raise SlemError(validation_message(exc, "nas config")) from None
     if cfg.data is not None:
-        first = next(iter(cfg.space.space().genotypes()))
+        first = next(g for g in cfg.space.space().genotypes() if g.connected)
         try:
             parse_train_config(train_values(cfg, str(first)))
         except SlemError as exc:
             raise SlemError(f"nas config, train: {exc}") from None
     return cfg
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def search_task(cfg: NasConfig) -> Task:
+    """The task of ``cfg.data``, built once per data config in this process (the check before
+    a run and the run share it)."""
+    assert cfg.data is not None
+    key = cfg.data.model_dump_json()
+    if key not in _TASKS:
+        _TASKS.clear()
+        _TASKS[key] = build_task(cfg.data)
+    return _TASKS[key]
+
+
+def check_search(cfg: NasConfig) -> None:
+    """Everything a search needs of its task, checked before anything is written: a
+    classification task with signals ``(channels, length)`` or images ``(channels, h, w)``.
+    A table search (``blackbox.table``) needs only the optional package.
+
+    Raises:
+        SlemError: the task cannot be built, is not a classification, or its inputs are not
+            signals or images (one line each, with the fix).
+    """
+    if cfg.data is None:
+        assert cfg.blackbox.table is not None
+        nasbench201_table(cfg.blackbox.table.partition("/")[2])  # the package is installed
+        return
+    task = search_task(cfg)
+    if not task.is_classification:
+        raise SlemError(
+            f"architecture search needs a classification task; {task.name} is a "
+            f"{task.task_type} task (set data.task_type, or search another dataset)"
+        )
+    shape = tuple(task.features.input_shape)
+    if len(shape) not in (2, 3):
+        raise SlemError(
+            f"a cell network reads signals (channels, length) or images (channels, h, w); "
+            f"{task.name}'s inputs are {shape}: search a signal or image dataset (e.g. mnist1d, "
+            "digits-images, fashion-mnist)"
+        )
 
 
 def train_values(cfg: NasConfig, genotype: str) -> dict[str, Any]:
@@ -220,8 +269,7 @@ def darts_run(
     """DARTS into ``run_dir`` (resumable from ``meta_checkpoint.pt``); writes
     ``architecture.json``, the mixing weights (``methodology/``), ``search.jsonl``,
     ``train.yaml``, the plots and ``summary.json``."""
-    assert cfg.data is not None
-    task = build_task(cfg.data)
+    task = search_task(cfg)
     weights_half, arch_half = split_for_search(task, cfg.seed)
     checkpoint = run_dir / "meta_checkpoint.pt"
     search = DartsSearch(
@@ -264,7 +312,14 @@ def darts_run(
         "search": "darts",
         "edges": cfg.space.space().edge_names,
         "operations": list(cfg.space.operations),
-        "title": f"DARTS ({cfg.darts.order} order, {cfg.darts.safeguard}) on {task.name}",
+        "title": f"DARTS ({cfg.darts.order} order"
+        + (", auxiliary skip" if cfg.darts.safeguard == "aux_skip" else "")
+        + (
+            f", partial channels 1/{cfg.darts.partial_channels}"
+            if cfg.darts.partial_channels > 1
+            else ""
+        )
+        + f") on {task.name}",
     }
     return _finish(RunRecord(list(search.history), summary, arrays, info), run_dir, render)
 
@@ -279,6 +334,8 @@ class _TrainedCells:
 
     def __call__(self, choices: dict[str, Any]) -> dict[str, float]:
         genotype = self.cfg.space.space().genotype(choices)
+        if not genotype.connected:  # a failed trial, replaced: no training can learn it
+            raise ValueError(f"cell {genotype} outputs zeros (no path of operations)")
         config = parse_train_config(train_values(self.cfg, str(genotype)))
         trainer = make_trainer(config, self.task)
         result = trainer.fit(progress=False)
@@ -315,8 +372,7 @@ def blackbox_run(
 
         task_name = bb.table
     else:
-        assert cfg.data is not None
-        task = build_task(cfg.data)
+        task = search_task(cfg)
         cell_space = cfg.space.space()
         space = {n: list(cell_space.operations) for n in cell_space.edge_names}
         evaluate = _TrainedCells(cfg, task)
@@ -327,6 +383,7 @@ def blackbox_run(
         for k, v in {"population_size": bb.population_size, "sample_size": bb.sample_size}.items()
         if v is not None
     }
+    callbacks = [_ProgressLine(names, bb.trials)] if progress else []
     try:
         study = blackbox_search(
             space,
@@ -337,13 +394,19 @@ def blackbox_run(
             seed=cfg.seed,
             storage=f"sqlite:///{(run_dir / STUDY_FILE).resolve()}",
             study_name="slem-nas",
+            callbacks=callbacks,
             sampler_options=options or None,
         )
     except KeyboardInterrupt:  # the finished trials are in the study: --resume goes on
         raise TrainingStopped("interrupted") from None
     done = [t for t in study.trials if t.values is not None and t.state.name == "COMPLETE"]
     rows = [
-        {"trial": t.number, **t.params, **{n: t.values[i] for i, n in enumerate(names)}}
+        {
+            "trial": t.number,
+            "genotype": _genotype_text(cfg, t.params),
+            **t.params,
+            **{n: t.values[i] for i, n in enumerate(names)},
+        }
         for t in done
     ]
     atomic_write_text(run_dir / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -386,8 +449,41 @@ def blackbox_run(
         summary["train_config"] = str(_write_train_yaml(cfg, run_dir, architecture))
     else:
         summary["cell"] = dict(best.params)
+        summary["genotype"] = _genotype_text(cfg, best.params)
     info = {"search": "blackbox", "objectives": names, "title": f"{bb.sampler} on {task_name}"}
     return _finish(RunRecord(rows, summary, arrays, info), run_dir, render)
+
+
+def _genotype_text(cfg: NasConfig, params: dict[str, Any]) -> str:
+    """A trial's cell as NAS-Bench-201's string: in slem's operations for a trained cell; in
+    the table's own (``nor_conv_3x3``, ...) for a table, whose ``Op0`` .. ``Op5`` are the edges
+    in that string's order, ``(0,1), (0,2), (1,2), (0,3), (1,3), (2,3)``."""
+    if cfg.blackbox.table is None:
+        return str(cfg.space.space().genotype(params))
+    ops = [str(params[f"Op{k}"]) for k in range(6)]
+    return f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|"
+
+
+class _ProgressLine:
+    """A black-box search's progress: one line per finished trial on stderr (its objectives,
+    the best accuracy so far)."""
+
+    def __init__(self, names: Sequence[str], total: int) -> None:
+        self.names, self.total = list(names), total
+        self.best = -math.inf
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if trial.values is None:
+            return
+        values = dict(zip(self.names, trial.values, strict=True))
+        self.best = max(self.best, values["accuracy"])
+        shown = ", ".join(f"{n} {v:.4g}" for n, v in values.items())
+        done = sum(t.values is not None for t in study.get_trials(deepcopy=False))
+        print(
+            f"trial {trial.number}: {shown} (best accuracy {self.best:.2f}; {done}/{self.total})",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _reference(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -409,13 +505,25 @@ SEARCHES: dict[str, Callable[..., RunRecord]] = {"darts": darts_run, "blackbox":
 
 def nas_run(
     cfg: NasConfig,
-    run_dir: Path,
+    run_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
     on_trainer: Callable[[Any], None] | None = None,
     render: Callable[[RunRecord, Path], Sequence[Path]] | None = None,
 ) -> RunRecord:
-    """``slem nas search``: the run function of ``cfg.search`` (:data:`SEARCHES`)."""
+    """``slem nas search``: the run function of ``cfg.search`` (:data:`SEARCHES`) into
+    ``run_dir`` (a path; a new one is created with its ``config.yaml`` after
+    :func:`check_search`, as the CLI does; an existing run is refused unless ``resume``).
+
+    Raises:
+        SlemError: the task does not suit a search, or ``run_dir`` already holds a run.
+    """
+    run_dir = Path(run_dir)
+    if not resume and not (run_dir / "config.yaml").is_file():  # the CLI writes it first
+        check_search(cfg)
+        check_new_run_dir(run_dir, "nas_run")
+        make_run_dir(run_dir)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json")))
     return SEARCHES[cfg.search](cfg, run_dir, resume, progress, on_trainer, render)
 
 

@@ -45,7 +45,7 @@ def search(
     trains it from scratch (slem train RUN/train.yaml), the plots and summary.json."""
     import optuna
 
-    from slem.automl.nas_run import nas_run, parse_nas_config
+    from slem.automl.nas_run import check_search, nas_run, parse_nas_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the summary says it all
     set_threads(threads)
@@ -70,6 +70,7 @@ def search(
         cfg = parse_nas_config(apply_overrides(values, set_ or []))
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = out or Path("runs") / f"{stamp}-nas-{cfg.search}"
+        check_search(cfg)  # a task that cannot be searched fails before anything is written
     record = run_meta_learner(run_dir, "slem nas search", cfg, resume is not None, quiet, nas_run)
     s = record.summary
     if s.get("genotype"):
@@ -81,7 +82,7 @@ def search(
         console.print(line, soft_wrap=True)
     if "hypervolume" in s:
         console.print(
-            f"Pareto front: {len(s['pareto_trials'])} cells, hypervolume {s['hypervolume']:.4g}",
+            f"Pareto front: {len(s['pareto_trials'])} cell(s), hypervolume {s['hypervolume']:.4g}",
             soft_wrap=True,
         )
     if s.get("train_config"):
@@ -90,10 +91,9 @@ def search(
 
 
 def _skips(summary: dict[str, Any]) -> str:
-    from slem.methodology.architecture import Genotype
-
-    ops = Genotype.parse(str(summary["genotype"])).ops
-    return f"{ops.count('skip_connect')} of {len(ops)} edges"
+    """How many of the cell's edges are skip connections (slem's or NAS-Bench-201's names)."""
+    text = str(summary["genotype"])
+    return f"{text.count('skip_connect~')} of {text.count('~')} edges"
 
 
 @app.command("show")

@@ -218,6 +218,17 @@ class Genotype:
         return cls(CellSpace(len(groups) + 1, tuple(operations)), tuple(ops))
 
     @property
+    def connected(self) -> bool:
+        """Whether the output node is reachable from the input through edges that are not
+        ``none`` (otherwise the cell outputs zeros whatever its input: a network of it cannot
+        learn)."""
+        reach = {0}
+        for (i, j), op in zip(self.space.edges, self.ops, strict=True):
+            if op != "none" and i in reach:
+                reach.add(j)
+        return self.space.nodes - 1 in reach
+
+    @property
     def skip_share(self) -> float:
         """The share of edges that are ``skip_connect``."""
         return self.ops.count("skip_connect") / len(self.ops)
@@ -454,10 +465,7 @@ class ArchitectureMixing(Methodology):
     of an operation's strength)."""
 
     kind: ClassVar[str] = "architecture_mixing"
-    used_with: ClassVar[str] = (
-        "slem nas search writes it with the derived architecture.json; train that cell from "
-        "scratch with slem train (model.arch: cell, model.genotype: RUN/architecture.json)"
-    )
+    used_with: ClassVar[str] = "slem train RUN/train.yaml (the found cell, trained from scratch)"
 
     def __init__(
         self,

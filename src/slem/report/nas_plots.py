@@ -42,7 +42,7 @@ def search_progress(values: np.ndarray, label: str, path: Path, title: str) -> P
     trials = np.arange(1, len(values) + 1)
     ax.scatter(trials, values, s=12, alpha=0.6, label="trial")
     line(ax, trials, np.maximum.accumulate(values), label="best so far", color="C3")
-    ax.set_xlabel("trial")
+    ax.set_xlabel("trials evaluated")
     ax.set_ylabel(label)
     ax.set_title(title)
     integer_ticks(ax)

@@ -130,9 +130,15 @@ class ModelConfig(_Strict):
         if value is None:
             return None
         try:
-            return str(resolve_genotype(value))
+            genotype = resolve_genotype(value)
         except SlemError as exc:
             raise ValueError(str(exc)) from None
+        if not genotype.connected:
+            raise ValueError(
+                f"cell {genotype} cannot learn: every path from its input to its output is "
+                "'none', so it outputs zeros; give at least one path of other operations"
+            )
+        return str(genotype)
 
     @model_validator(mode="after")
     def _genotype_needs_cell(self) -> ModelConfig:

@@ -175,7 +175,8 @@ class SearchPlan(Iterations):
         return self.steps_per_epoch
 
     def position(self, epoch: int, step: int) -> str:
-        return f"epoch {min(epoch + 1, self.total_epochs)}/{self.total_epochs}"
+        """``epoch 3/8`` (``epoch`` 1-based, as the progress callbacks pass it)."""
+        return f"epoch {min(epoch, self.total_epochs)}/{self.total_epochs}"
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, **kwargs: Any) -> float:

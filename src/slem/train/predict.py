@@ -245,10 +245,7 @@ def load_trained(
     summary = read_json_object(run_dir / "summary.json")
     entry = summary.get("weights")
     if not (run_dir / "model.safetensors").is_file() and (run_dir / "methodology").is_dir():
-        raise SlemError(
-            f"'{run_dir}' learned a methodology, not a model; train a model with it: slem "
-            f"apply {run_dir / 'methodology'} --data new.csv --target COLUMN"
-        )
+        raise SlemError(f"'{run_dir}' learned a methodology, not a model; {_use_of(run_dir)}")
     if not isinstance(entry, dict) or "final" not in entry:
         raise SlemError(
             f"{run_dir}/summary.json does not say which weights it saved (a run from an older "
@@ -289,4 +286,23 @@ def load_trained(
         weights=which,
         epoch=int(epoch) if isinstance(epoch, int | float) and math.isfinite(epoch) else -1,
         run_dir=run_dir,
+    )
+
+
+def _use_of(run_dir: Path) -> str:
+    """How to use the methodology a run learned: its kind's own command (``used_with``, with
+    ``RUN`` / ``ARTIFACT`` standing for the run), else training a model with it."""
+    from slem.methodology.base import REGISTRY, read_artifact_info
+
+    try:
+        used_with = REGISTRY[read_artifact_info(run_dir / "methodology")["kind"]].used_with
+    except (SlemError, KeyError):
+        used_with = ""
+    if used_with:
+        return "use it with: " + used_with.replace("RUN", str(run_dir)).replace(
+            "ARTIFACT", str(run_dir)
+        )
+    return (
+        f"train a model with it: slem apply {run_dir / 'methodology'} --data new.csv "
+        "--target COLUMN"
     )
