@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from slem.cli.app import app
 from slem.methodology import load_methodology
 from slem.methodology.architecture import ArchitectureMixing, Genotype
+from tests.test_cli_robustness import one_line_error
 
 DATA = {"name": "mnist1d", "size": 300}
 DARTS = {
@@ -38,16 +39,6 @@ def write(tmp_path: Path, values: dict[str, Any], name: str = "nas.yaml") -> Pat
     path = tmp_path / name
     path.write_text(yaml.safe_dump(values))
     return path
-
-
-def one_line_error(result: Any, *fragments: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return str(lines[0])
 
 
 @pytest.fixture(scope="module")
