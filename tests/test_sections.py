@@ -314,6 +314,13 @@ def test_every_example_config_loads(path: Path) -> None:
 
         parse_few_shot_config(values)
         return
+    if "search" in values:  # slem nas search
+        from slem.automl.nas_run import parse_nas_config
+
+        parse_nas_config(values)
+        with pytest.raises(SlemError, match="slem nas search FILE"):
+            parse_train_config(values)
+        return
     if "objective" in values:  # an HPO study, read as slem hpo reads it
         from slem.automl.config import TrainObjective
         from slem.automl.load import load_study_config

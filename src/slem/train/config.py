@@ -526,6 +526,11 @@ def parse_train_config(values: dict[str, Any]) -> TrainConfig:
             "this is a slem fewshot config (it names a learner, not a method); run it with: "
             "slem fewshot train FILE"
         )
+    if "search" in values and "method" not in values:
+        raise SlemError(
+            "this is a slem nas config (it names a search, not a method); run it with: "
+            "slem nas search FILE"
+        )
     values = apply_preset(values)
     try:
         return TrainConfig.model_validate(values)

@@ -107,6 +107,11 @@ def read_run_config(run_dir: str | Path, task_given: bool = False) -> TrainConfi
             f"'{run_dir}' is a slem fewshot run; continue it with: slem fewshot train "
             f"--resume {run_dir} (evaluate it with slem fewshot eval {run_dir})"
         )
+    if "search" in values and "darts" in values and "method" not in values:
+        raise SlemError(
+            f"'{run_dir}' is a slem nas search run; continue it with: slem nas search "
+            f"--resume {run_dir} (train its cell with: slem train {run_dir}/train.yaml)"
+        )
     if values.get("data", "") is None and not task_given:  # train_run(..., task=...) wrote it
         raise SlemError(
             f"{path} is from a run on a task given in Python (data: null): continue it there "
