@@ -386,3 +386,34 @@ def test_meta_cost_quick_run_and_float64_agreement(
     profile = model["profile"]
     assert set(profile["breakdown"]) == {"erm", "exact", "head", "published"}
     assert profile["unit_costs"]["jvp_ms"] > 0
+
+
+def test_the_committed_curve_table_is_the_scripts_configurations() -> None:
+    """benchmarks/results/curves: one row per configuration the script draws, 30 epochs each
+    (issue 22's pruner and extrapolation data), and the script still trains a curve."""
+    import numpy as np
+
+    import curves_table
+
+    rows = [
+        json.loads(line)
+        for line in (curves_table.RESULTS / "mnist1d_curves.jsonl").read_text().splitlines()
+    ]
+    configs = curves_table.configurations(300)
+    assert sorted(r["config"] for r in rows) == list(range(300))
+    by = {r["config"]: r for r in rows}
+    for cfg in configs:
+        row = by[cfg["config"]]
+        assert {k: row[k] for k in cfg} == cfg
+        assert len(row["val_acc"]) == len(row["val_loss"]) == row["epochs"] == 30
+    g = np.random.default_rng(0)
+    data = {
+        "x_train": g.normal(size=(64, 1, 40)).astype(np.float32),
+        "y_train": g.integers(0, 10, 64),
+        "x_val": g.normal(size=(32, 1, 40)).astype(np.float32),
+        "y_val": g.integers(0, 10, 32),
+        "x_test": g.normal(size=(32, 1, 40)).astype(np.float32),
+        "y_test": g.integers(0, 10, 32),
+    }
+    row = curves_table.train_curve(configs[0], data, 2)
+    assert len(row["val_acc"]) == 2 and 0.0 <= row["test_acc"] <= 100.0
