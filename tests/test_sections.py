@@ -46,6 +46,7 @@ OWN_VALUE: dict[str, Any] = {
     "meta": {"lr": 0.01},
     "loss": {"gce_q": 0.5},
     "schedule": {"hidden": 8},
+    "hypergradient": {"horizon": 5},
     "learned_optimizer": {"hidden": 8},
     "adjuster": {"hidden": 8},
     "transition": {"hidden": 8},

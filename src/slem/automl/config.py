@@ -22,7 +22,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class GradientSearch(_Strict):
+    """``study.strategy: hypergradient``: how the hyperparameters follow hypergradients."""
+
+    starts: list[float] = Field(
+        default_factory=lambda: [0.003, 0.03, 0.3],
+        description="train objective: the learning rates to start from, one run each "
+        "(method hypergradient); the run of best validation score is the result",
+    )
+    lr: float = Field(
+        0.3, gt=0, description="Adam step on the log-hyperparameters (natural-log units)"
+    )
+    outer_steps: int = Field(
+        25, ge=1, description="penalty objective: hypergradient steps on the penalties"
+    )
+    patience: int | None = Field(
+        5,
+        ge=1,
+        description="penalty objective: stop after this many steps without a lower "
+        "validation loss (null: never)",
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> GradientSearch:
+        if not self.starts or any(not v > 0 for v in self.starts):
+            raise ValueError("study.hypergradient.starts needs positive learning rates")
+        return self
+
+
 class StudyConfig(_Strict):
+    strategy: Literal["blackbox", "hypergradient"] = Field(
+        "blackbox",
+        description="blackbox: Optuna trials (sampler, pruner); hypergradient: the "
+        "hyperparameters follow the gradient of the validation loss (study.hypergradient)",
+    )
+    hypergradient: GradientSearch = GradientSearch()
     name: str = Field("slem-hpo", description="the study's name in its storage")
     sampler: Sampler = Field(
         "tpe", description="bohb: TPE with the Hyperband pruner (Falkner et al. 2018)"

@@ -25,7 +25,9 @@ the unrolled iterates, a learned optimizer's meta loss), and every method but ``
 the final ``params`` and ``optimizer_state`` for the caller to continue from.
 
 :func:`task_hypergrad` averages a hypergradient over a batch of tasks (MAML, first-order MAML,
-iMAML, prototypical networks), vectorized with ``torch.func.vmap``.
+iMAML, prototypical networks), vectorized with ``torch.func.vmap``. :class:`ForwardTangents`
+carries a first-order forward-mode hypergradient along a trajectory the caller trains
+(online learning rate and weight decay).
 """
 
 from slem.bilevel.fast import PerSample, WeightedProblem, weighted_lookahead
@@ -39,6 +41,7 @@ from slem.bilevel.methods import (
     lookahead,
     unrolled,
 )
+from slem.bilevel.online import ForwardTangents
 from slem.bilevel.optim import SGD, Adam, InnerOptimizer, from_torch
 from slem.bilevel.problem import (
     BilevelProblem,
@@ -60,6 +63,7 @@ __all__ = [
     "TASK_METHODS",
     "Adam",
     "BilevelProblem",
+    "ForwardTangents",
     "FunctionalModel",
     "Hypergrad",
     "InnerOptimizer",

@@ -173,12 +173,15 @@ def _step_of(state: State, name: str) -> int:
 
 
 def from_torch(
-    optimizer: torch.optim.Optimizer, params: Params, lr: Setting | None = None
+    optimizer: torch.optim.Optimizer,
+    params: Params,
+    lr: Setting | None = None,
+    weight_decay: Setting | None = None,
 ) -> tuple[InnerOptimizer, State]:
     """The differentiable twin of a ``torch.optim`` optimizer and its current state, so a
     virtual step takes the step ``optimizer.step()`` will take (momentum, Nesterov, weight
-    decay, Adam's moments). Settings are read from the first parameter group; ``lr`` (a float
-    or a function of the hyperparameters) replaces its rate.
+    decay, Adam's moments). Settings are read from the first parameter group; ``lr`` and
+    ``weight_decay`` (floats or functions of the hyperparameters) replace its own.
 
     Raises:
         SlemError: the optimizer is not ``torch.optim.SGD``, ``Adam`` or ``AdamW``, or uses an
@@ -186,6 +189,7 @@ def from_torch(
     """
     group = optimizer.param_groups[0]
     rate: Setting = group["lr"] if lr is None else lr
+    decay: Setting = group["weight_decay"] if weight_decay is None else weight_decay
     if group.get("maximize") or group.get("amsgrad"):
         option = "maximize" if group.get("maximize") else "amsgrad"
         raise SlemError(
@@ -198,14 +202,14 @@ def from_torch(
             lr=rate,
             betas=tuple(group["betas"]),
             eps=group["eps"],
-            weight_decay=group["weight_decay"],
+            weight_decay=decay,
             decoupled=isinstance(optimizer, torch.optim.AdamW),
         )
     elif isinstance(optimizer, torch.optim.SGD):
         opt = SGD(
             lr=rate,
             momentum=group["momentum"],
-            weight_decay=group["weight_decay"],
+            weight_decay=decay,
             dampening=group["dampening"],
             nesterov=group["nesterov"],
         )

@@ -57,6 +57,7 @@ from slem.automl.study import (
     work,
 )
 from slem.cli.console import ThreadsOption, console, err_console, set_threads, user_errors
+from slem.cli.hpo_gradient_cmd import refuse_blackbox_options, run_gradient_study
 from slem.cli.train_cmd import OutOption, QuietOption
 from slem.errors import SlemError
 from slem.rundir import lock_run_dir
@@ -158,6 +159,10 @@ def hpo(
     else:
         cfg = load_study_config(config, set_ or [])
     run_dir = out or Path("runs") / f"hpo-{cfg.study.name}"
+    if cfg.study.strategy == "hypergradient":
+        refuse_blackbox_options(storage, workers, trials, refit)
+        run_gradient_study(cfg, run_dir, resume, quiet)
+        return
     if resume:
         check_resume(cfg, run_dir, storage)
     else:

@@ -20,6 +20,7 @@ from slem.report.figure import (  # first: it selects the Agg backend
     new_figure,
     save_figure,
 )
+from slem.report.hypergradient_plots import hyperparameter_trajectories
 from slem.report.loss_plots import adjuster_curves, head_labels, transition_heatmaps
 from slem.report.nas_plots import operation_weights, pareto_front, search_progress
 from slem.report.regression_plots import learned_loss, predicted_vs_true
@@ -43,7 +44,8 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
 
     ``learning_curves.png`` (a per-epoch history), ``meta_training.png`` (``meta_loss``),
     ``learned_loss.png`` and ``predicted_vs_true.png`` (regression), ``adjuster_vs_margin.png``,
-    ``transition.png``, ``lr_schedule.png`` (``lr_trace``), ``weight_vs_loss.png`` and
+    ``transition.png``, ``lr_schedule.png`` (``lr_trace``), ``hyperparameters.png``
+    (``hyper_lr``: method hypergradient), ``weight_vs_loss.png`` and
     ``weight_histograms.png`` (``train_weights``), ``meta_validation.png`` (``val_metric``)
     and ``adaptation.png`` (``sinusoid_*``: few-shot runs), ``operation_weights.png``
     (``mixing_weights``: DARTS), ``search.png`` and ``pareto_front.png`` (``objective_values``:
@@ -153,6 +155,18 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
                 title,
                 int(info.get("steps_per_epoch", 0)),
                 int(info.get("lr_warmup_steps", 0)),
+            )
+        )
+    if "hyper_lr" in a:
+        epoch = a["hyper_step"] / max(int(info.get("steps_per_epoch", 1)), 1)
+        tuned = {"lr": "base learning rate", "weight_decay": "weight decay"}
+        paths.append(
+            hyperparameter_trajectories(
+                [(label, {label: (epoch, a[f"hyper_{k}"])}) for k, label in tuned.items()],
+                {"outer loss": (epoch, a["hyper_outer_loss"])},
+                out / "hyperparameters.png",
+                f"tuned online by hypergradients: {title}",
+                "epoch",
             )
         )
     if "train_weights" in a:

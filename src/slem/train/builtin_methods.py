@@ -33,6 +33,7 @@ from slem.train.methods import (
     spec_applying,
 )
 from slem.train.objective import Classification
+from slem.train.online_hpo import OnlineHPOTrainer
 from slem.train.regression import HWNetTrainer
 from slem.train.schedule import ScheduleTrainer
 from slem.train.threads import resolve_device
@@ -224,6 +225,16 @@ for _name, _summary in (
             apply_build=Trainer,
         )
     )
+register(
+    MethodSpec(
+        "hypergradient",
+        "learning rate and weight decay tuned online by hypergradients of the validation "
+        "loss (RTHO, Franceschi et al. 2017)",
+        "classification",
+        _baseline(OnlineHPOTrainer),
+        sections=("hypergradient",),
+    )
+)
 register(
     MethodSpec(
         "lr_schedule",

@@ -52,6 +52,9 @@ from slem.train.config_methods import (
     HWNetConfig as HWNetConfig,
 )
 from slem.train.config_methods import (
+    HypergradientConfig as HypergradientConfig,
+)
+from slem.train.config_methods import (
     HypergradMethod as HypergradMethod,
 )
 from slem.train.config_methods import (
@@ -81,6 +84,7 @@ METHOD_SECTIONS = (
     "meta",
     "loss",
     "schedule",
+    "hypergradient",
     "learned_optimizer",
     "adjuster",
     "transition",
@@ -344,6 +348,7 @@ class TrainConfig(_Strict):
     meta: MetaConfig = MetaConfig()
     loss: LossConfig = LossConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    hypergradient: HypergradientConfig = HypergradientConfig()
     learned_optimizer: LearnedOptimizerConfig = LearnedOptimizerConfig()
     adjuster: AdjusterConfig = AdjusterConfig()
     transition: TransitionConfig = TransitionConfig()

@@ -42,6 +42,46 @@ class ScheduleConfig(_Strict):
     )
 
 
+Tunable = Literal["lr", "weight_decay"]
+
+
+class HypergradientConfig(_Strict):
+    """Method hypergradient: the learning rate and weight decay tuned during the run by online
+    hypergradients of the validation loss (:class:`~slem.train.online_hpo.OnlineHPOTrainer`)."""
+
+    tune: list[Tunable] = Field(
+        default_factory=lambda: list[Tunable](["lr", "weight_decay"]),
+        description="the hyperparameters to tune, from optim.lr and optim.weight_decay",
+    )
+    horizon: int = Field(
+        0,
+        ge=0,
+        description="training steps per hyperparameter update: the truncated horizon of each "
+        "hypergradient (0: one epoch); short horizons bias the rate low (Wu et al. 2018)",
+    )
+    lr: float = Field(
+        0.3, gt=0, description="Adam step on the log-hyperparameters (natural-log units)"
+    )
+    batch_size: int = Field(
+        256, ge=1, description="outer batch: validation (or meta-set) samples per update"
+    )
+    lr_range: tuple[float, float] = Field(
+        (1e-5, 10.0), description="the base learning rate is kept inside [low, high]"
+    )
+    weight_decay_range: tuple[float, float] = Field(
+        (1e-8, 0.1), description="the weight decay is kept inside [low, high]"
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> HypergradientConfig:
+        if not self.tune or len(set(self.tune)) != len(self.tune):
+            raise ValueError("hypergradient.tune needs lr and/or weight_decay, each once")
+        for name, (low, high) in (("lr", self.lr_range), ("weight_decay", self.weight_decay_range)):
+            if not 0 < low < high:
+                raise ValueError(f"hypergradient.{name}_range must be 0 < low < high")
+        return self
+
+
 class LearnedOptimizerConfig(_Strict):
     """The coordinatewise LSTM optimizer (method learned_optimizer) and its meta-training on a
     population of MLP optimizees (every width x activation on every dataset)."""

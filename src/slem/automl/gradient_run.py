@@ -1,0 +1,213 @@
+"""``study.strategy: hypergradient`` for a ``train`` objective: the learning rate and weight
+decay follow online hypergradients of the validation loss within each training run (method
+``hypergradient``, :mod:`slem.train.online_hpo`), one run per starting learning rate.
+
+The objective's ``space`` says what is tuned and where it is kept: ``optim.lr`` and/or
+``optim.weight_decay``, each a log-scale float range (the same space a blackbox study of the
+config searches, so one config runs under either strategy). A run starts at each of
+``study.hypergradient.starts`` (learning rates) and at the base config's weight decay (the
+range's geometric middle when the base's is outside it). The run of best validation score is
+the result; its test score plays no part in choosing it.
+
+A run directory holds ``hpo.yaml`` (the study config), one ``slem train`` run directory per
+start (``start-0/``, ...; model, summary, plots), ``runs.csv`` (one row per start),
+``trajectories.csv`` (step, epoch, lr, weight_decay, outer_loss of every hyperparameter update
+of every run), ``best.json`` and ``best.yaml`` (the best run's config: ``slem train best.yaml``
+trains it again).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slem.automl.config import HPOConfig, TrainObjective
+from slem.automl.space import SearchSpace
+from slem.errors import SlemError
+from slem.rundir import atomic_write_text
+
+#: the config keys the hypergradient strategy tunes, by ``hypergradient.tune`` name
+TUNABLE = {"optim.lr": "lr", "optim.weight_decay": "weight_decay"}
+RUNS_FILE = "runs.csv"
+TRAJECTORIES_FILE = "trajectories.csv"
+BEST_JSON = "best.json"
+BEST_CONFIG = "best.yaml"
+
+#: ``run(config, run_dir, resume) -> record``: trains one start (the CLI's, with progress)
+RunOne = Callable[[Any, Path, bool], Any]
+
+
+def start_dir(run_dir: Path, k: int) -> Path:
+    return run_dir / f"start-{k}"
+
+
+def start_configs(cfg: HPOConfig) -> list[dict[str, Any]]:
+    """The training config of every start: the base as method ``hypergradient`` tuning the
+    space's keys inside their ranges (see the module doc).
+
+    Raises:
+        SlemError: the objective is not ``train``, a space key other than ``optim.lr`` /
+            ``optim.weight_decay``, a range that is not a positive log-scale float range, a
+            start outside the learning-rate range, or a base method other than ``erm`` /
+            ``hypergradient``.
+    """
+    objective = cfg.objective
+    if not isinstance(objective, TrainObjective):
+        raise SlemError(
+            f"study.strategy hypergradient needs a train objective, not {objective.kind}"
+        )
+    base = objective.base if isinstance(objective.base, dict) else {}
+    method = base.get("method", "erm")
+    if method not in ("erm", "hypergradient"):
+        raise SlemError(
+            f"study.strategy hypergradient tunes an erm run's lr and weight decay online; the "
+            f"base config's method is {method}: set method erm or use study.strategy blackbox"
+        )
+    space = SearchSpace.from_mapping(objective.space)
+    ranges: dict[str, tuple[float, float]] = {}
+    for p in space.params:
+        name = TUNABLE.get(p.name)
+        if name is None:
+            raise SlemError(
+                f"study.strategy hypergradient tunes optim.lr and optim.weight_decay "
+                f"(continuous, log scale); '{p.name}' has no hypergradient: leave it out of "
+                "the space or use study.strategy blackbox"
+            )
+        if p.kind != "float" or not p.log or p.when:
+            raise SlemError(
+                f"space key '{p.name}': study.strategy hypergradient needs an unconditional "
+                "float range with log: true"
+            )
+        assert p.low is not None and p.high is not None
+        ranges[name] = (float(p.low), float(p.high))
+    if not ranges:
+        raise SlemError("the space is empty: give optim.lr and/or optim.weight_decay ranges")
+    search = cfg.study.hypergradient
+    optim = dict(base.get("optim", {}))
+    starts = search.starts if "lr" in ranges else [float(optim.get("lr", 0.1))]
+    if "lr" in ranges:
+        low, high = ranges["lr"]
+        outside = [v for v in starts if not low <= v <= high]
+        if outside:
+            raise SlemError(
+                f"study.hypergradient.starts {outside} lie outside the optim.lr range "
+                f"[{low:g}, {high:g}]; move them inside or widen the range"
+            )
+    wd = float(optim.get("weight_decay", 0.0))
+    if "weight_decay" in ranges:
+        low, high = ranges["weight_decay"]
+        if not low <= wd <= high:
+            wd = math.sqrt(low * high)
+    configs = []
+    for lr in starts:
+        values = copy.deepcopy(base)
+        values["method"] = "hypergradient"
+        values.setdefault("optim", {}).update(lr=lr, weight_decay=wd)
+        section = dict(values.get("hypergradient", {}))
+        section.update(tune=list(ranges), lr=search.lr)
+        for name, (low, high) in ranges.items():
+            section[f"{name}_range"] = [low, high]
+        values["hypergradient"] = section
+        values["seed"] = values.get("seed", cfg.study.seed)
+        configs.append(values)
+    return configs
+
+
+def run_starts(cfg: HPOConfig, run_dir: Path, run_one: RunOne) -> dict[str, Any]:
+    """Train every start (a finished one, ``summary.json`` present, is read back; an
+    unfinished one continues from its checkpoint), then write ``runs.csv``,
+    ``trajectories.csv``, ``best.json`` and ``best.yaml``; returns ``best.json``'s content."""
+    from slem.train.config import parse_train_config
+
+    metric = cfg.objective.metric if isinstance(cfg.objective, TrainObjective) else ""
+    rows, trajectories = [], []
+    known = _read_trajectories(run_dir)
+    for k, values in enumerate(start_configs(cfg)):
+        out = start_dir(run_dir, k)
+        summary_file = out / "summary.json"
+        if summary_file.is_file():
+            summary = json.loads(summary_file.read_text())
+            trajectories += [r for r in known if int(r["start"]) == k]
+        else:
+            config = parse_train_config(values)
+            record = run_one(config, out, (out / "config.yaml").is_file())
+            summary = record.summary
+            a = record.arrays
+            per_epoch = max(int(record.info.get("steps_per_epoch", 1)), 1)
+            for i in range(len(a.get("hyper_step", ()))):
+                trajectories.append(
+                    {
+                        "start": k,
+                        "start_lr": values["optim"]["lr"],
+                        "step": int(a["hyper_step"][i]),
+                        "epoch": float(a["hyper_step"][i]) / per_epoch,
+                        "lr": float(a["hyper_lr"][i]),
+                        "weight_decay": float(a["hyper_weight_decay"][i]),
+                        "outer_loss": float(a["hyper_outer_loss"][i]),
+                    }
+                )
+            _write_csv(run_dir / TRAJECTORIES_FILE, trajectories)
+        rows.append(_row(k, values, summary, out))
+    _write_csv(run_dir / RUNS_FILE, rows)
+    _write_csv(run_dir / TRAJECTORIES_FILE, trajectories)
+    best = max(rows, key=lambda r: r["val_score"])
+    result = {
+        "strategy": "hypergradient",
+        "study": cfg.study.name,
+        "metric": metric,
+        "selected_on": "the validation score of each run's best epoch",
+        "best": best,
+        "runs": rows,
+        "best_config": str(run_dir / BEST_CONFIG),
+    }
+    atomic_write_text(run_dir / BEST_JSON, json.dumps(result, indent=1) + "\n")
+    values = copy.deepcopy(start_configs(cfg)[best["start"]])
+    head = (
+        f"# slem hpo, study '{cfg.study.name}' (strategy hypergradient): the best run, start "
+        f"{best['start']} (lr {best['start_lr']:g}),\n# chosen on validation score "
+        f"{best['val_score']:.4f}; its test score played no part. Run it again with:\n"
+        f"#   slem train {run_dir / BEST_CONFIG} --out runs/{cfg.study.name}-best\n"
+    )
+    atomic_write_text(run_dir / BEST_CONFIG, head + yaml.safe_dump(values, sort_keys=False))
+    return result
+
+
+def _row(k: int, values: dict[str, Any], summary: dict[str, Any], out: Path) -> dict[str, Any]:
+    return {
+        "start": k,
+        "start_lr": values["optim"]["lr"],
+        "start_weight_decay": values["optim"]["weight_decay"],
+        "tuned_lr": summary.get("tuned_lr"),
+        "tuned_weight_decay": summary.get("tuned_weight_decay"),
+        "val_score": summary.get("best_val_score"),
+        "selected_on": summary.get("selected_on"),
+        "best_epoch": summary.get("best_epoch"),
+        "test_accuracy_at_best_val": summary.get("test_accuracy_at_best_val"),
+        "seconds": summary.get("seconds"),
+        "run_dir": str(out),
+    }
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _read_trajectories(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / TRAJECTORIES_FILE
+    if not path.is_file():
+        return []
+    return list(csv.DictReader(path.read_text().splitlines()))

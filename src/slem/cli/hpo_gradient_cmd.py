@@ -1,0 +1,91 @@
+"""``slem hpo`` with ``study.strategy: hypergradient``: no trials; the hyperparameters follow
+hypergradients of the validation loss (:mod:`slem.automl.gradient_run`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from slem.automl.config import HPOConfig
+from slem.automl.gradient_run import BEST_CONFIG, run_starts, start_configs
+from slem.automl.run import check_fresh, check_resume, write_run_file
+from slem.cli.console import console
+from slem.errors import SlemError
+from slem.rundir import lock_run_dir
+
+
+def refuse_blackbox_options(
+    storage: str | None, workers: int, trials: int | None, refit: bool
+) -> None:
+    """The options of trial-based studies have no meaning here: one line each."""
+    given = [
+        name
+        for name, used in (
+            ("--storage", storage is not None),
+            ("--workers", workers > 1),
+            ("--trials", trials is not None),
+            ("--refit", refit),
+        )
+        if used
+    ]
+    if given:
+        raise SlemError(
+            f"{', '.join(given)} apply to study.strategy blackbox (trials in a study "
+            "storage); a hypergradient search trains its starts one after the other, each "
+            "run directory already holding the trained model"
+        )
+
+
+def run_gradient_study(
+    cfg: HPOConfig,
+    run_dir: Path,
+    resume: bool,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Train every start into ``run_dir`` (continuing with ``resume``), write the results
+    and the trajectory plot, print the runs and the best one."""
+    from slem.cli.train_cmd import run_and_report
+    from slem.report.hypergradient_plots import start_trajectories
+
+    configs = start_configs(cfg)  # every config problem before any write
+    if resume:
+        check_resume(cfg, run_dir, None)
+    else:
+        check_fresh(run_dir, None)
+    with lock_run_dir(run_dir, "slem hpo"):
+        if not resume:
+            check_fresh(run_dir, None)
+        write_run_file(cfg, run_dir, None, len(configs))
+
+        def run_one(config: Any, out: Path, resume_run: bool) -> Any:
+            return run_and_report(config, out, resume=resume_run, quiet=quiet, command="slem hpo")
+
+        result = run_starts(cfg, run_dir, run_one)
+        plot = start_trajectories(run_dir)
+    table = Table(title=f"study '{cfg.study.name}': hypergradient runs (one per start)")
+    for col in ("start lr", "tuned lr", "tuned wd", "val score", "test (unused)", "run"):
+        table.add_column(col)
+    for r in result["runs"]:
+        table.add_row(
+            f"{r['start_lr']:.3g}",
+            f"{r['tuned_lr']:.3g}",
+            f"{r['tuned_weight_decay']:.3g}",
+            f"{r['val_score']:.4f}",
+            f"{r['test_accuracy_at_best_val']:.4f}",
+            Path(r["run_dir"]).name,
+        )
+    console.print(table)
+    best = result["best"]
+    console.print(
+        f"best: start {best['start']} (lr {best['start_lr']:g} -> {best['tuned_lr']:.3g}, "
+        f"weight decay {best['tuned_weight_decay']:.3g}), validation {best['val_score']:.4f} "
+        f"(chose it); test {best['test_accuracy_at_best_val']:.4f}; its model: "
+        f"{best['run_dir']}/model.safetensors; trajectories: {plot}; best config: "
+        f"{run_dir / BEST_CONFIG} (run it with 'slem train {run_dir / BEST_CONFIG}')",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
+    return result
