@@ -90,7 +90,7 @@ def synthetic_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_h_trains_and_beats_a_constant(tmp_path: Path) -> None:
     x, y = synthetic_pairs(300, 0)
     xt, yt = synthetic_pairs(100, 1)
-    model = train_curve_model(x, y, calib=synthetic_pairs(60, 2), hidden=16, epochs=30)
+    model = train_curve_model(x, y, calib=synthetic_pairs(60, 2), hidden=16, epochs=20)
     q = model.predict_features(xt)
     assert np.all(q[:, 0] <= q[:, 1]) and np.all(q[:, 1] <= q[:, 2])
     assert np.mean(np.abs(q[:, 1] - yt)) < 0.8 * np.mean(np.abs(np.median(y) - yt))
@@ -190,7 +190,7 @@ def test_cli_hpo_runs_a_cash_study_with_the_curve_pruner(runner: Any, tmp_path: 
     cash = str(Path(__file__).resolve().parents[1] / "examples" / "hpo_cash_breast_cancer.yaml")
     out = tmp_path / "study"
     args = ["--set", "study.pruner=curve", "--set", "objective.families=[logreg,knn]"]
-    result = runner.invoke(app, ["hpo", cash, "--trials", "8", *args, "--quiet", "--out", str(out)])
+    result = runner.invoke(app, ["hpo", cash, "--trials", "6", *args, "--quiet", "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     best = json.loads((out / "best.json").read_text())
-    assert best["trials"] == 8 and best["best_value"] > 0.85
+    assert best["trials"] == 6 and best["best_value"] > 0.85
