@@ -32,6 +32,7 @@ Pages and their sources (all under ``benchmarks/results/``):
 * ``few_shot``: ``few_shot.json`` (``few_shot.py --json``)
 * ``nas``: ``nas.json`` (``nas.py --json``), ``nas/mnist1d_cells.json`` (``nas_cells.py``) and
   ``nas_blackbox.json`` (``nas_blackbox.py``)
+* ``curves``: ``curves.json`` and ``curves/*.png`` (``curves.py --json``)
 
 Only the standard library is used, so the pages render without torch or slem.
 """
@@ -2527,6 +2528,81 @@ def nas() -> str:
     )
 
 
+# ---------------------------------------------------------------------- learning curves
+
+
+def _pm(d: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+    return f"{scale * d['mean']:.{digits}f} ± {scale * d['std']:.{digits}f}"
+
+
+def _verdict(t: dict[str, Any]) -> str:
+    return "**met**" if t["pass"] else f"**missed** (short by {t['shortfall']:.3g})"
+
+
+def curves() -> str:
+    doc = load("curves.json")
+    lc, pr = doc["lcdb"], doc["pruner"]
+    s = lc["summary"]
+    names = list(s["mae"])
+    rows = []
+    for m in names:
+        cov = s["coverage"].get(m)
+        rows.append(
+            [m, _pm(s["mae"][m], 100), _pm(cov, 100, 1) if cov else "–",
+             _pm(s["width"][m], 100) if m in s["width"] else "–"]
+        )  # fmt: skip
+    lcdb_table = table(
+        ["method", "MAE (error points)", "90% interval coverage (%)", "median width (points)"],
+        rows,
+    )
+    ps = pr["summary"]
+    budgets = [str(b) for b in ps["budgets"]]
+    prow = []
+    for name in ("none", "median", "hyperband", "parametric", "h"):
+        d = ps[name]
+        prow.append(
+            [name]
+            + [f"{d['at'][b]['val']['mean']:.2f} ({d['at'][b]['test']['mean']:.2f})"
+               for b in budgets]
+            + [_pm(d["speedup"], 1, 1), _pm(d["gap_at_third"]), str(d["seeds_within_at_third"])]
+        )  # fmt: skip
+    pruner_table = table(
+        ["pruner", *[f"best at {b} epochs (test)" for b in budgets],
+         "speedup to reference", "gap at 1000 epochs", "seeds within 0.2"],
+        prow,
+    )  # fmt: skip
+    lt, pt = s["targets"], ps["targets"]
+    n_seeds = len(pr["per_seed"])
+    tuned = ps["tuned_confidence"]
+    return fill(
+        "curves",
+        {
+            "n_curves": str(lc["n_curves"]),
+            "n_datasets": str(lc["n_datasets"]),
+            "lcdb_seeds": str(len(lc["per_seed"])),
+            "lcdb_table": lcdb_table,
+            "h_mae": f"{100 * lt['mae']['h']:.2f}",
+            "best_parametric": lt["mae"]["best_parametric"],
+            "param_mae": f"{100 * lt['mae']['parametric']:.2f}",
+            "mae_verdict": _verdict(lt["mae"]),
+            "h_coverage": f"{100 * lt['coverage']['h']:.1f}",
+            "coverage_verdict": _verdict(lt["coverage"]),
+            "study_seeds": str(n_seeds),
+            "pruner_table": pruner_table,
+            "reference": f"{statistics.fmean(r['reference'] for r in pr['per_seed']):.2f}",
+            "tuned": ", ".join(f"{k} {v['chosen']}" for k, v in tuned.items()),
+            "reach_verdict": _verdict(pt["reach"]),
+            "beats_verdict": _verdict(pt["beats"]),
+            "beats_numbers": (
+                f"h {pt['beats']['h']:.2f}, median {pt['beats']['median']:.2f}, "
+                f"Hyperband {pt['beats']['hyperband']:.2f}"
+            ),
+            "seconds": str(doc["seconds"]),
+        },
+        "benchmarks/results/curves.json",
+    )
+
+
 # ---------------------------------------------------------------------- the zoo
 
 
@@ -2559,6 +2635,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "estimators": estimators,
     "few_shot": few_shot,
     "nas": nas,
+    "curves": curves,
 }
 #: pages written elsewhere than ``OUT/PAGE.md``
 PAGE_FILES = {"zoo": ROOT / "docs" / "zoo.md"}
@@ -2570,6 +2647,9 @@ def images(page: str) -> dict[str, Path]:
         return {"hpo_regret.png": RESULTS / "hpo_regret.png"}
     if page == "nas":
         return {"nas_blackbox.png": RESULTS / "nas_blackbox.png"}
+    if page == "curves":
+        return {f"curves_{n}.png": RESULTS / "curves" / f"{n}.png"
+                for n in ("lcdb_examples", "pruner_best_vs_epochs")}  # fmt: skip
     if page == "learned_optimizers":
         return {"bbo_regret.png": RESULTS / "learned_optimizers" / "bbo_regret.png"}
     if page == "schedules":

@@ -15,7 +15,7 @@ from slem.data.config import DataConfig
 from slem.errors import SlemError, validation_message
 
 Sampler = Literal["random", "grid", "tpe", "gp", "cmaes", "bohb"]
-Pruner = Literal["none", "median", "sha", "hyperband"]
+Pruner = Literal["none", "median", "sha", "hyperband", "curve"]  # curve: slem.automl.curve_pruner
 
 
 class _Strict(BaseModel):

@@ -143,11 +143,18 @@ def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSa
 
 
 def make_pruner(cfg: StudyConfig, budgets: Sequence[int]) -> optuna.pruners.BasePruner:
-    """The configured pruner over the objective's budgets (epochs or data percentages)."""
+    """The configured pruner over the objective's budgets (epochs or data percentages);
+    ``curve`` extrapolates each trial's curve to the last budget with the shipped
+    meta-learned model (:class:`slem.automl.curve_pruner.CurvePruner`)."""
     name = cfg.pruner_name
     if name == "none" or len(budgets) < 2:
         return optuna.pruners.NopPruner()
     low = max(cfg.min_resource, budgets[0])
+    if name == "curve":
+        from slem.automl.curve_pruner import CurvePruner
+
+        warmup = max(1, min(3, len(budgets) - 1), sum(b < low for b in budgets) + 1)
+        return CurvePruner(budgets[-1], n_startup_trials=5, n_warmup_steps=warmup)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=low)
     if name == "sha":
