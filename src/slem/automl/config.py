@@ -123,13 +123,45 @@ class TrainObjective(_Strict):
     )
 
 
+class PenaltyObjective(_Strict):
+    """L2 penalties of a linear model on a table (``study.strategy: hypergradient``):
+    :func:`slem.automl.penalties.tune_penalties`."""
+
+    kind: Literal["penalty"]
+    data: DataConfig
+    model: Literal["logistic", "ridge"] = Field(
+        "logistic", description="logistic regression (class labels) or ridge (real targets)"
+    )
+    groups: Literal["feature", "global"] = Field(
+        "feature", description="one L2 penalty per input feature, or one for all"
+    )
+    penalty_range: tuple[float, float] = Field(
+        (1e-5, 10.0), description="the penalties are kept in [low, high]"
+    )
+    metric: Literal["val_loss"] = Field(
+        "val_loss", description="validation log-loss (logistic) or mean squared error (ridge)"
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> PenaltyObjective:
+        low, high = self.penalty_range
+        if not 0 < low < high:
+            raise ValueError("objective.penalty_range must be 0 < low < high")
+        return self
+
+
 class HPOConfig(_Strict):
     study: StudyConfig = StudyConfig()
-    objective: CashObjective | TrainObjective = Field(discriminator="kind")
+    objective: CashObjective | TrainObjective | PenaltyObjective = Field(discriminator="kind")
 
     @model_validator(mode="after")
     def _consistent(self) -> HPOConfig:
         o = self.objective
+        if isinstance(o, PenaltyObjective) and self.study.strategy != "hypergradient":
+            raise ValueError(
+                "objective kind penalty is searched by study.strategy hypergradient; a "
+                "blackbox search of one global L2 penalty is kind cash with families [logreg]"
+            )
         if (
             isinstance(o, CashObjective)
             and self.study.pruner_name != "none"
@@ -144,6 +176,8 @@ class HPOConfig(_Strict):
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
         o = self.objective
+        if isinstance(o, PenaltyObjective):
+            return "minimize"
         return (
             "minimize" if isinstance(o, TrainObjective) and o.metric == "val_loss" else "maximize"
         )

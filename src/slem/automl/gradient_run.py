@@ -211,3 +211,128 @@ def _read_trajectories(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return list(csv.DictReader(path.read_text().splitlines()))
+
+
+# ---------------------------------------------------------------------- penalty objective
+
+PENALTIES_FILE = "penalties.csv"
+MODEL_FILE = "model.json"
+TRAJECTORY_FILE = "trajectory.csv"
+
+
+def run_penalty_search(cfg: HPOConfig, run_dir: Path) -> dict[str, Any]:
+    """``objective.kind: penalty``: the L2 penalties of a logistic or ridge model on the
+    table, tuned on its validation split by implicit hypergradients
+    (:func:`slem.automl.penalties.tune_penalties`). Writes ``best.json`` (validation and test
+    scores, the search's cost), ``penalties.csv`` (each input feature's penalty),
+    ``trajectory.csv`` (every outer step: validation loss, hypergradient norm, the penalties)
+    and ``model.json`` (the fitted model: ``x @ coef + intercept``, original feature scale);
+    returns ``best.json``'s content.
+
+    Raises:
+        SlemError: logistic on a regression target or ridge on class labels; what
+            :func:`~slem.automl.penalties.tune_penalties` refuses.
+    """
+    import numpy as np
+
+    from slem.automl.config import PenaltyObjective
+    from slem.automl.penalties import tune_penalties
+    from slem.data import build_task
+
+    objective = cfg.objective
+    assert isinstance(objective, PenaltyObjective)
+    task = build_task(objective.data)
+    if (objective.model == "logistic") != task.is_classification:
+        kind = "class labels" if task.is_classification else "a real-valued target"
+        model = "logistic" if task.is_classification else "ridge"
+        raise SlemError(
+            f"'{task.name}' has {kind}: set objective.model {model} (or the data's task_type)"
+        )
+
+    def arrays(split: str) -> tuple[Any, Any]:
+        s = getattr(task, split)
+        return s.X.reshape(len(s), -1).astype(np.float64), np.asarray(s.y)
+
+    (xt, yt), (xv, yv), (xs, ys) = arrays("train"), arrays("val"), arrays("test")
+    search = cfg.study.hypergradient
+    result = tune_penalties(
+        xt,
+        yt,
+        xv,
+        yv,
+        model=objective.model,
+        groups=objective.groups,
+        outer_steps=search.outer_steps,
+        lr=search.lr,
+        patience=search.patience,
+        bounds=objective.penalty_range,
+        seed=cfg.study.seed,
+    )
+    test: dict[str, float] = {}
+    if objective.model == "logistic":
+        proba = result.predict_proba(xs)
+        classes = list(result.classes) if result.classes is not None else []
+        index = np.asarray([classes.index(v) for v in ys])
+        p = np.clip(proba[np.arange(len(ys)), index], 1e-15, 1.0)
+        test = {
+            "test_log_loss": float(-np.log(p).mean()),
+            "test_accuracy": float((result.predict(xs) == ys).mean()),
+        }
+    else:
+        test = {"test_mse": float(((result.predict(xs) - ys) ** 2).mean())}
+    names = list(task.encoder.input_names) if task.encoder is not None else []
+    width = xt.shape[1]
+    if len(names) != width:
+        names = [f"x{j}" for j in range(width)]
+    per_feature = result.penalties[result.groups]
+    _write_csv(
+        run_dir / PENALTIES_FILE,
+        [
+            {"feature": n, "group": int(g), "penalty": float(v)}
+            for n, g, v in zip(names, result.groups, per_feature, strict=True)
+        ],
+    )
+    _write_csv(
+        run_dir / TRAJECTORY_FILE,
+        [
+            {
+                "step": r["step"],
+                "val_loss": r["val_loss"],
+                "hypergrad_norm": r.get("hypergrad_norm"),
+                "seconds": r.get("seconds"),
+                **{f"penalty_{g}": float(v) for g, v in enumerate(r["penalties"])},
+            }
+            for r in result.trajectory
+        ],
+    )
+    model = {
+        "model": objective.model,
+        "features": names,
+        "classes": None
+        if result.classes is None
+        else [str(task.class_names[int(c)]) for c in result.classes],
+        "coef": result.coef.tolist(),
+        "intercept": result.intercept.tolist(),
+        "penalties": per_feature.tolist(),
+        "logits": "x @ coef + intercept on the task's inputs (after slem's preprocessing)",
+    }
+    atomic_write_text(run_dir / MODEL_FILE, json.dumps(model) + "\n")
+    summary = {
+        "strategy": "hypergradient",
+        "study": cfg.study.name,
+        "objective": "penalty",
+        "model": objective.model,
+        "groups": objective.groups,
+        "metric": "val_log_loss" if objective.model == "logistic" else "val_mse",
+        "val_loss": result.val_loss,
+        "initial_val_loss": result.initial_val_loss,
+        **test,
+        "seconds": result.seconds,
+        "outer_steps": len(result.trajectory),
+        "best_step": result.best_step,
+        "stopped": result.stopped,
+        "n_penalties": len(result.penalties),
+        "selected_on": "validation loss (the test scores played no part)",
+    }
+    atomic_write_text(run_dir / BEST_JSON, json.dumps(summary, indent=1) + "\n")
+    return summary

@@ -9,7 +9,14 @@ from typing import Any
 from rich.table import Table
 
 from slem.automl.config import HPOConfig
-from slem.automl.gradient_run import BEST_CONFIG, run_starts, start_configs
+from slem.automl.config import PenaltyObjective
+from slem.automl.gradient_run import (
+    BEST_CONFIG,
+    PENALTIES_FILE,
+    run_penalty_search,
+    run_starts,
+    start_configs,
+)
 from slem.automl.run import check_fresh, check_resume, write_run_file
 from slem.cli.console import console
 from slem.errors import SlemError
@@ -45,10 +52,13 @@ def run_gradient_study(
     quiet: bool,
 ) -> dict[str, Any]:
     """Train every start into ``run_dir`` (continuing with ``resume``), write the results
-    and the trajectory plot, print the runs and the best one."""
+    and the trajectory plot, print the runs and the best one (a penalty objective:
+    :func:`run_penalties`)."""
     from slem.cli.train_cmd import run_and_report
     from slem.report.hypergradient_plots import start_trajectories
 
+    if isinstance(cfg.objective, PenaltyObjective):
+        return run_penalties(cfg, run_dir, resume)
     configs = start_configs(cfg)  # every config problem before any write
     if resume:
         check_resume(cfg, run_dir, None)
@@ -89,3 +99,33 @@ def run_gradient_study(
     )
     console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
     return result
+
+
+def run_penalties(cfg: HPOConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
+    """A penalty objective: one search (seconds; ``--resume`` runs it again), its files, the
+    trajectory plot and one line of results."""
+    from slem.report.hypergradient_plots import penalty_trajectory
+
+    if resume:
+        check_resume(cfg, run_dir, None)
+    else:
+        check_fresh(run_dir, None)
+    with lock_run_dir(run_dir, "slem hpo"):
+        if not resume:
+            check_fresh(run_dir, None)
+        write_run_file(cfg, run_dir, None, 1)
+        summary = run_penalty_search(cfg, run_dir)
+        plot = penalty_trajectory(run_dir)
+    loss = "log-loss" if summary["model"] == "logistic" else "MSE"
+    test = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("test_"))
+    console.print(
+        f"{summary['n_penalties']} L2 penalties by implicit hypergradients: validation {loss} "
+        f"{summary['initial_val_loss']:.4f} -> {summary['val_loss']:.4f} in "
+        f"{summary['outer_steps']} steps ({summary['seconds']:.1f} s; stopped: "
+        f"{summary['stopped']}); {test} (not used to choose); penalties: "
+        f"{run_dir / PENALTIES_FILE}; trajectory: {plot}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
+    return summary

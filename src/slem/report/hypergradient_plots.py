@@ -86,3 +86,30 @@ def start_trajectories(run_dir: Path) -> Path | None:
         "hyperparameters tuned online by hypergradients, one run per start",
         "epoch",
     )
+
+
+def penalty_trajectory(run_dir: Path) -> Path | None:
+    """``run_dir/plots/penalties.png``: the L2 penalties of a penalty search (its
+    ``trajectory.csv``) and its validation loss over the outer steps."""
+    import csv
+
+    path = Path(run_dir) / "trajectory.csv"
+    if not path.is_file():
+        return None
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    if not rows:
+        return None
+    steps = [float(r["step"]) for r in rows]
+    columns = [c for c in rows[0] if c.startswith("penalty_")]
+    penalties = {
+        f"group {c.removeprefix('penalty_')}": (steps, [float(r[c]) for r in rows]) for c in columns
+    }
+    (Path(run_dir) / "plots").mkdir(parents=True, exist_ok=True)
+    return hyperparameter_trajectories(
+        [("L2 penalty", penalties)],
+        {"validation loss": (steps, [float(r["val_loss"]) for r in rows])},
+        Path(run_dir) / "plots" / "penalties.png",
+        f"{len(columns)} L2 penalties by implicit hypergradients",
+        "outer step",
+        "validation loss",
+    )

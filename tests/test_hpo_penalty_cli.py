@@ -1,0 +1,107 @@
+"""``slem hpo`` with ``objective.kind: penalty`` (per-feature L2 penalties by implicit
+hypergradients): the files a user acts on, and the one-line refusals. A 300-row table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from slem.cli.app import app
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two informative columns, four noise columns; a class label (``table.csv``) and the
+    real-valued score behind it (``values.csv``)."""
+    root = tmp_path_factory.mktemp("penalty_cli")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6))
+    score = x[:, 0] - x[:, 1] + 0.5 * rng.normal(size=300)
+    frame = pd.DataFrame(x, columns=[f"f{j}" for j in range(6)])
+    frame.assign(value=score).to_csv(root / "values.csv", index=False)
+    frame["label"] = np.where(score > 0, "yes", "no")
+    path = root / "table.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _config(tmp_path: Path, table: Path, **objective: Any) -> Path:
+    doc = {
+        "study": {"name": "l2", "strategy": "hypergradient", "hypergradient": {"outer_steps": 4}},
+        "objective": {
+            "kind": "penalty",
+            "data": {"name": str(table), "target": "label", "val_fraction": 0.3},
+            **objective,
+        },
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def one_line(result: Any) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_per_feature_penalties_end_to_end(runner: CliRunner, tmp_path: Path, table: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["hpo", str(_config(tmp_path, table)), "--out", str(out)])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    best = json.loads((out / "best.json").read_text())
+    assert best["n_penalties"] == 6 and best["val_loss"] <= best["initial_val_loss"]
+    assert 0.5 < best["test_accuracy"] <= 1.0 and best["test_log_loss"] > 0
+    penalties = pd.read_csv(out / "penalties.csv")
+    assert list(penalties["feature"]) == [f"f{j}" for j in range(6)]
+    model = json.loads((out / "model.json").read_text())
+    assert np.asarray(model["coef"]).shape[0] == 6 and model["classes"] == ["no", "yes"]
+    trajectory = pd.read_csv(out / "trajectory.csv")
+    assert len(trajectory) == best["outer_steps"] and "penalty_5" in trajectory
+    assert (out / "plots" / "penalties.png").is_file()
+    assert "already holds a study" in one_line(
+        runner.invoke(app, ["hpo", str(_config(tmp_path, table)), "--out", str(out)])
+    )
+
+
+def test_ridge_and_one_global_penalty(runner: CliRunner, tmp_path: Path, table: Path) -> None:
+    config = _config(tmp_path, table, model="ridge", groups="global")
+    doc = yaml.safe_load(config.read_text())
+    doc["objective"]["data"].update(name=str(table.parent / "values.csv"), target="value")
+    config.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["hpo", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    best = json.loads((out / "best.json").read_text())
+    assert best["n_penalties"] == 1 and best["metric"] == "val_mse" and best["test_mse"] > 0
+    assert pd.read_csv(out / "penalties.csv")["penalty"].nunique() == 1
+
+
+@pytest.mark.parametrize(
+    ("objective", "sets", "message"),
+    [
+        ({"model": "ridge"}, [], "has class labels: set objective.model logistic"),
+        ({}, ["--set", "study.strategy=blackbox"], "kind cash with families [logreg]"),
+        ({"penalty_range": [1.0, 0.1]}, [], "penalty_range must be 0 < low < high"),
+    ],
+)
+def test_refusals(
+    runner: CliRunner,
+    tmp_path: Path,
+    table: Path,
+    objective: dict[str, Any],
+    sets: list[str],
+    message: str,
+) -> None:
+    config = _config(tmp_path, table, **objective)
+    line = one_line(runner.invoke(app, ["hpo", str(config), "--out", str(tmp_path / "r"), *sets]))
+    assert message in line
+    assert not (tmp_path / "r" / "best.json").exists()
