@@ -305,7 +305,7 @@ def run_penalty_search(cfg: HPOConfig, run_dir: Path) -> dict[str, Any]:
             for r in result.trajectory
         ],
     )
-    model = {
+    fitted: dict[str, Any] = {
         "model": objective.model,
         "features": names,
         "classes": None
@@ -316,7 +316,7 @@ def run_penalty_search(cfg: HPOConfig, run_dir: Path) -> dict[str, Any]:
         "penalties": per_feature.tolist(),
         "logits": "x @ coef + intercept on the task's inputs (after slem's preprocessing)",
     }
-    atomic_write_text(run_dir / MODEL_FILE, json.dumps(model) + "\n")
+    atomic_write_text(run_dir / MODEL_FILE, json.dumps(fitted) + "\n")
     summary = {
         "strategy": "hypergradient",
         "study": cfg.study.name,

@@ -8,8 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from slem.automl.config import HPOConfig
-from slem.automl.config import PenaltyObjective
+from slem.automl.config import HPOConfig, PenaltyObjective
 from slem.automl.gradient_run import (
     BEST_CONFIG,
     PENALTIES_FILE,
