@@ -32,6 +32,7 @@ Pages and their sources (all under ``benchmarks/results/``):
 * ``few_shot``: ``few_shot.json`` (``few_shot.py --json``)
 * ``nas``: ``nas.json`` (``nas.py --json``), ``nas/mnist1d_cells.json`` (``nas_cells.py``) and
   ``nas_blackbox.json`` (``nas_blackbox.py``)
+* ``hpo_gradient``: ``hpo_gradient.json`` (written by ``hpo_gradient.py``)
 * ``curves``: ``curves.json`` and ``curves/*.png`` (``curves.py --json``)
 
 Only the standard library is used, so the pages render without torch or slem.
@@ -2617,6 +2618,186 @@ def zoo() -> str:
     return fill("zoo", {"entries": entries}, "src/slem/zoo/*/card.json")
 
 
+# ---------------------------------------------------------------------- hypergradient HPO
+
+
+def _ms(d: dict[str, float], digits: int = 3, scale: float = 1.0) -> str:
+    return f"{scale * d['mean']:.{digits}f} ± {scale * d['std']:.{digits}f}"
+
+
+def hpo_gradient_offline(doc: dict[str, Any]) -> dict[str, str]:
+    """The offline part: per-feature penalties against TPE on each table."""
+    rows = []
+    met = 0
+    tables = doc["tables"]
+    for name, t in tables.items():
+        s = t["summary"]
+        v = s["verdict"]
+        met += bool(v["met"])
+        first = t["seeds"][0]
+        rows.append(
+            [
+                f"{name} ({first['n_features']} features, {first['n_val']} val rows)",
+                _ms(s["tpe"]["val_log_loss"]),
+                _ms(s["hg_feature"]["val_log_loss"]),
+                _ms(s["tpe"]["test_log_loss"]),
+                _ms(s["hg_feature"]["test_log_loss"]),
+                _ms(s["tpe"]["seconds"], 1),
+                _ms(s["hg_feature"]["seconds"], 1),
+                _ms(s["time_ratio"], 2),
+                "**met**" if v["met"] else "missed",
+            ]
+        )
+    header = [
+        "table",
+        "val log-loss, TPE (1 penalty)",
+        "val log-loss, per feature",
+        "test log-loss, TPE",
+        "test log-loss, per feature",
+        "TPE s",
+        "per-feature s",
+        "time ratio",
+        "target",
+    ]
+    ridge_rows = []
+    for name, t in doc.get("ridge", {}).items():
+        s = t["summary"]
+        ridge_rows.append(
+            [
+                f"{name} ({t['target']}), ridge",
+                _ms(s["tpe"]["val_mse"], 2),
+                _ms(s["hg_feature"]["val_mse"], 2),
+                _ms(s["tpe"]["test_mse"], 2),
+                _ms(s["hg_feature"]["test_mse"], 2),
+                _ms(s["time_ratio"], 2),
+            ]
+        )
+    ridge = (
+        table(
+            [
+                "table",
+                "val MSE, TPE",
+                "val MSE, per feature",
+                "test MSE, TPE",
+                "test MSE, per feature",
+                "time ratio",
+            ],
+            ridge_rows,
+        )
+        if ridge_rows
+        else "(not measured)"
+    )
+    return {
+        "offline_table": table(header, rows),
+        "offline_met": f"{met} of {len(tables)}",
+        "offline_settings": json.dumps(doc["settings"]),
+        "offline_ridge": ridge,
+    }
+
+
+def hpo_gradient_online(doc: dict[str, Any]) -> dict[str, str]:
+    """The online part: each start against the 30-trial TPE search, and the ablation."""
+    s = doc["summary"]
+    rows = [
+        [
+            "TPE, 30 trials (best by validation)",
+            _ms(s["tpe_val"], 2),
+            _ms(s["tpe_test"], 2),
+            "–",
+            "30",
+            "–",
+        ]
+    ]
+    for start, v in s["starts"].items():
+        rows.append(
+            [
+                f"hypergradient from lr {start}",
+                _ms(v["val"], 2),
+                _ms(v["test"], 2),
+                _ms(v["gap_to_tpe"], 2),
+                _ms(v["cost_runs"], 2),
+                f"{v['tuned_lr']['mean']:.3g} / {v['tuned_weight_decay']['mean']:.2g}",
+            ]
+        )
+    online = table(
+        [
+            "search",
+            "val acc (%)",
+            "test acc (%)",
+            "test gap to TPE (points)",
+            "cost (training runs)",
+            "final lr / weight decay (mean)",
+        ],
+        rows,
+    )
+    per_seed = table(
+        ["seed", "TPE best: lr, wd", "TPE test", *(f"from {k}: test" for k in s["starts"])],
+        [
+            [
+                str(x["seed"]),
+                f"{x['tpe']['lr']:.3g}, {x['tpe']['weight_decay']:.2g}",
+                f"{x['tpe']['test']:.2f}",
+                *(f"{r['test']:.2f}" for r in x["online"]),
+            ]
+            for x in doc["seeds"]
+        ],
+    )
+    ablation_rows = [
+        [
+            "1 step (hypergradient descent)" if r["horizon"] == 1 else f"{r['horizon']} steps",
+            f"{r['hyper_lr']:g}",
+            "whole run" if r.get("memory", 0.0) == 1.0 else "restart",
+            f"{r['start_lr']:g}",
+            f"{r['val']:.2f}",
+            f"{r['test']:.2f}",
+            f"{r['tuned_lr']:.3g}",
+            f"{r['tuned_weight_decay']:.2g}",
+            f"{r['train_seconds']:.0f}",
+        ]
+        for r in doc.get("ablation", [])
+    ]
+    ablation = (
+        table(
+            [
+                "update every",
+                "Adam step",
+                "tangents after an update",
+                "start lr",
+                "val acc",
+                "test acc",
+                "final lr",
+                "final wd",
+                "train s",
+            ],
+            ablation_rows,
+        )
+        if ablation_rows
+        else "(not measured)"
+    )
+    t = s["target"]
+    verdict = (
+        f"every start within {-t['worst_mean_gap']:.2f} points of TPE (worst mean gap) at "
+        f"{t['cost_runs']:.2f} training runs each: target **"
+        + ("met" if t["met"] else "missed")
+        + "**"
+    )
+    return {
+        "online_table": online,
+        "online_seeds": per_seed,
+        "online_verdict": verdict,
+        "online_ablation": ablation,
+    }
+
+
+def hpo_gradient() -> str:
+    doc = load("hpo_gradient.json")
+    return fill(
+        "hpo_gradient",
+        {**hpo_gradient_offline(doc["offline"]), **hpo_gradient_online(doc["online"])},
+        "benchmarks/results/hpo_gradient.json",
+    )
+
+
 PAGES: dict[str, Callable[[], str]] = {
     "noisy_labels": noisy_labels,
     "loss_setting": loss_setting,
@@ -2636,6 +2817,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "few_shot": few_shot,
     "nas": nas,
     "curves": curves,
+    "hpo_gradient": hpo_gradient,
 }
 #: pages written elsewhere than ``OUT/PAGE.md``
 PAGE_FILES = {"zoo": ROOT / "docs" / "zoo.md"}

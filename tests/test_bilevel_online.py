@@ -105,3 +105,30 @@ def test_too_many_directions_is_one_line() -> None:
     with pytest.raises(SlemError, match="one tangent per hyperparameter") as err:
         ForwardTangents({"w": torch.zeros(100)})
     assert "\n" not in str(err.value)
+
+
+def test_decay_scales_the_tangents_and_checks_its_factor() -> None:
+    """decay(1) keeps the whole horizon, decay(0.5) halves what was carried, decay(0) resets."""
+    loss, params, hyper, batches, outer = _setup(2)
+    opt = OPTIMIZERS["sgd_momentum"]()
+    tangents = ForwardTangents(hyper)
+    theta, state = dict(params), opt.init(params)
+    for batch in batches[:3]:
+        g = torch.func.grad(loss)(theta, hyper, batch)
+        tangents.step(opt, theta, g, state, hyper)
+        theta, state = opt.update(theta, g, state, hyper)
+    full = tangents.hypergrad(loss, theta, hyper, outer)
+    direct = tangents.hypergrad(loss, theta, hyper, outer)
+    tangents.decay(1.0)
+    kept = tangents.hypergrad(loss, theta, hyper, outer)
+    tangents.decay(0.5)
+    half = tangents.hypergrad(loss, theta, hyper, outer)
+    tangents.reset()
+    zero = tangents.hypergrad(loss, theta, hyper, outer)
+    for k in hyper:
+        torch.testing.assert_close(kept.grads[k], full.grads[k])
+        through = full.grads[k] - zero.grads[k]  # the part carried by the tangents
+        torch.testing.assert_close(half.grads[k], zero.grads[k] + 0.5 * through)
+        torch.testing.assert_close(direct.grads[k], full.grads[k])
+    with pytest.raises(SlemError, match=r"factor in \[0, 1\]"):
+        tangents.decay(1.5)

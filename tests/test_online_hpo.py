@@ -204,3 +204,15 @@ def test_ranges_keep_the_tuned_values_inside(task: Any) -> None:
     trainer.fit(progress=False)
     assert all(5e-4 - 1e-12 <= r["lr"] <= 2e-3 + 1e-12 for r in trainer.trace)
     assert np.isclose(max(r["lr"] for r in trainer.trace), 2e-3)
+
+
+def test_memory_one_keeps_the_whole_trajectory(task: Any) -> None:
+    """memory 1: the tangents span every step so far (RTHO); 0: only those since the last
+    update."""
+    kept = make_trainer(_config(hypergradient={"horizon": 4, "memory": 1.0}), task)
+    kept.fit(progress=False)
+    assert kept.tangents.steps == kept.progress.global_step
+    truncated = make_trainer(_config(hypergradient={"horizon": 4}), task)
+    truncated.fit(progress=False)
+    assert truncated.tangents.steps == truncated.progress.global_step % 4
+    assert len(kept.trace) == len(truncated.trace)

@@ -147,6 +147,19 @@ class ForwardTangents:
         steps taken from now on."""
         self.params, self.state, self.steps, self.flat = None, [], 0, False
 
+    def decay(self, factor: float) -> None:
+        """Scale the tangents by ``factor`` in [0, 1]: ``0`` is :meth:`reset`, ``1`` keeps the
+        whole trajectory (RTHO's full horizon), between them older steps count
+        geometrically less (MARTHE's discounted tangent, Donini et al. 2020)."""
+        if not 0.0 <= factor <= 1.0:
+            raise SlemError(f"ForwardTangents.decay needs a factor in [0, 1], got {factor}")
+        if factor == 0.0:
+            self.reset()
+            return
+        if self.params is not None:
+            self.params = {k: factor * t for k, t in self.params.items()}
+        self.state = [factor * t for t in self.state]
+
     def step(
         self,
         optimizer: InnerOptimizer,

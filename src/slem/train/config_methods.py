@@ -56,8 +56,15 @@ class HypergradientConfig(_Strict):
     horizon: int = Field(
         0,
         ge=0,
-        description="training steps per hyperparameter update: the truncated horizon of each "
-        "hypergradient (0: one epoch); short horizons bias the rate low (Wu et al. 2018)",
+        description="training steps per hyperparameter update (0: one epoch)",
+    )
+    memory: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="the tangents after an update are scaled by this: 1 keeps the whole run "
+        "(RTHO), 0 restarts them (a truncated horizon, biased to small rates: Wu et al. "
+        "2018), between them older steps fade",
     )
     lr: float = Field(
         0.3, gt=0, description="Adam step on the log-hyperparameters (natural-log units)"

@@ -2,14 +2,17 @@
 
 Every real step is the plain ``torch.optim`` step; alongside it
 :class:`~slem.bilevel.ForwardTangents` carries ``d theta / d phi`` for ``phi = (log lr, log
-weight decay)`` (first-order forward mode, Franceschi et al. 2017's RTHO without the Hessian
+weight decay)`` (first-order forward mode: Franceschi et al. 2017's RTHO without the Hessian
 term). Every ``hypergradient.horizon`` steps (default one epoch) the hypergradient of the
-validation loss (the meta set's, when the task has one) along those steps moves ``phi`` by one
-Adam step, and the tangents restart: a truncated horizon long enough to escape the short-horizon
-bias of one-step hypergradient descent (Baydin et al. 2018; Wu et al. 2018). The base rate
-scales the run's ``optim.schedule`` (cosine by default), so the schedule's shape is kept and its
-height is learned. Cost: plain training, one forward and backward of an outer batch per
-horizon, and a few elementwise operations per parameter and step.
+validation loss (the meta set's, when the task has one) moves ``phi`` by one Adam step. The
+tangents then keep the whole trajectory (``hypergradient.memory`` 1, the default: the
+hypergradient of the loss now with respect to a ``phi`` held since the start), fade, or
+restart (``memory`` 0, a truncated horizon). Short horizons favour small rates (Wu et al.
+2018): one-step updates (hypergradient descent, Baydin et al. 2018) and one-epoch truncation
+settle far below the rates a search finds (``benchmarks/hpo_gradient_online.py``). The base
+rate scales the run's ``optim.schedule`` (cosine by default), so the schedule keeps its shape
+and learns its height. Cost: plain training, one forward and backward of an outer batch per
+update, and two small reverse passes through the optimizer update per step.
 """
 
 from __future__ import annotations
@@ -141,7 +144,8 @@ class OnlineHPOTrainer(Trainer):
         self.optimizer.step()
         self._check_parameters()
         stats: dict[str, float] = {"loss": float(loss.detach())}
-        if self.tangents.steps >= self.horizon:
+        training = self.progress.epoch < self.config.optim.epochs
+        if training and (self.progress.global_step + 1) % self.horizon == 0:
             stats.update(self._update_hyperparameters())
         self.progress.timings["plain"].append(time.perf_counter() - start)
         return stats
@@ -176,7 +180,8 @@ class OnlineHPOTrainer(Trainer):
 
     def _update_hyperparameters(self) -> dict[str, float]:
         """One Adam step of the log-hyperparameters on the hypergradient of an outer batch's
-        loss along the steps since the last update; the tangents restart."""
+        loss along the steps the tangents hold; then they restart (``hypergradient.memory``
+        0) or fade."""
         n = len(self.outer_y)
         take = torch.randperm(n, generator=self.generator)[: self.config.hypergradient.batch_size]
         take = take.to(self.outer_y.device)
@@ -189,7 +194,7 @@ class OnlineHPOTrainer(Trainer):
         with torch.no_grad():
             for name, (low, high) in self.bounds.items():
                 self.hyper[name].clamp_(low, high)
-        self.tangents.reset()
+        self.tangents.decay(self.config.hypergradient.memory)
         norm = math.sqrt(sum(float(g.double() ** 2) for g in result.grads.values()))
         row = {
             "step": float(self.progress.global_step + 1),
