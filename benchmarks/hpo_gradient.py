@@ -11,9 +11,16 @@ the train/val/test split; the validation split is 20 % of train + val, not the d
 since many hyperparameters tuned on 45 rows would mostly fit noise):
 
 * ``tpe``: Optuna's TPE sampler (seeded), 100 trials over ``log(lambda)`` in the same bounds,
-  every trial the *same* inner solver (L-BFGS to the same gradient tolerance) from a cold start;
-* ``hg_feature``: one penalty per feature, implicit hypergradient + Adam (warm-started solves);
+  every trial a cold solve to the same gradient tolerance by the library's faster cold solver
+  on that table (Newton or L-BFGS, timed first: :func:`fastest_cold`);
+* ``hg_feature``: one penalty per feature, implicit hypergradient + Adam (warm-started Newton
+  solves, closed-form hypergradient on the Hessian's factor: ``tune_penalties``' defaults);
 * ``hg_global``: the same with one penalty;
+* ``hg_feature_prior_<gamma>``: with the hyper-prior ``prior=gamma`` (log-penalties pulled to
+  their mean, against overfitting the validation split), and ``hg_feature_prior_cv``: gamma
+  chosen by 2-fold cross-validation inside the validation split (no test data);
+* ``hg_feature_lbfgs``: the previous path (L-BFGS solves, the engine's CG hypergradient), for
+  the seconds per outer step before/after (``step_speedup``; skip with ``--no-before``);
 * ``sklearn``: ``LogisticRegression(C = 1 / (lambda n_train))`` (``Ridge(alpha = lambda
   n_train)``) at TPE's best penalty, a check of the inner solver (its validation loss should
   match TPE's best).

@@ -29,13 +29,26 @@ coefficients of *standardized* features (training-split mean and standard deviat
 and ``Ridge(alpha=a)`` is ``lambda = a / n_train``.
 
 **Method.** Each outer step solves the inner problem full-batch in float64 to a gradient
-tolerance (``torch.optim.LBFGS`` with a strong-Wolfe line search, warm-started from the
-previous step's solution, which is what makes the path cheap: a few L-BFGS iterations per step
-instead of a cold solve; ridge is solved exactly by one linear solve), then takes the implicit
-hypergradient (:func:`slem.bilevel.hypergrad` with ``"implicit"``, conjugate gradient on
-Hessian-vector products; one solve whatever the number of penalties) and an Adam step on the
-log-penalties. The iterate with the best validation loss is kept; the search stops when the
-validation loss has not improved for ``patience`` steps.
+tolerance and takes the implicit hypergradient and an Adam step on the log-penalties. The
+inner problems are small (at most a few thousand parameters) and smooth, so the default
+(``inner_method="newton"``) exploits their structure: damped Newton steps on the analytic
+Hessian (``X^T diag(p(1-p)) X / n + diag(lambda)`` for one logit, its ``(d+1)k``-square block
+form for a softmax, ``X^T X / n + diag(lambda)`` for ridge, which is one exact solve; the
+intercepts are unpenalized), warm-started from the previous step's solution moved by the
+implicit function theorem's first-order prediction, so one or two Newton steps per outer step.
+The Cholesky factor of the Hessian at the solution then gives the hypergradient in closed form
+(``q = H^{-1} dL_val/dtheta``, ``d L_val / d phi_g = -sum_{j in g} lambda_j W[j] . q[j]``):
+no iterative solve at all for one logit or ridge; for a softmax, whose dense Hessian costs as
+much as a hundred Hessian-vector products to build, the factor of an earlier step
+preconditions conjugate gradient on closed-form products (a few products; a fresh factor when
+that stalls). That number is the engine's (:func:`slem.bilevel.hypergrad`, ``"implicit"``, on
+:func:`penalty_problem`; ``solver="direct"`` with the same factor as ``hessian_solve``), tested
+equal; it is computed here without the engine's generic ``torch.func`` machinery, whose fixed
+cost per call (milliseconds) is more than the whole structured step. ``inner_method="lbfgs"``
+is the generic path: ``torch.optim.LBFGS`` solves (strong-Wolfe line search) and the engine's
+conjugate-gradient hypergradient on Hessian-vector products. The iterate with the best
+validation loss is kept (with ``prior > 0``: the best value of the regularized outer
+objective); the search stops when it has not improved for ``patience`` steps.
 
 The implicit function theorem gives the hypergradient only at a stationary point of the inner
 objective; an inner problem that did not reach ``inner_tol`` raises a one-line
@@ -757,11 +770,11 @@ def tune_penalties(
         init: the starting penalty (a float for every group, or ``(n_groups,)``); default
             ``1 / n_train``, scikit-learn's ``LogisticRegression(C=1)``.
         inner_tol: gradient tolerance (largest absolute entry) of the inner solve.
-        inner_iterations: L-BFGS iterations allowed per inner solve.
+        inner_iterations: Newton steps (L-BFGS iterations) allowed per inner solve.
         patience: stop after this many steps without a lower validation loss (None: never).
         bounds: the penalties are kept in ``[low, high]`` (log-penalties clipped).
         cg_iterations, cg_tol: the conjugate-gradient solve of the hypergradient (relative
-            residual).
+            residual) with ``inner_method="lbfgs"``.
         standardize: scale features by training-split mean and standard deviation first (the
             penalties then act on standardized coefficients; ``coef`` is returned on the
             original scale either way).
