@@ -11,9 +11,16 @@ the train/val/test split; the validation split is 20 % of train + val, not the d
 since many hyperparameters tuned on 45 rows would mostly fit noise):
 
 * ``tpe``: Optuna's TPE sampler (seeded), 100 trials over ``log(lambda)`` in the same bounds,
-  every trial the *same* inner solver (L-BFGS to the same gradient tolerance) from a cold start;
-* ``hg_feature``: one penalty per feature, implicit hypergradient + Adam (warm-started solves);
+  every trial a cold solve to the same gradient tolerance by the library's faster cold solver
+  on that table (Newton or L-BFGS, timed first: :func:`fastest_cold`);
+* ``hg_feature``: one penalty per feature, implicit hypergradient + Adam (warm-started Newton
+  solves, closed-form hypergradient on the Hessian's factor: ``tune_penalties``' defaults);
 * ``hg_global``: the same with one penalty;
+* ``hg_feature_prior_<gamma>``: with the hyper-prior ``prior=gamma`` (log-penalties pulled to
+  their mean, against overfitting the validation split), and ``hg_feature_prior_cv``: gamma
+  chosen by 2-fold cross-validation inside the validation split (no test data);
+* ``hg_feature_lbfgs``: the previous path (L-BFGS solves, the engine's CG hypergradient), for
+  the seconds per outer step before/after (``step_speedup``; skip with ``--no-before``);
 * ``sklearn``: ``LogisticRegression(C = 1 / (lambda n_train))`` (``Ridge(alpha = lambda
   n_train)``) at TPE's best penalty, a check of the inner solver (its validation loss should
   match TPE's best).
@@ -45,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slem.automl.penalties import PenaltyResult, inner_solve, tune_penalties
+from slem.automl.penalties import INNER_METHODS, PenaltyResult, inner_solve, tune_penalties
 from slem.automl.tables import TableSpec, data_config
 from slem.data.config import parse_data_config
 from slem.data.task import Task, build_task
@@ -65,6 +72,9 @@ TRIALS = 100
 BOUNDS = (1e-5, 10.0)
 INNER_TOL = 1e-5
 INNER_ITERATIONS = 2000
+#: hyper-prior strengths tried (0: none, the default); ``hg_feature_prior_cv`` picks one by
+#: 2-fold cross-validation inside the validation split
+PRIORS = (0.0, 1e-3, 1e-2, 1e-1)
 
 
 def load(spec: TableSpec, seed: int, regression: bool = False) -> Task:
@@ -87,25 +97,40 @@ def log_loss(proba: np.ndarray, y: np.ndarray, classes: np.ndarray) -> float:
     return float(-np.mean(np.log(p)))
 
 
+def fastest_cold(prep: _Prepared) -> tuple[str, dict[str, float]]:
+    """The faster cold inner solver for one global penalty (seconds per solve, mean over
+    penalties log-spaced across the bounds, each after one untimed warm-up): what TPE uses."""
+    if prep.model == "ridge":
+        return "newton", {}  # ignored: ridge is one exact linear solve either way
+    grid = np.logspace(math.log10(BOUNDS[0]), math.log10(BOUNDS[1]), 5)
+    timings: dict[str, float] = {}
+    for method in INNER_METHODS:
+        prep.solve(float(grid[0]), method)
+        start = time.perf_counter()
+        for lam in grid:
+            prep.solve(float(lam), method)
+        timings[method] = (time.perf_counter() - start) / len(grid)
+    return min(timings, key=lambda m: timings[m]), timings
+
+
 def tpe(
     model: str, data: dict[str, tuple[np.ndarray, np.ndarray]], seed: int, trials: int
 ) -> dict[str, Any]:
-    """TPE over one global log-penalty; every trial a cold inner solve (the same solver).
-
-    The data are passed through :func:`tune_penalties` with ``outer_steps=1`` at the trial's
-    penalty, which is exactly one cold solve plus one hypergradient; to keep the comparison
-    fair the hypergradient is *not* computed here: the solve and the validation loss only."""
+    """TPE over one global log-penalty; every trial a cold inner solve by the library's faster
+    cold solver on this table (:func:`fastest_cold`: Newton or L-BFGS, to the same gradient
+    tolerance); the solve and the validation loss only, no hypergradient."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     (xt, yt), (xv, yv) = data["train"], data["val"]
     prep = _Prepared(model, xt, yt, xv, yv)
+    method, cold = fastest_cold(prep)
     best: dict[str, Any] = {"val_loss": math.inf}
     iterations: list[int] = []
 
     def objective(trial: Any) -> float:
         lam = trial.suggest_float("penalty", *BOUNDS, log=True)
-        params, used = prep.solve(lam)
+        params, used = prep.solve(lam, method)
         iterations.append(used)
         value = prep.val_loss(params)
         if value < best["val_loss"]:
@@ -121,6 +146,8 @@ def tpe(
         "penalty": best["penalty"],
         "seconds": seconds,
         "mean_inner_iterations": float(np.mean(iterations)),
+        "inner_method": method,
+        "cold_seconds_per_solve": cold,
         "predict": prep.predictor(best["params"]),
     }
 
@@ -148,7 +175,7 @@ class _Prepared:
         self.k = k
         self.groups = np.zeros(xt.shape[1], dtype=np.int64)
 
-    def solve(self, lam: float) -> tuple[dict[str, torch.Tensor], int]:
+    def solve(self, lam: float, method: str = "newton") -> tuple[dict[str, torch.Tensor], int]:
         d = self.xt.shape[1]
         zero = {
             "coef": torch.zeros(d, self.k, dtype=torch.float64),
@@ -156,7 +183,14 @@ class _Prepared:
         }
         phi = torch.tensor([math.log(lam)], dtype=torch.float64)
         params, used, _ = inner_solve(
-            self.model, self.groups, phi, (self.xt, self.yt), zero, INNER_TOL, INNER_ITERATIONS
+            self.model,
+            self.groups,
+            phi,
+            (self.xt, self.yt),
+            zero,
+            INNER_TOL,
+            INNER_ITERATIONS,
+            method=method,  # type: ignore[arg-type]
         )
         return params, used
 
@@ -201,8 +235,17 @@ def scores(
     return out
 
 
-def hg(model: str, data: dict[str, Any], groups: str, seed: int) -> PenaltyResult:
-    (xt, yt), (xv, yv) = data["train"], data["val"]
+def hg(
+    model: str,
+    data: dict[str, Any],
+    groups: str,
+    seed: int,
+    inner_method: str = "newton",
+    prior: float = 0.0,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+) -> PenaltyResult:
+    (xt, yt) = data["train"]
+    (xv, yv) = data["val"] if val is None else val
     return tune_penalties(
         xt,
         yt,
@@ -214,10 +257,58 @@ def hg(model: str, data: dict[str, Any], groups: str, seed: int) -> PenaltyResul
         inner_tol=INNER_TOL,
         inner_iterations=INNER_ITERATIONS,
         seed=seed,
+        inner_method=inner_method,  # type: ignore[arg-type]
+        prior=prior,
     )
 
 
-def one(spec: TableSpec, seed: int, trials: int, model: str = "logistic") -> dict[str, Any]:
+def choose_prior(model: str, data: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The hyper-prior's ``gamma`` by 2-fold cross-validation *inside the validation split*
+    (tune on one half, score the other half's loss, swap; test data unused): the gamma in
+    :data:`PRIORS` with the lowest mean held-out loss (ties: the smaller gamma)."""
+    (xv, yv) = data["val"]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(yv))
+    halves = (order[: len(yv) // 2], order[len(yv) // 2 :])
+    start = time.perf_counter()
+    held_out: dict[float, float] = {}
+    for gamma in PRIORS:
+        losses = []
+        for a, b in (halves, halves[::-1]):
+            r = hg(model, data, "feature", seed, prior=gamma, val=(xv[a], yv[a]))
+            if model == "ridge":
+                losses.append(float(np.mean((r.predict(xv[b]) - yv[b]) ** 2)))
+            else:
+                assert r.classes is not None
+                if not np.isin(yv[b], r.classes).all():
+                    raise ValueError("a validation label missing from train")
+                losses.append(log_loss(r.predict_proba(xv[b]), yv[b], r.classes))
+        held_out[gamma] = float(np.mean(losses))
+    best = min(PRIORS, key=lambda g: (held_out[g], g))
+    return {"gamma": best, "held_out": held_out, "seconds": time.perf_counter() - start}
+
+
+def record(r: PenaltyResult, model: str, data: dict[str, Any], classes: Any) -> dict[str, Any]:
+    predict = r.predict_proba if model == "logistic" else r.predict
+    return {
+        "seconds": r.seconds,
+        "steps": len(r.trajectory),
+        "seconds_per_step": r.seconds / len(r.trajectory),
+        "best_step": r.best_step,
+        "stopped": r.stopped,
+        "initial_val_loss": r.initial_val_loss,
+        "penalties_min": float(r.penalties.min()),
+        "penalties_median": float(np.median(r.penalties)),
+        "penalties_max": float(r.penalties.max()),
+        "mean_inner_iterations": float(np.mean([t["inner_iterations"] for t in r.trajectory])),
+        "mean_cg_iterations": float(np.mean([t["cg_iterations"] for t in r.trajectory])),
+        **scores(model, predict, data, classes),
+    }
+
+
+def one(
+    spec: TableSpec, seed: int, trials: int, model: str = "logistic", before: bool = True
+) -> dict[str, Any]:
     task = load(spec, seed, regression=model == "ridge")
     data = {s: arrays(task, s) for s in ("train", "val", "test")}
     n_train = len(data["train"][1])
@@ -236,24 +327,24 @@ def one(spec: TableSpec, seed: int, trials: int, model: str = "logistic") -> dic
         "penalty": found["penalty"],
         "seconds": found["seconds"],
         "mean_inner_iterations": found["mean_inner_iterations"],
+        "inner_method": found["inner_method"],
+        "cold_seconds_per_solve": found["cold_seconds_per_solve"],
         **scores(model, found["predict"], data, classes),
     }
     for name, groups in (("hg_feature", "feature"), ("hg_global", "global")):
-        r = hg(model, data, groups, seed)
-        predict = r.predict_proba if model == "logistic" else r.predict
-        row[name] = {
-            "seconds": r.seconds,
-            "steps": len(r.trajectory),
-            "best_step": r.best_step,
-            "stopped": r.stopped,
-            "initial_val_loss": r.initial_val_loss,
-            "penalties_min": float(r.penalties.min()),
-            "penalties_median": float(np.median(r.penalties)),
-            "penalties_max": float(r.penalties.max()),
-            "mean_inner_iterations": float(np.mean([t["inner_iterations"] for t in r.trajectory])),
-            "mean_cg_iterations": float(np.mean([t["cg_iterations"] for t in r.trajectory])),
-            **scores(model, predict, data, classes),
-        }
+        row[name] = record(hg(model, data, groups, seed), model, data, classes)
+    for gamma in PRIORS[1:]:
+        r = hg(model, data, "feature", seed, prior=gamma)
+        row[f"hg_feature_prior_{gamma:g}"] = record(r, model, data, classes)
+    chosen = choose_prior(model, data, seed)
+    r = hg(model, data, "feature", seed, prior=chosen["gamma"])
+    row["hg_feature_prior_cv"] = {**record(r, model, data, classes), "prior": chosen}
+    if before and model == "logistic":  # the previous path: L-BFGS solves, CG hypergradient
+        r = hg(model, data, "feature", seed, inner_method="lbfgs")
+        row["hg_feature_lbfgs"] = record(r, model, data, classes)
+        row["step_speedup"] = (
+            row["hg_feature_lbfgs"]["seconds_per_step"] / row["hg_feature"]["seconds_per_step"]
+        )
     row["sklearn"] = sklearn_check(model, data, found["penalty"], classes)
     row["time_ratio"] = row["hg_feature"]["seconds"] / row["tpe"]["seconds"]
     return row
@@ -301,9 +392,16 @@ def summarize(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
         else ("val_mse", "test_mse", "seconds")
     )
     out: dict[str, Any] = {}
-    for method in ("tpe", "hg_feature", "hg_global", "sklearn"):
+    methods = [k for k in rows[0] if k in ("tpe", "sklearn") or k.startswith("hg_")]
+    for method in methods:
         out[method] = {m: mean_std([r[method][m] for r in rows]) for m in metrics}
+        if "seconds_per_step" in rows[0][method]:
+            out[method]["seconds_per_step"] = mean_std(
+                [r[method]["seconds_per_step"] for r in rows]
+            )
     out["time_ratio"] = mean_std([r["time_ratio"] for r in rows])
+    if "step_speedup" in rows[0]:
+        out["step_speedup"] = mean_std([r["step_speedup"] for r in rows])
     key = metrics[0]
     val_hg = out["hg_feature"][key]["mean"]
     val_tpe = out["tpe"][key]["mean"]
@@ -325,17 +423,23 @@ def summarize(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
 def offline(seeds: list[int], quick: bool) -> dict[str, Any]:
     trials = 20 if quick else TRIALS
     specs = CLASSIFICATION[:1] if quick else CLASSIFICATION
+    if OPTIONS["tables"]:
+        specs = tuple(s for s in specs if s.name in OPTIONS["tables"])
     tables: dict[str, Any] = {}
     for spec in specs:
         rows = []
         for seed in seeds:
-            rows.append(one(spec, seed, trials))
+            rows.append(one(spec, seed, trials, before=OPTIONS["before"]))
             r = rows[-1]
+            cv = r["hg_feature_prior_cv"]
             print(
                 f"{spec.name} seed {seed}: val {r['tpe']['val_log_loss']:.4f} (tpe) "
                 f"{r['hg_feature']['val_log_loss']:.4f} (hg) test {r['tpe']['test_log_loss']:.4f}"
-                f" / {r['hg_feature']['test_log_loss']:.4f}; {r['tpe']['seconds']:.1f}s / "
-                f"{r['hg_feature']['seconds']:.1f}s = {r['time_ratio']:.3f}",
+                f" / {r['hg_feature']['test_log_loss']:.4f}; {r['tpe']['seconds']:.2f}s "
+                f"({r['tpe']['inner_method']}) / {r['hg_feature']['seconds']:.2f}s = "
+                f"{r['time_ratio']:.3f}; step speedup {r.get('step_speedup', math.nan):.1f}; "
+                f"prior cv gamma {cv['prior']['gamma']:g}: val {cv['val_log_loss']:.4f} "
+                f"test {cv['test_log_loss']:.4f}",
                 flush=True,
             )
         tables[spec.name] = {
@@ -343,7 +447,9 @@ def offline(seeds: list[int], quick: bool) -> dict[str, Any]:
             "seeds": rows,
             "summary": summarize(rows, "logistic"),
         }
-    ridge_rows = [one(RIDGE, seed, trials, model="ridge") for seed in seeds]
+    ridge_rows = []
+    if not OPTIONS["tables"] or RIDGE.name in OPTIONS["tables"]:
+        ridge_rows = [one(RIDGE, seed, trials, model="ridge") for seed in seeds]
     for r in ridge_rows:
         print(
             f"{RIDGE.name} seed {r['seed']}: val mse {r['tpe']['val_mse']:.3f} (tpe) "
@@ -352,6 +458,13 @@ def offline(seeds: list[int], quick: bool) -> dict[str, Any]:
             flush=True,
         )
     met = [t["summary"]["verdict"]["met"] for t in tables.values()]
+    ridge: dict[str, Any] = {}
+    if ridge_rows:
+        ridge[RIDGE.name] = {
+            "target": RIDGE.target,
+            "seeds": ridge_rows,
+            "summary": summarize(ridge_rows, "ridge"),
+        }
     return {
         "settings": {
             "seeds": seeds,
@@ -361,17 +474,18 @@ def offline(seeds: list[int], quick: bool) -> dict[str, Any]:
             "inner_iterations": INNER_ITERATIONS,
             "val_fraction": VAL_FRACTION,
             "threads": torch.get_num_threads(),
-            "tune_penalties": "defaults (outer_steps 25, lr 0.3, patience 5, cg_tol 1e-3, "
-            "init 1/n_train)",
+            "tune_penalties": "defaults (outer_steps 25, lr 0.3, patience 5, init 1/n_train, "
+            "inner_method newton: damped Newton on the analytic Hessian, closed-form implicit "
+            "hypergradient on its Cholesky factor; prior 0)",
+            "hg_feature_lbfgs": "the previous path (inner_method lbfgs: L-BFGS solves, the "
+            "engine's CG hypergradient, cg_tol 1e-3), for seconds per step before/after",
+            "tpe_solver": "per table and seed the faster cold solver (newton or lbfgs, timed on "
+            "5 penalties first; ridge: exact)",
+            "priors": list(PRIORS),
+            "prior_cv": "gamma by 2-fold CV inside the validation split (no test data)",
         },
         "tables": tables,
-        "ridge": {
-            RIDGE.name: {
-                "target": RIDGE.target,
-                "seeds": ridge_rows,
-                "summary": summarize(ridge_rows, "ridge"),
-            }
-        },
+        "ridge": ridge,
         "targets_met": f"{sum(met)}/{len(met)}",
     }
 
@@ -392,6 +506,8 @@ PARTS: dict[str, Callable[[list[int], bool], dict[str, Any]]] = {
     "offline": offline,
     "online": online,
 }
+#: command-line choices the parts read
+OPTIONS: dict[str, Any] = {"tables": None, "before": True}
 
 
 def main() -> None:
@@ -400,7 +516,12 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="one table, 20 TPE trials")
     parser.add_argument("--json", default=None, help="write here instead of results/")
+    parser.add_argument("--tables", nargs="+", default=None, help="only these tables")
+    parser.add_argument(
+        "--no-before", action="store_true", help="skip the previous (L-BFGS + CG) path"
+    )
     args = parser.parse_args()
+    OPTIONS.update(tables=args.tables, before=not args.no_before)
     torch.set_num_threads(1)
     path = Path(args.json) if args.json else RESULTS / "hpo_gradient.json"
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from slem.automl import penalties as pen
 from slem.automl.penalties import inner_solve, penalty_problem, tune_penalties
 from slem.bilevel import hypergrad
 from slem.errors import SlemError
@@ -71,6 +72,92 @@ def test_hypergradient_matches_finite_differences(model: str, classes: int) -> N
         fd.append(float(up - down) / (2 * eps))
     got = result.grads["log_penalty"].numpy()
     np.testing.assert_allclose(got, fd, rtol=1e-3, atol=1e-7)
+    # the structured path: Newton's (or ridge's) factor, closed-form hypergradient, and the
+    # engine's solver="direct" (given that factor, or building the dense Hessian itself)
+    d = train[0].shape[1]
+    zero = {"coef": torch.zeros(d, k, dtype=torch.float64), "intercept": torch.zeros(k).double()}
+    params2, _, norm, structure = pen._solve(
+        model, groups, phi, train, zero, 1e-10, 100, 20, "newton"
+    )
+    assert norm <= 1e-10 and structure is not None
+    index = torch.as_tensor(groups)
+    closed, loss, _ = pen._structured_hypergradient(structure, val, index, 3)
+    assert loss == pytest.approx(result.outer_loss, rel=1e-8)
+    np.testing.assert_allclose(closed.numpy(), got, rtol=1e-6, atol=1e-10)
+    problem2 = penalty_problem(model, groups, params2, phi)
+    if structure.model == "ridge":
+        solve = structure.curvature.solve
+    else:  # a fresh factor at the solution
+        solve = structure.objective.curvature(structure.p).solve
+    for options in ({"hessian_solve": solve}, {}):
+        direct = hypergrad(
+            problem2, "implicit", inner_batch=train, outer_batch=val, solver="direct", **options
+        )
+        np.testing.assert_allclose(direct.grads["log_penalty"].numpy(), got, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_newton_reaches_stationarity_and_matches_lbfgs(classes: int) -> None:
+    x, y = _data("logistic", n=150, d=8, classes=classes)
+    xt, yt, k = _tensors("logistic", x, y, classes)
+    groups = np.arange(8)
+    phi = torch.linspace(-6.0, 0.0, 8, dtype=torch.float64)  # ill-conditioned on purpose
+    zero = {"coef": torch.zeros(8, k, dtype=torch.float64), "intercept": torch.zeros(k).double()}
+    newton, steps, norm = inner_solve("logistic", groups, phi, (xt, yt), zero, tol=1e-9)
+    assert norm <= 1e-9 and steps <= 30
+    lbfgs, _, _ = inner_solve(
+        "logistic", groups, phi, (xt, yt), zero, tol=1e-7, iterations=3000, method="lbfgs"
+    )  # (L-BFGS stalls near 1e-8 here; Newton does not)
+    for name in ("coef", "intercept"):
+        np.testing.assert_allclose(newton[name], lbfgs[name], atol=1e-5)
+    # a warm start from the solution at nearby penalties takes a few steps
+    _, warm, norm = inner_solve("logistic", groups, phi + 0.3, (xt, yt), newton, tol=1e-9)
+    assert norm <= 1e-9 and warm <= 4
+
+
+def test_newton_and_lbfgs_searches_agree() -> None:
+    x, y = _data("logistic", n=150, d=6, classes=3)
+    xv, yv = _data("logistic", n=200, d=6, classes=3, seed=1)
+    kw = {"outer_steps": 4, "init": 1e-2, "inner_tol": 1e-7}
+    newton = tune_penalties(x, y, xv, yv, **kw)
+    lbfgs = tune_penalties(x, y, xv, yv, inner_method="lbfgs", cg_tol=1e-12, **kw)
+    for a, b in zip(newton.trajectory, lbfgs.trajectory, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+        np.testing.assert_allclose(a["penalties"], b["penalties"], rtol=1e-4)
+
+
+def test_prior_pulls_penalties_together() -> None:
+    x, y = _data("logistic", n=150, d=12, scale=0.7)
+    xv, yv = _data("logistic", n=100, d=12, seed=1, scale=0.7)
+    kw = {"outer_steps": 15, "init": 1e-2, "patience": None}
+    free = tune_penalties(x, y, xv, yv, **kw)
+    tied = tune_penalties(x, y, xv, yv, prior=1.0, **kw)
+    assert np.log(tied.penalties).std() < np.log(free.penalties).std()
+    assert tied.settings["prior"] == 1.0
+    with pytest.raises(SlemError, match="prior must be non-negative"):
+        tune_penalties(x, y, xv, yv, prior=-1.0, outer_steps=1)
+
+
+def test_direct_solver_errors_are_one_line() -> None:
+    x, y = _data("ridge", n=40, d=3)
+    xt, yt, _ = _tensors("ridge", x, y, 1)
+    phi = torch.zeros(1, dtype=torch.float64)
+    params = {"coef": torch.zeros(3, 1, dtype=torch.float64), "intercept": torch.zeros(1).double()}
+    problem = penalty_problem("ridge", np.zeros(3, dtype=np.int64), params, phi)
+    batch = (xt, yt)
+    with pytest.raises(SlemError, match="needs solver='direct'") as exc:
+        hypergrad(problem, "implicit", inner_batch=batch, outer_batch=batch, hessian_solve=abs)
+    _one_line(exc)
+    with pytest.raises(SlemError, match="same shape") as exc:
+        hypergrad(
+            problem,
+            "implicit",
+            inner_batch=batch,
+            outer_batch=batch,
+            solver="direct",
+            hessian_solve=lambda v: v[:1],
+        )
+    _one_line(exc)
 
 
 def test_per_feature_penalties_find_the_noise_features() -> None:

@@ -29,13 +29,26 @@ coefficients of *standardized* features (training-split mean and standard deviat
 and ``Ridge(alpha=a)`` is ``lambda = a / n_train``.
 
 **Method.** Each outer step solves the inner problem full-batch in float64 to a gradient
-tolerance (``torch.optim.LBFGS`` with a strong-Wolfe line search, warm-started from the
-previous step's solution, which is what makes the path cheap: a few L-BFGS iterations per step
-instead of a cold solve; ridge is solved exactly by one linear solve), then takes the implicit
-hypergradient (:func:`slem.bilevel.hypergrad` with ``"implicit"``, conjugate gradient on
-Hessian-vector products; one solve whatever the number of penalties) and an Adam step on the
-log-penalties. The iterate with the best validation loss is kept; the search stops when the
-validation loss has not improved for ``patience`` steps.
+tolerance and takes the implicit hypergradient and an Adam step on the log-penalties. The
+inner problems are small (at most a few thousand parameters) and smooth, so the default
+(``inner_method="newton"``) exploits their structure: damped Newton steps on the analytic
+Hessian (``X^T diag(p(1-p)) X / n + diag(lambda)`` for one logit, its ``(d+1)k``-square block
+form for a softmax, ``X^T X / n + diag(lambda)`` for ridge, which is one exact solve; the
+intercepts are unpenalized), warm-started from the previous step's solution moved by the
+implicit function theorem's first-order prediction, so one or two Newton steps per outer step.
+The Cholesky factor of the Hessian at the solution then gives the hypergradient in closed form
+(``q = H^{-1} dL_val/dtheta``, ``d L_val / d phi_g = -sum_{j in g} lambda_j W[j] . q[j]``):
+no iterative solve at all for one logit or ridge; for a softmax, whose dense Hessian costs as
+much as a hundred Hessian-vector products to build, the factor of an earlier step
+preconditions conjugate gradient on closed-form products (a few products; a fresh factor when
+that stalls). That number is the engine's (:func:`slem.bilevel.hypergrad`, ``"implicit"``, on
+:func:`penalty_problem`; ``solver="direct"`` with the same factor as ``hessian_solve``), tested
+equal; it is computed here without the engine's generic ``torch.func`` machinery, whose fixed
+cost per call (milliseconds) is more than the whole structured step. ``inner_method="lbfgs"``
+is the generic path: ``torch.optim.LBFGS`` solves (strong-Wolfe line search) and the engine's
+conjugate-gradient hypergradient on Hessian-vector products. The iterate with the best
+validation loss is kept (with ``prior > 0``: the best value of the regularized outer
+objective); the search stops when it has not improved for ``patience`` steps.
 
 The implicit function theorem gives the hypergradient only at a stationary point of the inner
 objective; an inner problem that did not reach ``inner_tol`` raises a one-line
@@ -53,7 +66,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -64,7 +79,14 @@ from torch import Tensor
 from slem.bilevel import SGD, BilevelProblem, Params, hypergrad
 from slem.errors import SlemError
 
-__all__ = ["MODELS", "PenaltyResult", "inner_solve", "penalty_problem", "tune_penalties"]
+__all__ = [
+    "INNER_METHODS",
+    "MODELS",
+    "PenaltyResult",
+    "inner_solve",
+    "penalty_problem",
+    "tune_penalties",
+]
 
 #: the inner models
 MODELS = ("logistic", "ridge")
@@ -275,29 +297,304 @@ def _inf_norm(grads: list[Tensor]) -> float:
     return max(float(g.abs().max()) for g in grads)
 
 
-def inner_solve(
+#: the inner solvers of :func:`inner_solve`
+INNER_METHODS = ("newton", "lbfgs")
+
+InnerMethod = Literal["newton", "lbfgs"]
+
+
+class _Curvature:
+    """A Cholesky factor of the inner Hessian at some point (maybe an earlier one: then a
+    preconditioner).
+
+    Parameters ``theta = [W; b]`` are the ``(d + 1, k)`` augmented coefficients, flattened
+    row-major (``coef`` then ``intercept``: the engine's flat order of ``penalty_problem``'s
+    params). ``kron``: the Hessian is ``kron(G, I_k)`` with ``G = factor factor^T`` (ridge,
+    binary logistic); otherwise ``factor`` is that of the full ``(d+1)k`` matrix (softmax)
+    with the intercepts' null direction (all logits up by one constant) given unit curvature,
+    which leaves ``H^{-1} v`` unchanged for every ``v`` orthogonal to it (the gradients of
+    softmax losses are)."""
+
+    def __init__(self, factor: Tensor, rows: int, k: int, kron: bool) -> None:
+        self.factor, self.rows, self.k, self.kron = factor, rows, k, kron
+
+    def solve(self, v: Tensor) -> Tensor:
+        """``H^{-1} v`` for a flat ``v`` (:data:`slem.bilevel.implicit.HessianSolve`)."""
+        b = v.reshape(self.rows, self.k) if self.kron else v[:, None]
+        half = torch.linalg.solve_triangular(self.factor, b, upper=False)
+        return torch.linalg.solve_triangular(self.factor.T, half, upper=True).reshape(-1)
+
+    def apply(self, v: Tensor) -> Tensor:
+        """:meth:`solve` in the ``(d + 1, k)`` shape of ``theta``."""
+        return self.solve(v.reshape(-1)).reshape(v.shape)
+
+
+def _cholesky(h: Tensor) -> Tensor:
+    """Lower Cholesky factor; a positive-definite ``h`` that rounding made indefinite gets a
+    tiny diagonal shift (relative 1e-12, raised tenfold until it factors)."""
+    factor, info = torch.linalg.cholesky_ex(h)
+    if int(info) == 0:
+        return factor
+    scale = float(h.diagonal().abs().max())
+    shift = 1e-12 * scale
+    while int(info) != 0 and shift < 1e-2 * scale:
+        factor, info = torch.linalg.cholesky_ex(
+            h + shift * torch.eye(len(h), dtype=h.dtype, device=h.device)
+        )
+        shift *= 10
+    if int(info) != 0:
+        raise SlemError(
+            "the inner Hessian could not be factored (not positive definite); raise the lower "
+            "penalty bound or standardize the features"
+        )
+    return factor
+
+
+def _pcg(
+    hvp: Callable[[Tensor], Tensor],
+    precondition: Callable[[Tensor], Tensor],
+    b: Tensor,
+    rtol: float,
+    iterations: int,
+) -> tuple[Tensor, bool, int]:
+    """Preconditioned conjugate gradient for ``H x = b`` (``H`` SPD); ``(x, converged, its)``.
+    With the factor of ``H`` itself as the preconditioner it is exact after one iteration."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    b_norm = float(torch.linalg.vector_norm(b))
+    if b_norm == 0.0:
+        return x, True, 0
+    z = precondition(r)
+    p = z.clone()
+    rz = float((r * z).sum())
+    for it in range(1, iterations + 1):
+        hp = hvp(p)
+        curvature = float((p * hp).sum())
+        if not curvature > 0:
+            return x, False, it
+        step = rz / curvature
+        x = x + step * p
+        r = r - step * hp
+        if float(torch.linalg.vector_norm(r)) <= rtol * b_norm:
+            return x, True, it
+        z = precondition(r)
+        rz_new = float((r * z).sum())
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x, False, iterations
+
+
+class _Logistic:
+    """Value, gradient, Hessian-vector products and the Hessian of the inner logistic
+    objective in ``theta = [W; b]`` (``(d + 1, k)``), all in closed form."""
+
+    def __init__(self, x: Tensor, y: Tensor, lam: Tensor, k: int) -> None:
+        n, d = x.shape
+        self.xa = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], dim=1)
+        self.lam = torch.cat([lam, torch.zeros(1, dtype=x.dtype, device=x.device)])[:, None]
+        self.n, self.d, self.k = n, d, k
+        # an older factor as a preconditioner pays where the dense Hessian costs many
+        # products (the softmax's (d+1)k square); for one logit a fresh one is cheaper
+        self.stale_ok = k > 1
+        if k == 1:
+            self.target = y[:, None]
+        else:
+            self.target = F.one_hot(y, k).to(x.dtype)
+
+    def value(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """``(objective, probabilities)``."""
+        z = self.xa @ theta
+        penalty = 0.5 * (self.lam * theta**2).sum()
+        if self.k == 1:
+            return (F.softplus(z) - self.target * z).mean() + penalty, torch.sigmoid(z)
+        log_p = torch.log_softmax(z, dim=1)
+        return -(self.target * log_p).sum() / self.n + penalty, log_p.exp()
+
+    def gradient(self, theta: Tensor, p: Tensor) -> Tensor:
+        out: Tensor = self.xa.T @ (p - self.target) / self.n + self.lam * theta
+        return out
+
+    def hvp(self, p: Tensor, v: Tensor) -> Tensor:
+        """``H v`` for ``v`` of ``theta``'s shape (with the softmax null-direction term)."""
+        z = self.xa @ v
+        if self.k == 1:
+            s = p * (1 - p) * z
+        else:
+            s = p * z
+            s = s - p * s.sum(dim=1, keepdim=True)
+        out = self.xa.T @ s / self.n + self.lam * v
+        if self.k > 1:
+            out[-1] += v[-1].mean()
+        return out
+
+    def curvature(self, p: Tensor) -> _Curvature:
+        """The Cholesky factor of the dense Hessian at the probabilities ``p``."""
+        xa, n, rows, k = self.xa, self.n, self.d + 1, self.k
+        if k == 1:
+            h = xa.T @ ((p * (1 - p)) * xa) / n
+            h.diagonal().add_(self.lam[:, 0])
+            return _Curvature(_cholesky(h), rows, 1, kron=True)
+        # H[(j,c),(j',c')] = sum_i x_ij x_ij' (p_ic [c = c'] - p_ic p_ic') / n
+        a = (xa[:, :, None] * p[:, None, :]).reshape(n, rows * k)
+        block = (xa.T @ a / n).reshape(rows, rows, k)  # [j, j', c] = sum_i x_ij x_ij' p_ic / n
+        h = torch.diag_embed(block).permute(0, 2, 1, 3).reshape(rows * k, rows * k)
+        h = h - a.T @ a / n
+        h.diagonal().add_(self.lam.expand(rows, k).reshape(-1))
+        h[-k:, -k:] += 1.0 / k  # unit curvature along the intercepts' null direction
+        return _Curvature(_cholesky(h), rows, k, kron=False)
+
+
+#: conjugate-gradient iterations on a stale factor before a fresh Hessian is factored
+_STALE_ITERATIONS = 25
+
+
+def _newton(
+    objective: _Logistic,
+    theta: Tensor,
+    tol: float,
+    iterations: int,
+    curvature: _Curvature | None = None,
+) -> tuple[Tensor, Tensor, int, float, _Curvature | None]:
+    """Damped Newton (Armijo backtracking from the full step) until the largest absolute
+    gradient entry is at most ``tol``; returns ``(theta, probabilities, steps, |grad|,
+    curvature)``.
+
+    Each Newton system is solved by conjugate gradient on closed-form Hessian-vector products
+    preconditioned by ``curvature``, a Cholesky factor of the Hessian at some earlier point
+    (the previous solution on a warm start): a few products while the Hessian has changed
+    little; a fresh Hessian is built and factored (an exact step) when none is held or
+    ``_STALE_ITERATIONS`` products do not reach the inexact-Newton tolerance
+    ``min(0.1, sqrt(|grad|))`` (superlinear convergence)."""
+    used = 0
+    value, p = objective.value(theta)
+    while True:
+        g = objective.gradient(theta, p)
+        norm = float(g.abs().max())
+        if norm <= tol or used >= iterations:
+            return theta, p, used, norm, curvature
+        ok = False
+        if curvature is not None and objective.stale_ok:
+            step, ok, _ = _pcg(
+                partial(objective.hvp, p),
+                curvature.apply,
+                -g,
+                min(0.1, math.sqrt(norm)),
+                _STALE_ITERATIONS,
+            )
+        if not ok:
+            curvature = objective.curvature(p)
+            step = -curvature.apply(g)
+        slope = float((g * step).sum())
+        t = 1.0
+        while True:
+            trial = theta + t * step
+            trial_value, trial_p = objective.value(trial)
+            if float(trial_value) <= float(value) + 1e-4 * t * slope or t < 1e-10:
+                break
+            t *= 0.5
+        used += 1
+        if not float(trial_value) <= float(value) and t < 1e-10:  # no descent left: rounding
+            return theta, p, used, norm, curvature
+        theta, value, p = trial, trial_value, trial_p
+
+
+@dataclass
+class _Structure:
+    """An inner solution with what the closed-form hypergradient needs: ``theta`` ``(d+1,
+    k)``, the per-feature penalties ``lam``, a Cholesky factor (``exact``: of the Hessian at
+    ``theta``; else of an earlier one, a preconditioner), and for logistic models the
+    objective and the training probabilities at ``theta`` (Hessian-vector products)."""
+
+    model: str
+    theta: Tensor
+    lam: Tensor
+    curvature: _Curvature | None
+    exact: bool
+    objective: _Logistic | None = None
+    p: Tensor | None = None
+
+    def predict(self, lam: Tensor) -> Tensor:
+        """The solution at new penalties ``lam`` to first order, ``theta - H^{-1} (lam -
+        self.lam) W`` (the implicit function theorem's step, on the held factor): the warm
+        start of the next solve, which then needs about one Newton step fewer."""
+        if self.model == "ridge" or self.curvature is None:
+            return self.theta
+        change = torch.zeros_like(self.theta)
+        change[:-1] = (lam - self.lam)[:, None] * self.theta[:-1]
+        return self.theta - self.curvature.apply(change)
+
+    def solve(self, v: Tensor, rtol: float = 1e-10) -> tuple[Tensor, int]:
+        """``(H^{-1} v, Hessian-vector products)`` for ``v`` of ``theta``'s shape: the exact
+        factor, or conjugate gradient preconditioned by the held factor (a fresh factor when
+        that takes more than ``_STALE_ITERATIONS`` products)."""
+        if self.exact:
+            assert self.curvature is not None
+            return self.curvature.apply(v), 0
+        assert self.objective is not None and self.p is not None
+        objective, p = self.objective, self.p
+        if self.curvature is not None and objective.stale_ok:
+            q, ok, used = _pcg(
+                lambda u: objective.hvp(p, u), self.curvature.apply, v, rtol, _STALE_ITERATIONS
+            )
+            if ok:
+                return q, used
+        self.curvature, self.exact = objective.curvature(p), True
+        return self.curvature.apply(v), 0
+
+
+def _structured_hypergradient(
+    structure: _Structure, val: Batch, index: Tensor, n_groups: int
+) -> tuple[Tensor, float, int]:
+    """``(d val_loss / d phi, val_loss, Hessian-vector products)`` in closed form: with
+    ``v = d L_out / d theta`` and ``q = H^{-1} v``, the implicit function theorem gives
+    ``d L_out / d phi_g = -sum_{j in g} lambda_j sum_c W[j, c] q[j, c]`` (the penalty is the
+    only place ``phi`` enters, and the outer loss does not read it). The same number as
+    :func:`slem.bilevel.hypergrad` with ``"implicit"`` on :func:`penalty_problem`, without
+    its generic machinery (tested equal)."""
+    x, y = val
+    xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
+    theta = structure.theta
+    z = xa @ theta
+    n = len(x)
+    if structure.model == "ridge":
+        residual = z - y
+        loss = float((residual**2).sum(dim=1).mean())
+        v = 2.0 * xa.T @ residual / n
+    elif theta.shape[1] == 1:
+        loss = float(F.binary_cross_entropy_with_logits(z[:, 0], y))
+        v = xa.T @ (torch.sigmoid(z) - y[:, None]) / n
+    else:
+        loss = float(F.cross_entropy(z, y))
+        v = xa.T @ (torch.softmax(z, dim=1) - F.one_hot(y, theta.shape[1]).to(z.dtype)) / n
+    q, used = structure.solve(v)
+    mixed = structure.lam * (theta[:-1] * q[:-1]).sum(dim=1)
+    grad = -torch.zeros(n_groups, dtype=theta.dtype, device=theta.device).index_add_(
+        0, index, mixed
+    )
+    return grad, loss, used
+
+
+def _solve(
     model: str,
     groups: np.ndarray,
     log_penalty: Tensor,
     batch: Batch,
     params: Params,
-    tol: float = 1e-6,
-    iterations: int = 500,
-    history: int = 20,
-) -> tuple[Params, int, float]:
-    """Minimize the inner objective from ``params`` (a warm start; not modified).
-
-    Logistic: ``torch.optim.LBFGS`` (strong-Wolfe line search) until the largest absolute
-    gradient entry is at most ``tol``. Ridge: the normal equations, solved exactly. Returns
-    ``(params, iterations, gradient inf-norm)``.
-
-    Raises:
-        SlemError: the gradient is still above ``tol`` after ``iterations`` (one line; the
-            implicit hypergradient needs a stationary point).
-    """
+    tol: float,
+    iterations: int,
+    history: int,
+    method: str,
+    curvature: _Curvature | None = None,
+) -> tuple[Params, int, float, _Structure | None]:
+    """:func:`inner_solve`; Newton and ridge also return the closed-form structure at the
+    solution (for :func:`_structured_hypergradient`), Newton starting from ``curvature`` (a
+    factor from an earlier solve) as its preconditioner."""
+    if method not in INNER_METHODS:
+        raise SlemError(f"unknown inner method '{method}'; use {' or '.join(INNER_METHODS)}")
     x, y = batch
     lam = log_penalty.detach().exp()[torch.as_tensor(groups, dtype=torch.long)]
     lam_col = lam[:, None]
+    structure: _Structure | None = None
 
     def objective(coef: Tensor, intercept: Tensor) -> Tensor:
         z = x @ coef + intercept
@@ -308,14 +605,28 @@ def inner_solve(
         with torch.enable_grad():
             return _inf_norm(list(torch.autograd.grad(objective(*p), p)))
 
+    def split(theta: Tensor) -> Params:
+        return {"coef": theta[:-1].contiguous(), "intercept": theta[-1].contiguous()}
+
     if model == "ridge":
         n, d = x.shape
         a = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], dim=1)
-        reg = torch.diag(torch.cat([lam, torch.zeros(1, dtype=x.dtype)]))
-        theta = torch.linalg.solve(a.T @ a / n + reg, a.T @ y / n)
-        found = {"coef": theta[:d].contiguous(), "intercept": theta[d].contiguous()}
+        h = a.T @ a / n
+        h.diagonal()[:d].add_(lam)
+        fresh = _Curvature(_cholesky(h), d + 1, y.shape[1], kron=True)
+        rhs = a.T @ y / n
+        theta = fresh.solve(rhs.reshape(-1)).reshape(rhs.shape)
+        found = split(theta)
         used = 1
-        norm = gradient_norm(found)
+        norm = float((h @ theta - rhs).abs().max())
+        structure = _Structure(model, theta, lam, fresh, True)
+    elif method == "newton":
+        k = params["coef"].shape[1]
+        theta0 = torch.cat([params["coef"], params["intercept"][None, :]]).detach()
+        inner = _Logistic(x, y, lam, k)
+        theta, p, used, norm, curvature = _newton(inner, theta0, tol, iterations, curvature)
+        found = split(theta)
+        structure = _Structure(model, theta, lam, curvature, False, inner, p)
     else:
         coef = params["coef"].detach().clone().requires_grad_(True)
         intercept = params["intercept"].detach().clone().requires_grad_(True)
@@ -354,6 +665,38 @@ def inner_solve(
             f"iterations (tol {tol:g}), and the implicit hypergradient assumes one; raise "
             "inner_iterations, loosen inner_tol, or standardize the features"
         )
+    return found, used, norm, structure
+
+
+def inner_solve(
+    model: str,
+    groups: np.ndarray,
+    log_penalty: Tensor,
+    batch: Batch,
+    params: Params,
+    tol: float = 1e-6,
+    iterations: int = 500,
+    history: int = 20,
+    method: InnerMethod = "newton",
+) -> tuple[Params, int, float]:
+    """Minimize the inner objective from ``params`` (a warm start; not modified).
+
+    Logistic, ``method="newton"`` (the default): damped Newton steps on the analytic Hessian
+    (``X^T diag(p(1-p)) X / n + diag(lambda)`` for two classes, its ``(d+1)k``-square block
+    form for a softmax; intercepts unpenalized), one Cholesky factorization per step, an
+    Armijo backtracking line search from the full step; quadratic convergence near the
+    solution, so a warm start needs a few steps. ``method="lbfgs"``: ``torch.optim.LBFGS``
+    (strong-Wolfe line search; ``history`` pairs). Both run until the largest absolute
+    gradient entry is at most ``tol``. Ridge: the normal equations, solved exactly (one
+    Cholesky factorization). Returns ``(params, iterations, gradient inf-norm)``.
+
+    Raises:
+        SlemError: the gradient is still above ``tol`` after ``iterations`` (one line; the
+            implicit hypergradient needs a stationary point), or an unknown ``method``.
+    """
+    found, used, norm, _ = _solve(
+        model, groups, log_penalty, batch, params, tol, iterations, history, method
+    )
     return found, used, norm
 
 
@@ -368,6 +711,7 @@ def _check_settings(
     inner_iterations: int,
     patience: int | None,
     bounds: tuple[float, float],
+    prior: float = 0.0,
 ) -> None:
     if model not in MODELS:
         raise SlemError(f"unknown model '{model}'; use {' or '.join(MODELS)}")
@@ -382,6 +726,8 @@ def _check_settings(
         )
     if patience is not None and patience < 1:
         raise SlemError(f"patience must be at least 1 (or None), got {patience}")
+    if not prior >= 0:
+        raise SlemError(f"prior must be non-negative (0: none), got {prior}")
     low, high = bounds
     if not 0 < low < high:
         raise SlemError(f"bounds must be 0 < low < high penalties, got {bounds}")
@@ -405,6 +751,8 @@ def tune_penalties(
     cg_tol: float = 1e-3,
     standardize: bool = True,
     seed: int = 0,
+    inner_method: InnerMethod = "newton",
+    prior: float = 0.0,
 ) -> PenaltyResult:
     """Tune one L2 penalty per feature group by implicit hypergradients (see the module).
 
@@ -422,15 +770,23 @@ def tune_penalties(
         init: the starting penalty (a float for every group, or ``(n_groups,)``); default
             ``1 / n_train``, scikit-learn's ``LogisticRegression(C=1)``.
         inner_tol: gradient tolerance (largest absolute entry) of the inner solve.
-        inner_iterations: L-BFGS iterations allowed per inner solve.
+        inner_iterations: Newton steps (L-BFGS iterations) allowed per inner solve.
         patience: stop after this many steps without a lower validation loss (None: never).
         bounds: the penalties are kept in ``[low, high]`` (log-penalties clipped).
         cg_iterations, cg_tol: the conjugate-gradient solve of the hypergradient (relative
-            residual).
+            residual) with ``inner_method="lbfgs"``.
         standardize: scale features by training-split mean and standard deviation first (the
             penalties then act on standardized coefficients; ``coef`` is returned on the
             original scale either way).
         seed: seeds torch (the search itself is deterministic given the data).
+        inner_method: ``"newton"`` (default: damped Newton on the analytic Hessian, whose
+            Cholesky factor at the solution also gives the hypergradient, by the engine's
+            ``solver="direct"``) or ``"lbfgs"`` (L-BFGS inner solves and a conjugate-gradient
+            hypergradient on Hessian-vector products; ``cg_iterations``, ``cg_tol``). Ridge
+            is solved exactly either way (and its factor reused).
+        prior: ``gamma >= 0`` of a hyper-prior pulling the log-penalties toward their mean:
+            the outer objective becomes ``val_loss + gamma / 2 * mean((phi - mean(phi))^2)``
+            (it also picks the best iterate); 0 (default) is plain validation loss.
 
     Returns:
         :class:`PenaltyResult`.
@@ -440,7 +796,9 @@ def tune_penalties(
             training classes, validation labels unseen in training, an unknown model or
             groups, bad settings, or an inner problem not solved to ``inner_tol``.
     """
-    _check_settings(model, outer_steps, lr, inner_tol, inner_iterations, patience, bounds)
+    _check_settings(model, outer_steps, lr, inner_tol, inner_iterations, patience, bounds, prior)
+    if inner_method not in INNER_METHODS:
+        raise SlemError(f"unknown inner_method '{inner_method}'; use {' or '.join(INNER_METHODS)}")
     start = time.perf_counter()
     torch.manual_seed(seed)
     xt = _features(x_train, "x_train")
@@ -503,35 +861,56 @@ def tune_penalties(
         "intercept": torch.zeros(k, dtype=torch.float64),
     }
 
+    index = torch.as_tensor(group_of, dtype=torch.long)
+    held: _Curvature | None = None  # the last Hessian factor (a preconditioner)
     trajectory: list[dict[str, Any]] = []
     best: tuple[float, int, np.ndarray, Params] | None = None
     stale = 0
     stopped = "outer_steps"
     for step in range(outer_steps):
-        params, used, gnorm = inner_solve(
-            model, group_of, phi, train, params, inner_tol, inner_iterations
+        params, used, gnorm, structure = _solve(
+            model,
+            group_of,
+            phi,
+            train,
+            params,
+            inner_tol,
+            inner_iterations,
+            20,
+            inner_method,
+            held,
         )
-        problem = penalty_problem(model, group_of, params, phi.detach())
-        result = hypergrad(
-            problem,
-            "implicit",
-            inner_batch=train,
-            outer_batch=val,
-            solver="cg",
-            iterations=cg_iterations,
-            tol=cg_tol,
-        )
-        g = result.grads["log_penalty"]
-        val_loss = result.outer_loss
+        if structure is not None:  # closed form, the solve's own factor: no generic CG
+            g, val_loss, products = _structured_hypergradient(structure, val, index, n_groups)
+            held = structure.curvature
+        else:
+            problem = penalty_problem(model, group_of, params, phi.detach())
+            result = hypergrad(
+                problem,
+                "implicit",
+                inner_batch=train,
+                outer_batch=val,
+                solver="cg",
+                iterations=cg_iterations,
+                tol=cg_tol,
+            )
+            g = result.grads["log_penalty"]
+            val_loss = result.outer_loss
+            products = int(result.diagnostics.get("iterations", 0))
+        objective = val_loss
+        if prior > 0 and n_groups > 1:
+            centred = phi.detach() - phi.detach().mean()
+            objective = val_loss + 0.5 * prior * float((centred**2).mean())
+            g = g + prior * centred / n_groups
         trajectory.append(
             {
                 "step": step,
                 "val_loss": val_loss,
-                "penalties": [float(v) for v in phi.detach().exp()],
+                "penalties": phi.detach().exp().tolist(),
                 "hypergrad_norm": float(g.norm()),
                 "inner_iterations": used,
                 "inner_grad_norm": gnorm,
-                "cg_iterations": int(result.diagnostics.get("iterations", 0)),
+                "cg_iterations": products,
                 "seconds": time.perf_counter() - start,
             }
         )
@@ -539,8 +918,8 @@ def tune_penalties(
             raise SlemError(
                 f"the validation loss became {val_loss} at step {step}; lower lr or narrow bounds"
             )
-        if best is None or val_loss < best[0] - 1e-12:
-            best = (val_loss, step, phi.detach().clone().numpy(), params)
+        if best is None or objective < best[0] - 1e-12:
+            best = (objective, step, phi.detach().clone().numpy(), params)
             stale = 0
         else:
             stale += 1
@@ -554,8 +933,12 @@ def tune_penalties(
         adam.step()
         with torch.no_grad():
             phi.clamp_(low, high)
+        if structure is not None:
+            theta = structure.predict(phi.detach().exp()[index])
+            params = {"coef": theta[:-1], "intercept": theta[-1]}
     assert best is not None
-    val_loss, best_step, best_phi, best_params = best
+    _, best_step, best_phi, best_params = best
+    val_loss = trajectory[best_step]["val_loss"]
     w = best_params["coef"].numpy() / scale[:, None]
     b = best_params["intercept"].numpy() - mean @ w
     return PenaltyResult(
@@ -580,6 +963,8 @@ def tune_penalties(
             "patience": patience,
             "bounds": list(bounds),
             "standardize": standardize,
+            "inner_method": inner_method,
+            "prior": prior,
             "y_1d": y_1d,
         },
     )

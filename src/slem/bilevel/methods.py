@@ -294,12 +294,20 @@ def implicit(
     alpha: float | None = None,
     inner_steps: int = 0,
     negative_curvature: str = "raise",
+    hessian_solve: implicit_solvers.HessianSolve | None = None,
 ) -> Hypergrad:
     """Implicit function theorem at the inner optimum (Pedregosa 2016; Lorraine et al. 2020):
     ``d L/d phi = dL/dphi - (d^2 L_in/dphi dtheta) H^{-1} dL/dtheta`` with ``H`` the Hessian of
     the inner objective (including the optimizer's weight decay), solved by conjugate gradient
     (``solver="cg"``) or a Neumann series (``solver="neumann"``, step ``alpha``) using
-    Hessian-vector products from torch.func (forward-over-reverse).
+    Hessian-vector products from torch.func (forward-over-reverse), or densely
+    (``solver="direct"``, small inner problems): ``hessian_solve``, a function
+    ``v -> H^{-1} v`` on flat vectors (the inner parameters in their dict order, each
+    flattened row-major: :func:`slem.bilevel.implicit.flatten`), applies a factorization the
+    caller already holds (e.g. the Cholesky factor of a Newton inner solve, which makes the
+    hypergradient nearly free; ``damping`` is then the caller's business); without it the
+    dense Hessian is built from ``P`` Hessian-vector products (plus ``damping``) and
+    Cholesky-factored (``P`` up to a few thousand).
 
     Assumes ``problem.params`` is (close to) the optimum of the inner objective averaged over
     the given inner batches; ``inner_steps`` runs that many plain steps first. Cost: one
@@ -340,7 +348,9 @@ def implicit(
         out: Params = push_forward(lambda t: stationarity(t, hyper), (params,), (u,))[1]
         return {k: out[k] + damping * u[k] for k in out} if damping else out
 
-    q, info = implicit_solvers.solve(hvp, v, solver, iterations, tol, alpha, negative_curvature)
+    q, info = implicit_solvers.solve(
+        hvp, v, solver, iterations, tol, alpha, negative_curvature, hessian_solve
+    )
     (mixed,) = pullback(lambda h: stationarity(params, h), hyper)(q)
     grads = {k: (direct[k] - mixed[k]).detach() for k in hyper}
     return Hypergrad(
