@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from slem.automl.penalties import INNER_METHODS, PenaltyResult, inner_solve, tune_penalties
 from slem.automl.tables import TableSpec, data_config
@@ -474,9 +475,10 @@ def offline(seeds: list[int], quick: bool) -> dict[str, Any]:
             "inner_iterations": INNER_ITERATIONS,
             "val_fraction": VAL_FRACTION,
             "threads": torch.get_num_threads(),
+            "blas_threads": "1 (threadpoolctl: scipy's BLAS too)",
             "tune_penalties": "defaults (outer_steps 25, lr 0.3, patience 5, init 1/n_train, "
             "inner_method newton: damped Newton on the analytic Hessian, closed-form implicit "
-            "hypergradient on its Cholesky factor; prior 0)",
+            "hypergradient on its Cholesky factor or PCG to 1e-6 on an earlier one; prior 0)",
             "hg_feature_lbfgs": "the previous path (inner_method lbfgs: L-BFGS solves, the "
             "engine's CG hypergradient, cg_tol 1e-3), for seconds per step before/after",
             "tpe_solver": "per table and seed the faster cold solver (newton or lbfgs, timed on "
@@ -523,6 +525,7 @@ def main() -> None:
     args = parser.parse_args()
     OPTIONS.update(tables=args.tables, before=not args.no_before)
     torch.set_num_threads(1)
+    threadpool_limits(1)  # the BLAS scipy calls (penalties' dsyrk) too: one thread for all
     path = Path(args.json) if args.json else RESULTS / "hpo_gradient.json"
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     for part in args.parts:

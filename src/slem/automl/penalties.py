@@ -38,10 +38,12 @@ intercepts are unpenalized), warm-started from the previous step's solution move
 implicit function theorem's first-order prediction, so one or two Newton steps per outer step.
 The Cholesky factor of the Hessian at the solution then gives the hypergradient in closed form
 (``q = H^{-1} dL_val/dtheta``, ``d L_val / d phi_g = -sum_{j in g} lambda_j W[j] . q[j]``):
-no iterative solve at all for one logit or ridge; for a softmax, whose dense Hessian costs as
-much as a hundred Hessian-vector products to build, the factor of an earlier step
-preconditions conjugate gradient on closed-form products (a few products; a fresh factor when
-that stalls). That number is the engine's (:func:`slem.bilevel.hypergrad`, ``"implicit"``, on
+no iterative solve at all for ridge; for a logistic model the factor of an earlier point (for
+one logit the last Newton step's start, for a softmax, whose dense Hessian costs as much as a
+hundred Hessian-vector products to build, an earlier outer step's) preconditions conjugate
+gradient on closed-form products to a relative residual of 1e-6 (a few products; a fresh
+factor when that stalls). The softmax Hessian's Gram term is one BLAS ``syrk`` (half a
+matrix product). That number is the engine's (:func:`slem.bilevel.hypergrad`, ``"implicit"``, on
 :func:`penalty_problem`; ``solver="direct"`` with the same factor as ``hessian_solve``), tested
 equal; it is computed here without the engine's generic ``torch.func`` machinery, whose fixed
 cost per call (milliseconds) is more than the whole structured step. ``inner_method="lbfgs"``
@@ -74,6 +76,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.linalg.blas import dsyrk
 from torch import Tensor
 
 from slem.bilevel import SGD, BilevelProblem, Params, hypergrad
@@ -329,9 +332,20 @@ class _Curvature:
         return self.solve(v.reshape(-1)).reshape(v.shape)
 
 
+def _gram(a: Tensor, scale: float) -> Tensor:
+    """``scale * a^T a``, of which only the lower triangle is meant to be read (the Cholesky
+    factorizations read no other): BLAS ``dsyrk`` for float64 on the CPU, half the products
+    of a full matrix product (the softmax Hessian's dominant cost); ``a.T @ a`` otherwise."""
+    if a.device.type == "cpu" and a.dtype == torch.float64:
+        lower = dsyrk(scale, a.detach().numpy().T, trans=0, lower=1)  # a^T a, no copy of a
+        return torch.from_numpy(lower)
+    return scale * (a.T @ a)
+
+
 def _cholesky(h: Tensor) -> Tensor:
-    """Lower Cholesky factor; a positive-definite ``h`` that rounding made indefinite gets a
-    tiny diagonal shift (relative 1e-12, raised tenfold until it factors)."""
+    """Lower Cholesky factor of ``h`` (its lower triangle: the upper one is not read); a
+    positive-definite ``h`` that rounding made indefinite gets a tiny diagonal shift
+    (relative 1e-12, raised tenfold until it factors)."""
     factor, info = torch.linalg.cholesky_ex(h)
     if int(info) == 0:
         return factor
@@ -431,14 +445,14 @@ class _Logistic:
         """The Cholesky factor of the dense Hessian at the probabilities ``p``."""
         xa, n, rows, k = self.xa, self.n, self.d + 1, self.k
         if k == 1:
-            h = xa.T @ ((p * (1 - p)) * xa) / n
+            h = _gram(xa * (p * (1 - p)).sqrt(), 1.0 / n)
             h.diagonal().add_(self.lam[:, 0])
             return _Curvature(_cholesky(h), rows, 1, kron=True)
         # H[(j,c),(j',c')] = sum_i x_ij x_ij' (p_ic [c = c'] - p_ic p_ic') / n
         a = (xa[:, :, None] * p[:, None, :]).reshape(n, rows * k)
         block = (xa.T @ a / n).reshape(rows, rows, k)  # [j, j', c] = sum_i x_ij x_ij' p_ic / n
         h = torch.diag_embed(block).permute(0, 2, 1, 3).reshape(rows * k, rows * k)
-        h = h - a.T @ a / n
+        h = h - _gram(a, 1.0 / n)  # only the lower triangle is right: all Cholesky reads
         h.diagonal().add_(self.lam.expand(rows, k).reshape(-1))
         h[-k:, -k:] += 1.0 / k  # unit curvature along the intercepts' null direction
         return _Curvature(_cholesky(h), rows, k, kron=False)
@@ -446,6 +460,11 @@ class _Logistic:
 
 #: conjugate-gradient iterations on a stale factor before a fresh Hessian is factored
 _STALE_ITERATIONS = 25
+#: relative residual of the hypergradient's preconditioned conjugate gradient
+#: (``H q = dL_val/dtheta`` on an earlier factor): 1e-6 moves the hypergradient by about
+#: 1e-6 relative (tested within 1e-4 of a 1e-10 solve), far below what an Adam step on the
+#: log-penalties resolves, and takes about half the products of 1e-10
+_HYPERGRAD_RTOL = 1e-6
 
 
 def _newton(
@@ -523,16 +542,19 @@ class _Structure:
         change[:-1] = (lam - self.lam)[:, None] * self.theta[:-1]
         return self.theta - self.curvature.apply(change)
 
-    def solve(self, v: Tensor, rtol: float = 1e-10) -> tuple[Tensor, int]:
+    def solve(self, v: Tensor, rtol: float = _HYPERGRAD_RTOL) -> tuple[Tensor, int]:
         """``(H^{-1} v, Hessian-vector products)`` for ``v`` of ``theta``'s shape: the exact
-        factor, or conjugate gradient preconditioned by the held factor (a fresh factor when
-        that takes more than ``_STALE_ITERATIONS`` products)."""
+        factor, or conjugate gradient to relative residual ``rtol`` preconditioned by the
+        held factor (a fresh factor when that takes more than ``_STALE_ITERATIONS``
+        products). For one logit too: the held factor is then that of the last Newton
+        step's starting point, so a few products replace building and factoring the Hessian
+        again."""
         if self.exact:
             assert self.curvature is not None
             return self.curvature.apply(v), 0
         assert self.objective is not None and self.p is not None
         objective, p = self.objective, self.p
-        if self.curvature is not None and objective.stale_ok:
+        if self.curvature is not None:
             q, ok, used = _pcg(
                 lambda u: objective.hvp(p, u), self.curvature.apply, v, rtol, _STALE_ITERATIONS
             )
@@ -543,7 +565,11 @@ class _Structure:
 
 
 def _structured_hypergradient(
-    structure: _Structure, val: Batch, index: Tensor, n_groups: int
+    structure: _Structure,
+    val: Batch,
+    index: Tensor,
+    n_groups: int,
+    rtol: float = _HYPERGRAD_RTOL,
 ) -> tuple[Tensor, float, int]:
     """``(d val_loss / d phi, val_loss, Hessian-vector products)`` in closed form: with
     ``v = d L_out / d theta`` and ``q = H^{-1} v``, the implicit function theorem gives
@@ -566,7 +592,7 @@ def _structured_hypergradient(
     else:
         loss = float(F.cross_entropy(z, y))
         v = xa.T @ (torch.softmax(z, dim=1) - F.one_hot(y, theta.shape[1]).to(z.dtype)) / n
-    q, used = structure.solve(v)
+    q, used = structure.solve(v, rtol)
     mixed = structure.lam * (theta[:-1] * q[:-1]).sum(dim=1)
     grad = -torch.zeros(n_groups, dtype=theta.dtype, device=theta.device).index_add_(
         0, index, mixed
