@@ -478,7 +478,8 @@ def offline(seeds: list[int], quick: bool) -> dict[str, Any]:
             "blas_threads": "1 (threadpoolctl: scipy's BLAS too)",
             "tune_penalties": "defaults (outer_steps 25, lr 0.3, patience 5, init 1/n_train, "
             "inner_method newton: damped Newton on the analytic Hessian, closed-form implicit "
-            "hypergradient on its Cholesky factor or PCG to 1e-6 on an earlier one; prior 0)",
+            "hypergradient on its Cholesky factor (softmax: PCG to 1e-6 on an earlier one); "
+            "prior 0)",
             "hg_feature_lbfgs": "the previous path (inner_method lbfgs: L-BFGS solves, the "
             "engine's CG hypergradient, cg_tol 1e-3), for seconds per step before/after",
             "tpe_solver": "per table and seed the faster cold solver (newton or lbfgs, timed on "

@@ -38,15 +38,15 @@ intercepts are unpenalized), warm-started from the previous step's solution move
 implicit function theorem's first-order prediction, so one or two Newton steps per outer step.
 The Cholesky factor of the Hessian at the solution then gives the hypergradient in closed form
 (``q = H^{-1} dL_val/dtheta``, ``d L_val / d phi_g = -sum_{j in g} lambda_j W[j] . q[j]``):
-no iterative solve at all for ridge; for a logistic model the factor of an earlier point (for
-one logit the last Newton step's start, for a softmax, whose dense Hessian costs as much as a
-hundred Hessian-vector products to build, an earlier outer step's) preconditions conjugate
-gradient on closed-form products to a relative residual of 1e-6 (a few products; a fresh
-factor when that stalls). The softmax Hessian's Gram term is one BLAS ``syrk`` (half a
-matrix product). That number is the engine's (:func:`slem.bilevel.hypergrad`, ``"implicit"``, on
-:func:`penalty_problem`; ``solver="direct"`` with the same factor as ``hessian_solve``), tested
-equal; it is computed here without the engine's generic ``torch.func`` machinery, whose fixed
-cost per call (milliseconds) is more than the whole structured step. ``inner_method="lbfgs"``
+no iterative solve at all for one logit or ridge; for a softmax, whose dense Hessian costs as
+much as a hundred Hessian-vector products to build, the factor of an earlier step
+preconditions conjugate gradient on closed-form products to a relative residual of 1e-6 (a
+few products; a fresh factor when that stalls). The Hessians' Gram terms are one BLAS
+``syrk`` each (half a matrix product). That number is the engine's
+(:func:`slem.bilevel.hypergrad`, ``"implicit"``, on :func:`penalty_problem`;
+``solver="direct"`` with the same factor as ``hessian_solve``), tested equal; it is computed
+here without the engine's generic ``torch.func`` machinery, whose fixed cost per call
+(milliseconds) is more than the whole structured step. ``inner_method="lbfgs"``
 is the generic path: ``torch.optim.LBFGS`` solves (strong-Wolfe line search) and the engine's
 conjugate-gradient hypergradient on Hessian-vector products. The iterate with the best
 validation loss is kept (with ``prior > 0``: the best value of the regularized outer
@@ -546,15 +546,14 @@ class _Structure:
         """``(H^{-1} v, Hessian-vector products)`` for ``v`` of ``theta``'s shape: the exact
         factor, or conjugate gradient to relative residual ``rtol`` preconditioned by the
         held factor (a fresh factor when that takes more than ``_STALE_ITERATIONS``
-        products). For one logit too: the held factor is then that of the last Newton
-        step's starting point, so a few products replace building and factoring the Hessian
-        again."""
+        products). Softmax only: for one logit a fresh factor costs less than even two
+        preconditioned products (measured)."""
         if self.exact:
             assert self.curvature is not None
             return self.curvature.apply(v), 0
         assert self.objective is not None and self.p is not None
         objective, p = self.objective, self.p
-        if self.curvature is not None:
+        if self.curvature is not None and objective.stale_ok:
             q, ok, used = _pcg(
                 lambda u: objective.hvp(p, u), self.curvature.apply, v, rtol, _STALE_ITERATIONS
             )
