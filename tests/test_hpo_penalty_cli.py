@@ -14,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from slem.cli.app import app
+from tests.test_cli_robustness import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +47,6 @@ def _config(tmp_path: Path, table: Path, **objective: Any) -> Path:
     return path
 
 
-def one_line(result: Any) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
 def test_per_feature_penalties_end_to_end(runner: CliRunner, tmp_path: Path, table: Path) -> None:
     out = tmp_path / "run"
     result = runner.invoke(app, ["hpo", str(_config(tmp_path, table)), "--out", str(out)])
@@ -67,7 +61,7 @@ def test_per_feature_penalties_end_to_end(runner: CliRunner, tmp_path: Path, tab
     trajectory = pd.read_csv(out / "trajectory.csv")
     assert len(trajectory) == best["outer_steps"] and "penalty_5" in trajectory
     assert (out / "plots" / "penalties.png").is_file()
-    assert "already holds a study" in one_line(
+    assert "already holds a study" in one_line_error(
         runner.invoke(app, ["hpo", str(_config(tmp_path, table)), "--out", str(out)])
     )
 
@@ -102,6 +96,8 @@ def test_refusals(
     message: str,
 ) -> None:
     config = _config(tmp_path, table, **objective)
-    line = one_line(runner.invoke(app, ["hpo", str(config), "--out", str(tmp_path / "r"), *sets]))
+    line = one_line_error(
+        runner.invoke(app, ["hpo", str(config), "--out", str(tmp_path / "r"), *sets])
+    )
     assert message in line
     assert not (tmp_path / "r" / "best.json").exists()

@@ -267,6 +267,7 @@ def run_penalty_search(cfg: HPOConfig, run_dir: Path) -> dict[str, Any]:
         patience=search.patience,
         bounds=objective.penalty_range,
         seed=cfg.study.seed,
+        prior=objective.prior,
     )
     test: dict[str, float] = {}
     if objective.model == "logistic":
