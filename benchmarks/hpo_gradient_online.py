@@ -178,13 +178,15 @@ def run(
                 "online": starts,
             }
         )
+    cost = timing(epochs)
     return {
         "setup": base(0, epochs),
         "starts": STARTS,
         "start_weight_decay": START_WD,
         "tpe_trials": trials,
         "seeds": per_seed,
-        "summary": summarize(per_seed),
+        "timing": cost,
+        "summary": summarize(per_seed, cost["ratio"]),
     }
 
 

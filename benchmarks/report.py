@@ -2635,6 +2635,8 @@ def hpo_gradient_offline(doc: dict[str, Any]) -> dict[str, str]:
         v = s["verdict"]
         met += bool(v["met"])
         first = t["seeds"][0]
+        cv = s.get("hg_feature_prior_cv")
+        speedup = s.get("step_speedup")
         rows.append(
             [
                 f"{name} ({first['n_features']} features, {first['n_val']} val rows)",
@@ -2642,9 +2644,11 @@ def hpo_gradient_offline(doc: dict[str, Any]) -> dict[str, str]:
                 _ms(s["hg_feature"]["val_log_loss"]),
                 _ms(s["tpe"]["test_log_loss"]),
                 _ms(s["hg_feature"]["test_log_loss"]),
+                _ms(cv["test_log_loss"]) if cv else "–",
                 _ms(s["tpe"]["seconds"], 1),
-                _ms(s["hg_feature"]["seconds"], 1),
-                _ms(s["time_ratio"], 2),
+                _ms(s["hg_feature"]["seconds"], 2),
+                _ms(s["time_ratio"], 3),
+                f"{speedup['mean']:.0f}x" if isinstance(speedup, dict) else "–",
                 "**met**" if v["met"] else "missed",
             ]
         )
@@ -2654,9 +2658,11 @@ def hpo_gradient_offline(doc: dict[str, Any]) -> dict[str, str]:
         "val log-loss, per feature",
         "test log-loss, TPE",
         "test log-loss, per feature",
+        "test log-loss, per feature + CV prior",
         "TPE s",
         "per-feature s",
         "time ratio",
+        "per-step speedup vs L-BFGS + CG",
         "target",
     ]
     ridge_rows = []
@@ -2690,7 +2696,15 @@ def hpo_gradient_offline(doc: dict[str, Any]) -> dict[str, str]:
     return {
         "offline_table": table(header, rows),
         "offline_met": f"{met} of {len(tables)}",
-        "offline_settings": json.dumps(doc["settings"]),
+        "offline_settings": (
+            f"seeds {doc['settings']['seeds']}, {doc['settings']['tpe_trials']} TPE trials, "
+            f"penalties in {doc['settings']['bounds']}, validation split "
+            f"{doc['settings']['val_fraction']:.0%} of train + validation, inner tolerance "
+            f"{doc['settings']['inner_tol']:g}; "
+            + doc["settings"]["tune_penalties"]
+            + "; TPE: "
+            + doc["settings"].get("tpe_solver", "the same inner solver")
+        ),
         "offline_ridge": ridge,
     }
 
@@ -2725,7 +2739,7 @@ def hpo_gradient_online(doc: dict[str, Any]) -> dict[str, str]:
             "val acc (%)",
             "test acc (%)",
             "test gap to TPE (points)",
-            "cost (training runs)",
+            "wall time / TPE trial's",
             "final lr / weight decay (mean)",
         ],
         rows,

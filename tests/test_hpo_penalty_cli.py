@@ -3,6 +3,7 @@ hypergradients): the files a user acts on, and the one-line refusals. A 300-row 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from slem.cli.app import app
+from tests.test_cli_robustness import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +48,6 @@ def _config(tmp_path: Path, table: Path, **objective: Any) -> Path:
     return path
 
 
-def one_line(result: Any) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
 def test_per_feature_penalties_end_to_end(runner: CliRunner, tmp_path: Path, table: Path) -> None:
     out = tmp_path / "run"
     result = runner.invoke(app, ["hpo", str(_config(tmp_path, table)), "--out", str(out)])
@@ -67,7 +62,7 @@ def test_per_feature_penalties_end_to_end(runner: CliRunner, tmp_path: Path, tab
     trajectory = pd.read_csv(out / "trajectory.csv")
     assert len(trajectory) == best["outer_steps"] and "penalty_5" in trajectory
     assert (out / "plots" / "penalties.png").is_file()
-    assert "already holds a study" in one_line(
+    assert "already holds a study" in one_line_error(
         runner.invoke(app, ["hpo", str(_config(tmp_path, table)), "--out", str(out)])
     )
 
@@ -102,6 +97,57 @@ def test_refusals(
     message: str,
 ) -> None:
     config = _config(tmp_path, table, **objective)
-    line = one_line(runner.invoke(app, ["hpo", str(config), "--out", str(tmp_path / "r"), *sets]))
+    line = one_line_error(
+        runner.invoke(app, ["hpo", str(config), "--out", str(tmp_path / "r"), *sets])
+    )
     assert message in line
     assert not (tmp_path / "r" / "best.json").exists()
+
+
+def test_slem_predict_reads_a_penalty_run(runner: CliRunner, tmp_path: Path, table: Path) -> None:
+    """The run directory holds the model as a scikit-learn estimator and the preprocessing:
+    slem predict gives the search's own predictions on new rows."""
+    from slem.automl.outputs import load_model
+
+    out = tmp_path / "run"
+    assert (
+        runner.invoke(app, ["hpo", str(_config(tmp_path, table)), "--out", str(out)]).exit_code == 0
+    )
+    rows = tmp_path / "new.csv"
+    pd.read_csv(table).head(20).to_csv(rows, index=False)
+    result = runner.invoke(app, ["predict", str(out), "--data", str(rows)])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert set(frame.iloc[:, 0].astype(str)) <= {"yes", "no"} and len(frame) == 20
+    model = json.loads((out / "model.json").read_text())
+    trained = load_model(out)
+    x = trained.preprocessing.read(rows)[0].reshape(20, -1)
+    logits = x @ np.asarray(model["coef"]) + model["intercept"]
+    expected = np.asarray(model["classes"])[(logits[:, 0] > 0).astype(int)]
+    assert list(frame.iloc[:, 0].astype(str)) == list(expected)
+
+
+@pytest.mark.parametrize("kind", ["binary", "softmax", "ridge"])
+def test_to_sklearn_predicts_as_the_result(kind: str) -> None:
+    from slem.automl.penalties import tune_penalties
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 4))
+    score = x[:, 0] - 0.5 * x[:, 1]
+    y: Any = (
+        score if kind == "ridge" else np.digitize(score, [0.0] if kind == "binary" else [-0.5, 0.5])
+    )
+    result = tune_penalties(
+        x[:80],
+        y[:80],
+        x[80:],
+        y[80:],
+        model="ridge" if kind == "ridge" else "logistic",
+        outer_steps=2,
+    )
+    estimator = result.to_sklearn()
+    if kind == "ridge":
+        np.testing.assert_allclose(estimator.predict(x), result.predict(x), rtol=1e-10)
+    else:
+        np.testing.assert_allclose(estimator.predict_proba(x), result.predict_proba(x), atol=1e-10)
+        assert list(estimator.predict(x)) == list(result.predict(x))

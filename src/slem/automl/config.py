@@ -138,6 +138,12 @@ class PenaltyObjective(_Strict):
     penalty_range: tuple[float, float] = Field(
         (1e-5, 10.0), description="the penalties are kept in [low, high]"
     )
+    prior: float = Field(
+        0.0,
+        ge=0,
+        description="hyper-prior: prior/2 * mean((log penalty - its mean)^2) added to the "
+        "validation loss, against overfitting the validation split with many penalties",
+    )
     metric: Literal["val_loss"] = Field(
         "val_loss", description="validation log-loss (logistic) or mean squared error (ridge)"
     )

@@ -267,6 +267,7 @@ def run_penalty_search(cfg: HPOConfig, run_dir: Path) -> dict[str, Any]:
         patience=search.patience,
         bounds=objective.penalty_range,
         seed=cfg.study.seed,
+        prior=objective.prior,
     )
     test: dict[str, float] = {}
     if objective.model == "logistic":
@@ -317,6 +318,13 @@ def run_penalty_search(cfg: HPOConfig, run_dir: Path) -> dict[str, Any]:
         "logits": "x @ coef + intercept on the task's inputs (after slem's preprocessing)",
     }
     atomic_write_text(run_dir / MODEL_FILE, json.dumps(fitted) + "\n")
+    # what slem predict reads (slem.automl.outputs.load_model): the model as a scikit-learn
+    # estimator and the task's preprocessing of new rows
+    from slem.automl.cash import save_pipeline
+    from slem.data.preprocess import PREPROCESSING_FILE, Preprocessing
+
+    save_pipeline(result.to_sklearn(), run_dir / "pipeline.skops")
+    atomic_write_text(run_dir / PREPROCESSING_FILE, Preprocessing.of(task).to_text())
     summary = {
         "strategy": "hypergradient",
         "study": cfg.study.name,

@@ -164,6 +164,28 @@ class PenaltyResult:
         z = self.decision_function(x)
         return z[:, 0] if self.settings.get("y_1d", True) else z
 
+    def to_sklearn(self) -> Any:
+        """The fitted model as a scikit-learn estimator with the same predictions:
+        ``LogisticRegression`` (its ``classes_`` those of ``y_train``; softmax for more than
+        two) or ``Ridge``, its coefficients set, nothing refitted. It predicts on the same
+        inputs as :meth:`predict` (the original feature scale)."""
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        estimator: Any
+        if self.model == "logistic":
+            assert self.classes is not None
+            estimator = LogisticRegression()
+            estimator.classes_ = np.asarray(self.classes)
+            estimator.coef_ = np.ascontiguousarray(self.coef.T)
+            estimator.intercept_ = np.asarray(self.intercept, dtype=np.float64)
+        else:
+            estimator = Ridge()
+            single = self.coef.shape[1] == 1 and self.settings.get("y_1d", True)
+            estimator.coef_ = self.coef[:, 0].copy() if single else self.coef.T.copy()
+            estimator.intercept_ = float(self.intercept[0]) if single else self.intercept.copy()
+        estimator.n_features_in_ = self.coef.shape[0]
+        return estimator
+
     def summary(self) -> dict[str, Any]:
         """A JSON-ready digest (no arrays of the fitted model)."""
         return {

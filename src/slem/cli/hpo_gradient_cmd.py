@@ -3,6 +3,8 @@ hypergradients of the validation loss (:mod:`slem.automl.gradient_run`)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,21 @@ def refuse_blackbox_options(
         )
 
 
+@contextlib.contextmanager
+def study_dir(cfg: HPOConfig, run_dir: Path, resume: bool, total: int) -> Iterator[None]:
+    """``run_dir`` checked (a new study, or the same one resumed), locked for this process,
+    with ``hpo.yaml`` written."""
+    if resume:
+        check_resume(cfg, run_dir, None)
+    else:
+        check_fresh(run_dir, None)
+    with lock_run_dir(run_dir, "slem hpo"):
+        if not resume:
+            check_fresh(run_dir, None)  # again, now that no other slem hpo can write here
+        write_run_file(cfg, run_dir, None, total)
+        yield
+
+
 def run_gradient_study(
     cfg: HPOConfig,
     run_dir: Path,
@@ -59,14 +76,7 @@ def run_gradient_study(
     if isinstance(cfg.objective, PenaltyObjective):
         return run_penalties(cfg, run_dir, resume)
     configs = start_configs(cfg)  # every config problem before any write
-    if resume:
-        check_resume(cfg, run_dir, None)
-    else:
-        check_fresh(run_dir, None)
-    with lock_run_dir(run_dir, "slem hpo"):
-        if not resume:
-            check_fresh(run_dir, None)
-        write_run_file(cfg, run_dir, None, len(configs))
+    with study_dir(cfg, run_dir, resume, len(configs)):
 
         def run_one(config: Any, out: Path, resume_run: bool) -> Any:
             return run_and_report(config, out, resume=resume_run, quiet=quiet, command="slem hpo")
@@ -105,14 +115,7 @@ def run_penalties(cfg: HPOConfig, run_dir: Path, resume: bool) -> dict[str, Any]
     trajectory plot and one line of results."""
     from slem.report.hypergradient_plots import penalty_trajectory
 
-    if resume:
-        check_resume(cfg, run_dir, None)
-    else:
-        check_fresh(run_dir, None)
-    with lock_run_dir(run_dir, "slem hpo"):
-        if not resume:
-            check_fresh(run_dir, None)
-        write_run_file(cfg, run_dir, None, 1)
+    with study_dir(cfg, run_dir, resume, 1):
         summary = run_penalty_search(cfg, run_dir)
         plot = penalty_trajectory(run_dir)
     loss = "log-loss" if summary["model"] == "logistic" else "MSE"
