@@ -94,7 +94,8 @@ def test_state_round_trip(task: Any) -> None:
     [
         ({"optim__weight_decay": 0.0}, "set optim.weight_decay > 0"),
         ({"optim__lr": 50.0}, "move optim.lr inside"),
-        ({"optim__optimizer": "rmsprop"}, "follows SGD, Adam and AdamW"),
+        ({"optim__optimizer": "rmsprop"}, "follows SGD and Adam"),
+        ({"hypergradient__horizon": 10_000}, "longer than the run"),
     ],
 )
 def test_bad_settings_are_one_line(task: Any, changes: dict[str, Any], message: str) -> None:
@@ -148,6 +149,8 @@ def test_hpo_hypergradient_strategy_end_to_end(runner: CliRunner, tmp_path: Path
     cfg = yaml.safe_load((out / "best.yaml").read_text())
     assert cfg["method"] == "hypergradient"
     assert cfg["hypergradient"]["tune"] == ["lr", "weight_decay"]
+    hint = one_line_error(runner.invoke(app, ["predict", str(out), "--data", str(config)]))
+    assert "hypergradient study" in hint and "start-0, start-1" in hint
     summary = (out / "start-0" / "summary.json").stat().st_mtime_ns
     (out / "best.json").unlink()
     again = runner.invoke(app, ["hpo", "--resume", "--out", str(out), "--quiet"])
@@ -170,7 +173,9 @@ def test_hpo_hypergradient_strategy_end_to_end(runner: CliRunner, tmp_path: Path
         ),
         ({"optim.lr": {"type": "float", "low": 1e-4, "high": 1.0}}, {}, [], "log: true"),
         (None, {"hypergradient": {"starts": [3.0]}}, [], "outside the optim.lr range"),
-        (None, {}, ["--workers", "2"], "--workers apply to study.strategy blackbox"),
+        (None, {}, ["--workers", "2"], "--workers applies to study.strategy blackbox"),
+        (None, {}, ["--set", "objective.metric=val_loss"], "val_loss applies to study.strategy"),
+        (None, {}, ["--set", "data.name=no_such_data"], "no_such_data"),
     ],
 )
 def test_hpo_hypergradient_refusals(
@@ -191,6 +196,15 @@ def test_hpo_hypergradient_refusals(
     )
     assert message in line
     assert not (tmp_path / "r").exists()
+
+
+def test_starts_need_a_learning_rate_range(runner: CliRunner, tmp_path: Path) -> None:
+    config = _study(tmp_path, hypergradient={"starts": [0.01]})
+    doc = yaml.safe_load(config.read_text())
+    del doc["objective"]["space"]["optim.lr"]
+    config.write_text(yaml.safe_dump(doc))
+    result = runner.invoke(app, ["hpo", str(config), "--out", str(tmp_path / "r")])
+    assert "does not tune optim.lr" in one_line_error(result)
 
 
 def test_ranges_keep_the_tuned_values_inside(task: Any) -> None:

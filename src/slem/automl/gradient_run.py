@@ -24,6 +24,7 @@ import io
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,18 @@ def start_configs(cfg: HPOConfig) -> list[dict[str, Any]]:
         ranges[name] = (float(p.low), float(p.high))
     if not ranges:
         raise SlemError("the space is empty: give optim.lr and/or optim.weight_decay ranges")
+    if objective.metric == "val_loss":
+        raise SlemError(
+            "study.strategy hypergradient descends the validation loss and keeps the run of "
+            "best validation accuracy; objective.metric val_loss applies to study.strategy "
+            "blackbox: use val_accuracy or val_balanced_accuracy"
+        )
     search = cfg.study.hypergradient
+    if "lr" not in ranges and "starts" in search.model_fields_set:
+        raise SlemError(
+            "study.hypergradient.starts are learning rates, but the space does not tune "
+            "optim.lr: add an optim.lr range or drop starts (the run starts at optim.lr)"
+        )
     optim = dict(base.get("optim", {}))
     starts = search.starts if "lr" in ranges else [float(optim.get("lr", 0.1))]
     if "lr" in ranges:
@@ -117,6 +129,10 @@ def start_configs(cfg: HPOConfig) -> list[dict[str, Any]]:
             section[f"{name}_range"] = [low, high]
         values["hypergradient"] = section
         values["seed"] = values.get("seed", cfg.study.seed)
+        # each run keeps its epoch of best validation score by the study's metric
+        values["select_on"] = (
+            "balanced_accuracy" if objective.metric == "val_balanced_accuracy" else "accuracy"
+        )
         configs.append(values)
     return configs
 
@@ -220,23 +236,27 @@ MODEL_FILE = "model.json"
 TRAJECTORY_FILE = "trajectory.csv"
 
 
-def run_penalty_search(cfg: HPOConfig, run_dir: Path) -> dict[str, Any]:
-    """``objective.kind: penalty``: the L2 penalties of a logistic or ridge model on the
-    table, tuned on its validation split by implicit hypergradients
-    (:func:`slem.automl.penalties.tune_penalties`). Writes ``best.json`` (validation and test
-    scores, the search's cost), ``penalties.csv`` (each input feature's penalty),
-    ``trajectory.csv`` (every outer step: validation loss, hypergradient norm, the penalties)
-    and ``model.json`` (the fitted model: ``x @ coef + intercept``, original feature scale);
-    returns ``best.json``'s content.
+@dataclass
+class PenaltyData:
+    """A penalty objective's task and its splits as ``(n, d)`` float64 arrays and labels."""
+
+    task: Any
+    train: tuple[Any, Any]
+    val: tuple[Any, Any]
+    test: tuple[Any, Any]
+
+
+def penalty_data(cfg: HPOConfig) -> PenaltyData:
+    """The task of a penalty objective, checked against its model, as arrays (before a run
+    directory is written).
 
     Raises:
-        SlemError: logistic on a regression target or ridge on class labels; what
-            :func:`~slem.automl.penalties.tune_penalties` refuses.
+        SlemError: the data cannot be built; logistic on a regression target or ridge on
+            class labels.
     """
     import numpy as np
 
     from slem.automl.config import PenaltyObjective
-    from slem.automl.penalties import tune_penalties
     from slem.data import build_task
 
     objective = cfg.objective
@@ -253,7 +273,32 @@ def run_penalty_search(cfg: HPOConfig, run_dir: Path) -> dict[str, Any]:
         s = getattr(task, split)
         return s.X.reshape(len(s), -1).astype(np.float64), np.asarray(s.y)
 
-    (xt, yt), (xv, yv), (xs, ys) = arrays("train"), arrays("val"), arrays("test")
+    return PenaltyData(task, arrays("train"), arrays("val"), arrays("test"))
+
+
+def run_penalty_search(cfg: HPOConfig, run_dir: Path, data: PenaltyData) -> dict[str, Any]:
+    """``objective.kind: penalty``: the L2 penalties of a logistic or ridge model on the
+    table, tuned on its validation split by implicit hypergradients
+    (:func:`slem.automl.penalties.tune_penalties`). Writes ``best.json`` (validation and test
+    scores, the search's cost), ``penalties.csv`` (each input feature's penalty),
+    ``trajectory.csv`` (every outer step: validation loss, hypergradient norm, the penalties)
+    and ``model.json`` (the fitted model: ``x @ coef + intercept``, original feature scale);
+    returns ``best.json``'s content.
+
+    ``data``: :func:`penalty_data` of ``cfg``.
+
+    Raises:
+        SlemError: what :func:`~slem.automl.penalties.tune_penalties` refuses.
+    """
+    import numpy as np
+
+    from slem.automl.config import PenaltyObjective
+    from slem.automl.penalties import tune_penalties
+
+    objective = cfg.objective
+    assert isinstance(objective, PenaltyObjective)
+    task = data.task
+    (xt, yt), (xv, yv), (xs, ys) = data.train, data.val, data.test
     search = cfg.study.hypergradient
     result = tune_penalties(
         xt,

@@ -4,6 +4,7 @@ hypergradients of the validation loss (:mod:`slem.automl.gradient_run`)."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ from rich.table import Table
 from slem.automl.config import HPOConfig, PenaltyObjective
 from slem.automl.gradient_run import (
     BEST_CONFIG,
+    BEST_JSON,
     PENALTIES_FILE,
+    penalty_data,
     run_penalty_search,
     run_starts,
     start_configs,
@@ -39,15 +42,16 @@ def refuse_blackbox_options(
         if used
     ]
     if given:
+        verb = "applies" if len(given) == 1 else "apply"
         raise SlemError(
-            f"{', '.join(given)} apply to study.strategy blackbox (trials in a study "
-            "storage); a hypergradient search trains its starts one after the other, each "
-            "run directory already holding the trained model"
+            f"{', '.join(given)} {verb} to study.strategy blackbox (trials in a study "
+            "storage); a hypergradient search runs in this process and its run directory "
+            "already holds the trained model"
         )
 
 
 @contextlib.contextmanager
-def study_dir(cfg: HPOConfig, run_dir: Path, resume: bool, total: int) -> Iterator[None]:
+def study_dir(cfg: HPOConfig, run_dir: Path, resume: bool) -> Iterator[None]:
     """``run_dir`` checked (a new study, or the same one resumed), locked for this process,
     with ``hpo.yaml`` written."""
     if resume:
@@ -57,7 +61,7 @@ def study_dir(cfg: HPOConfig, run_dir: Path, resume: bool, total: int) -> Iterat
     with lock_run_dir(run_dir, "slem hpo"):
         if not resume:
             check_fresh(run_dir, None)  # again, now that no other slem hpo can write here
-        write_run_file(cfg, run_dir, None, total)
+        write_run_file(cfg, run_dir, None, cfg.study.trials)
         yield
 
 
@@ -75,8 +79,12 @@ def run_gradient_study(
 
     if isinstance(cfg.objective, PenaltyObjective):
         return run_penalties(cfg, run_dir, resume)
-    configs = start_configs(cfg)  # every config problem before any write
-    with study_dir(cfg, run_dir, resume, len(configs)):
+    from slem.data import build_task
+    from slem.train.config import parse_train_config
+
+    configs = start_configs(cfg)  # every config and data problem before any write
+    build_task(parse_train_config(configs[0]).data)
+    with study_dir(cfg, run_dir, resume):
 
         def run_one(config: Any, out: Path, resume_run: bool) -> Any:
             return run_and_report(config, out, resume=resume_run, quiet=quiet, command="slem hpo")
@@ -115,13 +123,20 @@ def run_penalties(cfg: HPOConfig, run_dir: Path, resume: bool) -> dict[str, Any]
     trajectory plot and one line of results."""
     from slem.report.hypergradient_plots import penalty_trajectory
 
-    with study_dir(cfg, run_dir, resume, 1):
-        summary = run_penalty_search(cfg, run_dir)
+    data = penalty_data(cfg)  # every data problem before any write
+    with study_dir(cfg, run_dir, resume):
+        done = run_dir / BEST_JSON
+        if resume and done.is_file():  # a finished search: its results again
+            summary = json.loads(done.read_text())
+        else:
+            summary = run_penalty_search(cfg, run_dir, data)
         plot = penalty_trajectory(run_dir)
     loss = "log-loss" if summary["model"] == "logistic" else "MSE"
+    n = summary["n_penalties"]
     test = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("test_"))
     console.print(
-        f"{summary['n_penalties']} L2 penalties by implicit hypergradients: validation {loss} "
+        f"{n} L2 {'penalty' if n == 1 else 'penalties'} by implicit hypergradients: "
+        f"validation {loss} "
         f"{summary['initial_val_loss']:.4f} -> {summary['val_loss']:.4f} in "
         f"{summary['outer_steps']} steps ({summary['seconds']:.1f} s; stopped: "
         f"{summary['stopped']}); {test} (not used to choose); penalties: "

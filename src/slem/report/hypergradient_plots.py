@@ -31,7 +31,8 @@ def hyperparameter_trajectories(
     positive and tuned in log space), and a last panel of the outer loss ``{label: (x, y)}``.
     A panel of more than :data:`MAX_CURVES` series sharing one ``x`` (one penalty per
     feature) shows their median and 10-90% band instead of each line."""
-    fig, axes = new_figure(len(panels) + 1, 1, figsize=(6.4, 2.3 * (len(panels) + 1)), sharex=True)
+    fig, grid = new_figure(len(panels) + 1, 1, figsize=(6.4, 2.3 * (len(panels) + 1)), sharex=True)
+    axes = np.atleast_1d(grid)
     for ax, (ylabel, series) in zip(axes, panels, strict=False):
         if len(series) > MAX_CURVES:
             xs = np.asarray(next(iter(series.values()))[0], dtype=np.float64)
@@ -42,7 +43,9 @@ def hyperparameter_trajectories(
         else:
             for label, (x, y) in series.items():
                 line(ax, x, y, label=label)
-        ax.set_yscale("log")
+        values = [np.asarray(y, dtype=np.float64) for _, y in series.values()]
+        if all((v[np.isfinite(v)] > 0).all() for v in values):
+            ax.set_yscale("log")  # a value held at 0 (not tuned) stays on a linear axis
         ax.set_ylabel(ylabel)
         if len(series) > 1:
             legend(ax, fontsize=8)
@@ -79,8 +82,13 @@ def start_trajectories(run_dir: Path) -> Path | None:
         }
 
     (Path(run_dir) / "plots").mkdir(parents=True, exist_ok=True)
+    panels = [
+        (label, series(key))
+        for key, label in (("lr", "base learning rate"), ("weight_decay", "weight decay"))
+        if len({r[key] for r in rows}) > 1  # a hyperparameter that was not tuned: no panel
+    ]
     return hyperparameter_trajectories(
-        [("base learning rate", series("lr")), ("weight decay", series("weight_decay"))],
+        panels,
         series("outer_loss"),
         Path(run_dir) / "plots" / "hyperparameters.png",
         "hyperparameters tuned online by hypergradients, one run per start",
@@ -109,7 +117,8 @@ def penalty_trajectory(run_dir: Path) -> Path | None:
         [("L2 penalty", penalties)],
         {"validation loss": (steps, [float(r["val_loss"]) for r in rows])},
         Path(run_dir) / "plots" / "penalties.png",
-        f"{len(columns)} L2 penalties by implicit hypergradients",
+        f"{len(columns)} L2 {'penalty' if len(columns) == 1 else 'penalties'} by implicit "
+        "hypergradients",
         "outer step",
-        "validation loss",
+        "validation loss (log-loss, nats, or MSE)",
     )

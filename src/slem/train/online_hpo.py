@@ -45,8 +45,9 @@ class OnlineHPOTrainer(Trainer):
     """Trains with the rate and weight decay its hypergradients set (see the module doc).
 
     Raises:
-        SlemError: an optimizer other than SGD / Adam / AdamW, a weight decay of 0 that is to
-            be tuned on a log scale, or a starting value outside its range.
+        SlemError: an optimizer other than SGD / Adam, a weight decay of 0 that is to be
+            tuned on a log scale, a starting value outside its range, or a horizon longer
+            than the run (the hyperparameters would never move).
     """
 
     serial_only = (
@@ -65,10 +66,10 @@ class OnlineHPOTrainer(Trainer):
     ) -> None:
         super().__init__(config, task, model, methodology, callbacks, device)
         h, o = config.hypergradient, config.optim
-        if o.optimizer not in ("sgd", "adam", "adamw"):
+        if o.optimizer not in ("sgd", "adam"):
             raise SlemError(
-                f"method hypergradient follows SGD, Adam and AdamW steps, not optim.optimizer "
-                f"{o.optimizer}; set optim.optimizer sgd"
+                f"method hypergradient follows SGD and Adam steps, not optim.optimizer "
+                f"{o.optimizer}; set optim.optimizer sgd or adam"
             )
         start = {"lr": o.lr, "weight_decay": o.weight_decay}
         ranges = {"lr": h.lr_range, "weight_decay": h.weight_decay_range}
@@ -85,6 +86,12 @@ class OnlineHPOTrainer(Trainer):
                     f"method hypergradient tunes {name} on a log scale in [{low:g}, {high:g}], "
                     f"but optim.{name} is {start[name]:g}; {fix}"
                 )
+        total = o.epochs * self.plan.steps_per_epoch
+        if h.horizon > total:
+            raise SlemError(
+                f"hypergradient.horizon {h.horizon} is longer than the run ({total} steps): the "
+                "hyperparameters would never move; lower it (0: one epoch)"
+            )
         self.bounds = {NAMES[n]: (math.log(ranges[n][0]), math.log(ranges[n][1])) for n in h.tune}
         self.hyper = {
             NAMES[n]: nn.Parameter(torch.tensor(math.log(start[n]), device=self.device))

@@ -209,6 +209,13 @@ def run_with_model(run_dir: str | Path) -> Path:
             f"'{run_dir}' holds an unfinished run (no summary.json); finish it with "
             f"'slem train --resume {run_dir}'"
         )
+    starts = sorted(p.name for p in run_dir.glob("start-*") if (p / "summary.json").is_file())
+    if starts:  # slem hpo study.strategy hypergradient: one training run per start
+        raise SlemError(
+            f"'{run_dir}' is a hypergradient study: its trained models are its runs "
+            f"({', '.join(starts)}); best.json names the best, e.g. slem predict "
+            f"{run_dir / starts[0]} --data ..."
+        )
     if (run_dir / "hpo.yaml").is_file() or (run_dir / "best.json").is_file():
         best = run_dir / "best.yaml"
         train = f", or train its best.yaml: slem train {best}" if best.is_file() else ""
