@@ -43,8 +43,8 @@ def hyperparameter_trajectories(
         else:
             for label, (x, y) in series.items():
                 line(ax, x, y, label=label)
-        values = [np.asarray(y, dtype=np.float64) for _, y in series.values()]
-        if all((v[np.isfinite(v)] > 0).all() for v in values):
+        drawn = [np.asarray(y, dtype=np.float64) for _, y in series.values()]
+        if all((v[np.isfinite(v)] > 0).all() for v in drawn):
             ax.set_yscale("log")  # a value held at 0 (not tuned) stays on a linear axis
         ax.set_ylabel(ylabel)
         if len(series) > 1:

@@ -159,11 +159,11 @@ def write_run_plots(record: RunRecord, run_dir: Path) -> list[Path]:
         )
     if "hyper_lr" in a:
         epoch = a["hyper_step"] / max(int(info.get("steps_per_epoch", 1)), 1)
-        names = {"lr": "base learning rate", "weight_decay": "weight decay"}
-        tuned = [k for k in names if k in info.get("hyper_tuned", names)]
+        hyper_labels = {"lr": "base learning rate", "weight_decay": "weight decay"}
+        tuned = [k for k in hyper_labels if k in info.get("hyper_tuned", hyper_labels)]
         paths.append(
             hyperparameter_trajectories(
-                [(names[k], {names[k]: (epoch, a[f"hyper_{k}"])}) for k in tuned],
+                [(hyper_labels[k], {hyper_labels[k]: (epoch, a[f"hyper_{k}"])}) for k in tuned],
                 {"outer loss": (epoch, a["hyper_outer_loss"])},
                 out / "hyperparameters.png",
                 f"tuned online by hypergradients: {title}",
