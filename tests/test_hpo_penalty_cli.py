@@ -151,3 +151,16 @@ def test_to_sklearn_predicts_as_the_result(kind: str) -> None:
     else:
         np.testing.assert_allclose(estimator.predict_proba(x), result.predict_proba(x), atol=1e-10)
         assert list(estimator.predict(x)) == list(result.predict(x))
+
+
+def test_built_in_tables_keep_their_feature_names(runner: CliRunner, tmp_path: Path) -> None:
+    doc = {
+        "study": {"strategy": "hypergradient", "hypergradient": {"outer_steps": 2}},
+        "objective": {"kind": "penalty", "data": {"name": "breast_cancer"}},
+    }
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    result = runner.invoke(app, ["hpo", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    names = pd.read_csv(tmp_path / "run" / "penalties.csv")["feature"]
+    assert names.iloc[0] == "mean radius" and len(names) == 30

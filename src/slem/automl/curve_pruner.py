@@ -59,7 +59,7 @@ class CurvePruner(optuna.pruners.BasePruner):
         n_warmup_steps: int = 3,
         confidence: float = 0.95,
     ) -> None:
-        if not horizon >= 1:
+        if isinstance(horizon, bool) or not isinstance(horizon, int | float) or not horizon >= 1:
             raise SlemError(f"the curve pruner's horizon must be at least 1 (got {horizon})")
         if not 0.5 < confidence < 1:
             raise SlemError(f"the curve pruner's confidence must be in (0.5, 1) (got {confidence})")

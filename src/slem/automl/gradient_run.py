@@ -327,6 +327,7 @@ def run_penalty_search(cfg: HPOConfig, run_dir: Path, data: PenaltyData) -> dict
     else:
         test = {"test_mse": float(((result.predict(xs) - ys) ** 2).mean())}
     names = list(task.encoder.input_names) if task.encoder is not None else []
+    names = names or list(task.feature_names)
     width = xt.shape[1]
     if len(names) != width:
         names = [f"x{j}" for j in range(width)]

@@ -861,8 +861,8 @@ def tune_penalties(
         classes = np.unique(yt)
         if len(classes) < 2:
             raise SlemError(
-                f"y_train has only one class ({classes[0]!r}); logistic regression needs at "
-                "least two"
+                f"y_train has only one class ({np.asarray(classes[0]).item()!r}); logistic "
+                "regression needs at least two"
             )
         unseen = np.setdiff1d(np.unique(yv), classes)
         if len(unseen):

@@ -95,6 +95,9 @@ class Task:
     encoder: TableEncoder | None = None
     #: the user gave the true labels of their data (``Task.from_arrays(..., y_true=...)``)
     y_true_given: bool = False
+    #: the names of the input features, one per column of a flattened input, when the
+    #: source has them (scikit-learn's tables; a file's encoded columns); else empty
+    feature_names: tuple[str, ...] = ()
 
     @property
     def is_classification(self) -> bool:
@@ -320,6 +323,7 @@ def make_task(dataset: Dataset, config: DataConfig | None = None, **overrides: A
         name=dataset.name,
         task_type=dataset.task_type,
         class_names=dataset.class_names,
+        feature_names=tuple(dataset.feature_names),
         train=train,
         val=val,
         test=test,
